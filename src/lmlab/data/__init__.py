@@ -1,0 +1,3 @@
+from lmlab.data.datamodule import TextClassificationDataModule
+
+__all__ = ["TextClassificationDataModule"]

@@ -1,0 +1,153 @@
+"""From a source's examples to checked train/val/test splits: dedupe, stratified split, label checks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+
+from lmlab.config import LmlabError
+from lmlab.data.sources import SPLITS, Example, SourceOutput
+
+log = logging.getLogger(__name__)
+
+
+def _content(ex: Example) -> tuple[str, str | None]:
+    return (ex.text, ex.text_pair)
+
+
+def duplicate_report(splits: Mapping[str, Sequence[Example]]) -> dict[str, int]:
+    """Count exact-duplicate texts inside each split and shared between splits."""
+    report: dict[str, int] = {}
+    seen: dict[str, set] = {}
+    for split, examples in splits.items():
+        contents = [_content(ex) for ex in examples]
+        report[f"within_{split}"] = len(contents) - len(set(contents))
+        seen[split] = set(contents)
+    names = list(splits)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            report[f"{a}&{b}"] = len(seen[a] & seen[b])
+    return report
+
+
+def _dedupe(examples: Sequence[Example], known: set | None = None) -> list[Example]:
+    seen = set() if known is None else set(known)
+    kept = []
+    for ex in examples:
+        key = _content(ex)
+        if key not in seen:
+            seen.add(key)
+            kept.append(ex)
+    return kept
+
+
+def _stratum(ex: Example) -> str:
+    return json.dumps(ex.label)  # multi-label data stratifies on the exact label set
+
+
+def stratified_split(examples: Sequence[Example], fractions: Mapping[str, float], seed: int,
+                     stratify: bool = True) -> dict[str, list[Example]]:
+    """Deterministic split: same examples + fractions + seed give the same splits on any machine."""
+    rng = random.Random(seed)
+    groups: dict[str, list[Example]] = defaultdict(list)
+    for ex in examples:
+        groups[_stratum(ex) if stratify else ""].append(ex)
+    out: dict[str, list[Example]] = {split: [] for split in SPLITS}
+    for key in sorted(groups):
+        members = sorted(groups[key], key=lambda ex: ex.id)
+        rng.shuffle(members)
+        n_val = round(len(members) * fractions["val"])
+        n_test = round(len(members) * fractions["test"])
+        out["val"] += members[:n_val]
+        out["test"] += members[n_val:n_val + n_test]
+        out["train"] += members[n_val + n_test:]
+    for split in SPLITS:  # interleave classes; the train loader shuffles anyway
+        out[split].sort(key=lambda ex: ex.id)
+    return out
+
+
+def _relabel_one_vs_rest(examples: list[Example], positive: str) -> list[Example]:
+    labels = {ex.label for ex in examples}
+    if positive not in labels:
+        raise LmlabError(f"dataset.one_vs_rest={positive!r} is not a label of this data; labels: {sorted(labels)}.")
+    return [Example(ex.id, ex.text, positive if ex.label == positive else f"not_{positive}", ex.text_pair)
+            for ex in examples]
+
+
+def build_splits(
+    source_output: SourceOutput,
+    *,
+    fractions: Mapping[str, float],
+    split_seed: int,
+    dedupe: bool = True,
+    stratify: bool = True,
+    one_vs_rest: str | None = None,
+    max_samples: Mapping[str, int | None] | None = None,
+) -> tuple[dict[str, list[Example]], dict[str, int]]:
+    """Return the splits to train on and the duplicate report measured before dedupe."""
+    if isinstance(source_output, dict):
+        splits = {split: list(source_output[split]) for split in SPLITS}
+        duplicates = duplicate_report(splits)
+        if dedupe:
+            # Pre-split data: drop repeats inside a split and val/test copies of training texts (leakage).
+            train = _dedupe(splits["train"])
+            known = {_content(ex) for ex in train}
+            splits = {"train": train, "val": _dedupe(splits["val"], known), "test": _dedupe(splits["test"], known)}
+    else:
+        pool = list(source_output)
+        if one_vs_rest:
+            pool = _relabel_one_vs_rest(pool, one_vs_rest)
+        pool_dupes = len(pool) - len({_content(ex) for ex in pool})
+        # What a split without dedupe would contain, so the report shows the leakage dedupe prevents.
+        duplicates = duplicate_report(stratified_split(pool, fractions, split_seed, stratify))
+        duplicates["in_pool"] = pool_dupes
+        splits = stratified_split(_dedupe(pool) if dedupe else pool, fractions, split_seed, stratify)
+    if one_vs_rest and isinstance(source_output, dict):
+        splits = {split: _relabel_one_vs_rest(exs, one_vs_rest) for split, exs in splits.items()}
+    for split, limit in (max_samples or {}).items():
+        if limit is not None:
+            splits[split] = splits[split][: int(limit)]
+    for split in SPLITS:
+        if not splits[split]:
+            raise LmlabError(
+                f"The {split} split is empty. Check the data, dataset.fractions, and "
+                f"dataset.max_samples.{split} (must be > 0)."
+            )
+    return splits, duplicates
+
+
+def label_names(splits: Mapping[str, Sequence[Example]], order: Sequence[str] | None = None) -> list[str]:
+    """The label list (sorted unless given); val/test labels outside the training set are an error."""
+    def names(examples: Sequence[Example]) -> set[str]:
+        found: set[str] = set()
+        for ex in examples:
+            found.update(ex.label if isinstance(ex.label, list) else [ex.label])
+        return found
+
+    train = names(splits["train"])
+    for split in ("val", "test"):
+        unknown = names(splits[split]) - train
+        if unknown:
+            raise LmlabError(
+                f"The {split} split has labels not in the training set: {sorted(unknown)} "
+                f"(training labels: {sorted(train)}). Fix the data or the split so every class occurs in train."
+            )
+    if order is None:
+        return sorted(train)
+    order = list(order)
+    if set(order) != train:
+        raise LmlabError(f"dataset.labels={order} does not match the training labels {sorted(train)}.")
+    return order
+
+
+def fingerprint(splits: Mapping[str, Sequence[Example]]) -> str:
+    """A hash of the exact examples used, per split: equal fingerprints mean equal data."""
+    digest = hashlib.sha256()
+    for split in SPLITS:
+        for ex in splits[split]:
+            digest.update(json.dumps([split, ex.id, ex.text, ex.text_pair, ex.label]).encode())
+    return digest.hexdigest()[:16]

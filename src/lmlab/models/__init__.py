@@ -1,0 +1,3 @@
+from lmlab.models.classifier import TextClassifier
+
+__all__ = ["TextClassifier"]

@@ -1,0 +1,144 @@
+"""Training entry point: compose -> check -> seed -> build -> fit -> validate/test the best checkpoint -> write.
+
+Only hydra/omegaconf are imported at module level, so a bad config fails before torch is imported.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from lmlab.config import LmlabError, config_dir, register_resolvers, validate
+
+log = logging.getLogger("lmlab.train")
+register_resolvers()
+
+
+def resolve_ckpt_path(ckpt_path: str | None) -> str | None:
+    """`ckpt_path` may name a checkpoint file or a run dir (meaning its checkpoints/last.ckpt)."""
+    if ckpt_path is None:
+        return None
+    from lmlab import runfiles
+
+    path = Path(ckpt_path)
+    if path.is_dir():
+        path = path / runfiles.CHECKPOINTS / "last.ckpt"
+    if not path.is_file():
+        raise LmlabError(f"ckpt_path={ckpt_path!r}: no checkpoint at {path}. Give a .ckpt file or a run dir "
+                         f"that has checkpoints/last.ckpt.")
+    return str(path)
+
+
+def build(cfg: DictConfig) -> dict[str, Any]:
+    """Instantiate datamodule, model, callbacks, loggers and trainer from the composed config."""
+    from hydra.utils import instantiate
+
+    datamodule = instantiate(cfg.dataset)
+    datamodule.load()
+    counts = [0] * len(datamodule.labels)
+    for ex in datamodule.splits["train"]:
+        for name in ex.label if isinstance(ex.label, list) else [ex.label]:
+            counts[datamodule.labels.index(name)] += 1
+    model = instantiate(
+        OmegaConf.to_container(cfg.model, resolve=True), labels=datamodule.labels, label_counts=counts,
+        num_train_examples=len(datamodule.splits["train"]),
+        optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
+        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True), _recursive_=False, _convert_="all")
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return {"datamodule": datamodule, "model": model, "trainer": trainer}
+
+
+def effective_batch_size(cfg: DictConfig, trainer: Any) -> int:
+    return int(cfg.dataset.batch_size) * int(trainer.accumulate_grad_batches) * int(trainer.world_size)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit, then evaluate the best checkpoint on val and test; returns the metrics written to metrics.json."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from lmlab import runfiles
+    from lmlab.utils import print_config
+
+    run_dir = Path(cfg.paths.output_dir)
+    print_config(cfg, save_to=run_dir / "config_tree.log")
+    pl.seed_everything(cfg.seed, workers=True)
+    objects = build(cfg)
+    datamodule, model, trainer = objects["datamodule"], objects["model"], objects["trainer"]
+    model.run_info = {"config": OmegaConf.to_container(cfg, resolve=True), "labels": datamodule.labels,
+                      "data_fingerprint": datamodule.data_fingerprint}
+    for logger in trainer.loggers:
+        logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True),
+                                "effective_batch_size": effective_batch_size(cfg, trainer),
+                                "labels": datamodule.labels, "data_fingerprint": datamodule.data_fingerprint})
+
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path")))
+
+    checkpoint = trainer.checkpoint_callback if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else None
+    best_path = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
+    # Val and test are both measured on the best checkpoint (or the final weights when none was kept).
+    val = trainer.validate(model, datamodule=datamodule, ckpt_path=best_path, verbose=False)[0]
+    test = trainer.test(model, datamodule=datamodule, ckpt_path=best_path, verbose=False)[0]
+    metrics: dict[str, Any] = {k: float(v) for k, v in {**val, **test}.items() if not k.endswith("/f1")}
+    metrics.update(model.details.get("test", {}))
+    metrics.update({
+        "best/val_f1_macro": float(val["val/f1_macro"]),
+        "best/epoch": model.loaded_epoch if best_path else trainer.current_epoch,
+        "best/ckpt_path": str(Path(best_path).resolve().relative_to(run_dir.resolve())) if best_path else None,
+        "effective_batch_size": effective_batch_size(cfg, trainer),
+    })
+    if trainer.is_global_zero:
+        runfiles.write_json(run_dir / runfiles.METRICS, metrics)
+        runfiles.write_predictions(run_dir / runfiles.PREDICTIONS, datamodule.example_ids("test"),
+                                   datamodule.labels, model.predictions)
+        if cfg.get("export_model"):
+            model.export_pretrained(run_dir / runfiles.EXPORT)
+        log.info("test/f1_macro=%.4f  val/f1_macro=%.4f  -> %s", metrics["test/f1_macro"],
+                 metrics["val/f1_macro"], run_dir / runfiles.METRICS)
+    return metrics
+
+
+def run_task(task: Any, cfg: DictConfig) -> dict[str, Any] | None:
+    """Record the job's status around `task`; in a single run, show input errors without a traceback."""
+    import traceback
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from lmlab import runfiles
+
+    run_dir = Path(cfg.paths.output_dir)
+    runfiles.update_status(run_dir, "running")
+    try:
+        validate(cfg)
+        result = task(cfg)
+    except BaseException as err:
+        (run_dir / runfiles.TRACEBACK).write_text(traceback.format_exc())
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        runfiles.update_status(run_dir, "failed", error=f"{type(err).__name__}: {message}",
+                               traceback_file=runfiles.TRACEBACK)
+        if isinstance(err, LmlabError) and HydraConfig.get().mode == RunMode.RUN:
+            log.error("%s", err)
+            sys.exit(1)
+        raise
+    runfiles.update_status(run_dir, "completed")
+    return result
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = run_task(train, cfg)
+    value = (metrics or {}).get(cfg.get("optimized_metric") or "")
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+if __name__ == "__main__":
+    main()
