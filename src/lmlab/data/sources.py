@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from lmlab.config import LmlabError, package_path
 
@@ -24,7 +24,7 @@ class Example:
 
 
 # A source returns either one pool of examples (the datamodule splits it) or a dict of ready splits.
-SourceOutput = Union[list[Example], dict[str, list[Example]]]
+SourceOutput = list[Example] | dict[str, list[Example]]
 
 
 def _read_text(path: Path) -> str:

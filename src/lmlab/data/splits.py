@@ -65,8 +65,8 @@ def stratified_split(examples: Sequence[Example], fractions: Mapping[str, float]
         out["val"] += members[:n_val]
         out["test"] += members[n_val:n_val + n_test]
         out["train"] += members[n_val + n_test:]
-    for split in SPLITS:  # interleave classes; the train loader shuffles anyway
-        out[split].sort(key=lambda ex: ex.id)
+    for split in SPLITS:  # mix the classes, so dataset.max_samples takes a representative subset
+        rng.shuffle(out[split])
     return out
 
 

@@ -117,6 +117,7 @@ class TextClassifier(pl.LightningModule):
         self.details: dict[str, dict[str, Any]] = {}
         self.run_info: dict[str, Any] = {}  # set by train: resolved config, data fingerprint
         self.predictions: list[dict[str, Any]] = []
+        self.train()  # from_pretrained returns eval mode, and Lightning keeps each module's mode as found
 
     # ---- the two parts optimizer groups and freezing work on (views, not extra registered modules)
     @property

@@ -1,0 +1,44 @@
+# lmlab: `make train` and `make test` do all the set-up (a .venv made on first use).
+#   make train ARGS="model=tiny_bert debug=fdr"     make test PYTEST_ARGS="-k eval"
+# GPU machines: make install TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The pinned CPU-capable wheel installs in seconds where it is cached; on PyPI Linux the same pin is the CUDA
+# build, which is what GPU users want. Installed before lmlab so pip never picks a torch on its own.
+TORCH_SPEC ?= torch==2.13.0
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: install train eval test test-all lint bench bench-quick quality slurm-up slurm-down clean
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "lmlab needs Python >= 3.10"'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $@
+
+install: $(VENV)/.installed
+
+train: install  ## the default experiment: MiniLM on BBC News, CPU, ~6 min
+	$(PY) train.py $(ARGS)
+
+eval: install  ## make eval ARGS="ckpt_path=logs/train/runs/<run>"
+	$(PY) eval.py $(ARGS)
+
+test: install  ## the CPU suite (tiny models; SLURM tests skip unless `make slurm-up` ran)
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-all: install  ## also the slow tests that train the real MiniLM
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check src tests train.py eval.py benchmarks
+
+quality: install  ## time the default run and check its test macro-F1 (README, "Quality and time")
+	$(PY) benchmarks/quality.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
