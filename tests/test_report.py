@@ -307,6 +307,11 @@ def test_paired_bootstrap(grid: Path, capsys: pytest.CaptureFixture[str]) -> Non
     pb = json.loads((grid / "report.json").read_text())["paired_bootstrap"]
     assert pb["diff"] == 0 and pb["p_value"] == 1.0
 
+    # A job dir without predictions is named as such.
+    (grid / "4" / "test_predictions.csv").unlink()
+    assert main([str(grid), "--no-plots", "--paired-bootstrap", "4", "0"]) == 2
+    assert f"{grid / '4' / 'test_predictions.csv'} does not exist" in capsys.readouterr().err
+
     # Different test sets are refused.
     pd.read_csv(grid / "1" / "test_predictions.csv").iloc[:-1].to_csv(grid / "1" / "test_predictions.csv")
     assert main([str(grid), "--no-plots", "--paired-bootstrap", "0", "1"]) == 2
@@ -393,32 +398,54 @@ def _run(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_console_module(grid: Path) -> None:
-    r = _run(["-m", "lmlab.report", str(grid), "--baseline", BASELINE, "--no-plots"])
+    # -X importtime lists every module imported on stderr: the report must stay light, no torch behind it.
+    r = _run(["-X", "importtime", "-m", "lmlab.report", str(grid), "--baseline", BASELINE, "--no-plots"])
     assert r.returncode == 0, r.stderr
     assert "optimizer=adamw optimizer.lr=1e-4" in r.stdout and "wrote" in r.stdout
     mean = read_csv(grid).loc[G[("adamw", "1e-4")], "mean"]
     assert mean == pytest.approx(np.mean(values(("adamw", "1e-4"))))
+    imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert "lmlab.report.cli" in imported and "pandas" in imported
+    assert not {m for m in imported if m == "torch" or m.startswith("torch.")}
 
     r = _run(["-m", "lmlab.report", str(grid / "missing")])
     assert r.returncode == 2 and "does not exist" in r.stderr
 
-    # The report must stay light: no torch behind the CLI.
-    code = ("import sys; from lmlab.report import main; rc = main([sys.argv[1], '--no-plots']); "
-            "print('torch' in sys.modules, rc)")
-    r = _run(["-c", code, str(grid)])
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip().endswith("False 0")
+
+WANDB_SCRIPT = """
+import sys
+import wandb
+from lmlab.report import main
+sweep = sys.argv[1]
+# 1) --wandb PROJECT: the report opens and finishes its own run.
+assert main([sweep, "--wandb", "lmlab-report-test"]) == 0
+assert wandb.run is None
+# 2) A run is already active (e.g. called from a training script): log into it, leave it open.
+run = wandb.init(project="lmlab-report-test", job_type="active")
+assert main([sweep, "--no-plots"]) == 0
+assert wandb.run is run
+print("active run", run.id)
+run.finish()
+"""
 
 
 def test_wandb_offline(grid: Path, tmp_path: Path) -> None:
-    r = _run(["-m", "lmlab.report", str(grid), "--no-plots", "--wandb", "lmlab-report-test"],
-             WANDB_MODE="offline", WANDB_DIR=str(tmp_path), WANDB_SILENT="true")
+    r = _run(["-c", WANDB_SCRIPT, str(grid)], WANDB_MODE="offline", WANDB_DIR=str(tmp_path),
+             WANDB_SILENT="true")
     assert r.returncode == 0, r.stderr
-    run_id = r.stdout.split("logged to W&B run ")[1].split()[0]
-    runs = list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}"))
-    assert len(runs) == 1
-    assert (runs[0] / f"run-{run_id}.wandb").stat().st_size > 0
-    tables = list((runs[0] / "files" / "media" / "table").rglob("*.table.json"))
-    assert tables, "the report table was not logged"
-    table = json.loads(tables[0].read_text())
-    assert table["columns"][:3] == ["group", "n", "n_failed"] and len(table["data"]) == 4
+    own_id = r.stdout.split("logged to W&B run ")[1].split()[0]
+    active_id = r.stdout.split("active run ")[1].split()[0]
+    assert f"logged to W&B run {active_id}" in r.stdout
+    for run_id, n_images in ((own_id, 2), (active_id, 0)):
+        runs = list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}"))
+        assert len(runs) == 1
+        assert (runs[0] / f"run-{run_id}.wandb").stat().st_size > 0
+        media = runs[0] / "files" / "media"
+        tables = list((media / "table").rglob("*.table.json"))
+        assert len(tables) == 1, "the report table was not logged"
+        table = json.loads(tables[0].read_text())
+        assert table["columns"] == ["group", "n", "n_failed", "mean", "std", "ci95_low", "ci95_high", "min",
+                                    "max", "diff", "diff_ci95_low", "diff_ci95_high", "p_paired_t",
+                                    "p_permutation", "p_holm"]
+        assert [row[0] for row in table["data"]] == list(G.values())
+        assert len(list(media.rglob("*.png"))) == n_images

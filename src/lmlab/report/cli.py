@@ -85,7 +85,8 @@ def _values(jobs: list[Job], metric: str) -> tuple[list[float], list[str | None]
 
 def _job_or_group(arg: str, sweep_dir: Path, groups: list[Group], seed_key: str) -> list[Job] | Group:
     for cand in (Path(arg), sweep_dir / arg):
-        if cand.is_dir() and (cand / "test_predictions.csv").is_file():
+        # A run dir (even one without predictions, so the error names the missing file, not "no group").
+        if cand.is_dir() and ((cand / "test_predictions.csv").is_file() or (cand / ".hydra").is_dir()):
             return [Job(cand, [], "completed", None, None)]
     return match_group(arg, groups, seed_key, "--paired-bootstrap argument")
 
@@ -281,14 +282,14 @@ def _table(result: dict[str, Any]) -> pd.DataFrame:
 
 
 def write_plots(result: dict[str, Any], out: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # Figure without pyplot renders PNGs through Agg and leaves the caller's backend and figures alone
+    # (main() may run inside a training script or a notebook).
+    from matplotlib.figure import Figure
 
     written = []
     df = _table(result)
-    fig, ax = plt.subplots(figsize=(8, 0.5 * len(df) + 1.5))
+    fig = Figure(figsize=(8, 0.5 * len(df) + 1.5))
+    ax = fig.subplots()
     y = np.arange(len(df))
     err = np.vstack([df["mean"] - df["ci95_low"], df["ci95_high"] - df["mean"]]).clip(min=0)
     ax.errorbar(df["mean"], y, xerr=np.nan_to_num(err), fmt="o", capsize=4)
@@ -306,12 +307,12 @@ def write_plots(result: dict[str, Any], out: Path) -> list[str]:
     ax.set_title(f"{result['metric']} per group (bold: selected on {result['select']})")
     fig.tight_layout()
     fig.savefig(out / GROUPS_PNG, dpi=100)
-    plt.close(fig)
     written.append(GROUPS_PNG)
 
     em = result["expected_max"]
     if em:
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig = Figure(figsize=(6, 4))
+        ax = fig.subplots()
         n, e, s = np.array(em["n"]), np.array(em["expected"]), np.array(em["std"])
         ax.plot(n, e, marker="o", label="expected")
         # Dodge et al. clip the ±std band to the observed range: the expectation cannot leave it.
@@ -326,7 +327,6 @@ def write_plots(result: dict[str, Any], out: Path) -> list[str]:
         ax.set_title("Expected validation performance (Dodge et al. 2019)")
         fig.tight_layout()
         fig.savefig(out / EXPMAX_PNG, dpi=100)
-        plt.close(fig)
         written.append(EXPMAX_PNG)
     return written
 

@@ -158,5 +158,8 @@ def read_optuna_results(sweep_dir: Path) -> dict[str, Any] | None:
     path = sweep_dir / "optimization_results.yaml"
     if not path.is_file():
         return None
-    data = yaml.safe_load(path.read_text())
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ReportError(f"{path}: not valid YAML ({e}); fix or delete the file") from e
     return data if isinstance(data, dict) else {"raw": data}
