@@ -169,7 +169,7 @@ def test_grid_report_numbers(grid: Path, capsys: pytest.CaptureFixture[str]) -> 
         for c in df.columns:
             want = df.loc[r["group"], c]
             assert r[c] is None if pd.isna(want) else r[c] == pytest.approx(want, abs=1e-15)
-    assert not rep["warnings"]
+    assert not rep["warnings"] and not rep["notes"]
 
 
 def test_selection_on_val_reports_test(grid: Path) -> None:
@@ -350,6 +350,23 @@ def test_optuna_style_sweep(tmp_path: Path) -> None:
     assert rep["expected_max"]["expected"][0] == pytest.approx(np.mean(vals))
     df = pd.read_csv(sweep / "report.csv")
     assert df["std"].isna().all() and df["ci95_low"].isna().all()
+
+
+def test_two_groups_skip_curve(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sweep = tmp_path / "two"
+    for i, (lr, seed) in enumerate(itertools.product(["1e-4", "3e-5"], range(2))):
+        v = 0.8 if lr == "1e-4" else 0.7
+        write_job(sweep / str(i), [f"optimizer.lr={lr}", f"+seed={seed}"],
+                  {"val/f1_macro": v + seed / 100, "test/f1_macro": v})
+    assert main([str(sweep), "--baseline", "optimizer.lr=3e-5", "--no-plots"]) == 0
+    assert "WARNING" not in capsys.readouterr().err
+    rep = json.loads((sweep / "report.json").read_text())
+    assert rep["expected_max"] is None and "expected-max curve skipped: 2 configuration(s)" in rep["notes"][0]
+    # `+seed=` is still the seed key; equal test values give zero-spread CIs and an exact, untestable diff.
+    row = rep["groups"][0]
+    assert row["group"] == "optimizer.lr=1e-4" and row["n"] == 2
+    assert (row["ci95_low"], row["ci95_high"]) == (0.8, 0.8)
+    assert row["diff"] == pytest.approx(0.1) and row["p_paired_t"] is None
 
 
 def test_bad_inputs(tmp_path: Path, grid: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -238,6 +238,7 @@ def analyze(args: argparse.Namespace) -> dict[str, Any]:
     }
 
     expected_max = None
+    notes: list[str] = []
     if len(sel_means) >= MIN_CONFIGS_FOR_CURVE:
         scores = np.array(list(sel_means.values()))
         sign = 1.0 if mode == "max" else -1.0  # expected *min* of a loss = -(expected max of -loss)
@@ -248,8 +249,9 @@ def analyze(args: argparse.Namespace) -> dict[str, Any]:
             "observed_min": float(scores.min()), "observed_max": float(scores.max()),
         }
     else:
-        warnings.append(f"expected-max curve skipped: {len(sel_means)} configuration(s) with "
-                        f"{args.select!r}, needs at least {MIN_CONFIGS_FOR_CURVE}")
+        # Not a problem with the sweep, so a note rather than a warning on stderr.
+        notes.append(f"expected-max curve skipped: {len(sel_means)} configuration(s) with "
+                     f"{args.select!r}, needs at least {MIN_CONFIGS_FOR_CURVE}")
 
     result: dict[str, Any] = {
         "sweep_dir": str(args.sweep_dir), "metric": args.metric, "select": args.select,
@@ -261,7 +263,7 @@ def analyze(args: argparse.Namespace) -> dict[str, Any]:
             r["group"]: {"test": c.test, "paired": c.paired}
             for r, c in zip(rows, comparisons, strict=True) if c
         },
-        "selection": selection, "expected_max": expected_max, "warnings": warnings,
+        "selection": selection, "expected_max": expected_max, "warnings": warnings, "notes": notes,
         "optuna": read_optuna_results(args.sweep_dir), "plots": [],
     }
     if args.paired_bootstrap:
@@ -408,6 +410,8 @@ def render_markdown(result: dict[str, Any]) -> str:
                   "```", json.dumps(result["optuna"], indent=2, default=str), "```"]
     if result["warnings"]:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in result["warnings"]]
+    if result["notes"]:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in result["notes"]]
     if result["plots"]:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in result["plots"]]
     return "\n".join(lines) + "\n"
