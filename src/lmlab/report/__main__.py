@@ -1,0 +1,5 @@
+import sys
+
+from lmlab.report.cli import main
+
+sys.exit(main())
