@@ -40,5 +40,11 @@ lint: install
 quality: install  ## time the default run and check its test macro-F1 (README, "Quality and time")
 	$(PY) benchmarks/quality.py $(ARGS)
 
+slurm-up:  ## a real single-node SLURM cluster on this machine (root; installs slurm/munge/mariadb on first use)
+	bash tests/slurm/up.sh
+
+slurm-down:  ## stop exactly the daemons slurm-up started
+	bash tests/slurm/down.sh
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
