@@ -85,7 +85,9 @@ class LengthGroupedSampler(Sampler[int]):
             lengths = lengths.tolist()
         self.lengths: list[int] = [int(x) for x in lengths]
         if len(self.lengths) == 0:
-            raise ValueError("LengthGroupedSampler got an empty `lengths`; pass one length per dataset example.")
+            raise ValueError(
+                "LengthGroupedSampler got an empty `lengths`; pass one length per dataset example."
+            )
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
         if not isinstance(mega_batch_mult, int) or mega_batch_mult < 1:
@@ -98,14 +100,14 @@ class LengthGroupedSampler(Sampler[int]):
             raise ValueError(f"num_replicas must be >= 1, got {num_replicas}.")
         if not 0 <= rank < num_replicas:
             raise ValueError(
-                f"rank {rank} is out of range for num_replicas={num_replicas}; expected 0 <= rank < num_replicas "
-                "(pass rank=trainer.global_rank, num_replicas=trainer.world_size)."
+                f"rank {rank} is out of range for num_replicas={num_replicas}; expected 0 <= rank < "
+                "num_replicas (pass rank=trainer.global_rank, num_replicas=trainer.world_size)."
             )
         n = len(self.lengths)
         if drop_last and n < num_replicas:
             raise ValueError(
-                f"drop_last=True with {n} examples and num_replicas={num_replicas} leaves no example per rank; "
-                "use drop_last=False or more data."
+                f"drop_last=True with {n} examples and num_replicas={num_replicas} leaves no example per "
+                "rank; use drop_last=False or more data."
             )
         self.batch_size = batch_size
         self.shuffle = shuffle
