@@ -63,7 +63,6 @@ def effective_batch_size(cfg: DictConfig, trainer: Any) -> int:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, then evaluate the best checkpoint on val and test; returns the metrics written to metrics.json."""
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import ModelCheckpoint
 
     from lmlab import runfiles
     from lmlab.utils import print_config
@@ -82,8 +81,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path")))
 
-    checkpoint = trainer.checkpoint_callback if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else None
-    best_path = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
+    # The monitoring checkpoint callback knows the best model; `last_checkpoint` only keeps the latest.
+    best = next((c for c in trainer.checkpoint_callbacks if c.monitor and c.best_model_path), None)
+    best_path = best.best_model_path if best else None
     # Val and test are both measured on the best checkpoint (or the final weights when none was kept).
     val = trainer.validate(model, datamodule=datamodule, ckpt_path=best_path, verbose=False)[0]
     test = trainer.test(model, datamodule=datamodule, ckpt_path=best_path, verbose=False)[0]
