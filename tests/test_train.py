@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lmlab.data.sources import bbc_news
-from tests.conftest import TINY, compose_train, read_metrics
+from tests.conftest import compose_train, read_metrics
 
 METRIC_KEYS = [f"{stage}/{name}" for stage in ("val", "test")
                for name in ("loss", "acc", "precision", "recall", "f1_macro", "f1_micro", "f1_weighted")]
