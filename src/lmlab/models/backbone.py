@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,8 +23,13 @@ def _offline_hint(name_or_path: str, err: Exception) -> LmlabError:
     )
 
 
+@functools.lru_cache(maxsize=8)
 def load_tokenizer(name_or_path: str) -> Any:
-    """AutoTokenizer with a pad token guaranteed (GPT-2 has none; it reuses EOS, as HF recommends)."""
+    """AutoTokenizer with a pad token guaranteed (GPT-2 has none; it reuses EOS, as HF recommends).
+
+    Cached per process: the model (pad id), the datamodule and the export all ask for the same tokenizer, and
+    each load costs ~0.3 s. Callers must not modify the returned tokenizer.
+    """
     from transformers import AutoTokenizer
 
     try:

@@ -81,6 +81,8 @@ class TextClassifier(pl.LightningModule):
         num_train_examples: int | None = None,
         threshold: float = 0.5,
         tokenizer: str | None = None,
+        compile: bool = False,
+        compile_dynamic: bool | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -111,6 +113,10 @@ class TextClassifier(pl.LightningModule):
             self.pooled_head = PooledHead(hidden, num_outputs, pooling,
                                    default_dropout if dropout is None else dropout)
         self._freeze(freeze_embeddings, freeze_layers)
+        if compile:
+            # In place (nn.Module.compile), so parameter names and checkpoints are the same as without compile.
+            # Each new batch shape recompiles until torch marks the length dynamic; see README "Speed".
+            (self.net if pooling == "native" else self.encoder).compile(dynamic=compile_dynamic)
         self.register_buffer("loss_weight", self._loss_weight(class_weights, label_counts), persistent=False)
         self.metrics = nn.ModuleDict({stage: classification_metrics(problem_type, len(self.labels))
                                       for stage in ("val", "test")})
@@ -130,6 +136,11 @@ class TextClassifier(pl.LightningModule):
             return self.pooled_head
         base = self.net.base_model
         return nn.ModuleList(m for m in self.net.children() if m is not base)
+
+    @property
+    def attn_implementation(self) -> str:
+        """The attention kernel transformers actually chose (sdpa, eager, flash_attention_2...)."""
+        return str(self.backbone.config._attn_implementation)
 
     # ---- construction helpers
     def _freeze(self, embeddings: bool, first_n_layers: int) -> None:

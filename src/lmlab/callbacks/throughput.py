@@ -1,0 +1,194 @@
+"""Training throughput: samples/s, real (non-padding) tokens/s, pad fraction, step time, peak memory, GPU MFU.
+
+Logged every `log_every_n_steps` optimizer steps as `perf/*` to the run's loggers, and summarised for
+metrics.json by `perf_summary` with the benchmark's definition: samples (real tokens) processed from the END of
+training step `warmup_steps` (3) to the end of the last step, divided by that wall time, with the time spent in
+validation loops removed (benchmarks/baselines.py measures its raw loop the same way).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import sys
+import time
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.trainer.states import TrainerFn
+
+log = logging.getLogger(__name__)
+
+_COMPUTE_DTYPE = {"bf16-mixed": torch.bfloat16, "bf16-true": torch.bfloat16, "16-mixed": torch.float16,
+                  "16-true": torch.float16, "32-true": torch.float32, "64-true": torch.float64}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started (Linux /proc; None elsewhere): time to first batch includes imports."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def flops_per_token(config: Any, non_embedding_params: int, seq_len: float) -> float:
+    """Training FLOPs per token: 6N for the weight matmuls (forward + backward) plus 12·L·d·T for attention
+    scores (PaLM appendix B). N excludes embeddings, whose lookups are not matmuls."""
+    layers = int(getattr(config, "num_hidden_layers", 0) or 0)
+    hidden = int(getattr(config, "hidden_size", 0) or 0)
+    return 6.0 * non_embedding_params + 12.0 * layers * hidden * seq_len
+
+
+class Throughput(Callback):
+    """Measures training throughput without adding a device sync per step on CPU (one per step on CUDA, as
+    Lightning's ThroughputMonitor does, so step end times are real)."""
+
+    def __init__(self, warmup_steps: int = 3, log_every_n_steps: int | None = None):
+        if warmup_steps < 1:
+            raise ValueError(f"warmup_steps must be >= 1, got {warmup_steps}")
+        self.warmup_steps = warmup_steps
+        self.log_every_n_steps = log_every_n_steps
+
+    # ---- state
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.cuda = trainer.strategy.root_device.type == "cuda"
+        self.steps = 0
+        self.last_global_step = trainer.global_step
+        self.pending = [0, 0]  # samples, padded tokens of the batches of the step in progress
+        self.samples = self.padded = 0
+        self.real: Any = 0  # a device tensor once batches arrive: summed without a sync per step
+        self.excluded = 0.0  # seconds spent in validation since fit start
+        self.paused_at: float | None = None
+        self.last_end: float | None = None
+        self.warm: dict[str, Any] | None = None
+        self.last_log: dict[str, Any] | None = None
+        self.seq_len_sum = 0.0
+        self.first_batch_s: float | None = None
+        self.attn_implementation = getattr(pl_module, "attn_implementation", None)
+        if self.attn_implementation:
+            for logger in trainer.loggers:
+                logger.log_hyperparams({"perf/attn_implementation": self.attn_implementation})
+        self.available_flops = None
+        self.flops_config = None
+        if self.cuda:
+            from lightning_fabric.utilities.throughput import get_available_flops
+
+            dtype = _COMPUTE_DTYPE.get(str(trainer.precision), torch.float32)
+            self.available_flops = get_available_flops(trainer.strategy.root_device, dtype)
+            backbone = getattr(pl_module, "backbone", pl_module)
+            embeddings = sum(p.numel() for n, p in backbone.named_parameters() if "embed" in n)
+            self.non_embedding_params = sum(p.numel() for p in pl_module.parameters()) - embeddings
+            self.flops_config = getattr(backbone, "config", None)
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(trainer.strategy.root_device)
+
+    def _now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    # ---- validation time is not training time
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.FITTING and self.last_end is not None and self.paused_at is None:
+            self.paused_at = self._now()
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if self.first_batch_s is None:
+            self.first_batch_s = process_age_s()
+            if self.first_batch_s is not None:
+                log.info("first training batch %.1f s after process start", self.first_batch_s)
+        if self.paused_at is not None:
+            self.excluded += time.perf_counter() - self.paused_at
+            self.paused_at = None
+        mask = batch["attention_mask"]
+        self.pending[0] += int(mask.shape[0])
+        self.pending[1] += int(mask.numel())
+        self.real = self.real + mask.sum()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if trainer.global_step == self.last_global_step:
+            return  # gradient accumulation: the optimizer step is not finished yet
+        self.last_global_step = trainer.global_step
+        now = self._now()
+        self.steps += 1
+        self.samples += self.pending[0]
+        self.padded += self.pending[1]
+        self.seq_len_sum += self.pending[1] / max(self.pending[0], 1)
+        self.pending = [0, 0]
+        self.last_end = now
+        if self.steps == self.warmup_steps:
+            self.warm = self._mark(now)
+            self.last_log = self.warm
+        every = self.log_every_n_steps or trainer.log_every_n_steps
+        if self.last_log is not None and self.steps > self.warmup_steps and self.steps % every == 0:
+            mark = self._mark(now)
+            metrics = self._rates(self.last_log, mark, prefix="perf/")
+            self.last_log = mark
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)
+
+    def _mark(self, now: float) -> dict[str, Any]:
+        real = self.real.clone() if isinstance(self.real, torch.Tensor) else self.real
+        return {"t": now - self.excluded, "steps": self.steps, "samples": self.samples, "padded": self.padded,
+                "real": real, "seq_len_sum": self.seq_len_sum}
+
+    def _rates(self, start: dict[str, Any], end: dict[str, Any], prefix: str) -> dict[str, float]:
+        seconds = end["t"] - start["t"]
+        steps = end["steps"] - start["steps"]
+        real = float(end["real"] - start["real"])
+        padded = end["padded"] - start["padded"]
+        out = {
+            f"{prefix}samples_per_sec": (end["samples"] - start["samples"]) / seconds,
+            f"{prefix}tokens_per_sec": real / seconds,
+            f"{prefix}pad_fraction": 1.0 - real / padded if padded else 0.0,
+            f"{prefix}step_time_s": seconds / steps,
+            f"{prefix}peak_rss_mb": peak_rss_mb(),
+        }
+        if self.cuda:
+            out[f"{prefix}peak_gpu_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+            if self.available_flops and self.flops_config is not None:
+                seq_len = (end["seq_len_sum"] - start["seq_len_sum"]) / steps
+                flops = flops_per_token(self.flops_config, self.non_embedding_params, seq_len) * real / seconds
+                out[f"{prefix}mfu"] = flops / self.available_flops
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """The run's training throughput for metrics.json (null values when too few steps were timed)."""
+        out: dict[str, Any] = {"perf/attn_implementation": self.attn_implementation,
+                               "perf/time_to_first_batch_s": self.first_batch_s}
+        keys = ("samples_per_sec", "tokens_per_sec", "pad_fraction", "step_time_s")
+        if self.warm is None or self.last_end is None or self.steps <= self.warmup_steps:
+            log.warning("perf/train_* throughput needs more than %d training steps; this run had %d",
+                        self.warmup_steps, self.steps)
+            out.update({f"perf/train_{k}": None for k in keys})
+        else:
+            # `excluded` only grows when training resumes, so a validation after the last step is not in it.
+            end = self._mark(self.last_end)
+            rates = self._rates(self.warm, end, prefix="perf/train_")
+            out.update({k: v for k, v in rates.items() if not k.endswith("peak_rss_mb")})
+            out["perf/train_timed_steps"] = end["steps"] - self.warm["steps"]
+        out["perf/peak_rss_mb"] = peak_rss_mb()
+        return out
+
+
+def perf_summary(trainer: pl.Trainer, model: Any) -> dict[str, Any]:
+    """The `perf/*` keys for metrics.json: the Throughput callback's summary, or the basics without it."""
+    callback = next((c for c in trainer.callbacks if isinstance(c, Throughput)), None)
+    if callback is not None and hasattr(callback, "steps"):
+        return callback.summary()
+    return {"perf/attn_implementation": getattr(model, "attn_implementation", None), "perf/peak_rss_mb": peak_rss_mb()}
