@@ -37,6 +37,21 @@ test-all: install  ## also the slow tests that train the real MiniLM
 lint: install
 	$(VENV)/bin/ruff check src tests train.py eval.py benchmarks
 
+$(VENV)/.bench: $(VENV)/.installed
+	$(PY) -m pip install -q -e ".[dev,bench]"
+	@touch $@
+
+# Throughput: raw PyTorch loop, HF Trainer and lmlab (train.py) on the same model/data/steps, interleaved A/B with
+# repeats; prints medians and ratios (benchmarks/README.md). `bench` is the README table: run it on a quiet machine
+# (MiniLM on 2 CPU cores: ~1 h at 256 tokens, ~2 h at 512). Extra options: make bench BENCH_ARGS="--repeats 5".
+BENCH_ARGS ?=
+bench: $(VENV)/.bench  ## the real table: MiniLM at 256 and 512 tokens, all variants, 3 rounds
+	$(PY) benchmarks/run.py --model minilm --max-length 256 --steps 15 --repeats 3 --out logs/bench/minilm-256.json $(BENCH_ARGS)
+	$(PY) benchmarks/run.py --model minilm --max-length 512 --steps 15 --repeats 3 --out logs/bench/minilm-512.json $(BENCH_ARGS)
+
+bench-quick: $(VENV)/.bench  ## a quick look (~10 min): the tiny model at 512 tokens, all variants, 2 rounds
+	$(PY) benchmarks/run.py --model tiny --max-length 512 --batch-size 16 --steps 10 --repeats 2 --out logs/bench/tiny-512.json $(BENCH_ARGS)
+
 quality: install  ## time the default run and check its test macro-F1 (README, "Quality and time")
 	$(PY) benchmarks/quality.py $(ARGS)
 

@@ -9,9 +9,12 @@ Extension point: ``VARIANTS`` below (name -> template), or ``--add NAME=TEMPLATE
 or ``run_benchmark(variants=...)`` from Python. Placeholders: {python} {model} {max_length}
 {batch_size} {steps} {seed}.
 
+After the per-variant table it prints ratios (COMPARISONS): each lmlab variant against the raw loop with the
+same padding, and lmlab with length grouping against HF Trainer's defaults, with the issue's targets.
+
 Example:
   PYTHONPATH=src python benchmarks/run.py --model tiny --steps 10 --repeats 2 --out logs/bench.json \
-      --add 'lmlab_dynamic={python} train.py experiment=bench model={model} ...'
+      --variants raw_dynamic,lmlab_dynamic
 """
 
 from __future__ import annotations
@@ -30,12 +33,30 @@ _BASE = (
     "{python} benchmarks/baselines.py --model {model} --max-length {max_length} "
     "--batch-size {batch_size} --steps {steps} --seed {seed} --json --which "
 )
+_LMLAB = (
+    "{python} benchmarks/lmlab_run.py --model {model} --max-length {max_length} "
+    "--batch-size {batch_size} --steps {steps} --seed {seed} --json"
+)
 VARIANTS: dict[str, str] = {
     "raw_fixed": _BASE + "raw_fixed",
     "raw_dynamic": _BASE + "raw_dynamic",
     "hf_default": _BASE + "hf_default",
     "hf_grouped": _BASE + "hf_grouped",
+    # lmlab through train.py and the Lightning Trainer; the number is the one lmlab logged in metrics.json.
+    "lmlab_fixed": _LMLAB + " --fixed",
+    "lmlab_dynamic": _LMLAB,
+    "lmlab_grouped": _LMLAB + " --group-by-length",
 }
+# (numerator, denominator, target): each lmlab variant against the raw loop with the same padding, and
+# grouping against HF Trainer's defaults (issue 5 targets: >= 0.97x and, at max_length 512, >= 1.3x).
+COMPARISONS: list[tuple[str, str, float | None]] = [
+    ("lmlab_fixed", "raw_fixed", 0.97),
+    ("lmlab_dynamic", "raw_dynamic", 0.97),
+    ("lmlab_grouped", "hf_default", 1.3),
+    ("lmlab_grouped", "hf_grouped", None),
+    ("lmlab_grouped", "raw_dynamic", None),
+    ("hf_default", "raw_fixed", None),
+]
 REQUIRED_KEYS = ("samples_per_sec", "tokens_per_sec", "pad_fraction", "steps")
 
 
@@ -116,9 +137,30 @@ def markdown_table(summary: dict[str, dict[str, float]], reference: str | None) 
     return "\n".join(rows)
 
 
+def ratio_table(runs: list[dict[str, Any]], summary: dict[str, dict[str, float]]) -> str:
+    """Ratios of samples/s: of the medians, and the median of the per-round ratios (each round runs both
+    variants back to back, so machine load mostly cancels in a per-round ratio)."""
+    rows = ["| comparison | ratio of medians | median per-round ratio (min-max) | target |", "|---|---|---|---|"]
+    for num, den, target in COMPARISONS:
+        if num not in summary or den not in summary:
+            continue
+        of_medians = summary[num]["samples_per_sec_median"] / summary[den]["samples_per_sec_median"]
+        per_round = []
+        for r in sorted({x["round"] for x in runs}):
+            a = [x for x in runs if x["round"] == r and x["variant"] == num and "error" not in x]
+            b = [x for x in runs if x["round"] == r and x["variant"] == den and "error" not in x]
+            if a and b:
+                per_round.append(a[0]["samples_per_sec"] / b[0]["samples_per_sec"])
+        spread = f"{statistics.median(per_round):.3f} ({min(per_round):.3f}-{max(per_round):.3f})" if per_round else "-"
+        verdict = "-" if target is None else f">= {target}: {'met' if of_medians >= target else 'NOT met'}"
+        rows.append(f"| {num} / {den} | {of_medians:.3f} | {spread} | {verdict} |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names to run, in order")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names to run, in order "
+                   "(default: all; the hf_* ones need the `bench` extra: accelerate, psutil)")
     p.add_argument("--add", action="append", default=[], metavar="NAME=TEMPLATE", help="extra variant")
     p.add_argument("--model", default="tiny", choices=("tiny", "minilm"))
     p.add_argument("--max-length", type=int, default=128)
@@ -154,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     runs, summary = run_benchmark(selected, params, args.repeats, args.timeout_s)
     print(markdown_table(summary, args.reference))
+    print()
+    print(ratio_table(runs, summary))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"params": params, "runs": runs, "summary": summary}, indent=2))
