@@ -110,7 +110,9 @@ class Throughput(Callback):
         if self.first_batch_s is None:
             self.first_batch_s = process_age_s()
             if self.first_batch_s is not None:
-                log.info("first training batch %.1f s after process start", self.first_batch_s)
+                usage = resource.getrusage(resource.RUSAGE_SELF)  # CPU time: comparable on a busy machine
+                log.info("first training batch %.1f s after process start (CPU %.1f s)", self.first_batch_s,
+                         usage.ru_utime + usage.ru_stime)
         if self.paused_at is not None:
             self.excluded += time.perf_counter() - self.paused_at
             self.paused_at = None
