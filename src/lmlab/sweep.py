@@ -92,7 +92,9 @@ def _load(sweep_dir: Path) -> dict[str, Any]:
 
 def _refresh_job(sweep_dir: Path, entry: dict[str, Any]) -> None:
     status_file = sweep_dir / entry["dir"] / runfiles.STATUS
-    if status_file.is_file():
+    if not status_file.is_file():  # never started, or its results were deleted
+        entry.update(status="pending", attempts=0, started=None, ended=None, error=None)
+    else:
         try:
             status = runfiles.read_json(status_file)
         except ValueError:
@@ -103,9 +105,11 @@ def _refresh_job(sweep_dir: Path, entry: dict[str, Any]) -> None:
             entry["status"] = "incomplete"  # metrics deleted by hand: a re-issue runs it again
 
 
-def _save(sweep_dir: Path, data: dict[str, Any]) -> dict[str, Any]:
+def _save(sweep_dir: Path, data: dict[str, Any], force: dict[str, str] | None = None) -> dict[str, Any]:
     for entry in data["jobs"]:
         _refresh_job(sweep_dir, entry)
+        if force and entry["dir"] in force:
+            entry["status"] = force[entry["dir"]]
     counts: dict[str, int] = {}
     for entry in data["jobs"]:
         counts[entry.get("status") or "pending"] = counts.get(entry.get("status") or "pending", 0) + 1
@@ -150,11 +154,12 @@ def record_job(sweep_dir: Path, job_dir: Path, overrides: Sequence[str], status:
         data = _load(sweep_dir)
         dirname = str(Path(job_dir).absolute().relative_to(Path(sweep_dir).absolute()))
         entry = _upsert(data, dirname, overrides, skipped=False)
-        _save(sweep_dir, data)
-        has_status = (Path(job_dir) / runfiles.STATUS).is_file()
-        if status is not None and (status == "running" or not has_status):
-            entry["status"] = status
-            runfiles.write_json(sweep_dir / SWEEP, data)
+        if status is not None and status != "running" and not (Path(job_dir) / runfiles.STATUS).is_file():
+            # Failed before lmlab's task wrote anything: give it a status.json so it counts as an attempt.
+            runfiles.update_status(Path(job_dir), "running")
+            runfiles.update_status(Path(job_dir), status)
+        # At start, status.json is missing or still holds the previous attempt's result.
+        _save(sweep_dir, data, force={entry["dir"]: status} if status == "running" else None)
 
 
 def summary(sweep_dir: Path) -> dict[str, Any]:
