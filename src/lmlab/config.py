@@ -46,8 +46,21 @@ def gpu_precision() -> str:
     return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "16-mixed"
 
 
+def _job_dir(override_dirname: str) -> str:
+    from lmlab.sweep import job_dirname
+
+    return job_dirname(override_dirname)
+
+
+def _sqlite(path: str) -> str:
+    from lmlab.sweep import sqlite_url
+
+    return sqlite_url(path)
+
+
 def register_resolvers() -> None:
-    for name, resolver in (("pkg_path", package_path), ("lmlab_gpu_precision", gpu_precision)):
+    for name, resolver in (("pkg_path", package_path), ("lmlab_gpu_precision", gpu_precision),
+                           ("lmlab_job_dir", _job_dir), ("lmlab_sqlite", _sqlite)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
 

@@ -64,7 +64,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, then evaluate the best checkpoint on val and test; returns the metrics written to metrics.json."""
     import pytorch_lightning as pl
 
-    from lmlab import runfiles
+    from lmlab import manifest, runfiles
+    from lmlab.loggers import finish_run
     from lmlab.utils import print_config
 
     run_dir = Path(cfg.paths.output_dir)
@@ -74,6 +75,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule, model, trainer = objects["datamodule"], objects["model"], objects["trainer"]
     model.run_info = {"config": OmegaConf.to_container(cfg, resolve=True), "labels": datamodule.labels,
                       "data_fingerprint": datamodule.data_fingerprint}
+    if trainer.is_global_zero:
+        manifest.write_start(run_dir, cfg, datamodule, trainer, effective_batch_size(cfg, trainer))
     for logger in trainer.loggers:
         logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True),
                                 "effective_batch_size": effective_batch_size(cfg, trainer),
@@ -103,6 +106,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             model.export_pretrained(run_dir / runfiles.EXPORT)
         log.info("test/f1_macro=%.4f  val/f1_macro=%.4f  -> %s", metrics["test/f1_macro"],
                  metrics["val/f1_macro"], run_dir / runfiles.METRICS)
+        manifest.write_end(run_dir)
+        finish_run(trainer.loggers, metrics, run_dir)  # W&B: summary, run files, finish
     return metrics
 
 
