@@ -99,8 +99,15 @@ def eval_trainer(cfg: DictConfig, trainer: Any) -> Any:
     import torch.distributed as dist
     from hydra.utils import instantiate
     from pytorch_lightning.plugins.environments import LightningEnvironment
+    from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
     is_zero = trainer.is_global_zero
+    if isinstance(getattr(trainer.strategy, "launcher", None), _SubprocessScriptLauncher):
+        # This process started the children and exported their rendezvous variables into its own environment;
+        # the next job of a multirun would take LOCAL_RANK as "processes are created externally" and wait
+        # forever for ranks nobody starts.
+        for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+            os.environ.pop(key, None)
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()  # or torchmetrics would try to sync with ranks that are gone

@@ -131,7 +131,8 @@ def run_task(task: Any, cfg: DictConfig) -> dict[str, Any] | None:
     from lmlab.distributed import is_primary_process
 
     run_dir = Path(cfg.paths.output_dir)
-    if not is_primary_process():  # DDP ranks > 0 share rank 0's dir; it alone keeps status.json
+    if not is_primary_process():  # DDP ranks > 0 share rank 0's dir; it alone keeps status.json and talks
+        logging.getLogger("lmlab").setLevel(logging.ERROR)
         validate(cfg)
         return task(cfg)
     runfiles.update_status(run_dir, "running")
