@@ -97,7 +97,6 @@ class RequeueOnSignal(pl.Callback):
         self._submitit: Any = None
         self._pending = False
         self._in_fit = False
-        self._samples_done = 0
         self._restore_rng: dict[str, Any] | None = None
 
     # ---- signal ownership
@@ -148,12 +147,8 @@ class RequeueOnSignal(pl.Callback):
             _set_rng_states(self._restore_rng)
             self._restore_rng = None
 
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._samples_done = 0
-
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        self._samples_done += len(batch["labels"]) if isinstance(batch, dict) and "labels" in batch else 0
         if self._submitit is None:
             return
         # All ranks must agree, or one would wait in save_checkpoint's barrier for the others.
@@ -169,8 +164,9 @@ class RequeueOnSignal(pl.Callback):
     # ---- what Lightning's checkpoint lacks
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
-        checkpoint["lmlab_resume"] = {"rng": _rng_states(), "epoch": trainer.current_epoch,
-                                      "samples_done": self._samples_done}
+        # `processed` counts this epoch's batches whose step is done, whichever hook saves (batch or epoch end).
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        checkpoint["lmlab_resume"] = {"rng": _rng_states(), "epoch": trainer.current_epoch, "batches_done": done}
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
@@ -180,4 +176,4 @@ class RequeueOnSignal(pl.Callback):
         self._restore_rng = state["rng"]
         resume = getattr(trainer.datamodule, "resume_train_sampler", None)
         if resume is not None:
-            resume(state["epoch"], state["samples_done"])
+            resume(state["epoch"], state["batches_done"])

@@ -147,7 +147,10 @@ class TextClassificationDataModule(pl.LightningDataModule):
         if train:
             sampler = ResumableRandomSampler(self.datasets[split])
             if self._resume_skip is not None:
-                sampler.skip(*self._resume_skip)
+                # Lightning iterates (and prefetches) the resumed epoch before it calls set_epoch.
+                epoch, batches_done = self._resume_skip
+                sampler.set_epoch(epoch)
+                sampler.skip(epoch, batches_done * self.batch_size)
                 self._resume_skip = None
         return DataLoader(
             self.datasets[split], batch_size=self.batch_size if train else self.eval_batch_size,
@@ -155,9 +158,9 @@ class TextClassificationDataModule(pl.LightningDataModule):
             generator=torch.Generator().manual_seed(int(os.environ.get("PL_GLOBAL_SEED", 0))) if train else None,
             persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
 
-    def resume_train_sampler(self, epoch: int, samples_done: int) -> None:
-        """Called by the requeue callback on restore: epoch `epoch` had already trained on `samples_done`."""
-        self._resume_skip = (epoch, samples_done)
+    def resume_train_sampler(self, epoch: int, batches_done: int) -> None:
+        """Called by the requeue callback on restore: epoch `epoch` had already trained on `batches_done`."""
+        self._resume_skip = (epoch, batches_done)
 
     def train_dataloader(self) -> DataLoader:
         return self.loader("train")
