@@ -88,6 +88,34 @@ def _submitit_handler(signum: int) -> Any:
     return None
 
 
+def _wandb_run(trainer: pl.Trainer | None) -> dict[str, Any]:
+    """The W&B run of this attempt (id, offline or not), so the requeued attempt can continue it."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    for logger in trainer.loggers if trainer is not None else []:
+        if isinstance(logger, WandbLogger):
+            run = logger.experiment
+            return {"wandb_id": run.id, "wandb_offline": bool(getattr(run.settings, "_offline", False))}
+    return {}
+
+
+def wandb_resume_kwargs(run_dir: Path, logger_cfg: Any) -> dict[str, Any]:
+    """Extra WandbLogger kwargs for a requeued attempt: the same run id online; offline runs cannot be resumed
+    (wandb #2423), so a new offline run (same group, as configured) and a warning saying so."""
+    status_path = Path(run_dir) / runfiles.STATUS
+    if not str(logger_cfg.get("_target_", "")).endswith("WandbLogger") or resume_checkpoint(run_dir) is None \
+            or not status_path.exists():
+        return {}
+    previous = runfiles.read_json(status_path)
+    if not previous.get("wandb_id"):
+        return {}
+    if previous.get("wandb_offline") or os.environ.get("WANDB_MODE") in ("offline", "disabled"):
+        log.warning("W&B: offline runs cannot be resumed (wandb #2423); this attempt logs a new offline run in "
+                    "the same group (previous attempt: %s)", previous["wandb_id"])
+        return {}
+    return {"id": previous["wandb_id"], "resume": "allow"}
+
+
 class RequeueOnSignal(pl.Callback):
     """Save RNG + epoch position in every checkpoint; under submitit, requeue at a batch boundary on its signal."""
 
@@ -132,7 +160,7 @@ class RequeueOnSignal(pl.Callback):
                     f"{resume}: resume it with ckpt_path={self.run_dir} (or raise hydra.launcher.timeout_min / "
                     f"hydra.launcher.max_num_timeout)")
             runfiles.update_status(self.run_dir, "requeued", reason="timeout" if timed_out else "preempted",
-                                   checkpoint=resume, requeues_left=countdown)
+                                   checkpoint=resume, requeues_left=countdown, **_wandb_run(trainer))
             try:
                 handler(self._signum, None)  # dumps the resubmission, `scontrol requeue`, sys.exit(-1)
             except SystemExit:

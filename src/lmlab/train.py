@@ -40,7 +40,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     from hydra.utils import instantiate
 
     from lmlab.distributed import trainer_plugins
-    from lmlab.requeue import RequeueOnSignal
+    from lmlab.requeue import RequeueOnSignal, wandb_resume_kwargs
 
     datamodule = instantiate(cfg.dataset)
     datamodule.load()
@@ -55,7 +55,8 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True), _recursive_=False, _convert_="all")
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     callbacks.append(RequeueOnSignal(cfg.paths.output_dir))  # RNG/epoch position in checkpoints; SLURM requeue
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
+    loggers = [instantiate(c, **wandb_resume_kwargs(cfg.paths.output_dir, c))
+               for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **trainer_plugins(cfg.trainer))
     return {"datamodule": datamodule, "model": model, "trainer": trainer}
 
@@ -94,6 +95,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     best_path = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
     if trainer.is_global_zero:
         requeue.requeue_checkpoint(run_dir).unlink(missing_ok=True)
+    # Of the fit, before the single-device eval trainer replaces it.
+    global_batch, fit_epoch = effective_batch_size(cfg, trainer), trainer.current_epoch
     trainer = distributed.eval_trainer(cfg, trainer)  # after DDP: one device, no padded test batches
     if trainer is None:  # a non-zero rank: rank 0 evaluates and writes
         return {}
@@ -104,9 +107,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     metrics.update(model.details.get("test", {}))
     metrics.update({
         "best/val_f1_macro": float(val["val/f1_macro"]),
-        "best/epoch": model.loaded_epoch if best_path else trainer.current_epoch,
+        "best/epoch": model.loaded_epoch if best_path else fit_epoch,
         "best/ckpt_path": str(Path(best_path).resolve().relative_to(run_dir.resolve())) if best_path else None,
-        "effective_batch_size": effective_batch_size(cfg, trainer),
+        "effective_batch_size": global_batch,
     })
     if trainer.is_global_zero:
         runfiles.write_json(run_dir / runfiles.METRICS, metrics)
