@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lmlab.config import LmlabError
-from lmlab.data.sampler import ResumableRandomSampler
+from lmlab.data.resumable import ResumableRandomSampler
 from lmlab.data.sources import SPLITS, Example, SourceOutput
 from lmlab.data.splits import build_splits, fingerprint, label_names
 from lmlab.models.backbone import load_tokenizer
