@@ -103,7 +103,7 @@ def wandb_resume_kwargs(run_dir: Path, logger_cfg: Any) -> dict[str, Any]:
     """Extra WandbLogger kwargs for a requeued attempt: the same run id online; offline runs cannot be resumed
     (wandb #2423), so a new offline run (same group, as configured) and a warning saying so."""
     status_path = Path(run_dir) / runfiles.STATUS
-    if not str(logger_cfg.get("_target_", "")).endswith("WandbLogger") or resume_checkpoint(run_dir) is None \
+    if "wandb" not in str(logger_cfg.get("_target_", "")).lower() or resume_checkpoint(run_dir) is None \
             or not status_path.exists():
         return {}
     previous = runfiles.read_json(status_path)

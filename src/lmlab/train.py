@@ -68,9 +68,9 @@ def effective_batch_size(cfg: DictConfig, trainer: Any) -> int:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, then evaluate the best checkpoint on val and test; returns the metrics written to metrics.json."""
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import ModelCheckpoint
 
-    from lmlab import distributed, requeue, runfiles
+    from lmlab import distributed, manifest, requeue, runfiles
+    from lmlab.loggers import finish_run
     from lmlab.utils import print_config
 
     run_dir = Path(cfg.paths.output_dir)
@@ -82,6 +82,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule, model, trainer = objects["datamodule"], objects["model"], objects["trainer"]
     model.run_info = {"config": OmegaConf.to_container(cfg, resolve=True), "labels": datamodule.labels,
                       "data_fingerprint": datamodule.data_fingerprint}
+    if trainer.is_global_zero:
+        manifest.write_start(run_dir, cfg, datamodule, trainer, effective_batch_size(cfg, trainer))
     for logger in trainer.loggers:
         logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True),
                                 "effective_batch_size": effective_batch_size(cfg, trainer),
@@ -91,8 +93,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = requeue.resume_checkpoint(run_dir) or resolve_ckpt_path(cfg.get("ckpt_path"))
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
 
-    checkpoint = trainer.checkpoint_callback if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else None
-    best_path = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
+    # The monitoring checkpoint callback knows the best model; `last_checkpoint` only keeps the latest.
+    best = next((c for c in trainer.checkpoint_callbacks if c.monitor and c.best_model_path), None)
+    best_path = best.best_model_path if best else None
     if trainer.is_global_zero:
         requeue.requeue_checkpoint(run_dir).unlink(missing_ok=True)
     # Of the fit, before the single-device eval trainer replaces it.
@@ -119,6 +122,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             model.export_pretrained(run_dir / runfiles.EXPORT)
         log.info("test/f1_macro=%.4f  val/f1_macro=%.4f  -> %s", metrics["test/f1_macro"],
                  metrics["val/f1_macro"], run_dir / runfiles.METRICS)
+        manifest.write_end(run_dir)
+        finish_run(trainer.loggers, metrics, run_dir)  # W&B: summary, run files, finish
     return metrics
 
 

@@ -1,0 +1,167 @@
+"""Run throughput variants interleaved (A B C ... then reversed, repeated) and summarise them.
+
+Each variant is a shell-free command template; every run is a fresh process. Contract for a variant's
+command: its last stdout line that parses as JSON holds at least ``samples_per_sec``,
+``tokens_per_sec``, ``pad_fraction`` and ``steps`` (measured from the end of step 3 to the end of the
+last step, validation excluded) — as benchmarks/baselines.py prints with --json.
+
+Extension point: ``VARIANTS`` below (name -> template), or ``--add NAME=TEMPLATE`` on the command line,
+or ``run_benchmark(variants=...)`` from Python. Placeholders: {python} {model} {max_length}
+{batch_size} {steps} {seed}.
+
+Example:
+  PYTHONPATH=src python benchmarks/run.py --model tiny --steps 10 --repeats 2 --out logs/bench.json \
+      --add 'lmlab_dynamic={python} train.py experiment=bench model={model} ...'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+_BASE = (
+    "{python} benchmarks/baselines.py --model {model} --max-length {max_length} "
+    "--batch-size {batch_size} --steps {steps} --seed {seed} --json --which "
+)
+VARIANTS: dict[str, str] = {
+    "raw_fixed": _BASE + "raw_fixed",
+    "raw_dynamic": _BASE + "raw_dynamic",
+    "hf_default": _BASE + "hf_default",
+    "hf_grouped": _BASE + "hf_grouped",
+}
+REQUIRED_KEYS = ("samples_per_sec", "tokens_per_sec", "pad_fraction", "steps")
+
+
+def _last_json(stdout: str) -> dict[str, Any] | None:
+    for line in reversed(stdout.strip().splitlines()):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            return obj
+    return None
+
+
+def run_one(name: str, template: str, params: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    cmd = shlex.split(template.format(**params))
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"variant": name, "error": f"timed out after {timeout_s:.0f}s", "cmd": cmd}
+    rec: dict[str, Any] = {"variant": name, "cmd": cmd, "wall_s": time.perf_counter() - t0}
+    result = _last_json(proc.stdout)
+    if proc.returncode != 0 or result is None or any(k not in result for k in REQUIRED_KEYS):
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [""]
+        rec["error"] = f"exit {proc.returncode}, no valid JSON result line; last output: {tail[0][:300]}"
+        return rec
+    rec.update(result)
+    rec["variant"] = name
+    return rec
+
+
+def run_benchmark(
+    variants: dict[str, str], params: dict[str, Any], repeats: int, timeout_s: float = 900.0
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
+    """Interleave: round r runs the variants in order (r even) or reversed (r odd) to cancel drift."""
+    names = list(variants)
+    runs: list[dict[str, Any]] = []
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
+            rec = run_one(name, variants[name], params, timeout_s)
+            rec["round"] = r
+            runs.append(rec)
+            status = rec.get("error") or f"{rec['samples_per_sec']:.2f} samples/s"
+            print(f"[round {r}] {name}: {status}", file=sys.stderr, flush=True)
+    summary: dict[str, dict[str, float]] = {}
+    for name in names:
+        ok = [x for x in runs if x["variant"] == name and "error" not in x]
+        if not ok:
+            continue
+        sps = [x["samples_per_sec"] for x in ok]
+        summary[name] = {
+            "runs": len(ok),
+            "samples_per_sec_median": statistics.median(sps),
+            "samples_per_sec_min": min(sps),
+            "samples_per_sec_max": max(sps),
+            "tokens_per_sec_median": statistics.median(x["tokens_per_sec"] for x in ok),
+            "pad_fraction_median": statistics.median(x["pad_fraction"] for x in ok),
+        }
+    return runs, summary
+
+
+def markdown_table(summary: dict[str, dict[str, float]], reference: str | None) -> str:
+    ref = summary.get(reference or "", {}).get("samples_per_sec_median")
+    rows = [
+        "| variant | samples/s (median) | min-max | tokens/s | pad fraction | vs "
+        + (reference or "-")
+        + " |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, s in summary.items():
+        rel = f"{s['samples_per_sec_median'] / ref:.2f}x" if ref else "-"
+        rows.append(
+            f"| {name} | {s['samples_per_sec_median']:.2f} | {s['samples_per_sec_min']:.2f}-"
+            f"{s['samples_per_sec_max']:.2f} | {s['tokens_per_sec_median']:.0f} | "
+            f"{s['pad_fraction_median']:.3f} | {rel} |"
+        )
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names to run, in order")
+    p.add_argument("--add", action="append", default=[], metavar="NAME=TEMPLATE", help="extra variant")
+    p.add_argument("--model", default="tiny", choices=("tiny", "minilm"))
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--timeout-s", type=float, default=900.0, help="per run")
+    p.add_argument("--reference", default="raw_fixed", help="variant the table's ratio column divides by")
+    p.add_argument("--out", type=Path, default=None, help="write {params, runs, summary} JSON here")
+    args = p.parse_args(argv)
+
+    variants = dict(VARIANTS)
+    for item in args.add:
+        name, sep, template = item.partition("=")
+        if not sep or not name or not template:
+            p.error(f"--add expects NAME=TEMPLATE, got {item!r}")
+        variants[name] = template
+    wanted = [v for v in args.variants.split(",") if v] + [i.partition("=")[0] for i in args.add]
+    unknown = [v for v in wanted if v not in variants]
+    if unknown:
+        p.error(f"unknown variant(s) {unknown}; known: {sorted(variants)} (add one with --add NAME=TEMPLATE)")
+    if args.repeats < 1:
+        p.error(f"--repeats must be >= 1, got {args.repeats}")
+    selected = {v: variants[v] for v in dict.fromkeys(wanted)}
+    params = {
+        "python": sys.executable,
+        "model": args.model,
+        "max_length": args.max_length,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "seed": args.seed,
+    }
+    runs, summary = run_benchmark(selected, params, args.repeats, args.timeout_s)
+    print(markdown_table(summary, args.reference))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"params": params, "runs": runs, "summary": summary}, indent=2))
+    failed = [r for r in runs if "error" in r]
+    for r in failed:
+        print(f"FAILED {r['variant']} (round {r['round']}): {r['error']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
