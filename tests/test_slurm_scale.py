@@ -125,6 +125,8 @@ def test_time_out_limit_and_killed_job_are_recorded(tmp_path: Path) -> None:
     status = _status(killed)
     assert status["status"] == "failed" and "without a result" in status["error"], status
     assert "FAILED" in status["error"] or "CANCELLED" in status["error"], status
+    summary = json.loads((sweep / "sweep.json").read_text())
+    assert summary["counts"] == {"failed": 2}, summary["counts"]
 
 
 def test_impossible_request_fails_fast_and_is_recorded(tmp_path: Path) -> None:
@@ -139,3 +141,5 @@ def test_impossible_request_fails_fast_and_is_recorded(tmp_path: Path) -> None:
     statuses = [json.loads(p.read_text()) for p in sweep.glob("*/status.json")]
     assert len(statuses) == 2
     assert all(s["status"] == "failed" and "Requested node configuration" in s["error"] for s in statuses)
+    summary = json.loads((sweep / "sweep.json").read_text())
+    assert summary["counts"] == {"failed": 2}, summary["counts"]

@@ -45,6 +45,14 @@ def refuse_resource_sweeps(job_overrides: Sequence[Sequence[str]]) -> None:
             f"{next(iter(varying))}={next(iter(varying.values()))[0]} ...`.")
 
 
+def _refresh_sweep_json(sweep_dir: Path) -> None:
+    """Re-read every job's status.json into <sweep dir>/sweep.json (lmlab.sweep), when the sweep keeps one."""
+    from lmlab import sweep
+
+    if (sweep_dir / sweep.SWEEP).is_file():
+        sweep.summary(sweep_dir)
+
+
 class SlurmLauncher(_SubmititSlurmLauncher):
     """Same submission as hydra-submitit-launcher's (its `__call__` and `checkpoint` run each job); `launch`
     differs only in refusing resource sweeps and in how submission errors and dead jobs are reported."""
@@ -112,6 +120,7 @@ class SlurmLauncher(_SubmititSlurmLauncher):
                           message[-1] if message else "sbatch failed")
             for num, overrides in numbered:
                 self._record_failure(overrides, num, f"SLURM refused the job at submit: {sbatch}")
+            _refresh_sweep_json(sweep_dir)
             raise LmlabError(
                 f"SLURM refused the sweep's {len(numbered)} job(s) at submit: {sbatch}\n"
                 f"Fix the request (hydra.launcher.partition / timeout_min / cpus_per_task / mem_gb / gpus_per_node "
@@ -131,6 +140,8 @@ class SlurmLauncher(_SubmititSlurmLauncher):
                                 task_name=str(self.config.hydra.job.name))
                 ret.working_dir = str(self._job_dir(overrides, num) or "")
                 returns.append(ret)
+        if any(ret.status == JobStatus.FAILED for ret in returns):
+            _refresh_sweep_json(sweep_dir)  # the jobs' own callbacks could not record a death
         for (num, overrides), ret in zip(numbered, returns):
             log.info("job #%d %s: %s", num, ret.status.name.lower(), " ".join(filter_overrides(overrides)))
         return returns
