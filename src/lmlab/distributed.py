@@ -6,7 +6,7 @@ How the processes start (chosen deliberately):
   writes into one dir. We keep that launcher rather than `ddp_spawn`: it is what GPU users get anyway, it needs no
   pickling of the datamodule/model, and ddp_cpu then exercises the same code path as GPU DDP. Its one trap is a
   multirun (Lightning #11300): the children would receive the whole `-m a=1,2` argv and the pattern of
-  `hydra.run.dir` instead of the job's dir; `prepare_ddp_children` rewrites both for the current job.
+  `hydra.run.dir` instead of the job's dir; `ddp_children_argv` rewrites both for the current job.
 - Under SLURM (`hydra/launcher=slurm`, one task per device) SLURM starts the processes and Lightning launches none.
 """
 
@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from omegaconf import DictConfig, open_dict, read_write
@@ -54,25 +56,34 @@ def _config_flags(argv: list[str]) -> list[str]:
     return kept
 
 
-def prepare_ddp_children(cfg: DictConfig) -> None:
-    """In a multirun job, make Lightning's DDP children re-run *this job* in *this job's dir* (Lightning #11300).
+@contextmanager
+def ddp_children_argv(cfg: DictConfig, trainer: Any) -> Iterator[None]:
+    """Around `fit` in a multirun job: make Lightning's DDP children re-run *this job* in *this job's dir*
+    (Lightning #11300).
 
-    Lightning builds the child command from `sys.argv[1:]` + `hydra.run.dir=<HydraConfig run.dir>`. We set argv
-    to this job's own overrides (no `-m`) and the run dir to the job's output dir. Only the multirun parent
-    process is touched; the children themselves are plain single runs.
+    Lightning builds the child command from `sys.argv[1:]` + `hydra.run.dir=<HydraConfig run.dir>`. For the
+    duration of the launch, argv becomes this job's own overrides (no `-m`) and the run dir the job's output dir;
+    argv is restored afterwards (the manifest and the next job see the real command line). Only a multirun
+    parent that launches children is touched; the children themselves are plain single runs.
     """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
+    from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
-    if not HydraConfig.initialized() or not is_primary_process():
+    launches = isinstance(getattr(trainer.strategy, "launcher", None), _SubprocessScriptLauncher)
+    if not launches or not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        yield
         return
     hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode != RunMode.MULTIRUN:
-        return
     hydra_overrides = [o for o in hydra_cfg.overrides.hydra if not o.lstrip("~+").startswith(_PARENT_ONLY)]
+    saved = list(sys.argv)
     sys.argv = [sys.argv[0], *_config_flags(sys.argv[1:]), *hydra_overrides, *hydra_cfg.overrides.task]
     with read_write(hydra_cfg), open_dict(hydra_cfg):
         hydra_cfg.run.dir = str(cfg.paths.output_dir)
+    try:
+        yield
+    finally:
+        sys.argv = saved
 
 
 def trainer_plugins(trainer_cfg: DictConfig) -> dict[str, Any]:

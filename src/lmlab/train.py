@@ -74,7 +74,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from lmlab.utils import print_config
 
     run_dir = Path(cfg.paths.output_dir)
-    distributed.prepare_ddp_children(cfg)
     if distributed.is_primary_process():
         print_config(cfg, save_to=run_dir / "config_tree.log")
     pl.seed_everything(cfg.seed, workers=True)
@@ -91,7 +90,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     # An interrupted attempt of this same job (SLURM requeue) takes precedence over the configured ckpt_path.
     ckpt_path = requeue.resume_checkpoint(run_dir) or resolve_ckpt_path(cfg.get("ckpt_path"))
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    with distributed.ddp_children_argv(cfg, trainer):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
 
     # The monitoring checkpoint callback knows the best model; `last_checkpoint` only keeps the latest.
     best = next((c for c in trainer.checkpoint_callbacks if c.monitor and c.best_model_path), None)
