@@ -59,10 +59,16 @@ def _sqlite(path: str) -> str:
 
 
 def register_resolvers() -> None:
-    for name, resolver in (("pkg_path", package_path), ("lmlab_gpu_precision", gpu_precision),
-                           ("lmlab_job_dir", _job_dir), ("lmlab_sqlite", _sqlite)):
+    from lmlab import cluster
+
+    for name, resolver, cache in (
+        ("pkg_path", package_path, False), ("lmlab_gpu_precision", gpu_precision, False),
+        ("lmlab_slurm_tasks", cluster.slurm_tasks, False), ("lmlab_slurm_gpus", cluster.slurm_gpus, False),
+        ("lmlab_run_stamp", cluster.run_stamp, True),  # cached like ${now:}: one value per process
+        ("lmlab_job_dir", _job_dir, False), ("lmlab_sqlite", _sqlite, False),
+    ):
         if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, resolver)
+            OmegaConf.register_new_resolver(name, resolver, use_cache=cache)
 
 
 # (dotted key, type, lower bound, whether the bound is exclusive). Only keys that exist are checked, so the

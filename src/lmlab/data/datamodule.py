@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -11,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lmlab.config import LmlabError
+from lmlab.data.resumable import ResumableRandomSampler
 from lmlab.data.sources import SPLITS, Example, SourceOutput
 from lmlab.data.splits import build_splits, fingerprint, label_names
 from lmlab.models.backbone import load_tokenizer
@@ -68,6 +70,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
         self.pad_to_multiple_of = pad_to_multiple_of
         self.splits: dict[str, list[Example]] | None = None
         self.datasets: dict[str, FeatureDataset] = {}
+        self._resume_skip: tuple[int, int] | None = None
 
     # ---- data, before any model exists: the module is built from `labels`
     def load(self) -> None:
@@ -138,10 +141,26 @@ class TextClassificationDataModule(pl.LightningDataModule):
     # ---- loaders
     def loader(self, split: str) -> DataLoader:
         train = split == "train"
+        # Training order is a function of (seed, epoch) and skips what a mid-epoch checkpoint already saw; the
+        # loader's own generator keeps iter() from drawing on the global RNG (dropout stays reproducible).
+        sampler = None
+        if train:
+            sampler = ResumableRandomSampler(self.datasets[split])
+            if self._resume_skip is not None:
+                # Lightning iterates (and prefetches) the resumed epoch before it calls set_epoch.
+                epoch, batches_done = self._resume_skip
+                sampler.set_epoch(epoch)
+                sampler.skip(epoch, batches_done * self.batch_size)
+                self._resume_skip = None
         return DataLoader(
             self.datasets[split], batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train, collate_fn=self.collate, num_workers=self.num_workers,
+            sampler=sampler, collate_fn=self.collate, num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(int(os.environ.get("PL_GLOBAL_SEED", 0))) if train else None,
             persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
+
+    def resume_train_sampler(self, epoch: int, batches_done: int) -> None:
+        """Called by the requeue callback on restore: epoch `epoch` had already trained on `batches_done`."""
+        self._resume_skip = (epoch, batches_done)
 
     def train_dataloader(self) -> DataLoader:
         return self.loader("train")
