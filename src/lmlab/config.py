@@ -46,10 +46,29 @@ def gpu_precision() -> str:
     return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "16-mixed"
 
 
+def _job_dir(override_dirname: str) -> str:
+    from lmlab.sweep import job_dirname
+
+    return job_dirname(override_dirname)
+
+
+def _sqlite(path: str) -> str:
+    from lmlab.sweep import sqlite_url
+
+    return sqlite_url(path)
+
+
 def register_resolvers() -> None:
-    for name, resolver in (("pkg_path", package_path), ("lmlab_gpu_precision", gpu_precision)):
+    from lmlab import cluster
+
+    for name, resolver, cache in (
+        ("pkg_path", package_path, False), ("lmlab_gpu_precision", gpu_precision, False),
+        ("lmlab_slurm_tasks", cluster.slurm_tasks, False), ("lmlab_slurm_gpus", cluster.slurm_gpus, False),
+        ("lmlab_run_stamp", cluster.run_stamp, True),  # cached like ${now:}: one value per process
+        ("lmlab_job_dir", _job_dir, False), ("lmlab_sqlite", _sqlite, False),
+    ):
         if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, resolver)
+            OmegaConf.register_new_resolver(name, resolver, use_cache=cache)
 
 
 # (dotted key, type, lower bound, whether the bound is exclusive). Only keys that exist are checked, so the

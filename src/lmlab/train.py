@@ -39,6 +39,9 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     """Instantiate datamodule, model, callbacks, loggers and trainer from the composed config."""
     from hydra.utils import instantiate
 
+    from lmlab.distributed import trainer_plugins
+    from lmlab.requeue import RequeueOnSignal, wandb_resume_kwargs
+
     datamodule = instantiate(cfg.dataset)
     datamodule.load()
     counts = [0] * len(datamodule.labels)
@@ -51,8 +54,10 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
         scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True), _recursive_=False, _convert_="all")
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    callbacks.append(RequeueOnSignal(cfg.paths.output_dir))  # RNG/epoch position in checkpoints; SLURM requeue
+    loggers = [instantiate(c, **wandb_resume_kwargs(cfg.paths.output_dir, c))
+               for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **trainer_plugins(cfg.trainer))
     return {"datamodule": datamodule, "model": model, "trainer": trainer}
 
 
@@ -64,27 +69,41 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, then evaluate the best checkpoint on val and test; returns the metrics written to metrics.json."""
     import pytorch_lightning as pl
 
-    from lmlab import runfiles
+    from lmlab import distributed, manifest, requeue, runfiles
     from lmlab.callbacks import perf_summary
+    from lmlab.loggers import finish_run
     from lmlab.utils import print_config
 
     run_dir = Path(cfg.paths.output_dir)
-    print_config(cfg, save_to=run_dir / "config_tree.log")
+    if distributed.is_primary_process():
+        print_config(cfg, save_to=run_dir / "config_tree.log")
     pl.seed_everything(cfg.seed, workers=True)
     objects = build(cfg)
     datamodule, model, trainer = objects["datamodule"], objects["model"], objects["trainer"]
     model.run_info = {"config": OmegaConf.to_container(cfg, resolve=True), "labels": datamodule.labels,
                       "data_fingerprint": datamodule.data_fingerprint}
+    if trainer.is_global_zero:
+        manifest.write_start(run_dir, cfg, datamodule, trainer, effective_batch_size(cfg, trainer))
     for logger in trainer.loggers:
         logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True),
                                 "effective_batch_size": effective_batch_size(cfg, trainer),
                                 "labels": datamodule.labels, "data_fingerprint": datamodule.data_fingerprint})
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path")))
+    # An interrupted attempt of this same job (SLURM requeue) takes precedence over the configured ckpt_path.
+    ckpt_path = requeue.resume_checkpoint(run_dir) or resolve_ckpt_path(cfg.get("ckpt_path"))
+    with distributed.ddp_children_argv(cfg, trainer):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
 
     # The monitoring checkpoint callback knows the best model; `last_checkpoint` only keeps the latest.
     best = next((c for c in trainer.checkpoint_callbacks if c.monitor and c.best_model_path), None)
     best_path = best.best_model_path if best else None
+    if trainer.is_global_zero:
+        requeue.requeue_checkpoint(run_dir).unlink(missing_ok=True)
+    # Of the fit, before the single-device eval trainer replaces it.
+    global_batch, fit_epoch = effective_batch_size(cfg, trainer), trainer.current_epoch
+    trainer = distributed.eval_trainer(cfg, trainer)  # after DDP: one device, no padded test batches
+    if trainer is None:  # a non-zero rank: rank 0 evaluates and writes
+        return {}
     # Val and test are both measured on the best checkpoint (or the final weights when none was kept).
     val = trainer.validate(model, datamodule=datamodule, ckpt_path=best_path, verbose=False)[0]
     test = trainer.test(model, datamodule=datamodule, ckpt_path=best_path, verbose=False)[0]
@@ -92,9 +111,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     metrics.update(model.details.get("test", {}))
     metrics.update({
         "best/val_f1_macro": float(val["val/f1_macro"]),
-        "best/epoch": model.loaded_epoch if best_path else trainer.current_epoch,
+        "best/epoch": model.loaded_epoch if best_path else fit_epoch,
         "best/ckpt_path": str(Path(best_path).resolve().relative_to(run_dir.resolve())) if best_path else None,
-        "effective_batch_size": effective_batch_size(cfg, trainer),
+        "effective_batch_size": global_batch,
     })
     metrics.update(perf_summary(trainer, model))  # perf/train_samples_per_sec, ..., perf/attn_implementation
     if trainer.is_global_zero:
@@ -105,6 +124,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             model.export_pretrained(run_dir / runfiles.EXPORT)
         log.info("test/f1_macro=%.4f  val/f1_macro=%.4f  -> %s", metrics["test/f1_macro"],
                  metrics["val/f1_macro"], run_dir / runfiles.METRICS)
+        manifest.write_end(run_dir)
+        finish_run(trainer.loggers, metrics, run_dir)  # W&B: summary, run files, finish
     return metrics
 
 
@@ -116,12 +137,20 @@ def run_task(task: Any, cfg: DictConfig) -> dict[str, Any] | None:
     from hydra.types import RunMode
 
     from lmlab import runfiles
+    from lmlab.cluster import RequeueExit
+    from lmlab.distributed import is_primary_process
 
     run_dir = Path(cfg.paths.output_dir)
+    if not is_primary_process():  # DDP ranks > 0 share rank 0's dir; it alone keeps status.json and talks
+        logging.getLogger("lmlab").setLevel(logging.ERROR)
+        validate(cfg)
+        return task(cfg)
     runfiles.update_status(run_dir, "running")
     try:
         validate(cfg)
         result = task(cfg)
+    except RequeueExit:  # status.json already says requeued
+        raise
     except BaseException as err:
         (run_dir / runfiles.TRACEBACK).write_text(traceback.format_exc())
         message = str(err).splitlines()[0] if str(err) else type(err).__name__

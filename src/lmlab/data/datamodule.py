@@ -8,6 +8,7 @@ max_length tokenizes nothing. Each split is a set of flat int32 arrays (RaggedCo
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lmlab.config import LmlabError
 from lmlab.data.cache import RaggedColumn, cache_key, load_or_build
+from lmlab.data.resumable import ResumableRandomSampler
 from lmlab.data.sampler import LengthGroupedSampler
 from lmlab.data.sources import SPLITS, Example, SourceOutput
 from lmlab.data.splits import build_splits, fingerprint, label_names
@@ -120,6 +122,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         self.splits: dict[str, list[Example]] | None = None
         self.datasets: dict[str, FeatureDataset] = {}
+        self._resume_skip: tuple[int, int] | None = None
 
     # ---- data, before any model exists: the module is built from `labels`
     def load(self) -> None:
@@ -205,21 +208,36 @@ class TextClassificationDataModule(pl.LightningDataModule):
             self.datasets[split] = FeatureDataset(cols, labels)
             start = stop
 
-        # ---- loaders
+    # ---- loaders
     def loader(self, split: str) -> DataLoader:
         train = split == "train"
+        # Training order is a function of (seed, epoch) and skips what a mid-epoch checkpoint already saw; the
+        # loader's own generator keeps iter() from drawing on the global RNG (dropout stays reproducible).
         sampler = None
         if train and self.group_by_length:
-            # Shards itself by rank; it is a DistributedSampler, so Lightning does not wrap it again.
+            # Shards itself by rank; it is a DistributedSampler, so Lightning does not wrap it again. Its order is
+            # a function of (seed, epoch) too, but it has no mid-epoch skip: a mid-epoch resume repeats batches.
             trainer = self.trainer
             sampler = LengthGroupedSampler(
                 self.datasets[split].lengths, self.batch_size, seed=self.seed,
                 num_replicas=trainer.world_size if trainer else None, rank=trainer.global_rank if trainer else None)
+        elif train:
+            sampler = ResumableRandomSampler(self.datasets[split])
+            if self._resume_skip is not None:
+                # Lightning iterates (and prefetches) the resumed epoch before it calls set_epoch.
+                epoch, batches_done = self._resume_skip
+                sampler.set_epoch(epoch)
+                sampler.skip(epoch, batches_done * self.batch_size)
+                self._resume_skip = None
         return DataLoader(
             self.datasets[split], batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train and sampler is None, sampler=sampler, collate_fn=self.collate,
-            num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available())
+            sampler=sampler, collate_fn=self.collate, num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(int(os.environ.get("PL_GLOBAL_SEED", 0))) if train else None,
+            persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
+
+    def resume_train_sampler(self, epoch: int, batches_done: int) -> None:
+        """Called by the requeue callback on restore: epoch `epoch` had already trained on `batches_done`."""
+        self._resume_skip = (epoch, batches_done)
 
     def train_dataloader(self) -> DataLoader:
         return self.loader("train")

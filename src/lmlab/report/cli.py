@@ -258,6 +258,7 @@ def analyze(args: argparse.Namespace) -> dict[str, Any]:
         "seed_key": args.seed_key, "ci": args.ci,
         "n_jobs": len(jobs), "n_finished": len(finished), "n_failed": sum(j.status == "failed" for j in jobs),
         "baseline": baseline.name if baseline else None,
+        "constant_overrides": groups[0].constant if groups else [],
         "groups": rows,
         "comparisons": {
             r["group"]: {"test": c.test, "paired": c.paired}
@@ -343,6 +344,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         (f"{result['n_jobs']} jobs, {result['n_finished']} finished, {result['n_failed']} failed. "
         f"Groups = overrides without `{result['seed_key']}`; CI: {ci} 95% of the mean."),
         "",
+        *([f"Overrides shared by every job (left out of group names): `{' '.join(result['constant_overrides'])}`",
+           ""] if result.get("constant_overrides") else []),
         "## Selection",
         "",
         (f"The best group was chosen on **{sel['select_metric']}** (group mean, {better} is better) and is "
@@ -442,7 +445,9 @@ def print_table(result: dict[str, Any]) -> None:
         t.add_column(c, justify="left" if c == "group" else "right", no_wrap=c == "group")
     for row in _table(result).to_dict("records"):
         t.add_row(*(_fmt(row[c]) for c in cols), style="bold" if row["group"] == sel else None)
-    Console(width=max(120, Console().width)).print(t)
+    # Wide enough for the longest group plus the number columns (a log file has no terminal width).
+    longest = max((len(str(r["group"])) for r in result["groups"]), default=0)
+    Console(width=max(120, Console().width, longest + 100)).print(t)
 
 
 def log_wandb(result: dict[str, Any], out: Path, project: str | None) -> str | None:

@@ -35,6 +35,7 @@ class Group:
     name: str
     overrides: list[str]
     jobs: list[Job] = field(default_factory=list)
+    constant: list[str] = field(default_factory=list)  # overrides every job of the sweep shares
 
     @property
     def finished(self) -> list[Job]:
@@ -102,19 +103,26 @@ def find_jobs(sweep_dir: Path) -> list[Job]:
 
 
 def group_jobs(jobs: list[Job], seed_key: str) -> list[Group]:
-    """Group by every override except the seed; groups keep the order of their first job."""
+    """Group by every override except the seed; groups keep the order of their first job.
+
+    Overrides that every job shares (`model=tiny_bert`, an Optuna trial's fixed settings) are left out of the
+    group names when something else varies, so names show what differs.
+    """
     groups: dict[frozenset[str], Group] = {}
+    per_job = [[o for o in job.overrides if override_key(o) != seed_key] for job in jobs]
+    shared = set.intersection(*(set(r) for r in per_job)) if per_job else set()
+    constant = [o for o in per_job[0] if o in shared] if any(set(r) - shared for r in per_job) else []
     for job in jobs:
         rest = []
         for o in job.overrides:
             if override_key(o) == seed_key:
                 job.seed = o.split("=", 1)[1] if "=" in o else None
-            else:
+            elif o not in constant:
                 rest.append(o)
         # A set, so the same overrides written in another order still land in one group.
         key = frozenset(rest)
         if key not in groups:
-            groups[key] = Group(" ".join(rest), rest)
+            groups[key] = Group(" ".join(rest), rest, constant=constant)
         job.group = groups[key].name
         groups[key].jobs.append(job)
     return list(groups.values())
@@ -129,7 +137,8 @@ def scalar_metrics(jobs: list[Job]) -> list[str]:
 def match_group(spec: str, groups: list[Group], seed_key: str, what: str) -> Group:
     """Find the group a user named: exact set of overrides first, then the one group containing them all
     (so constant overrides such as `experiment=x` need not be typed)."""
-    wanted = {o for o in spec.split() if override_key(o) != seed_key}
+    constant = set(groups[0].constant) if groups else set()
+    wanted = {o for o in spec.split() if override_key(o) != seed_key and o not in constant}
     exact = [g for g in groups if set(g.overrides) == wanted]
     if exact:
         return exact[0]

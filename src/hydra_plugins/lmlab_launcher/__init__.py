@@ -1,0 +1,1 @@
+"""lmlab's Hydra plugins (Hydra only instantiates plugins whose module lives under `hydra_plugins`)."""

@@ -1,0 +1,47 @@
+"""`hydra.sweeper._target_` for hparams_search=optuna: hydra-optuna-sweeper 1.3.0, continuable.
+
+Continuing a study (same storage + study name) with the stock sweeper restarts job numbers at 0, so trial
+dirs named by number would overwrite the first run's, and a seeded sampler replays the first run's
+suggestions. Here job numbers continue at the study's trial count (job num = Optuna trial number), and a
+continued study's sampler is re-seeded.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
+
+log = logging.getLogger("lmlab.sweep")
+
+
+def study_trial_count(storage: Any, study_name: str | None) -> int:
+    """Trials already in the study, 0 when storage, database file or study do not exist yet."""
+    if storage is None or study_name is None:
+        return 0
+    import optuna
+
+    url = str(storage)
+    if url.startswith("sqlite:///"):
+        from pathlib import Path
+
+        if not Path(url.removeprefix("sqlite:///")).is_file():
+            return 0  # don't create an empty database just to look
+    summaries = optuna.study.get_all_study_summaries(storage=url)
+    return next((s.n_trials for s in summaries if s.study_name == study_name), 0)
+
+
+class ContinuableOptunaSweeper(OptunaSweeper):
+    def sweep(self, arguments: list[str]) -> None:
+        impl = self.sweeper
+        done = study_trial_count(impl.storage, impl.study_name)
+        if done:
+            impl.job_idx = done
+            if hasattr(impl.sampler, "reseed_rng"):
+                # Same seed on a continued study = the same first suggestions again; draw fresh ones instead
+                # (the continued part is then not reproducible from the seed).
+                impl.sampler.reseed_rng()
+            log.info("continuing Optuna study %r (%d trials so far) in %s; new trials start at number %d, "
+                     "sampler re-seeded", impl.study_name, done, impl.storage, done)
+        return super().sweep(arguments)

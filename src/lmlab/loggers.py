@@ -1,0 +1,94 @@
+"""Weights & Biases wiring: a WandbLogger that never prompts, named and grouped by the sweep, and the end-of-run
+summary + files.
+
+wandb 0.31 asks for an API key on a TTY when none is configured and blocks; the mode is therefore decided
+here, before `wandb.init`: an explicit `mode`/WANDB_MODE wins, otherwise online only when a key is configured
+(WANDB_API_KEY or a ~/.netrc entry for the W&B host), else offline — and the log says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import netrc
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+log = logging.getLogger("lmlab.loggers")
+
+
+def wandb_api_key_configured() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    path = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return path.is_file() and netrc.netrc(str(path)).authenticators(host) is not None
+    except (netrc.NetrcParseError, OSError):
+        return False
+
+
+def wandb_mode(mode: str | None = None) -> str:
+    """online | offline | disabled, decided without ever reaching a login prompt."""
+    chosen = mode or os.environ.get("WANDB_MODE")
+    if chosen:
+        return "offline" if chosen == "dryrun" else chosen
+    if wandb_api_key_configured():
+        return "online"
+    log.warning("W&B: no API key configured (WANDB_API_KEY or ~/.netrc) -> offline mode; the run is saved "
+                "locally, upload it later with `wandb sync <run dir>/wandb/offline-run-*`")
+    return "offline"
+
+
+def _hydra_names() -> tuple[str | None, str | None]:
+    """(run name, group): the job's override string without the sweep-constant keys; the sweep dir's name."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None, None
+    hc = HydraConfig.get()
+    name = hc.job.get("override_dirname") or None
+    group = Path(str(hc.sweep.dir)).name if hc.mode == RunMode.MULTIRUN else None
+    return name, group
+
+
+def wandb_logger(project: str = "lmlab", save_dir: str | None = None, name: str | None = None,
+                 group: str | None = None, tags: Sequence[str] | None = None, job_type: str = "train",
+                 log_model: bool | str = False, mode: str | None = None, **kwargs: Any) -> Any:
+    """A pytorch_lightning WandbLogger (the `_target_` of conf/logger/wandb.yaml)."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    default_name, default_group = _hydra_names()
+    resolved_mode = wandb_mode(mode)
+    if resolved_mode != "online" and log_model:
+        log.warning("W&B: log_model=%s needs online mode (mode=%s); checkpoints are not uploaded", log_model,
+                    resolved_mode)
+        log_model = False
+    if save_dir:
+        Path(save_dir).mkdir(parents=True, exist_ok=True)
+    return WandbLogger(project=project, save_dir=save_dir, name=name or default_name,
+                       group=group or default_group, tags=list(tags or []), job_type=job_type,
+                       log_model=log_model, mode=resolved_mode, **kwargs)
+
+
+def finish_run(loggers: Sequence[Any], metrics: Mapping[str, Any], run_dir: Path,
+               files: Sequence[str] = ("metrics.json", "manifest.json")) -> None:
+    """Final metrics into each W&B run's summary, the run files attached, then the run finished (so the next
+    job of a multirun starts its own run)."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    for logger in loggers:
+        if not isinstance(logger, WandbLogger):
+            continue
+        run = logger.experiment
+        run.summary.update({k: v for k, v in metrics.items()
+                            if isinstance(v, (int, float)) and not isinstance(v, bool)
+                            and not (isinstance(v, float) and math.isnan(v))})
+        for name in files:
+            if (Path(run_dir) / name).is_file():
+                run.save(str(Path(run_dir) / name), base_path=str(run_dir), policy="now")
+        run.finish()

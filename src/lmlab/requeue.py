@@ -1,0 +1,207 @@
+"""Pre-emption and time-limit requeue under submitit, with an exact resume.
+
+Who owns the signal: submitit installs its USR2 handler before the job function runs (hydra/launcher=slurm sends
+USR2 `signal_delay_s` before the limit, and `scancel --signal=USR2` does the same by hand). That handler would
+requeue at once, mid-step, saving no model state. `RequeueOnSignal` takes the signal over during `fit`: it only
+sets a flag, and at the next batch boundary every rank saves `<job dir>/checkpoints/requeue.ckpt` (a fixed path:
+the requeued attempt runs in the same job dir), the job is marked `requeued` in status.json, and submitit's own
+handler is then called to requeue (it keeps counting time-outs against `max_num_timeout`). Lightning's SLURM
+auto-requeue stays off (`SLURMEnvironment(auto_requeue=False)`, see `lmlab.distributed.trainer_plugins`), so
+exactly one component requeues.
+
+Exact resume: the checkpoint has weights, optimizer, scheduler and loop state (Lightning), plus what Lightning does
+not store: the global RNG states (dropout) and how many samples of the current epoch were already trained on, so
+`ResumableRandomSampler` skips them (Lightning restarts a mid-epoch resume at the first batch of a non-stateful
+loader).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from lmlab import runfiles
+from lmlab.cluster import RequeueExit
+
+log = logging.getLogger("lmlab.requeue")
+
+REQUEUE_CKPT = "requeue.ckpt"
+
+
+class RequeueLimitError(RuntimeError):
+    """The job timed out once more than `max_num_timeout` allows."""
+
+
+def requeue_checkpoint(run_dir: Path) -> Path:
+    return Path(run_dir) / runfiles.CHECKPOINTS / REQUEUE_CKPT
+
+
+def resume_checkpoint(run_dir: Path) -> str | None:
+    """The checkpoint an interrupted attempt of this job left behind, if this is such a job.
+
+    `requeue.ckpt` exists only between a requeue and the end of the next successful fit. A job that SLURM itself
+    restarted (node failure, `scontrol requeue`) without our checkpoint resumes from `last.ckpt`.
+    """
+    path = requeue_checkpoint(run_dir)
+    if path.is_file():
+        return str(path)
+    last = Path(run_dir) / runfiles.CHECKPOINTS / "last.ckpt"
+    if int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0 and last.is_file():
+        return str(last)
+    return None
+
+
+def _rng_states() -> dict[str, Any]:
+    # Plain types and tensors only: checkpoints are loaded with torch.load(weights_only=True).
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    states: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                              "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    name, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _submitit_handler(signum: int) -> Any:
+    """submitit's bound SignalHandler method when it owns `signum` in this process, else None."""
+    handler = signal.getsignal(signum)
+    owner = getattr(handler, "__self__", None)
+    if owner is not None and type(owner).__module__.startswith("submitit."):
+        return handler
+    return None
+
+
+def _wandb_run(trainer: pl.Trainer | None) -> dict[str, Any]:
+    """The W&B run of this attempt (id, offline or not), so the requeued attempt can continue it."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    for logger in trainer.loggers if trainer is not None else []:
+        if isinstance(logger, WandbLogger):
+            run = logger.experiment
+            return {"wandb_id": run.id, "wandb_offline": bool(getattr(run.settings, "_offline", False))}
+    return {}
+
+
+def wandb_resume_kwargs(run_dir: Path, logger_cfg: Any) -> dict[str, Any]:
+    """Extra WandbLogger kwargs for a requeued attempt: the same run id online; offline runs cannot be resumed
+    (wandb #2423), so a new offline run (same group, as configured) and a warning saying so."""
+    status_path = Path(run_dir) / runfiles.STATUS
+    if "wandb" not in str(logger_cfg.get("_target_", "")).lower() or resume_checkpoint(run_dir) is None \
+            or not status_path.exists():
+        return {}
+    previous = runfiles.read_json(status_path)
+    if not previous.get("wandb_id"):
+        return {}
+    if previous.get("wandb_offline") or os.environ.get("WANDB_MODE") in ("offline", "disabled"):
+        log.warning("W&B: offline runs cannot be resumed (wandb #2423); this attempt logs a new offline run in "
+                    "the same group (previous attempt: %s)", previous["wandb_id"])
+        return {}
+    return {"id": previous["wandb_id"], "resume": "allow"}
+
+
+class RequeueOnSignal(pl.Callback):
+    """Save RNG + epoch position in every checkpoint; under submitit, requeue at a batch boundary on its signal."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir)
+        self._signum = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), signal.SIGUSR2)
+        self._submitit: Any = None
+        self._pending = False
+        self._in_fit = False
+        self._restore_rng: dict[str, Any] | None = None
+
+    # ---- signal ownership
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit" or self._submitit is not None:
+            return
+        self._submitit = _submitit_handler(self._signum)
+        if self._submitit is not None:
+            signal.signal(self._signum, self._on_signal)
+            log.info("requeue: %s deferred to the next batch boundary (checkpoint %s)",
+                     signal.Signals(self._signum).name, requeue_checkpoint(self.run_dir))
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self._in_fit:
+            log.warning("requeue: got %s; checkpointing at the end of the current batch", signal.Signals(signum).name)
+            self._pending = True
+        else:  # before or after training: nothing new to save, requeue now and resume from what exists
+            self._requeue(trainer=None)
+
+    def _requeue(self, trainer: pl.Trainer | None) -> None:
+        handler = self._submitit
+        owner = handler.__self__
+        rank = int(getattr(owner.env, "global_rank", 0))
+        if rank == 0:
+            # Same rule submitit applies inside the handler we call below (private attributes, submitit 1.5).
+            timed_out = owner.has_timed_out()
+            countdown = owner._delayed._timeout_countdown - int(timed_out)
+            ckpt = requeue_checkpoint(self.run_dir)
+            resume = str(ckpt) if trainer is not None else "the last checkpoint"
+            if countdown < 0:
+                raise RequeueLimitError(
+                    f"the job timed out and its max_num_timeout requeues are used up; its state is saved in "
+                    f"{resume}: resume it with ckpt_path={self.run_dir} (or raise hydra.launcher.timeout_min / "
+                    f"hydra.launcher.max_num_timeout)")
+            runfiles.update_status(self.run_dir, "requeued", reason="timeout" if timed_out else "preempted",
+                                   checkpoint=resume, requeues_left=countdown, **_wandb_run(trainer))
+            try:
+                handler(self._signum, None)  # dumps the resubmission, `scontrol requeue`, sys.exit(-1)
+            except SystemExit:
+                pass
+        raise RequeueExit(-1)  # other ranks: the requeue ends the whole job; stop before the next collective
+
+    # ---- batch boundary
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._in_fit = True
+        if self._restore_rng is not None:
+            # After the loaders were iterated (they use their own generators): the RNG as it was at the save.
+            _set_rng_states(self._restore_rng)
+            self._restore_rng = None
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self._submitit is None:
+            return
+        # All ranks must agree, or one would wait in save_checkpoint's barrier for the others.
+        if trainer.strategy.reduce_boolean_decision(self._pending, all=False):
+            trainer.save_checkpoint(requeue_checkpoint(self.run_dir))
+            self._requeue(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._in_fit = False
+        if self._pending:  # the signal came during the final validation: requeue now, resume from last.ckpt
+            self._requeue(trainer=None)
+
+    # ---- what Lightning's checkpoint lacks
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        # `processed` counts this epoch's batches whose step is done, whichever hook saves (batch or epoch end).
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        checkpoint["lmlab_resume"] = {"rng": _rng_states(), "epoch": trainer.current_epoch, "batches_done": done}
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("lmlab_resume")
+        if not state or trainer.state.fn != "fit":
+            return
+        self._restore_rng = state["rng"]
+        resume = getattr(trainer.datamodule, "resume_train_sampler", None)
+        if resume is not None:
+            resume(state["epoch"], state["batches_done"])

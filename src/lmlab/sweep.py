@@ -1,0 +1,206 @@
+"""Sweep bookkeeping: job dir names from overrides, `<sweep dir>/sweep.json`, and which jobs a re-issue skips.
+
+The resumable sweeper (hydra_plugins.lmlab_plugins) decides what to launch; the `SweepSummary` Hydra callback
+keeps sweep.json current as each job starts and ends, so the summary exists even when the sweeper later
+re-raises a failed job's exception (Hydra then skips on_multirun_end). Each job's own status.json stays the
+source of truth; sweep.json is a view over them, rewritten under a file lock (parallel launchers such as
+submitit write from several processes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import re
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from lmlab import runfiles
+
+log = logging.getLogger("lmlab.sweep")
+
+SWEEP = "sweep.json"
+_LOCK = ".sweep.lock"
+MAX_DIRNAME = 80  # longer override strings get a readable prefix + a short hash of the whole string
+
+
+def job_dirname(override_dirname: str) -> str:
+    """A job's subdir from its overrides, e.g. `optimizer.lr=3e-5,seed=2`; long ones end in a short hash.
+
+    Resolver `lmlab_job_dir` (hydra.sweep.subdir). The hash is over the full string, so two long override
+    strings that share a prefix still get different dirs.
+    """
+    if not override_dirname:
+        return "default"
+    name = re.sub(r"[^\w.,=+\-]", "_", override_dirname)
+    if len(name) > MAX_DIRNAME:
+        digest = hashlib.sha1(override_dirname.encode()).hexdigest()[:8]
+        name = f"{name[:MAX_DIRNAME - 9].rstrip('_,')}_{digest}"
+    return name
+
+
+def sqlite_url(path: str) -> str:
+    """Resolver `lmlab_sqlite`: `sqlite:///<abs path>`, creating the folder first.
+
+    The Optuna sweeper opens its storage before any job dir (or the sweep dir) exists, and SQLite cannot
+    create a missing folder.
+    """
+    file = Path(path).expanduser().absolute()
+    file.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{file}"
+
+
+def is_completed(job_dir: Path) -> bool:
+    """A job counts as done only when it said so and its metrics exist; `running` (a killed process),
+    `failed` and `requeued` all mean: run it again."""
+    status = job_dir / runfiles.STATUS
+    if not status.is_file() or not (job_dir / runfiles.METRICS).is_file():
+        return False
+    try:
+        return runfiles.read_json(status).get("status") == "completed"
+    except ValueError:  # a status.json cut short by a crash
+        return False
+
+
+@contextlib.contextmanager
+def _locked(sweep_dir: Path) -> Iterator[None]:
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    with open(sweep_dir / _LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _load(sweep_dir: Path) -> dict[str, Any]:
+    path = sweep_dir / SWEEP
+    if path.is_file():
+        try:
+            return runfiles.read_json(path)
+        except ValueError:
+            log.warning("%s is unreadable; rebuilding it from the job dirs", path)
+    return {"sweep_dir": str(sweep_dir.absolute()), "invocations": [], "jobs": []}
+
+
+def _refresh_job(sweep_dir: Path, entry: dict[str, Any]) -> None:
+    status_file = sweep_dir / entry["dir"] / runfiles.STATUS
+    if not status_file.is_file():  # never started, or its results were deleted
+        entry.update(status="pending", attempts=0, started=None, ended=None, error=None)
+    else:
+        try:
+            status = runfiles.read_json(status_file)
+        except ValueError:
+            return
+        for key in ("status", "attempts", "started", "ended", "error"):
+            entry[key] = status.get(key)
+        if entry.get("status") == "completed" and not (sweep_dir / entry["dir"] / runfiles.METRICS).is_file():
+            entry["status"] = "incomplete"  # metrics deleted by hand: a re-issue runs it again
+
+
+def _save(sweep_dir: Path, data: dict[str, Any], force: dict[str, str] | None = None) -> dict[str, Any]:
+    for entry in data["jobs"]:
+        _refresh_job(sweep_dir, entry)
+        if force and entry["dir"] in force:
+            entry["status"] = force[entry["dir"]]
+    counts: dict[str, int] = {}
+    for entry in data["jobs"]:
+        counts[entry.get("status") or "pending"] = counts.get(entry.get("status") or "pending", 0) + 1
+    data["counts"] = counts
+    data["updated"] = runfiles.now()
+    runfiles.write_json(sweep_dir / SWEEP, data)
+    return data
+
+
+def _upsert(data: dict[str, Any], dirname: str, overrides: Sequence[str], **fields: Any) -> dict[str, Any]:
+    for entry in data["jobs"]:
+        if entry["dir"] == dirname:
+            entry["overrides"] = list(overrides)
+            entry.update(fields)
+            return entry
+    entry = {"dir": dirname, "overrides": list(overrides), "status": "pending", "attempts": 0, **fields}
+    data["jobs"].append(entry)
+    return entry
+
+
+def register_invocation(sweep_dir: Path, jobs: Sequence[tuple[str, Sequence[str]]], skipped: set[str]) -> None:
+    """Before launching: list every job of this invocation (so never-started ones show as `pending`) and
+    record which were kept from an earlier run."""
+    with _locked(sweep_dir):
+        data = _load(sweep_dir)
+        for dirname, overrides in jobs:
+            _upsert(data, dirname, overrides, skipped=dirname in skipped)
+        data["invocations"].append({
+            "started": runfiles.now(), "command": " ".join(sys.argv),
+            "launched": [d for d, _ in jobs if d not in skipped], "skipped": sorted(skipped),
+        })
+        _save(sweep_dir, data)
+
+
+def record_job(sweep_dir: Path, job_dir: Path, overrides: Sequence[str], status: str | None = None) -> None:
+    """Called at job start/end (also from Optuna or other sweepers): add or update this job's entry.
+
+    `status` is used when the job has no status.json of its own (it failed before lmlab's task ran), and at
+    start, when its status.json still holds the previous attempt's result.
+    """
+    with _locked(sweep_dir):
+        data = _load(sweep_dir)
+        dirname = str(Path(job_dir).absolute().relative_to(Path(sweep_dir).absolute()))
+        entry = _upsert(data, dirname, overrides, skipped=False)
+        if status is not None and status != "running" and not (Path(job_dir) / runfiles.STATUS).is_file():
+            # Failed before lmlab's task wrote anything: give it a status.json so it counts as an attempt.
+            runfiles.update_status(Path(job_dir), "running")
+            runfiles.update_status(Path(job_dir), status)
+        # At start, status.json is missing or still holds the previous attempt's result.
+        _save(sweep_dir, data, force={entry["dir"]: status} if status == "running" else None)
+
+
+def summary(sweep_dir: Path) -> dict[str, Any]:
+    """Re-read every job's status.json into sweep.json and return it."""
+    with _locked(sweep_dir):
+        return _save(sweep_dir, _load(sweep_dir))
+
+
+def _finish_wandb(failed: bool) -> None:
+    # A run left open (a job that raised) would otherwise be reused by the next job's WandbLogger.
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=1 if failed else 0)
+
+
+class SweepSummary(Callback):
+    """Hydra callback (hydra.callbacks in conf/hydra/default.yaml): keeps sweep.json current and closes
+    W&B runs between jobs."""
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if _is_multirun(config):
+            record_job(Path(config.hydra.sweep.dir), Path(config.hydra.runtime.output_dir),
+                       list(config.hydra.overrides.task), status="running")
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        from hydra.core.utils import JobStatus
+
+        failed = job_return.status != JobStatus.COMPLETED
+        _finish_wandb(failed)
+        if _is_multirun(config):
+            record_job(Path(config.hydra.sweep.dir), Path(config.hydra.runtime.output_dir),
+                       list(config.hydra.overrides.task), status="failed" if failed else "completed")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if (sweep_dir / SWEEP).is_file():
+            data = summary(sweep_dir)
+            log.info("sweep %s: %s (see %s)", sweep_dir, data["counts"], sweep_dir / SWEEP)
+
+
+def _is_multirun(config: DictConfig) -> bool:
+    from hydra.types import RunMode
+
+    return config.hydra.mode == RunMode.MULTIRUN
