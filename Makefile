@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-train: install  ## the default experiment: MiniLM on BBC News, CPU, ~8 min
+train: install  ## the default experiment: MiniLM on BBC News, CPU, ~9 min
 	$(PY) train.py $(ARGS)
 
 eval: install  ## make eval ARGS="ckpt_path=logs/train/runs/<run>"
