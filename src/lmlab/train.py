@@ -80,13 +80,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
     objects = build(cfg)
     datamodule, model, trainer = objects["datamodule"], objects["model"], objects["trainer"]
-    model.run_info = {"config": OmegaConf.to_container(cfg, resolve=True), "labels": datamodule.labels,
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    # Of the fit trainer: after DDP, the single-device eval trainer that replaces it has world size 1.
+    global_batch = effective_batch_size(cfg, trainer)
+    model.run_info = {"config": resolved, "labels": datamodule.labels,
                       "data_fingerprint": datamodule.data_fingerprint}
     if trainer.is_global_zero:
-        manifest.write_start(run_dir, cfg, datamodule, trainer, effective_batch_size(cfg, trainer))
+        manifest.write_start(run_dir, cfg, datamodule, trainer, global_batch)
     for logger in trainer.loggers:
-        logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True),
-                                "effective_batch_size": effective_batch_size(cfg, trainer),
+        logger.log_hyperparams({**resolved, "effective_batch_size": global_batch,
                                 "labels": datamodule.labels, "data_fingerprint": datamodule.data_fingerprint})
 
     # An interrupted attempt of this same job (SLURM requeue) takes precedence over the configured ckpt_path.
@@ -99,8 +101,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     best_path = best.best_model_path if best else None
     if trainer.is_global_zero:
         requeue.requeue_checkpoint(run_dir).unlink(missing_ok=True)
-    # Of the fit, before the single-device eval trainer replaces it.
-    global_batch, fit_epoch = effective_batch_size(cfg, trainer), trainer.current_epoch
+    fit_epoch = trainer.current_epoch  # of the fit, before the single-device eval trainer replaces it
     trainer = distributed.eval_trainer(cfg, trainer)  # after DDP: one device, no padded test batches
     if trainer is None:  # a non-zero rank: rank 0 evaluates and writes
         return {}
