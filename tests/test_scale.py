@@ -30,6 +30,7 @@ def test_ddp_cpu_single_run_one_dir_rank0_outputs_and_eval_reproduces(tmp_path: 
     assert res.stdout.count("CONFIG") == 1  # one config tree on the console
     metrics = read_metrics(run_dir)
     assert metrics["effective_batch_size"] == 16
+    assert metrics["perf/train_samples_per_sec"] > 0  # from the fit trainer, not the single-device eval one
     # The test ran on one device after fit: every test example exactly once, no DistributedSampler padding.
     assert len((run_dir / "test_predictions.csv").read_text().splitlines()) == 1 + 48
     assert sum(map(sum, metrics["test/confusion_matrix"]["matrix"])) == 48

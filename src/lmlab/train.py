@@ -71,6 +71,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     from lmlab import distributed, manifest, requeue, runfiles
     from lmlab.callbacks import perf_summary
+    from lmlab.callbacks.throughput import peak_rss_mb
     from lmlab.loggers import finish_run
     from lmlab.utils import print_config
 
@@ -101,7 +102,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     best_path = best.best_model_path if best else None
     if trainer.is_global_zero:
         requeue.requeue_checkpoint(run_dir).unlink(missing_ok=True)
-    fit_epoch = trainer.current_epoch  # of the fit, before the single-device eval trainer replaces it
+    # Of the fit, before the single-device eval trainer (which has no Throughput callback) replaces it.
+    fit_epoch, perf = trainer.current_epoch, perf_summary(trainer, model)
     trainer = distributed.eval_trainer(cfg, trainer)  # after DDP: one device, no padded test batches
     if trainer is None:  # a non-zero rank: rank 0 evaluates and writes
         return {}
@@ -116,7 +118,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "best/ckpt_path": str(Path(best_path).resolve().relative_to(run_dir.resolve())) if best_path else None,
         "effective_batch_size": global_batch,
     })
-    metrics.update(perf_summary(trainer, model))  # perf/train_samples_per_sec, ..., perf/attn_implementation
+    metrics.update(perf, **{"perf/peak_rss_mb": peak_rss_mb()})  # peak over the final eval too
     if trainer.is_global_zero:
         runfiles.write_json(run_dir / runfiles.METRICS, metrics)
         runfiles.write_predictions(run_dir / runfiles.PREDICTIONS, datamodule.example_ids("test"),
