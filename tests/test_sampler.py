@@ -154,3 +154,36 @@ def test_bad_arguments_raise_clear_errors(kwargs: dict, msg: str) -> None:
     lengths = kwargs.pop("lengths")
     with pytest.raises(ValueError, match=msg):
         LengthGroupedSampler(lengths, **kwargs)
+
+
+def test_skip_drops_the_trained_part_of_one_epoch_once_per_rank() -> None:
+    """A mid-epoch resume: each rank continues exactly where its batches stopped, and only in that epoch."""
+    lengths = skewed_lengths(200)
+    for rank in (0, 1):
+        full = LengthGroupedSampler(lengths, 16, seed=4, num_replicas=2, rank=rank)
+        full.set_epoch(1)
+        expected = list(full)
+        resumed = LengthGroupedSampler(lengths, 16, seed=4, num_replicas=2, rank=rank)
+        resumed.set_epoch(1)
+        resumed.skip(1, 3 * 16)
+        assert list(resumed) == expected[48:]
+        assert list(resumed) == expected  # once: the next pass over the epoch is whole again
+    other_epoch = LengthGroupedSampler(lengths, 16, seed=4)
+    other_epoch.skip(1, 32)
+    assert len(list(other_epoch)) == 200  # a skip for epoch 1 leaves epoch 0 alone
+
+
+def test_batch_order_is_shuffled_not_a_long_to_short_sweep() -> None:
+    """HF's group_by_length runs each mega-batch from long to short (a sawtooth loss, transformers #20810); here the
+    batches come in random order, so batch widths rise about as often as they fall, and the first steps are a fair
+    sample of the epoch. Batches stay homogeneous, and the longest still comes first."""
+    lengths = skewed_lengths(4000)
+    b = 32
+    idx = list(LengthGroupedSampler(lengths, b, seed=0))
+    widths = [max(lengths[i] for i in batch) for batch in batches(idx, b)]
+    assert widths[0] == max(lengths)
+    rises = sum(later > earlier for earlier, later in zip(widths[1:], widths[2:]))
+    assert 0.35 < rises / (len(widths) - 2) < 0.65  # a sorted sweep would give ~0
+    # The first 12 batches after the first: their mean width is near the epoch's (a sweep would give the widest).
+    assert abs(np.mean(widths[1:13]) - np.mean(widths)) < 0.3 * np.mean(widths)
+    assert sorted(idx) == list(range(4000))

@@ -80,14 +80,16 @@ class _StopAt(pl.Callback):
             raise KeyboardInterrupt  # Lightning ends fit gracefully and exits
 
 
-def test_mid_epoch_resume_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("grouped", [False, True], ids=["random", "group_by_length"])
+def test_mid_epoch_resume_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, grouped: bool) -> None:
     """A run stopped mid-epoch and resumed from requeue.ckpt ends with the uninterrupted run's losses and metrics
-    (RNG state, optimizer, scheduler, and the epoch's remaining batches)."""
+    (RNG state, optimizer, scheduler, and the epoch's remaining batches), with either training sampler."""
     from lmlab import train as train_module
 
     overrides = [o for o in TINY if not o.startswith(("trainer.max_epochs", "dataset.max_samples.train"))]
     overrides += ["trainer.max_epochs=2", "dataset.max_samples.train=96", "callbacks.early_stopping=null",
-                  "callbacks.model_checkpoint.monitor=null"]  # the final weights are the evaluated ones
+                  "callbacks.model_checkpoint.monitor=null",  # the final weights are the evaluated ones
+                  f"dataset.group_by_length={str(grouped).lower()}"]
     recorder: list[_StopAt] = []
     build = train_module.build
 

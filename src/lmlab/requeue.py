@@ -11,8 +11,8 @@ exactly one component requeues.
 
 Exact resume: the checkpoint has weights, optimizer, scheduler and loop state (Lightning), plus what Lightning does
 not store: the global RNG states (dropout) and how many samples of the current epoch were already trained on, so
-`ResumableRandomSampler` skips them (Lightning restarts a mid-epoch resume at the first batch of a non-stateful
-loader).
+the training sampler (`ResumableRandomSampler`, or `LengthGroupedSampler` with `dataset.group_by_length=true`) skips
+them (Lightning restarts a mid-epoch resume at the first batch of a non-stateful loader).
 """
 
 from __future__ import annotations

@@ -213,22 +213,21 @@ class TextClassificationDataModule(pl.LightningDataModule):
         train = split == "train"
         # Training order is a function of (seed, epoch) and skips what a mid-epoch checkpoint already saw; the
         # loader's own generator keeps iter() from drawing on the global RNG (dropout stays reproducible).
-        sampler = None
+        sampler: LengthGroupedSampler | ResumableRandomSampler | None = None
         if train and self.group_by_length:
-            # Shards itself by rank; it is a DistributedSampler, so Lightning does not wrap it again. Its order is
-            # a function of (seed, epoch) too, but it has no mid-epoch skip: a mid-epoch resume repeats batches.
+            # Shards itself by rank; it is a DistributedSampler, so Lightning does not wrap it again.
             trainer = self.trainer
             sampler = LengthGroupedSampler(
                 self.datasets[split].lengths, self.batch_size, seed=self.seed,
                 num_replicas=trainer.world_size if trainer else None, rank=trainer.global_rank if trainer else None)
         elif train:
             sampler = ResumableRandomSampler(self.datasets[split])
-            if self._resume_skip is not None:
-                # Lightning iterates (and prefetches) the resumed epoch before it calls set_epoch.
-                epoch, batches_done = self._resume_skip
-                sampler.set_epoch(epoch)
-                sampler.skip(epoch, batches_done * self.batch_size)
-                self._resume_skip = None
+        if sampler is not None and self._resume_skip is not None:
+            # Lightning iterates (and prefetches) the resumed epoch before it calls set_epoch.
+            epoch, batches_done = self._resume_skip
+            sampler.set_epoch(epoch)
+            sampler.skip(epoch, batches_done * self.batch_size)
+            self._resume_skip = None
         return DataLoader(
             self.datasets[split], batch_size=self.batch_size if train else self.eval_batch_size,
             sampler=sampler, collate_fn=self.collate, num_workers=self.num_workers,

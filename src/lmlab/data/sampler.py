@@ -41,8 +41,17 @@ Ordering (per epoch)
    partial round is split into equal contiguous parts, so all ranks get exactly
    ``num_samples`` indices.
 
-Batches within a mega-batch run from long to short; the randomness across the
-epoch comes from the mega-batch membership and order. With ``shuffle=True`` the
+6. With ``shuffle=True`` the rounds (one batch per rank) are then put in a random
+   order, except that the round holding the longest example stays first and a
+   partial final round stays last.
+
+Step 6 is where this differs from HF ``group_by_length``, whose batches run from
+long to short inside each mega-batch: that periodic sweep shows up as a sawtooth
+training loss (transformers #20810, qlora #228, xtuner #817) and makes any short
+window of steps (progress-bar ETA, a throughput sample) unrepresentative of the
+epoch. Shuffling whole rounds keeps each batch length-homogeneous and each step's
+ranks matched. The randomness across epochs comes from the mega-batch membership
+and the round order. With ``shuffle=True`` the
 multiplier is reduced (as HF does for its default) so there are at least four
 mega-batches — with a 2k-example dataset and ``batch_size=32`` a multiplier of 50
 would otherwise put the whole epoch in one or two sorted blocks.
@@ -116,6 +125,7 @@ class LengthGroupedSampler(DistributedSampler):
         self.rank = rank
         self.drop_last = drop_last
         self.epoch = 0
+        self._skip: tuple[int, int] | None = None
         # Same even-split arithmetic as torch's DistributedSampler.
         self.num_samples = n // num_replicas if drop_last else -(-n // num_replicas)
         self.total_size = self.num_samples * num_replicas
@@ -130,6 +140,11 @@ class LengthGroupedSampler(DistributedSampler):
     def set_epoch(self, epoch: int) -> None:
         """Select the permutation for ``epoch`` (Lightning calls this at each epoch start)."""
         self.epoch = int(epoch)
+
+    def skip(self, epoch: int, count: int) -> None:
+        """Drop this rank's first ``count`` indices of ``epoch``, once: what a mid-epoch checkpoint already
+        trained on (Lightning restarts a resumed epoch at the loader's first batch)."""
+        self._skip = (int(epoch), int(count))
 
     def __len__(self) -> int:
         return self.num_samples
@@ -160,7 +175,16 @@ class LengthGroupedSampler(DistributedSampler):
         if k != 0:
             megabatches[0][0], megabatches[k][0] = megabatches[k][0], megabatches[0][0]
             megabatches[k].sort(key=lengths.__getitem__, reverse=True)
-        return [i for mb in megabatches for i in mb]
+        order = [i for mb in megabatches for i in mb]
+        if not self.shuffle:
+            return order
+        round_size = self.batch_size * self.num_replicas
+        full = (len(order) // round_size) * round_size
+        rounds = [order[i : i + round_size] for i in range(0, full, round_size)]
+        if len(rounds) < 2:
+            return order
+        rest = torch.randperm(len(rounds) - 1, generator=g).tolist()
+        return [i for r in [rounds[0], *(rounds[1 + k] for k in rest)] for i in r] + order[full:]
 
     def _rank_slices(self, order: list[int], rank: int) -> list[int]:
         b, r = self.batch_size, self.num_replicas
@@ -179,4 +203,7 @@ class LengthGroupedSampler(DistributedSampler):
     def __iter__(self) -> Iterator[int]:
         indices = self._rank_slices(self._global_order(), self.rank)
         assert len(indices) == self.num_samples, (len(indices), self.num_samples)
+        if self._skip is not None and self._skip[0] == self.epoch:
+            indices = indices[self._skip[1]:]
+            self._skip = None
         return iter(indices)
