@@ -65,6 +65,16 @@ def test_val_loss_falls(train_tiny) -> None:
     assert min(val[1:]) < val[0] - 0.1, val
 
 
+def test_max_steps_mid_epoch_with_default_callbacks(train_tiny) -> None:
+    """`trainer.max_steps` ending training inside the first epoch: no validation ran, and early stopping (checked
+    after validations, not at the train epoch's end) must not raise; the final weights are evaluated."""
+    metrics, run_dir = train_tiny("++trainer.max_steps=3", "trainer.max_epochs=5")  # 6 batches per epoch
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
+    assert metrics["best/epoch"] == 0 and metrics["best/ckpt_path"] is None
+    assert 0.0 <= metrics["test/f1_macro"] <= 1.0
+    assert metrics["perf/train_samples_per_sec"] is None  # 3 steps = the warm-up: no timed window, no number
+
+
 def test_same_seed_same_metrics(train_tiny) -> None:
     first, _ = train_tiny("seed=3")
     second, _ = train_tiny("seed=3")

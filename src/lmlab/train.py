@@ -103,7 +103,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         requeue.requeue_checkpoint(run_dir).unlink(missing_ok=True)
     # Of the fit, before the single-device eval trainer (which has no Throughput callback) replaces it.
-    fit_epoch, perf = trainer.current_epoch, perf_summary(trainer, model)
+    # The epoch of the final weights (0-based, like a checkpoint's): Lightning counts the last epoch as done even
+    # when trainer.max_steps ended it early.
+    fit_epoch, perf = max(trainer.current_epoch - 1, 0), perf_summary(trainer, model)
     trainer = distributed.eval_trainer(cfg, trainer)  # after DDP: one device, no padded test batches
     if trainer is None:  # a non-zero rank: rank 0 evaluates and writes
         return {}
