@@ -42,12 +42,19 @@ $(VENV)/.bench: $(VENV)/.installed
 	@touch $@
 
 # Throughput: raw PyTorch loop, HF Trainer and lmlab (train.py) on the same model/data/steps, interleaved A/B with
-# repeats; prints medians and ratios (benchmarks/README.md). `bench` is the README table: run it on a quiet machine
-# (MiniLM on 2 CPU cores: ~1 h at 256 tokens, ~2 h at 512). Extra options: make bench BENCH_ARGS="--repeats 5".
+# repeats; prints medians and ratios (benchmarks/README.md), then the start-up costs (benchmarks/startup.py).
+# `bench` is the README table; run it on a quiet machine (~1.5 h on 2 CPU cores). At 512 tokens a MiniLM step at
+# batch 32 takes ~40 s and ~11 GB here, so that table uses batch 8 (HF Trainer's default per-device batch) and the
+# variants the targets need. 15 steps, of which 12 are timed; lmlab_grouped draws them from the whole train split
+# (real mega-batches, batches in random order). Each lmlab variant runs right after the variant it is compared with. Extra options: make bench BENCH_ARGS="--repeats 5".
 BENCH_ARGS ?=
-bench: $(VENV)/.bench  ## the real table: MiniLM at 256 and 512 tokens, all variants, 3 rounds
-	$(PY) benchmarks/run.py --model minilm --max-length 256 --steps 15 --repeats 3 --out logs/bench/minilm-256.json $(BENCH_ARGS)
-	$(PY) benchmarks/run.py --model minilm --max-length 512 --steps 15 --repeats 3 --out logs/bench/minilm-512.json $(BENCH_ARGS)
+bench: $(VENV)/.bench  ## the README table: MiniLM at 512 and 256 tokens, interleaved rounds; start-up costs
+	$(PY) benchmarks/run.py --model minilm --max-length 512 --batch-size 8 --steps 15 --repeats 3 \
+		--variants raw_dynamic,lmlab_dynamic,hf_default,lmlab_grouped --out logs/bench/minilm-512.json $(BENCH_ARGS)
+	$(PY) benchmarks/run.py --model minilm --max-length 256 --batch-size 32 --steps 15 --repeats 2 \
+		--variants raw_fixed,lmlab_fixed,raw_dynamic,lmlab_dynamic,hf_default,lmlab_grouped \
+		--out logs/bench/minilm-256.json $(BENCH_ARGS)
+	$(PY) benchmarks/startup.py --repeats 3 --out logs/bench/startup.json
 
 bench-quick: $(VENV)/.bench  ## a quick look (~10 min): the tiny model at 512 tokens, all variants, 2 rounds
 	$(PY) benchmarks/run.py --model tiny --max-length 512 --batch-size 16 --steps 10 --repeats 2 --out logs/bench/tiny-512.json $(BENCH_ARGS)

@@ -102,6 +102,10 @@ def run_benchmark(
             runs.append(rec)
             status = rec.get("error") or f"{rec['samples_per_sec']:.2f} samples/s"
             print(f"[round {r}] {name}: {status}", file=sys.stderr, flush=True)
+    return runs, summarize(runs, names)
+
+
+def summarize(runs: list[dict[str, Any]], names: list[str]) -> dict[str, dict[str, float]]:
     summary: dict[str, dict[str, float]] = {}
     for name in names:
         ok = [x for x in runs if x["variant"] == name and "error" not in x]
@@ -114,9 +118,23 @@ def run_benchmark(
             "samples_per_sec_min": min(sps),
             "samples_per_sec_max": max(sps),
             "tokens_per_sec_median": statistics.median(x["tokens_per_sec"] for x in ok),
+            # Real + padding tokens: the work actually computed. Two variants with the same padding rule can still
+            # draw batches of different widths (different examples), which samples/s alone does not show.
+            "padded_tokens_per_sec_median": statistics.median(x["tokens_per_sec"] / (1 - x["pad_fraction"])
+                                                              for x in ok),
             "pad_fraction_median": statistics.median(x["pad_fraction"] for x in ok),
         }
-    return runs, summary
+    return summary
+
+
+def load_runs(paths: list[Path]) -> list[dict[str, Any]]:
+    """The runs of earlier `--out` files; rounds are renumbered per file so per-round ratios stay within one
+    invocation (both runs of a pair saw the same machine state)."""
+    runs: list[dict[str, Any]] = []
+    for i, path in enumerate(paths):
+        for rec in json.loads(path.read_text())["runs"]:
+            runs.append({**rec, "round": (i, rec["round"])})
+    return runs
 
 
 def markdown_table(summary: dict[str, dict[str, float]], reference: str | None) -> str:
@@ -139,21 +157,26 @@ def markdown_table(summary: dict[str, dict[str, float]], reference: str | None) 
 
 def ratio_table(runs: list[dict[str, Any]], summary: dict[str, dict[str, float]]) -> str:
     """Ratios of samples/s: of the medians, and the median of the per-round ratios (each round runs both
-    variants back to back, so machine load mostly cancels in a per-round ratio)."""
-    rows = ["| comparison | ratio of medians | median per-round ratio (min-max) | target |", "|---|---|---|---|"]
+    variants back to back, so machine load mostly cancels in a per-round ratio). Then the ratios of real tokens/s
+    and of padded tokens/s: for two variants with the same padding rule, the padded-token ratio corrects for one
+    of them having drawn wider batches."""
+    rows = ["| comparison | samples/s: ratio of medians | median per-round ratio (min-max) | real tokens/s | "
+            "padded tokens/s | target (on samples/s) |", "|---|---|---|---|---|---|"]
     for num, den, target in COMPARISONS:
         if num not in summary or den not in summary:
             continue
         of_medians = summary[num]["samples_per_sec_median"] / summary[den]["samples_per_sec_median"]
         per_round = []
-        for r in sorted({x["round"] for x in runs}):
+        for r in sorted({x["round"] for x in runs}, key=str):
             a = [x for x in runs if x["round"] == r and x["variant"] == num and "error" not in x]
             b = [x for x in runs if x["round"] == r and x["variant"] == den and "error" not in x]
             if a and b:
                 per_round.append(a[0]["samples_per_sec"] / b[0]["samples_per_sec"])
         spread = f"{statistics.median(per_round):.3f} ({min(per_round):.3f}-{max(per_round):.3f})" if per_round else "-"
         verdict = "-" if target is None else f">= {target}: {'met' if of_medians >= target else 'NOT met'}"
-        rows.append(f"| {num} / {den} | {of_medians:.3f} | {spread} | {verdict} |")
+        real = summary[num]["tokens_per_sec_median"] / summary[den]["tokens_per_sec_median"]
+        padded = summary[num]["padded_tokens_per_sec_median"] / summary[den]["padded_tokens_per_sec_median"]
+        rows.append(f"| {num} / {den} | {of_medians:.3f} | {spread} | {real:.3f} | {padded:.3f} | {verdict} |")
     return "\n".join(rows)
 
 
@@ -171,7 +194,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout-s", type=float, default=900.0, help="per run")
     p.add_argument("--reference", default="raw_fixed", help="variant the table's ratio column divides by")
     p.add_argument("--out", type=Path, default=None, help="write {params, runs, summary} JSON here")
+    p.add_argument("--from-json", type=Path, nargs="+", default=None, metavar="FILE",
+                   help="run nothing: print the tables of earlier --out files (several: their runs pooled)")
     args = p.parse_args(argv)
+    if args.from_json:
+        runs = load_runs(args.from_json)
+        summary = summarize(runs, list(dict.fromkeys(r["variant"] for r in runs)))
+        print(markdown_table(summary, args.reference))
+        print()
+        print(ratio_table(runs, summary))
+        return 0
 
     variants = dict(VARIANTS)
     for item in args.add:
