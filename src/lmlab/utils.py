@@ -12,7 +12,7 @@ _ORDER = ("dataset", "model", "optimizer", "scheduler", "trainer", "callbacks", 
 
 def print_config(cfg: DictConfig, save_to: Path | None = None) -> None:
     """Print the composed config as a rich tree (one branch per group) and save the same text."""
-    import rich
+    import rich.console
     import rich.syntax
     import rich.tree
 
@@ -22,8 +22,8 @@ def print_config(cfg: DictConfig, save_to: Path | None = None) -> None:
         value = cfg[key]
         text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
         tree.add(key, style="bold yellow").add(rich.syntax.Syntax(text, "yaml", theme="ansi_dark"))
-    rich.print(tree)
+    console = rich.console.Console(record=True)  # rendered once, for the terminal and the file
+    console.print(tree)
     if save_to is not None:
         save_to.parent.mkdir(parents=True, exist_ok=True)
-        with save_to.open("w") as out:
-            rich.print(tree, file=out)
+        save_to.write_text(console.export_text())
