@@ -63,7 +63,7 @@ def overrides(args: argparse.Namespace, log_dir: str) -> list[str]:
     return out + list(args.extra)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tiny", choices=("tiny", "minilm"))
     p.add_argument("--max-length", type=int, default=128)
@@ -75,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fixed", action="store_true", help="pad every batch to --max-length (like raw_fixed)")
     p.add_argument("--json", action="store_true", help="print one JSON line")
     p.add_argument("extra", nargs="*", help="more train.py overrides")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
     args = p.parse_args(argv)
     if args.steps <= WARMUP_STEPS:
         p.error(f"--steps must be > {WARMUP_STEPS} (timing starts after step {WARMUP_STEPS}); got {args.steps}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import statistics
 import subprocess
@@ -155,28 +156,60 @@ def markdown_table(summary: dict[str, dict[str, float]], reference: str | None) 
     return "\n".join(rows)
 
 
+def per_round_ratios(runs: list[dict[str, Any]], num: str, den: str) -> list[float]:
+    """samples/s of `num` over `den` within each round that has both: the two ran back to back, so slow machine
+    drift mostly cancels, and the alternating order cancels a first-or-second-in-the-pair effect over rounds."""
+    ratios = []
+    for r in sorted({x["round"] for x in runs}, key=str):
+        a = [x for x in runs if x["round"] == r and x["variant"] == num and "error" not in x]
+        b = [x for x in runs if x["round"] == r and x["variant"] == den and "error" not in x]
+        if a and b:
+            ratios.append(a[0]["samples_per_sec"] / b[0]["samples_per_sec"])
+    return ratios
+
+
+def geomean_ci(ratios: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """Geometric mean of ratios and its t confidence interval (computed on log-ratios; NaN bounds below n=2)."""
+    from scipy import stats
+
+    logs = [math.log(r) for r in ratios]
+    mean = statistics.fmean(logs)
+    if len(logs) < 2:
+        return math.exp(mean), math.nan, math.nan
+    half = stats.t.ppf(0.5 + level / 2, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
+    return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
+
+
+def verdict(estimate: float, low: float, target: float | None) -> str:
+    if target is None:
+        return "-"
+    if estimate < target:
+        return f">= {target}: NOT met"
+    return f">= {target}: met" + (" (95% CI above it)" if low >= target else " (95% CI reaches below it)")
+
+
 def ratio_table(runs: list[dict[str, Any]], summary: dict[str, dict[str, float]]) -> str:
-    """Ratios of samples/s: of the medians, and the median of the per-round ratios (each round runs both
-    variants back to back, so machine load mostly cancels in a per-round ratio). Then the ratios of real tokens/s
-    and of padded tokens/s: for two variants with the same padding rule, the padded-token ratio corrects for one
-    of them having drawn wider batches."""
-    rows = ["| comparison | samples/s: ratio of medians | median per-round ratio (min-max) | real tokens/s | "
-            "padded tokens/s | target (on samples/s) |", "|---|---|---|---|---|---|"]
+    """Ratios of samples/s: of the medians, and the geometric mean of the per-round ratios with its 95% CI (the
+    estimate the target is judged on: each round runs both variants back to back). Then the ratios of real
+    tokens/s and of padded tokens/s: for two variants with the same padding rule, the padded-token ratio corrects
+    for one of them having drawn wider batches."""
+    rows = ["| comparison | samples/s: ratio of medians | per-round ratios: geometric mean [95% CI] (n, min-max) | "
+            "real tokens/s | padded tokens/s | target |", "|---|---|---|---|---|---|"]
     for num, den, target in COMPARISONS:
         if num not in summary or den not in summary:
             continue
         of_medians = summary[num]["samples_per_sec_median"] / summary[den]["samples_per_sec_median"]
-        per_round = []
-        for r in sorted({x["round"] for x in runs}, key=str):
-            a = [x for x in runs if x["round"] == r and x["variant"] == num and "error" not in x]
-            b = [x for x in runs if x["round"] == r and x["variant"] == den and "error" not in x]
-            if a and b:
-                per_round.append(a[0]["samples_per_sec"] / b[0]["samples_per_sec"])
-        spread = f"{statistics.median(per_round):.3f} ({min(per_round):.3f}-{max(per_round):.3f})" if per_round else "-"
-        verdict = "-" if target is None else f">= {target}: {'met' if of_medians >= target else 'NOT met'}"
+        ratios = per_round_ratios(runs, num, den)
+        if ratios:
+            gm, low, high = geomean_ci(ratios)
+            per_round = (f"{gm:.3f} [{low:.3f}, {high:.3f}] (n={len(ratios)}, {min(ratios):.3f}-{max(ratios):.3f})"
+                         if len(ratios) > 1 else f"{gm:.3f} (n=1)")
+            judged = verdict(gm, low if len(ratios) > 1 else -math.inf, target)
+        else:
+            per_round, judged = "-", verdict(of_medians, -math.inf, target)
         real = summary[num]["tokens_per_sec_median"] / summary[den]["tokens_per_sec_median"]
         padded = summary[num]["padded_tokens_per_sec_median"] / summary[den]["padded_tokens_per_sec_median"]
-        rows.append(f"| {num} / {den} | {of_medians:.3f} | {spread} | {real:.3f} | {padded:.3f} | {verdict} |")
+        rows.append(f"| {num} / {den} | {of_medians:.3f} | {per_round} | {real:.3f} | {padded:.3f} | {judged} |")
     return "\n".join(rows)
 
 
