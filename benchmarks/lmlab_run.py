@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 WARMUP_STEPS = 3
@@ -63,6 +64,22 @@ def overrides(args: argparse.Namespace, log_dir: str) -> list[str]:
     return out + list(args.extra)
 
 
+# Offline, and no tokenizer thread pool competing with torch's threads for the 2 cores.
+TRAIN_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def train_command(args: argparse.Namespace, log_dir: str, *more_overrides: str) -> list[str]:
+    return [sys.executable, str(ROOT / "train.py"), *overrides(args, log_dir), *more_overrides]
+
+
+def run_metrics(log_dir: str | Path) -> dict[str, Any]:
+    """The metrics.json of the one train.py run under `log_dir`."""
+    found = sorted(Path(log_dir).glob("train/runs/*/metrics.json"))
+    if len(found) != 1:
+        raise RuntimeError(f"expected one metrics.json under {log_dir}, found {found}")
+    return json.loads(found[0].read_text())
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tiny", choices=("tiny", "minilm"))
@@ -85,20 +102,19 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--steps must be > {WARMUP_STEPS} (timing starts after step {WARMUP_STEPS}); got {args.steps}")
 
     with tempfile.TemporaryDirectory(prefix="lmlab-bench-") as log_dir:
-        cmd = [sys.executable, str(ROOT / "train.py"), *overrides(args, log_dir)]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        cmd = train_command(args, log_dir)
         t0 = time.perf_counter()
         # train.py's console output goes to stderr: stdout is kept for the one JSON line.
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=sys.stderr, stderr=sys.stderr)
+        proc = subprocess.run(cmd, cwd=ROOT, env=TRAIN_ENV, stdout=sys.stderr, stderr=sys.stderr)
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
             print(f"error: train.py exited {proc.returncode}: {' '.join(cmd)}", file=sys.stderr)
             return proc.returncode
-        metrics_files = sorted(Path(log_dir).glob("train/runs/*/metrics.json"))
-        if len(metrics_files) != 1:
-            print(f"error: expected one metrics.json under {log_dir}, found {metrics_files}", file=sys.stderr)
+        try:
+            metrics = run_metrics(log_dir)
+        except RuntimeError as err:
+            print(f"error: {err}", file=sys.stderr)
             return 1
-        metrics = json.loads(metrics_files[0].read_text())
     if metrics.get("perf/train_samples_per_sec") is None:
         print("error: metrics.json has no perf/train_samples_per_sec (is the throughput callback on?)",
               file=sys.stderr)

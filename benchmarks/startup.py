@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from baselines import minilm_dir  # noqa: E402
-from lmlab_run import overrides, parser  # noqa: E402
+from lmlab_run import TRAIN_ENV, parser, run_metrics, train_command  # noqa: E402
 from run import geomean_ci  # noqa: E402
 
 BAD_OVERRIDE = "dataset.max_length=-3"
@@ -42,8 +42,7 @@ AutoModelForSequenceClassification.from_pretrained(sys.argv[1], num_labels=5)
 from lmlab.callbacks.throughput import process_age_s
 print(json.dumps({"s": process_age_s()}))
 """
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-       "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+ENV = {**TRAIN_ENV, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
 
 
 def baseline_s() -> float:
@@ -56,12 +55,11 @@ def lmlab_first_batch(log_dir: Path, cache_dir: Path) -> dict[str, Any]:
     """One MiniLM training step at the default max_length, sanity validation off; the first-batch time lmlab
     logged itself, and whether the tokenization cache was hit."""
     args = parser().parse_args(["--model", "minilm", "--max-length", "128", "--batch-size", "32", "--steps", "1"])
-    cmd = [sys.executable, str(ROOT / "train.py"), *overrides(args, str(log_dir)), f"dataset.cache_dir={cache_dir}"]
+    cmd = train_command(args, str(log_dir), f"dataset.cache_dir={cache_dir}")
     proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"train.py exited {proc.returncode}: {proc.stderr[-2000:]}")
-    metrics_file = max(log_dir.glob("train/runs/*/metrics.json"), key=lambda p: p.stat().st_mtime)
-    metrics = json.loads(metrics_file.read_text())
+    metrics = run_metrics(log_dir)
     output = proc.stdout + proc.stderr
     return {"s": metrics["perf/time_to_first_batch_s"], "cache_hit": "tokenization cache hit" in output}
 
@@ -128,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"runs": runs, "medians": med, "per_round_ratios": per_round,
-                                             "ratio_geomean": ratio, "ratio_ci95": [low, high]}, indent=2))
+                                             "ratio_geomean": ratio,
+                                             "ratio_ci95": [low, high] if len(per_round) > 1 else None}, indent=2))
     return 0 if all(runs["cache_hit"]) else 1
 
 
