@@ -72,6 +72,19 @@ def train_tiny(tmp_path: Path) -> Callable[..., tuple[dict[str, Any], Path]]:
     return run
 
 
+def connect_classification(datamodule: Any, tokenizer: str, problem_type: str = "single_label") -> Any:
+    """What the classification task does to a datamodule before setup (labels checked, tokenizer connected)."""
+    from lmlab.data.tokenizer import load_tokenizer
+    from lmlab.tasks import ClassificationTask
+
+    task = ClassificationTask("classification", "val/f1_macro", "max", "best/val_f1_macro")
+    datamodule.load()
+    task.prepare(datamodule)
+    task.check_problem_type(problem_type)
+    datamodule.connect(load_tokenizer(tokenizer), task)
+    return task
+
+
 def run_cli(script: str, *args: str, cwd: Path | None = None, timeout: int = 300,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run `python train.py|eval.py args` as a user would (fresh process, real exit code)."""

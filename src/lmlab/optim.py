@@ -40,9 +40,13 @@ def param_groups(backbone: nn.Module, head: nn.Module, *, lr: float, weight_deca
                  layerwise_lr_decay: float | None = None, head_lr: float | None = None) -> list[dict[str, Any]]:
     """Groups keyed by (lr, decay): 1-D tensors (biases, LayerNorm) get no weight decay."""
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    seen: set[int] = set()
 
     def add(param: nn.Parameter, group_lr: float) -> None:
-        if param.requires_grad:
+        # Tied weights (an LM head sharing the input embedding) are one tensor: optimize it once, as a backbone
+        # parameter (torch would otherwise update a parameter listed twice twice per step).
+        if param.requires_grad and id(param) not in seen:
+            seen.add(id(param))
             decay = 0.0 if param.ndim < 2 else weight_decay
             groups.setdefault((group_lr, decay), []).append(param)
 

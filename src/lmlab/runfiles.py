@@ -14,6 +14,7 @@ from typing import Any
 METRICS = "metrics.json"
 STATUS = "status.json"
 PREDICTIONS = "test_predictions.csv"
+SAMPLES = "samples.md"
 TRACEBACK = "traceback.txt"
 CHECKPOINTS = "checkpoints"
 EXPORT = "model"
@@ -66,3 +67,12 @@ def write_predictions(path: Path, ids: Sequence[str], labels: Sequence[str],
         for row in sorted(rows, key=lambda r: r["idx"]):
             writer.writerow([ids[row["idx"]], names(row["label"]), names(row["pred"]),
                              *[f"{s:.6f}" for s in row["scores"]]])
+
+
+def checkpoint_meta(path: Path) -> tuple[int, dict[str, Any]]:
+    """A checkpoint's epoch and lmlab metadata (run config, data fingerprint), without reading its tensors
+    into memory (mmap), so asking a 500 MB checkpoint which run wrote it is cheap."""
+    import torch
+
+    checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    return int(checkpoint.get("epoch", 0)), dict(checkpoint.get("lmlab") or {})

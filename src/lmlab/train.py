@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,29 +37,28 @@ def resolve_ckpt_path(ckpt_path: str | None) -> str | None:
 
 
 def build(cfg: DictConfig) -> dict[str, Any]:
-    """Instantiate datamodule, model, callbacks, loggers and trainer from the composed config."""
+    """Instantiate task, datamodule, model, callbacks, loggers and trainer from the composed config."""
     from hydra.utils import instantiate
 
+    from lmlab.callbacks import RunInfo
     from lmlab.distributed import trainer_plugins
     from lmlab.requeue import RequeueOnSignal, wandb_resume_kwargs
 
+    task = instantiate(cfg.task)
     datamodule = instantiate(cfg.dataset)
-    datamodule.load()
-    counts = [0] * len(datamodule.labels)
-    for ex in datamodule.splits["train"]:
-        for name in ex.label if isinstance(ex.label, list) else [ex.label]:
-            counts[datamodule.labels.index(name)] += 1
-    model = instantiate(
-        OmegaConf.to_container(cfg.model, resolve=True), labels=datamodule.labels, label_counts=counts,
-        num_train_examples=len(datamodule.splits["train"]),
-        optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
-        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True), _recursive_=False, _convert_="all")
+    model = task.build(datamodule, OmegaConf.to_container(cfg.model, resolve=True),
+                       optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
+                       scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True))
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     callbacks.append(RequeueOnSignal(cfg.paths.output_dir))  # RNG/epoch position in checkpoints; SLURM requeue
+    callbacks.append(RunInfo({"config": OmegaConf.to_container(cfg, resolve=True),
+                              "data_fingerprint": datamodule.data_fingerprint}))
     loggers = [instantiate(c, **wandb_resume_kwargs(cfg.paths.output_dir, c))
                for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **trainer_plugins(cfg.trainer))
-    return {"datamodule": datamodule, "model": model, "trainer": trainer}
+    datamodule.setup("fit")  # the task may size the run from the data (task.max_tokens)
+    task.configure_trainer(trainer, datamodule, effective_batch_size(cfg, trainer))
+    return {"task": task, "datamodule": datamodule, "model": model, "trainer": trainer}
 
 
 def effective_batch_size(cfg: DictConfig, trainer: Any) -> int:
@@ -80,17 +80,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         print_config(cfg, save_to=run_dir / "config_tree.log")
     pl.seed_everything(cfg.seed, workers=True)
     objects = build(cfg)
-    datamodule, model, trainer = objects["datamodule"], objects["model"], objects["trainer"]
+    task, datamodule, model, trainer = (objects[k] for k in ("task", "datamodule", "model", "trainer"))
     resolved = OmegaConf.to_container(cfg, resolve=True)
     # Of the fit trainer: after DDP, the single-device eval trainer that replaces it has world size 1.
     global_batch = effective_batch_size(cfg, trainer)
-    model.run_info = {"config": resolved, "labels": datamodule.labels,
-                      "data_fingerprint": datamodule.data_fingerprint}
     if trainer.is_global_zero:
         manifest.write_start(run_dir, cfg, datamodule, trainer, global_batch)
     for logger in trainer.loggers:
         logger.log_hyperparams({**resolved, "effective_batch_size": global_batch,
-                                "labels": datamodule.labels, "data_fingerprint": datamodule.data_fingerprint})
+                                "data_fingerprint": datamodule.data_fingerprint})
 
     # An interrupted attempt of this same job (SLURM requeue) takes precedence over the configured ckpt_path.
     ckpt_path = requeue.resume_checkpoint(run_dir) or resolve_ckpt_path(cfg.get("ckpt_path"))
@@ -112,23 +110,22 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # Val and test are both measured on the best checkpoint (or the final weights when none was kept).
     val = trainer.validate(model, datamodule=datamodule, ckpt_path=best_path, verbose=False)[0]
     test = trainer.test(model, datamodule=datamodule, ckpt_path=best_path, verbose=False)[0]
-    metrics: dict[str, Any] = {k: float(v) for k, v in {**val, **test}.items() if not k.endswith("/f1")}
-    metrics.update(model.details.get("test", {}))
+    metrics: dict[str, Any] = task.meta()
+    metrics.update(task.results(model, datamodule, {**val, **test}))
     metrics.update({
-        "best/val_f1_macro": float(val["val/f1_macro"]),
-        "best/epoch": model.loaded_epoch if best_path else fit_epoch,
-        "best/ckpt_path": str(Path(best_path).resolve().relative_to(run_dir.resolve())) if best_path else None,
+        "best/epoch": runfiles.checkpoint_meta(Path(best_path))[0] if best_path else fit_epoch,
+        "best/ckpt_path": os.path.relpath(best_path, run_dir) if best_path else None,
         "effective_batch_size": global_batch,
     })
     metrics.update(perf, **{"perf/peak_rss_mb": peak_rss_mb()})  # peak over the final eval too
     if trainer.is_global_zero:
         runfiles.write_json(run_dir / runfiles.METRICS, metrics)
-        runfiles.write_predictions(run_dir / runfiles.PREDICTIONS, datamodule.example_ids("test"),
-                                   datamodule.labels, model.predictions)
+        task.write_outputs(run_dir, model, datamodule, "test", trainer.loggers)
         if cfg.get("export_model"):
             model.export_pretrained(run_dir / runfiles.EXPORT)
-        log.info("test/f1_macro=%.4f  val/f1_macro=%.4f  -> %s", metrics["test/f1_macro"],
-                 metrics["val/f1_macro"], run_dir / runfiles.METRICS)
+        log.info("%s=%.4f  test: %s  -> %s", task.monitor, metrics.get(task.monitor, math.nan),
+                 "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()
+                           if k.startswith("test/") and isinstance(v, float))[:300], run_dir / runfiles.METRICS)
         manifest.write_end(run_dir)
         finish_run(trainer.loggers, metrics, run_dir)  # W&B: summary, run files, finish
     return metrics

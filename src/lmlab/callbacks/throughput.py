@@ -184,6 +184,7 @@ class Throughput(Callback):
             rates = self._rates(self.warm, end, prefix="perf/train_")
             out.update({k: v for k, v in rates.items() if not k.endswith("peak_rss_mb")})
             out["perf/train_timed_steps"] = end["steps"] - self.warm["steps"]
+        out["perf/tokens_seen"] = float(self.real)  # real (non-padding) training tokens, warm-up steps included
         out["perf/peak_rss_mb"] = peak_rss_mb()
         return out
 

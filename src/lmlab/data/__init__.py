@@ -1,3 +1,3 @@
-from lmlab.data.datamodule import TextClassificationDataModule
+from lmlab.data.datamodule import TextDataModule
 
-__all__ = ["TextClassificationDataModule"]
+__all__ = ["TextDataModule"]

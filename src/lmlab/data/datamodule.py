@@ -1,8 +1,8 @@
-"""The LightningDataModule: source -> checked splits -> tokenized features -> dynamically padded batches.
+"""The LightningDataModule shared by every task: source -> checked splits -> the task's encoding -> batches.
 
 Tokenized features come from the on-disk cache (lmlab.data.cache): a second run on the same data, tokenizer and
-max_length tokenizes nothing. Each split is a set of flat int32 arrays (RaggedColumn), padded per batch by
-`PadCollator` with numpy, optionally to a multiple of `pad_to_multiple_of`.
+max_length tokenizes nothing. Each split is a set of flat int32 arrays (RaggedColumn); the task (lmlab.tasks) says
+how texts are tokenized, how a split's examples are cut from them and how they are collated.
 """
 
 from __future__ import annotations
@@ -11,20 +11,18 @@ import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lmlab.config import LmlabError
 from lmlab.data.cache import RaggedColumn, cache_key, load_or_build
 from lmlab.data.resumable import ResumableRandomSampler
 from lmlab.data.sampler import LengthGroupedSampler
 from lmlab.data.sources import SPLITS, Example, SourceOutput
-from lmlab.data.splits import build_splits, fingerprint, label_names
-from lmlab.models.backbone import load_tokenizer
+from lmlab.data.splits import build_splits, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +50,14 @@ class PadCollator:
     token_type_ids padded with 0), built with numpy: 0.13 ms vs 8.9 ms for 32 x 512 tokens (measured here).
     """
 
-    def __init__(self, pad_token_id: int, padding_side: str = "right", pad_to_multiple_of: int | None = None):
+    def __init__(self, pad_token_id: int, padding_side: str = "right", pad_to_multiple_of: int | None = None,
+                 causal_labels: bool = False):
         self.pad_token_id = pad_token_id
         self.left = padding_side == "left"
         self.multiple = pad_to_multiple_of
+        # Language modeling: labels are the input ids with padding masked out (-100, the ignore index); the
+        # model shifts them, so the first token of every row is context only.
+        self.causal_labels = causal_labels
 
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         lengths = np.fromiter((len(f["input_ids"]) for f in features), dtype=np.int64, count=len(features))
@@ -73,17 +75,33 @@ class PadCollator:
             out[mask] = np.concatenate([f[name] for f in features])  # row-major order = example order
             batch[name] = torch.from_numpy(out)
         batch["attention_mask"] = torch.from_numpy(mask.astype(np.int64))
-        batch["labels"] = torch.tensor([f["labels"] for f in features])  # int64 class ids or float32 targets
+        if self.causal_labels:
+            batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        else:
+            batch["labels"] = torch.tensor([f["labels"] for f in features])  # int64 class ids or float32 targets
         batch["idx"] = torch.tensor([f["idx"] for f in features])
         return batch
 
 
-class TextClassificationDataModule(pl.LightningDataModule):
+class Encoding(Protocol):
+    """What a task tells the datamodule (see lmlab.tasks): how texts become token columns, how those columns become
+    a split's examples, and how examples are batched."""
+
+    def tokenize(self, tokenizer: Any, examples: Sequence[Example], max_length: int) -> dict[str, list]: ...
+
+    def cache_options(self) -> dict[str, Any]: ...
+
+    def dataset(self, split: str, columns: Mapping[str, RaggedColumn], examples: Sequence[Example]) -> Dataset: ...
+
+    def collator(self, tokenizer: Any, pad_to_multiple_of: int | None) -> Callable: ...
+
+
+class TextDataModule(pl.LightningDataModule):
+    """Source -> deduped, seeded splits (the same for every task) -> the task's encoding, cached -> batches."""
+
     def __init__(
         self,
         source: Callable[[], SourceOutput],
-        tokenizer: str,
-        problem_type: str = "single_label",
         max_length: int = 128,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
@@ -97,13 +115,12 @@ class TextClassificationDataModule(pl.LightningDataModule):
         max_samples: Mapping[str, int | None] | None = None,
         pad_to_multiple_of: int | None = None,
         group_by_length: bool = False,
+        packing: bool = True,
         seed: int = 0,
         cache_dir: str | None = None,
     ):
         super().__init__()
         self.source = source
-        self.tokenizer_name = tokenizer
-        self.problem_type = problem_type
         self.max_length = max_length
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -113,73 +130,49 @@ class TextClassificationDataModule(pl.LightningDataModule):
         self.dedupe = dedupe
         self.stratify = stratify
         self.one_vs_rest = one_vs_rest
-        self.label_order = list(labels) if labels is not None else None
+        self.label_order = list(labels) if labels is not None else None  # read by the classification task
         self.max_samples = dict(max_samples or {})
         self.pad_to_multiple_of = pad_to_multiple_of
         self.group_by_length = group_by_length
+        self.packing = packing  # read by the language-modeling tasks
         self.seed = seed
         # null = no cache: tokenize in memory every run.
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         self.splits: dict[str, list[Example]] | None = None
-        self.datasets: dict[str, FeatureDataset] = {}
+        self.datasets: dict[str, Dataset] = {}
+        self.tokenizer: Any = None
+        self.encoding: Encoding | None = None
         self._resume_skip: tuple[int, int] | None = None
 
-    # ---- data, before any model exists: the module is built from `labels`
-    def load(self) -> None:
+    # ---- data, before any model exists
+    def load(self) -> dict[str, list[Example]]:
         """Read, dedupe, split and check the data (idempotent; cheap next to tokenization)."""
         if self.splits is not None:
-            return
+            return self.splits
         splits, self.duplicates = build_splits(
             self.source(), fractions=self.fractions, split_seed=self.split_seed, dedupe=self.dedupe,
             stratify=self.stratify, one_vs_rest=self.one_vs_rest, max_samples=self.max_samples)
-        order = self.label_order
-        if order is None and self.one_vs_rest:
-            order = [f"not_{self.one_vs_rest}", self.one_vs_rest]  # the positive class is index 1
-        self.labels = label_names(splits, order)
-        if self.problem_type == "binary" and len(self.labels) != 2:
-            raise LmlabError(
-                f"model.problem_type=binary needs exactly 2 labels, the data has {len(self.labels)}: "
-                f"{self.labels}. Use model.problem_type=single_label, or dataset.one_vs_rest=<label>."
-            )
-        multi = any(isinstance(ex.label, list) for ex in splits["train"])
-        if multi != (self.problem_type == "multi_label"):
-            raise LmlabError(
-                f"model.problem_type={self.problem_type} but the labels are "
-                f"{'lists (multi-label)' if multi else 'single names'}; "
-                f"set model.problem_type={'multi_label' if multi else 'single_label'}."
-            )
         self.splits = splits
         self.data_fingerprint = fingerprint(splits)
         sizes = {split: len(exs) for split, exs in splits.items()}
-        log.info("Data: %s examples, %d labels %s, fingerprint %s", sizes, len(self.labels), self.labels,
-                 self.data_fingerprint)
+        log.info("Data: %s examples, fingerprint %s", sizes, self.data_fingerprint)
         dupes = {k: v for k, v in self.duplicates.items() if v}
         if dupes:
             log.warning("Exact duplicate texts %s (dataset.dedupe=%s%s)", dupes, self.dedupe,
                         ": removed before splitting" if self.dedupe else "")
+        return splits
 
-    def _encode_label(self, label: Any) -> Any:
-        index = {name: i for i, name in enumerate(self.labels)}
-        if self.problem_type == "multi_label":
-            hot = [0.0] * len(self.labels)
-            for name in label:
-                hot[index[name]] = 1.0
-            return hot
-        if self.problem_type == "binary":
-            return float(index[label])
-        return index[label]
+    def connect(self, tokenizer: Any, encoding: Encoding) -> None:
+        """The tokenizer and the task's encoding (litgpt's `connect`): called once, before `setup`."""
+        self.tokenizer = tokenizer
+        self.encoding = encoding
 
     def _tokenize(self) -> dict[str, list]:
         """All splits in SPLITS order, one tokenizer call per split (the fast tokenizer batches internally)."""
-        assert self.splits is not None
+        assert self.splits is not None and self.encoding is not None
         columns: dict[str, list] = {}
         for split in SPLITS:
-            examples = self.splits[split]
-            pairs = [ex.text_pair for ex in examples] if examples[0].text_pair is not None else None
-            # No attention_mask: before padding it is all ones; the collator builds it.
-            encoded = self.tokenizer([ex.text for ex in examples], pairs, truncation=True,
-                                     max_length=self.max_length, return_attention_mask=False)
-            for name, values in encoded.items():
+            for name, values in self.encoding.tokenize(self.tokenizer, self.splits[split], self.max_length).items():
                 columns.setdefault(name, []).extend(values)
         return columns
 
@@ -187,25 +180,25 @@ class TextClassificationDataModule(pl.LightningDataModule):
         self.load()
         if self.datasets:
             return
+        if self.encoding is None:
+            raise RuntimeError("TextDataModule.connect(tokenizer, encoding) must be called before setup().")
         assert self.splits is not None
-        self.tokenizer = load_tokenizer(self.tokenizer_name)
-        self.collate = PadCollator(self.tokenizer.pad_token_id, self.tokenizer.padding_side,
-                                   self.pad_to_multiple_of)
+        self.collate = self.encoding.collator(self.tokenizer, self.pad_to_multiple_of)
         if self.cache_dir is None:
             log.info("tokenization cache off (dataset.cache_dir=null): tokenizing")
             columns = {name: _ragged(values) for name, values in self._tokenize().items()}
         else:
             key = cache_key(data_fingerprint=self.data_fingerprint, tokenizer=self.tokenizer,
                             max_length=self.max_length,
-                            options={"truncation": True, "splits": [len(self.splits[s]) for s in SPLITS]})
+                            options={**self.encoding.cache_options(),
+                                     "splits": [len(self.splits[s]) for s in SPLITS]})
             columns, _ = load_or_build(self.cache_dir, key, self._tokenize)
         # Each split is a zero-copy window on the flat arrays: offsets are absolute positions.
         start = 0
         for split in SPLITS:
             stop = start + len(self.splits[split])
             cols = {name: RaggedColumn(col.flat, col.offsets[start:stop + 1]) for name, col in columns.items()}
-            labels = [self._encode_label(ex.label) for ex in self.splits[split]]
-            self.datasets[split] = FeatureDataset(cols, labels)
+            self.datasets[split] = self.encoding.dataset(split, cols, self.splits[split])
             start = stop
 
     # ---- loaders
@@ -253,7 +246,7 @@ class TextClassificationDataModule(pl.LightningDataModule):
 
     def state_dict(self) -> dict[str, Any]:
         # Stored in every checkpoint so eval can check it sees the same data the run trained on.
-        return {"labels": self.labels, "data_fingerprint": self.data_fingerprint}
+        return {"data_fingerprint": self.data_fingerprint}
 
 
 def _ragged(values: list) -> RaggedColumn:

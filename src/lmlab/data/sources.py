@@ -54,6 +54,21 @@ def bbc_news(data_dir: str | None = None) -> list[Example]:
 _READERS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet"}
 
 
+def _read_texts(path: Path) -> list[Example]:
+    """Plain text for language modeling (no labels): a .txt file is one document per non-empty line; a directory
+    is one document per .txt file in it (sorted by name)."""
+    if path.is_dir():
+        docs = [(f"{path.name}/{f.name}", _read_text(f).strip()) for f in sorted(path.glob("*.txt"))]
+    else:
+        lines = _read_text(path).splitlines()
+        docs = [(f"{path.name}:{i}", line.strip()) for i, line in enumerate(lines)]
+    return [Example(id=i, text=text, label=None) for i, text in docs if text]
+
+
+def _is_text(path: Path) -> bool:
+    return path.is_dir() or path.suffix.lower() == ".txt"
+
+
 def _read_table(path: Path) -> list[dict[str, Any]]:
     import pandas as pd
 
@@ -90,7 +105,7 @@ def rows_to_examples(
     *,
     where: str,
     text_column: str,
-    label_column: str,
+    label_column: str | None,
     text_pair_column: str | None = None,
     id_column: str | None = None,
     label_separator: str | None = None,
@@ -111,7 +126,7 @@ def rows_to_examples(
             id=str(row[id_column]) if id_column else f"{where}:{i}",
             text=str(row[text_column]),
             text_pair=str(row[text_pair_column]) if text_pair_column else None,
-            label=_parse_label(row[label_column], label_separator),
+            label=_parse_label(row[label_column], label_separator) if label_column else None,
         )
         for i, row in enumerate(rows)
     ]
@@ -123,12 +138,14 @@ def files(
     val: str | None = None,
     test: str | None = None,
     text_column: str = "text",
-    label_column: str = "label",
+    label_column: str | None = "label",
     text_pair_column: str | None = None,
     id_column: str | None = None,
     label_separator: str | None = None,
 ) -> SourceOutput:
-    """Local CSV/TSV/JSON/JSONL/Parquet: one file to be split (`path`), or separate split files."""
+    """Local CSV/TSV/JSON/JSONL/Parquet (a text column, and a label column unless `label_column` is null), or plain
+    text (.txt: one document per line; a directory: one document per .txt file): one path to be split, or one
+    per split."""
     columns = dict(text_column=text_column, label_column=label_column, text_pair_column=text_pair_column,
                    id_column=id_column, label_separator=label_separator)
     if path is not None:
@@ -136,6 +153,8 @@ def files(
             raise LmlabError("Give either dataset.source.path (one file, split by fractions) or "
                              "dataset.source.train/val/test (split files), not both.")
         file = Path(path)
+        if _is_text(file):
+            return _read_texts(file)
         return rows_to_examples(_read_table(file), where=file.name, **columns)
     given = {"train": train, "val": val, "test": test}
     missing = [split for split, p in given.items() if p is None]
@@ -144,7 +163,8 @@ def files(
             f"dataset.source needs `path` (one file) or all of train/val/test; missing: {missing}. "
             f"Example: dataset=files dataset.source.path=data/all.csv"
         )
-    return {split: rows_to_examples(_read_table(Path(p)), where=f"{split}:{Path(p).name}", **columns)
+    return {split: _read_texts(Path(p)) if _is_text(Path(p)) else
+            rows_to_examples(_read_table(Path(p)), where=f"{split}:{Path(p).name}", **columns)
             for split, p in given.items()}
 
 

@@ -1,3 +1,5 @@
-from lmlab.models.classifier import TextClassifier
+"""Backbone loading (pretrained, GGUF, random init); the task modules live in lmlab.tasks."""
 
-__all__ = ["TextClassifier"]
+from lmlab.models.backbone import load_backbone
+
+__all__ = ["load_backbone"]

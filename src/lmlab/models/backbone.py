@@ -1,61 +1,41 @@
-"""Loading tokenizers and transformer backbones: hub ids, local directories, or tiny random-init configs."""
+"""Loading transformer backbones: hub ids, local directories, GGUF files, or random-init configs."""
 
 from __future__ import annotations
 
-import functools
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from lmlab.config import LmlabError
+from lmlab.data.tokenizer import offline_hint
 
 
-def _offline_hint(name_or_path: str, err: Exception) -> LmlabError:
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or "connect" in str(err).lower() or "offline" in str(
-        err).lower()
-    reason = ("the Hugging Face hub cannot be reached (offline)" if offline
-              else f"loading it failed: {str(err).splitlines()[0]}")
-    return LmlabError(
-        f"Model '{name_or_path}' is not a local directory and is not in the local Hugging Face cache, and "
-        f"{reason}. Use model=minilm (bundled, works offline) or model.name_or_path=<a local directory "
-        f"saved with save_pretrained>."
-    )
+def require_gguf() -> None:
+    """transformers reads GGUF files with the `gguf` package (and de-quantizes with accelerate present)."""
+    import importlib.util
 
-
-@functools.lru_cache(maxsize=8)
-def load_tokenizer(name_or_path: str) -> Any:
-    """AutoTokenizer with a pad token guaranteed (GPT-2 has none; it reuses EOS, as HF recommends).
-
-    Cached per process: the model (pad id), the datamodule and the export all ask for the same tokenizer, and
-    each load costs ~0.3 s. Callers must not modify the returned tokenizer.
-    """
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    except (OSError, ValueError) as err:
-        raise _offline_hint(name_or_path, err) from err
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    # Pre-tokenized features are padded per batch by the collator; the fast-tokenizer "pad is slower than
-    # __call__" advice does not apply to that use.
-    tokenizer.deprecation_warnings["Asking-to-pad-a-fast-tokenizer"] = True
-    return tokenizer
+    missing = [name for name in ("gguf", "accelerate") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise LmlabError(f"Loading a GGUF model (model.gguf_file) needs {' and '.join(missing)}: "
+                         f"`pip install {' '.join(missing)}` (or run `make install`).")
 
 
 def load_backbone(
-    name_or_path: str,
+    name_or_path: str | None,
     *,
     auto_class: str,
     from_scratch: Mapping[str, Any] | None = None,
     config_overrides: Mapping[str, Any] | None = None,
     attn_implementation: str | None = None,
+    gguf_file: str | None = None,
     **model_kwargs: Any,
 ) -> Any:
     """`from_pretrained`, or a random init from `name_or_path`'s config updated by `from_scratch`.
 
-    `auto_class` is a transformers Auto* class name (AutoModel, AutoModelForSequenceClassification).
+    `auto_class` is a transformers Auto* class name (AutoModel, AutoModelForCausalLM, ...). With no
+    `name_or_path`, `from_scratch` names an architecture by its HF `model_type` (`{model_type: llama, ...}`), so a
+    model needs no checkpoint at all. `gguf_file` loads a GGUF file from the `name_or_path` directory (weights
+    de-quantized to fp32 by transformers).
     """
     import transformers
 
@@ -65,15 +45,30 @@ def load_backbone(
         model_kwargs["attn_implementation"] = attn_implementation
     try:
         if from_scratch is not None:
-            config = transformers.AutoConfig.from_pretrained(name_or_path, **dict(from_scratch), **overrides)
+            changes = dict(from_scratch)
+            if name_or_path is None:
+                if "model_type" not in changes:
+                    raise LmlabError("model.name_or_path=null needs model.from_scratch.model_type (e.g. llama, gpt2) "
+                                     "to know which architecture to build.")
+                config = transformers.AutoConfig.for_model(changes.pop("model_type"), **changes, **overrides)
+            else:
+                if gguf_file:
+                    require_gguf()
+                    overrides["gguf_file"] = gguf_file  # the config is read from the GGUF file's metadata
+                config = transformers.AutoConfig.from_pretrained(name_or_path, **changes, **overrides)
             for key, value in model_kwargs.items():
                 if key == "attn_implementation":
                     config._attn_implementation = value
                 else:
                     setattr(config, key, value)
             return cls.from_config(config)
+        if name_or_path is None:
+            raise LmlabError("model.name_or_path=null: give a checkpoint (hub id or local dir) or model.from_scratch.")
+        if gguf_file:
+            require_gguf()
+            model_kwargs["gguf_file"] = gguf_file
         return cls.from_pretrained(name_or_path, **overrides, **model_kwargs)
     except OSError as err:
-        if Path(name_or_path).exists():
+        if name_or_path is not None and Path(name_or_path).exists():
             raise LmlabError(f"Could not load a model from {name_or_path}: {err}") from err
-        raise _offline_hint(name_or_path, err) from err
+        raise offline_hint(name_or_path, err) from err

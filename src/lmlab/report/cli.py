@@ -47,13 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
         "expected max validation score vs. number of configurations (Dodge et al. 2019).",
     )
     p.add_argument("sweep_dir", type=Path, help="Hydra multirun dir holding job dirs (0/, 1/, ...)")
-    p.add_argument("--metric", default="test/f1_macro",
-                   help="metric reported per group (default: %(default)s)")
-    p.add_argument("--select", default="val/f1_macro",
-                   help="metric the best group is chosen on, by group mean (default: %(default)s)")
+    p.add_argument("--metric", default=None,
+                   help="metric reported per group (default: the test twin of the runs' task monitor "
+                   "meta/monitor, e.g. test/loss; runs without one: test/f1_macro)")
+    p.add_argument("--select", default=None,
+                   help="metric the best group is chosen on, by group mean (default: the runs' task monitor "
+                   "meta/monitor, e.g. val/loss; runs without one: val/f1_macro)")
     p.add_argument("--select-mode", choices=["auto", "max", "min"], default="auto",
-                   help="whether higher or lower --select is better; auto = min for names containing "
-                   "'loss', else max")
+                   help="whether higher or lower --select is better; auto = the runs' meta/mode when --select is "
+                   "their monitor, else (older runs) min for names containing 'loss' and max otherwise")
     p.add_argument("--baseline", help='baseline group as overrides, e.g. "optimizer=adamw optimizer.lr=3e-5"')
     p.add_argument("--seed-key", default="seed",
                    help="override key that varies between repeats (default: %(default)s)")
@@ -67,10 +69,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _mode(metric: str, mode: str) -> str:
+def _mode(metric: str, mode: str, task: dict[str, Any] | None) -> str:
     if mode != "auto":
         return mode
+    if task is not None and task["monitor"] == metric:
+        return task["mode"]
+    # Runs written before meta/mode existed, or a --select other than the monitor: today's name rule.
     return "min" if "loss" in metric else "max"
+
+
+def task_meta(jobs: list[Job]) -> dict[str, Any] | None:
+    """The task the runs recorded (meta/task, meta/monitor, meta/mode); None for runs older than that record."""
+    found = {(m.get("meta/task"), m.get("meta/monitor"), m.get("meta/mode")) for j in jobs if (m := j.metrics)}
+    found.discard((None, None, None))
+    if len(found) > 1:
+        raise ReportError(f"the jobs come from different tasks or monitors {sorted(map(str, found))}; report each "
+                          f"task's runs separately")
+    if not found:
+        return None
+    name, monitor, mode = found.pop()
+    return {"task": name, "monitor": monitor, "mode": mode}
 
 
 def _values(jobs: list[Job], metric: str) -> tuple[list[float], list[str | None]]:
@@ -183,6 +201,11 @@ def analyze(args: argparse.Namespace) -> dict[str, Any]:
         states = ", ".join(f"{j.dir.name}: {j.status}" for j in jobs)
         raise ReportError(f"{args.sweep_dir} has no finished jobs (status completed with metrics.json); "
                           f"found {states}")
+    task = task_meta(finished)
+    if args.select is None:
+        args.select = task["monitor"] if task else "val/f1_macro"
+    if args.metric is None:
+        args.metric = ("test/" + task["monitor"].split("/", 1)[-1]) if task else "test/f1_macro"
     known = scalar_metrics(finished)
     for opt, name in (("--metric", args.metric), ("--select", args.select)):
         if name not in known:
@@ -223,7 +246,7 @@ def analyze(args: argparse.Namespace) -> dict[str, Any]:
             row["p_holm"] = ph
 
     # Honest selection: best group by the mean of the *validation* metric, reported on the test metric.
-    mode = _mode(args.select, args.select_mode)
+    mode = _mode(args.select, args.select_mode, task)
     sel_means = {g.name: float(np.mean(v)) for g in groups if (v := _values(g.finished, args.select)[0])}
     if not sel_means:
         raise ReportError(f"no finished job has {args.select!r}; pick another --select")

@@ -1,7 +1,11 @@
-"""The LightningModule: transformer backbone + classification head + loss, with torchmetrics per stage."""
+"""Text classification: labels from the data, a transformer backbone + head, F1 & co. by torchmetrics.
+
+`ClassificationTask` is what train.py/eval.py see (lmlab.tasks.base); `TextClassifier` is its LightningModule.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,9 +16,15 @@ import torchmetrics
 from torch import nn
 from torch.nn import functional as F
 
+from lmlab import runfiles
 from lmlab.config import LmlabError
-from lmlab.models.backbone import load_backbone, load_tokenizer
+from lmlab.data.datamodule import FeatureDataset, PadCollator
+from lmlab.data.sources import Example
+from lmlab.data.splits import label_names
+from lmlab.data.tokenizer import BPE, load_tokenizer, train_bpe
+from lmlab.models.backbone import load_backbone
 from lmlab.optim import build_optimizer, build_scheduler, find_layers
+from lmlab.tasks.base import Task
 
 
 def classification_metrics(problem_type: str, num_labels: int) -> torchmetrics.MetricCollection:
@@ -83,20 +93,25 @@ class TextClassifier(pl.LightningModule):
         tokenizer: str | None = None,
         compile: bool = False,
         compile_dynamic: bool | None = None,
+        gguf_file: str | None = None,
+        bpe_vocab_size: int | None = None,
+        tokenizer_object: Any = None,
     ):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["tokenizer_object"])
         self.labels = list(labels)
         self.problem_type = problem_type
         self.threshold = threshold
         num_outputs = 1 if problem_type == "binary" else len(self.labels)
-        self.tokenizer_name = tokenizer or name_or_path
-        pad_token_id = load_tokenizer(self.tokenizer_name).pad_token_id
+        self.tokenizer = tokenizer_object if tokenizer_object is not None else load_tokenizer(
+            tokenizer or name_or_path, gguf_file)
+        pad_token_id = self.tokenizer.pad_token_id
         overrides = dict(config_overrides or {})
         if pooling == "native":
             self.net = load_backbone(
                 name_or_path, auto_class="AutoModelForSequenceClassification", from_scratch=from_scratch,
-                config_overrides=overrides, attn_implementation=attn_implementation, num_labels=num_outputs,
+                config_overrides=overrides, attn_implementation=attn_implementation, gguf_file=gguf_file,
+                num_labels=num_outputs,
                 id2label=dict(enumerate(self.labels)) if num_outputs > 1 else {0: self.labels[-1]},
                 label2id={name: i for i, name in enumerate(self.labels)} if num_outputs > 1 else {
                     self.labels[-1]: 0}, pad_token_id=pad_token_id)
@@ -107,7 +122,7 @@ class TextClassifier(pl.LightningModule):
         else:
             self.encoder = load_backbone(name_or_path, auto_class="AutoModel", from_scratch=from_scratch,
                                           config_overrides=overrides, attn_implementation=attn_implementation,
-                                          pad_token_id=pad_token_id)
+                                          gguf_file=gguf_file, pad_token_id=pad_token_id)
             hidden = self.encoder.config.hidden_size
             default_dropout = getattr(self.encoder.config, "hidden_dropout_prob", 0.1)
             self.pooled_head = PooledHead(hidden, num_outputs, pooling,
@@ -121,7 +136,6 @@ class TextClassifier(pl.LightningModule):
         self.metrics = nn.ModuleDict({stage: classification_metrics(problem_type, len(self.labels))
                                       for stage in ("val", "test")})
         self.details: dict[str, dict[str, Any]] = {}
-        self.run_info: dict[str, Any] = {}  # set by train: resolved config, data fingerprint
         self.predictions: list[dict[str, Any]] = []
         self.train()  # from_pretrained returns eval mode, and Lightning keeps each module's mode as found
 
@@ -255,14 +269,6 @@ class TextClassifier(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics("test")
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # The composed run config travels with the weights, so eval rebuilds the exact data split.
-        checkpoint["lmlab"] = self.run_info
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.loaded_epoch = checkpoint["epoch"]
-        self.run_info = checkpoint.get("lmlab", {})
-
     # ---- optimization
     def configure_optimizers(self) -> Any:
         optimizer = build_optimizer(self.backbone, self.head, self.hparams.optimizer)
@@ -284,4 +290,130 @@ class TextClassifier(pl.LightningModule):
             self.backbone.save_pretrained(directory)
             torch.save({"pooling": self.hparams.pooling, "state_dict": self.pooled_head.state_dict()},
                        directory / "head.pt")
-        load_tokenizer(self.tokenizer_name).save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+
+
+def from_scratch_for(model_cfg: Mapping[str, Any], tokenizer: Any) -> Mapping[str, Any] | None:
+    """A trained BPE decides the vocabulary: a random-init model is sized to it and uses its special tokens."""
+    from_scratch = model_cfg.get("from_scratch")
+    if from_scratch is None or model_cfg.get("tokenizer") != BPE:
+        return from_scratch
+    ids = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
+           "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    return {**dict(from_scratch), **ids}
+
+
+def task_tokenizer(model_cfg: Mapping[str, Any], datamodule: Any) -> Any:
+    """model.tokenizer: a name/path (HF), or `bpe`: a byte-level BPE trained on the training split only."""
+    name = model_cfg.get("tokenizer") or model_cfg.get("name_or_path")
+    if name == BPE:
+        cache = datamodule.cache_dir.parent / "tokenizers" if datamodule.cache_dir else None
+        return train_bpe([ex.text for ex in datamodule.splits["train"]], int(model_cfg.get("bpe_vocab_size") or 4096),
+                         data_fingerprint=datamodule.data_fingerprint, cache_dir=cache)
+    if name is None:
+        raise LmlabError("model.tokenizer is null and so is model.name_or_path: set model.tokenizer=bpe (train one) "
+                         "or a tokenizer name/path.")
+    return load_tokenizer(str(name), model_cfg.get("gguf_file"))
+
+
+class ClassificationTask(Task):
+    """Labels come from the data; checkpoints and sweeps follow `monitor` (val/f1_macro, maximized)."""
+
+    # ---- data
+    def prepare(self, datamodule: Any) -> None:
+        splits = datamodule.splits
+        if any(ex.label is None for split in splits.values() for ex in split):
+            raise LmlabError("This data has no labels (plain text, or dataset.source.label_column=null), so "
+                             "task=classification cannot use it. Use task=causal_lm, or give a label column.")
+        order = datamodule.label_order
+        if order is None and datamodule.one_vs_rest:
+            order = [f"not_{datamodule.one_vs_rest}", datamodule.one_vs_rest]  # the positive class is index 1
+        self.labels = label_names(splits, order)
+        self.multi_label = any(isinstance(ex.label, list) for ex in splits["train"])
+        counts = [0] * len(self.labels)
+        for ex in splits["train"]:
+            for name in ex.label if isinstance(ex.label, list) else [ex.label]:
+                counts[self.labels.index(name)] += 1
+        self.label_counts = counts
+        datamodule.labels = self.labels  # shown in the manifest
+        logging.getLogger(__name__).info("Labels: %d %s", len(self.labels), self.labels)
+
+    def check_problem_type(self, problem_type: str) -> None:
+        if problem_type == "binary" and len(self.labels) != 2:
+            raise LmlabError(
+                f"model.problem_type=binary needs exactly 2 labels, the data has {len(self.labels)}: "
+                f"{self.labels}. Use model.problem_type=single_label, or dataset.one_vs_rest=<label>."
+            )
+        if self.multi_label != (problem_type == "multi_label"):
+            raise LmlabError(
+                f"model.problem_type={problem_type} but the labels are "
+                f"{'lists (multi-label)' if self.multi_label else 'single names'}; "
+                f"set model.problem_type={'multi_label' if self.multi_label else 'single_label'}."
+            )
+        self.problem_type = problem_type
+
+    def encode_label(self, label: Any) -> Any:
+        index = {name: i for i, name in enumerate(self.labels)}
+        if self.problem_type == "multi_label":
+            hot = [0.0] * len(self.labels)
+            for name in label:
+                hot[index[name]] = 1.0
+            return hot
+        if self.problem_type == "binary":
+            return float(index[label])
+        return index[label]
+
+    # ---- the encoding the datamodule applies (lmlab.data.datamodule.Encoding)
+    def tokenize(self, tokenizer: Any, examples: Sequence[Example], max_length: int) -> dict[str, list]:
+        pairs = [ex.text_pair for ex in examples] if examples[0].text_pair is not None else None
+        # No attention_mask: before padding it is all ones; the collator builds it.
+        return dict(tokenizer([ex.text for ex in examples], pairs, truncation=True, max_length=max_length,
+                              return_attention_mask=False))
+
+    def cache_options(self) -> dict[str, Any]:
+        return {"truncation": True}
+
+    def dataset(self, split: str, columns: Mapping[str, Any], examples: Sequence[Example]) -> FeatureDataset:
+        return FeatureDataset(columns, [self.encode_label(ex.label) for ex in examples])
+
+    def collator(self, tokenizer: Any, pad_to_multiple_of: int | None) -> PadCollator:
+        return PadCollator(tokenizer.pad_token_id, tokenizer.padding_side, pad_to_multiple_of)
+
+    # ---- the module
+    def tokenizer(self, model_cfg: Mapping[str, Any], datamodule: Any) -> Any:
+        return task_tokenizer(model_cfg, datamodule)
+
+    def module_class(self) -> type:
+        return TextClassifier
+
+    def module(self, model_cfg: Mapping[str, Any], datamodule: Any, tokenizer: Any,
+               optimizer: Mapping[str, Any] | None, scheduler: Mapping[str, Any] | None) -> TextClassifier:
+        self.check_problem_type(model_cfg.get("problem_type", "single_label"))
+        kwargs = {k: v for k, v in model_cfg.items() if k != "_target_"}
+        kwargs["from_scratch"] = from_scratch_for(model_cfg, tokenizer)
+        return TextClassifier(**kwargs, labels=self.labels, label_counts=self.label_counts,
+                              num_train_examples=len(datamodule.splits["train"]),
+                              optimizer=optimizer or {}, scheduler=scheduler or {}, tokenizer_object=tokenizer)
+
+    def load(self, ckpt_path: Path, datamodule: Any, model_cfg: Mapping[str, Any]) -> TextClassifier:
+        module = super().load(ckpt_path, datamodule, model_cfg)
+        if module.labels != self.labels:
+            raise LmlabError(f"Label map mismatch: data has {self.labels}, checkpoint has {module.labels}.")
+        self.check_problem_type(module.problem_type)
+        return module
+
+    def load_kwargs(self, datamodule: Any, tokenizer: Any) -> dict[str, Any]:
+        return {"tokenizer_object": tokenizer}
+
+    # ---- results
+    def results(self, module: TextClassifier, datamodule: Any, logged: Mapping[str, float]) -> dict[str, Any]:
+        # `<stage>/f1` is the progress-bar copy of f1_macro.
+        metrics = super().results(module, datamodule, {k: v for k, v in logged.items() if not k.endswith("/f1")})
+        metrics.update(module.details.get("test", {}))  # per-class F1 and the confusion matrix of the test split
+        return metrics
+
+    def write_outputs(self, run_dir: Path, module: TextClassifier, datamodule: Any, split: str,
+                      loggers: Sequence[Any] = ()) -> None:
+        name = runfiles.PREDICTIONS if split == "test" else f"{split}_predictions.csv"
+        runfiles.write_predictions(Path(run_dir) / name, datamodule.example_ids(split), self.labels,
+                                   module.predictions)

@@ -1,0 +1,7 @@
+"""Tasks: everything task-specific lives here (see base.py for the interface train.py and eval.py use)."""
+
+from lmlab.tasks.base import Task
+from lmlab.tasks.classification import ClassificationTask, TextClassifier
+from lmlab.tasks.language_modeling import CausalLM, CausalLMTask
+
+__all__ = ["CausalLM", "CausalLMTask", "ClassificationTask", "Task", "TextClassifier"]

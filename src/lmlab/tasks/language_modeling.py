@@ -1,0 +1,359 @@
+"""Causal language modeling: next-token loss, perplexity and bits-per-byte over whole splits, packing, samples.
+
+Blocks: a token stream is cut into blocks of `max_length` tokens that overlap by one token (stride max_length - 1),
+so every token but the stream's first is a prediction target exactly once, whatever the batch size. With
+`dataset.packing=true` (the default) a split's documents, each ending in EOS, form one stream (`run_clm.py`'s
+`group_texts`, without losing the first token of each block); with `packing=false` every document is its own
+stream (one example per block of a document, dynamic padding, loss masked on pads). Training drops a partial last
+block (no padding at all when packed); val and test keep it, padded and masked, so their numbers are exact.
+
+bits-per-byte = Σ nats / (ln 2 × UTF-8 bytes of the target tokens); an EOS target counts as one byte (the document
+boundary a byte-level model would also have to encode), as in benchmarks/ngram.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torchmetrics
+from torch.nn import functional as F
+from torch.utils.data import Dataset
+
+from lmlab import runfiles
+from lmlab.config import LmlabError
+from lmlab.data.datamodule import PadCollator
+from lmlab.data.sources import Example
+from lmlab.data.tokenizer import token_byte_lengths
+from lmlab.models.backbone import load_backbone
+from lmlab.optim import build_optimizer, build_scheduler
+from lmlab.tasks.base import Task
+from lmlab.tasks.classification import from_scratch_for, task_tokenizer
+
+log = logging.getLogger(__name__)
+
+# Model config keys a causal LM uses; the classification-only ones are listed in conf/task/causal_lm.yaml.
+MODEL_KEYS = ("name_or_path", "tokenizer", "bpe_vocab_size", "from_scratch", "config_overrides",
+              "attn_implementation", "compile", "compile_dynamic", "gguf_file")
+
+
+def block_starts(n_tokens: int, length: int, keep_partial: bool) -> np.ndarray:
+    """Starts of blocks of `length` tokens with stride length - 1 over a stream of `n_tokens` tokens.
+
+    Block k covers tokens [s_k, s_k + length) and predicts s_k + 1 ... s_k + length - 1, so the blocks' targets
+    are tokens 1 ... n_tokens - 1, each exactly once. Without `keep_partial`, only full blocks are kept.
+    """
+    if length < 2:
+        raise LmlabError(f"dataset.max_length={length}: a language-model block needs at least 2 tokens.")
+    stride = length - 1
+    starts = np.arange(0, max(n_tokens - 1, 0), stride, dtype=np.int64)
+    if not keep_partial:
+        starts = starts[starts + length <= n_tokens]
+    return starts
+
+
+class BlockDataset(Dataset):
+    """Blocks (start, length) into one flat token array: zero-copy views, `idx` travels with each batch."""
+
+    def __init__(self, tokens: np.ndarray, starts: np.ndarray, lengths: np.ndarray):
+        self.tokens = tokens
+        self.starts = starts
+        self.lengths = lengths
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        start = int(self.starts[index])
+        return {"input_ids": self.tokens[start:start + int(self.lengths[index])], "idx": index}
+
+
+def lm_blocks(flat: np.ndarray, offsets: np.ndarray, length: int, packing: bool, keep_partial: bool
+              ) -> BlockDataset:
+    """Blocks of one split whose documents are flat[offsets[i]:offsets[i+1]] (absolute offsets)."""
+    streams = [(int(offsets[0]), int(offsets[-1]))] if packing else list(zip(offsets[:-1].tolist(),
+                                                                          offsets[1:].tolist()))
+    starts, lengths = [], []
+    for begin, end in streams:
+        s = block_starts(end - begin, length, keep_partial)
+        starts.append(begin + s)
+        lengths.append(np.minimum(length, end - begin - s))
+    return BlockDataset(flat, np.concatenate(starts) if starts else np.zeros(0, np.int64),
+                        np.concatenate(lengths) if lengths else np.zeros(0, np.int64))
+
+
+def lm_metrics() -> torchmetrics.MetricCollection:
+    """Split totals (summed over every batch, synced across ranks): nats, targets, correct, bytes."""
+    sums = {name: torchmetrics.SumMetric().set_dtype(torch.float64) for name in ("nats", "tokens", "correct",
+                                                                                "bytes")}
+    return torchmetrics.MetricCollection(sums, compute_groups=False)
+
+
+class CausalLM(pl.LightningModule):
+    """An HF `AutoModelForCausalLM` (pretrained, GGUF, or random init) trained on next-token prediction."""
+
+    def __init__(
+        self,
+        name_or_path: str | None,
+        optimizer: Mapping[str, Any],
+        scheduler: Mapping[str, Any],
+        tokenizer: str | None = None,
+        bpe_vocab_size: int | None = None,
+        from_scratch: Mapping[str, Any] | None = None,
+        config_overrides: Mapping[str, Any] | None = None,
+        attn_implementation: str | None = None,
+        compile: bool = False,
+        compile_dynamic: bool | None = None,
+        gguf_file: str | None = None,
+        tokenizer_object: Any = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["tokenizer_object"])
+        if tokenizer_object is None:
+            raise ValueError("CausalLM needs tokenizer_object (the task passes it)")
+        self.tokenizer = tokenizer_object
+        self.net = load_backbone(name_or_path, auto_class="AutoModelForCausalLM", from_scratch=from_scratch,
+                                 config_overrides=dict(config_overrides or {}),
+                                 attn_implementation=attn_implementation, gguf_file=gguf_file,
+                                 **({"pad_token_id": self.tokenizer.pad_token_id} if from_scratch is None else {}))
+        if compile:
+            self.net.compile(dynamic=compile_dynamic)  # in place: same parameter names and checkpoints
+        self.register_buffer("token_bytes", torch.tensor(token_byte_lengths(self.tokenizer), dtype=torch.float64),
+                             persistent=False)
+        self.metrics = torch.nn.ModuleDict({stage: lm_metrics() for stage in ("val", "test")})
+        self.train()  # from_pretrained returns eval mode, and Lightning keeps each module's mode as found
+
+    # ---- the parts optimizer groups and the throughput callback work on
+    @property
+    def backbone(self) -> torch.nn.Module:
+        return self.net.base_model
+
+    @property
+    def head(self) -> torch.nn.Module:
+        base = self.net.base_model
+        return torch.nn.ModuleList(m for m in self.net.children() if m is not base)
+
+    @property
+    def attn_implementation(self) -> str:
+        return str(self.net.config._attn_implementation)
+
+    # ---- loss
+    def token_losses(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-target nats (0 where masked), the target ids (-100 where masked), and the argmax predictions."""
+        logits = self.net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = logits[:, :-1].float()
+        target = batch["labels"][:, 1:]
+        nats = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100,
+                               reduction="none").view_as(target)
+        return nats, target, logits.argmax(-1)
+
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        nats, target, _ = self.token_losses(batch)
+        count = (target != -100).sum()
+        loss = nats.sum() / count.clamp(min=1)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=int(count))
+        return loss
+
+    def _eval_step(self, stage: str, batch: Mapping[str, torch.Tensor]) -> None:
+        nats, target, pred = self.token_losses(batch)
+        valid = target != -100
+        safe = target.clamp(min=0)
+        metrics = self.metrics[stage]
+        metrics["nats"].update(nats.double().sum())
+        metrics["tokens"].update(valid.sum().double())
+        metrics["correct"].update(((pred == target) & valid).sum().double())
+        metrics["bytes"].update((self.token_bytes[safe] * valid).sum())
+
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def _log_epoch_metrics(self, stage: str) -> None:
+        totals = {k: float(v) for k, v in self.metrics[stage].compute().items()}
+        self.metrics[stage].reset()
+        tokens = max(totals["tokens"], 1.0)
+        loss = totals["nats"] / tokens
+        values = {"loss": loss, "ppl": math.exp(min(loss, 700.0)), "token_acc": totals["correct"] / tokens,
+                  "bpb": totals["nats"] / (math.log(2) * totals["bytes"]) if totals["bytes"] else float("nan"),
+                  "tokens": totals["tokens"]}
+        # Already reduced over ranks by torchmetrics; logged as plain numbers.
+        self.log_dict({f"{stage}/{name}": value for name, value in values.items()}, prog_bar=False)
+        self.log(f"{stage}/ppl_bar", values["ppl"], prog_bar=True, logger=False)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
+
+    # ---- optimization
+    def configure_optimizers(self) -> Any:
+        optimizer = build_optimizer(self.backbone, self.head, self.hparams.optimizer)
+        scheduler = build_scheduler(optimizer, self.hparams.scheduler, int(self.trainer.estimated_stepping_batches))
+        if scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    # ---- samples and export
+    @torch.no_grad()
+    def complete(self, prompts: Sequence[str], max_new_tokens: int, sample: bool, temperature: float, top_k: int,
+                 seed: int) -> list[str]:
+        """Completions of each prompt: greedy, or sampled with its own seeded generator (global RNG untouched)."""
+        was_training = self.training
+        self.eval()
+        out = []
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for prompt in prompts:
+                ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+                ids = ids.to(self.device)
+                generated = self.net.generate(
+                    ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=sample,
+                    temperature=temperature if sample else None, top_k=top_k if sample else None, top_p=None,
+                    pad_token_id=self.tokenizer.pad_token_id)
+                out.append(self.tokenizer.decode(generated[0, ids.shape[1]:], skip_special_tokens=True))
+        self.train(was_training)
+        return out
+
+    def export_pretrained(self, directory: Path) -> None:
+        """`save_pretrained` of the model and its tokenizer: loads as AutoModelForCausalLM."""
+        directory.mkdir(parents=True, exist_ok=True)
+        self.net.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+
+
+def causal_config(model_cfg: Mapping[str, Any]) -> Any:
+    """The model's HF config (no weights loaded), refusing encoders that have no causal-LM head."""
+    import transformers
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    name, scratch = model_cfg.get("name_or_path"), dict(model_cfg.get("from_scratch") or {})
+    if name is None and "model_type" in scratch:
+        model_type = scratch["model_type"]
+        config = transformers.AutoConfig.for_model(model_type, **{k: v for k, v in scratch.items()
+                                                                  if k != "model_type"})
+    else:
+        kwargs = {"gguf_file": model_cfg["gguf_file"]} if model_cfg.get("gguf_file") else {}
+        try:
+            config = transformers.AutoConfig.from_pretrained(name, **kwargs, **scratch)
+        except (OSError, ValueError) as err:
+            raise LmlabError(f"Could not read the model config of model.name_or_path={name!r}: {err}") from err
+        model_type = config.model_type
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        raise LmlabError(
+            f"task=causal_lm needs a causal (decoder-only) language model, but model.name_or_path={name!r} is a "
+            f"'{model_type}' model, an encoder with no causal-LM head. Use model=llama_small, model=gpt2_small, "
+            f"model=smollm2, or model.name_or_path=<any HF causal LM>.")
+    return config
+
+
+class CausalLMTask(Task):
+    """Next-token prediction on the dataset's text (labels ignored); monitor val/loss, minimized."""
+
+    def __init__(self, name: str, monitor: str, mode: str, optimized_metric: str, ignores: Sequence[str] = (),
+                 max_tokens: int | None = None, samples: Mapping[str, Any] | None = None):
+        super().__init__(name, monitor, mode, optimized_metric, ignores)
+        if max_tokens is not None and int(max_tokens) <= 0:
+            raise LmlabError(f"task.max_tokens={max_tokens} must be a positive number of tokens (or null).")
+        self.max_tokens = max_tokens
+        self.samples = dict(samples or {})
+
+    def prepare(self, datamodule: Any) -> None:
+        self.max_length, self.packing = int(datamodule.max_length), bool(datamodule.packing)
+
+    # ---- the encoding
+    def tokenize(self, tokenizer: Any, examples: Sequence[Example], max_length: int) -> dict[str, list]:
+        # Whole documents, never truncated: the blocks are cut afterwards. EOS ends every document.
+        ids = tokenizer([ex.text for ex in examples], add_special_tokens=False, return_attention_mask=False,
+                        verbose=False)["input_ids"]
+        eos = tokenizer.eos_token_id
+        return {"input_ids": [[*doc, eos] if eos is not None else doc for doc in ids]}
+
+    def cache_options(self) -> dict[str, Any]:
+        return {"causal_lm": True, "truncation": False, "eos": True}
+
+    def dataset(self, split: str, columns: Mapping[str, Any], examples: Sequence[Example]) -> BlockDataset:
+        col = columns["input_ids"]
+        blocks = lm_blocks(col.flat, col.offsets, self.max_length, self.packing, keep_partial=split != "train")
+        if len(blocks) == 0:
+            tokens = int(col.offsets[-1] - col.offsets[0])
+            raise LmlabError(
+                f"The {split} split ({len(examples)} documents, {tokens} tokens) yields no full block of "
+                f"dataset.max_length={self.max_length} tokens{' per document' if not self.packing else ''}. "
+                f"Lower dataset.max_length{', use dataset.packing=true' if not self.packing else ''}, or add data.")
+        return blocks
+
+    def collator(self, tokenizer: Any, pad_to_multiple_of: int | None) -> PadCollator:
+        return PadCollator(tokenizer.pad_token_id, "right", pad_to_multiple_of, causal_labels=True)
+
+    # ---- the module
+    def tokenizer(self, model_cfg: Mapping[str, Any], datamodule: Any) -> Any:
+        tokenizer = task_tokenizer(model_cfg, datamodule)
+        if datamodule.packing and tokenizer.eos_token_id is None:
+            raise LmlabError(
+                f"dataset.packing=true separates documents with the EOS token, but the tokenizer of "
+                f"{model_cfg.get('tokenizer') or model_cfg.get('name_or_path')!r} has none. Use dataset.packing=false "
+                f"or a tokenizer with an EOS token.")
+        return tokenizer
+
+    def module_class(self) -> type:
+        return CausalLM
+
+    def module(self, model_cfg: Mapping[str, Any], datamodule: Any, tokenizer: Any,
+               optimizer: Mapping[str, Any] | None, scheduler: Mapping[str, Any] | None) -> CausalLM:
+        kwargs = {k: model_cfg.get(k) for k in MODEL_KEYS if k in model_cfg}
+        kwargs["from_scratch"] = from_scratch_for(model_cfg, tokenizer)
+        config = causal_config({**kwargs, "from_scratch": kwargs["from_scratch"]})
+        limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        if limit is not None and self.max_length > int(limit):
+            raise LmlabError(f"dataset.max_length={self.max_length} is beyond the model's position limit "
+                             f"({limit} positions); set dataset.max_length<={limit}.")
+        return CausalLM(**kwargs, optimizer=optimizer or {}, scheduler=scheduler or {}, tokenizer_object=tokenizer)
+
+    def load_kwargs(self, datamodule: Any, tokenizer: Any) -> dict[str, Any]:
+        return {"tokenizer_object": tokenizer}
+
+    def configure_trainer(self, trainer: Any, datamodule: Any, global_batch: int) -> None:
+        """task.max_tokens (real training tokens, padding not counted) -> optimizer steps, epochs unlimited."""
+        if self.max_tokens is None:
+            return
+        train = datamodule.datasets["train"]
+        tokens_per_example = float(np.mean(train.lengths)) if len(train) else float(self.max_length)
+        steps = max(1, math.ceil(int(self.max_tokens) / (tokens_per_example * global_batch)))
+        trainer.fit_loop.epoch_loop.max_steps = steps
+        trainer.fit_loop.max_epochs = -1
+        log.info("task.max_tokens=%d -> trainer.max_steps=%d (%.0f tokens per optimizer step)", int(self.max_tokens),
+                 steps, tokens_per_example * global_batch)
+
+    # ---- results
+    def write_outputs(self, run_dir: Path, module: CausalLM, datamodule: Any, split: str, loggers: Sequence[Any] = ()
+                      ) -> None:
+        """samples.md: completions of the fixed prompts, greedy and sampled (seeded); a W&B table when on."""
+        prompts = list(self.samples.get("prompts") or [])
+        if split != "test" or not prompts:
+            return
+        opts = {"max_new_tokens": int(self.samples.get("max_new_tokens", 40)),
+                "temperature": float(self.samples.get("temperature", 0.8)), "top_k": int(self.samples.get("top_k", 50)),
+                "seed": int(self.samples.get("seed", 0))}
+        greedy = module.complete(prompts, sample=False, **opts)
+        sampled = module.complete(prompts, sample=True, **opts)
+        lines = [f"# Samples ({opts['max_new_tokens']} new tokens; sampled: temperature {opts['temperature']}, "
+                 f"top-k {opts['top_k']}, seed {opts['seed']})", ""]
+        for prompt, g, s in zip(prompts, greedy, sampled):
+            lines += [f"## {prompt}", "", f"- greedy: {prompt}**{g}**", f"- sampled: {prompt}**{s}**", ""]
+        (Path(run_dir) / runfiles.SAMPLES).write_text("\n".join(lines))
+        for logger in loggers:
+            if hasattr(logger, "log_table"):  # WandbLogger
+                logger.log_table(key="samples", columns=["prompt", "greedy", "sampled"],
+                                 data=[list(row) for row in zip(prompts, greedy, sampled)])
