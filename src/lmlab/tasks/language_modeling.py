@@ -299,6 +299,12 @@ class CausalLMTask(Task):
 
     # ---- the module
     def tokenizer(self, model_cfg: Mapping[str, Any], datamodule: Any) -> Any:
+        # The architecture checks come first: they read only the config, and a wrong model is the likelier mistake.
+        config = causal_config(model_cfg)
+        limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        if limit is not None and self.max_length > int(limit):
+            raise LmlabError(f"dataset.max_length={self.max_length} is beyond the model's position limit "
+                             f"({limit} positions); set dataset.max_length<={limit}.")
         tokenizer = task_tokenizer(model_cfg, datamodule)
         if datamodule.packing and tokenizer.eos_token_id is None:
             raise LmlabError(
@@ -314,11 +320,6 @@ class CausalLMTask(Task):
                optimizer: Mapping[str, Any] | None, scheduler: Mapping[str, Any] | None) -> CausalLM:
         kwargs = {k: model_cfg.get(k) for k in MODEL_KEYS if k in model_cfg}
         kwargs["from_scratch"] = from_scratch_for(model_cfg, tokenizer)
-        config = causal_config({**kwargs, "from_scratch": kwargs["from_scratch"]})
-        limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-        if limit is not None and self.max_length > int(limit):
-            raise LmlabError(f"dataset.max_length={self.max_length} is beyond the model's position limit "
-                             f"({limit} positions); set dataset.max_length<={limit}.")
         return CausalLM(**kwargs, optimizer=optimizer or {}, scheduler=scheduler or {}, tokenizer_object=tokenizer)
 
     def load_kwargs(self, datamodule: Any, tokenizer: Any) -> dict[str, Any]:
