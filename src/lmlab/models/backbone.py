@@ -64,10 +64,16 @@ def load_backbone(
             return cls.from_config(config)
         if name_or_path is None:
             raise LmlabError("model.name_or_path=null: give a checkpoint (hub id or local dir) or model.from_scratch.")
-        if gguf_file:
-            require_gguf()
-            model_kwargs["gguf_file"] = gguf_file
-        return cls.from_pretrained(name_or_path, **overrides, **model_kwargs)
+        if not gguf_file:
+            return cls.from_pretrained(name_or_path, **overrides, **model_kwargs)
+        require_gguf()
+        model = cls.from_pretrained(name_or_path, **overrides, gguf_file=gguf_file, **model_kwargs)
+        # The weights are de-quantized to plain fp32 tensors on load, but transformers still marks the model as
+        # GGUF-quantized and refuses save_pretrained ("not serializable"): drop that mark so exports work.
+        quantizer = getattr(model, "hf_quantizer", None)
+        if quantizer is not None:
+            quantizer.remove_quantization_config(model)
+        return model
     except OSError as err:
         if name_or_path is not None and Path(name_or_path).exists():
             raise LmlabError(f"Could not load a model from {name_or_path}: {err}") from err
