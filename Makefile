@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install train eval test test-all lint bench bench-parity bench-quick bench-lm quality slurm-up slurm-down clean
+.PHONY: install train eval test test-all lint bench bench-parity bench-quick bench-lm bench-lm-quality quality slurm-up slurm-down clean
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "lmlab needs Python >= 3.10"'
@@ -71,11 +71,19 @@ bench-quick: $(VENV)/.bench  ## a quick look (~10 min): the tiny model at 512 to
 # Causal LM (benchmarks/lm_throughput.py): lmlab's train.py task=causal_lm against a nanoGPT-style raw loop, HF Trainer
 # (run_clm.py packing) and model.compile=true, all on llama_small with lmlab's causal-LM batch shape (dataset.max_length
 # x batch_size packed blocks), 30 steps (27 timed); 5 interleaved rounds of raw + lmlab, the first 2 also run hf_trainer
-# and lmlab_compile. MFU is against the fp32 GEMM peak measured in the same run. ~15 min on 2 quiet CPU cores.
-# Extra options: make bench-lm BENCH_ARGS="--max-length 256 --batch-size 16 --repeats 3".
+# and lmlab_compile. MFU is against the fp32 GEMM peak measured in the same run. Each run first waits (<= 90 s) for
+# other processes to go quiet. ~15 min on 2 quiet CPU cores. Extra options, e.g. the RichProgressBar's cost:
+# make bench-lm BENCH_ARGS="--variants raw,lmlab,lmlab_nobar,hf_trainer,lmlab_compile --max-length 256 --batch-size 16"
 bench-lm: $(VENV)/.bench  ## causal LM: lmlab vs raw loop, HF Trainer and torch.compile, llama_small, MFU (~15 min)
-	$(PY) benchmarks/lm_throughput.py --model llama_small --steps 30 --repeats 5 --repeats-slow 2 \
+	$(PY) benchmarks/lm_throughput.py --model llama_small --steps 30 --repeats 5 --repeats-slow 2 --quiet-wait-s 90 \
 		--json logs/bench/lm-llama_small.json $(BENCH_ARGS)
+
+# The LM targets (README, "Language models: measured"): the default recipe (python train.py task=causal_lm, timed) vs
+# byte/word Kneser-Ney n-gram LMs on the same split (~11 min); SmolLM2 zero-shot vs a 40-step fine-tune (~15 min).
+bench-lm-quality: install  ## default LM recipe vs n-gram baselines in bpb, and SmolLM2 zero-shot vs fine-tuned
+	$(PY) benchmarks/lm_quality.py recipe --json logs/bench/lm-recipe.json
+	$(PY) benchmarks/lm_quality.py smollm2 --steps 40 --max-length 128 --batch-size 4 \
+		--json logs/bench/lm-smollm2.json dataset.max_samples.val=20 dataset.max_samples.test=60
 
 quality: install  ## time the default run and check its test macro-F1 (README, "Quality and time")
 	$(PY) benchmarks/quality.py $(ARGS)

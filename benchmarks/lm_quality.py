@@ -82,7 +82,8 @@ def recipe(args: argparse.Namespace, log_dir: Path) -> tuple[dict[str, Any], boo
 
 def smollm2(args: argparse.Namespace, log_dir: Path) -> tuple[dict[str, Any], bool]:
     data = [f"dataset.max_length={args.max_length}", "dataset.eval_batch_size=8"]
-    zero = run("eval.py", log_dir, ["task=causal_lm", "model=smollm2", *data, *args.overrides])
+    zero = finished_run(Path(args.zero_shot_run)) if args.zero_shot_run else run(
+        "eval.py", log_dir, ["task=causal_lm", "model=smollm2", *data, *args.overrides])
     tuned = run("train.py", log_dir, ["task=causal_lm", "model=smollm2", *data, f"dataset.batch_size={args.batch_size}",
                                       f"trainer.max_steps={args.steps}", f"optimizer.lr={args.lr}",
                                       "trainer.val_check_interval=null", "export_model=false", *args.overrides])
@@ -105,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-length", type=int, default=256, help="smollm2: block length")
     parser.add_argument("--batch-size", type=int, default=8, help="smollm2: blocks per step")
     parser.add_argument("--from-run", default=None, help="recipe: score this finished run dir instead of training")
+    parser.add_argument("--zero-shot-run", default=None, help="smollm2: reuse this finished eval run dir")
     parser.add_argument("--log-dir", default=None, help="where the runs go (default: a temporary dir)")
     parser.add_argument("--json", default=None, help="write the numbers here")
     parser.add_argument("overrides", nargs="*", help="extra train.py/eval.py overrides")

@@ -96,3 +96,11 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any],
     scheduler = get_scheduler(hf_names[name], optimizer, num_warmup_steps=warmup_steps(cfg.get("warmup", 0),
                               total_steps), num_training_steps=total_steps)
     return {"scheduler": scheduler, "interval": "step", "frequency": 1}
+
+
+def lightning_optimizers(backbone: nn.Module, head: nn.Module, optimizer: Mapping[str, Any],
+                         scheduler: Mapping[str, Any], total_steps: int) -> Any:
+    """What a LightningModule's `configure_optimizers` returns: the optimizer, with its step-wise scheduler."""
+    built = build_optimizer(backbone, head, optimizer)
+    schedule = build_scheduler(built, scheduler, total_steps)
+    return built if schedule is None else {"optimizer": built, "lr_scheduler": schedule}

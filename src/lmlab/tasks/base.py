@@ -42,21 +42,23 @@ class Task:
     def module_class(self) -> type:
         raise NotImplementedError
 
-    def build(self, datamodule: Any, model_cfg: Mapping[str, Any], optimizer: Mapping[str, Any] | None = None,
-              scheduler: Mapping[str, Any] | None = None) -> Any:
-        """Load and check the data, connect tokenizer and encoding, and return the LightningModule."""
+    def connect(self, datamodule: Any, model_cfg: Mapping[str, Any]) -> Any:
+        """Load and check the data, and connect the tokenizer and this task's encoding; returns the tokenizer."""
         datamodule.load()
         self.prepare(datamodule)
         tokenizer = self.tokenizer(model_cfg, datamodule)
         datamodule.connect(tokenizer, self)
+        return tokenizer
+
+    def build(self, datamodule: Any, model_cfg: Mapping[str, Any], optimizer: Mapping[str, Any] | None = None,
+              scheduler: Mapping[str, Any] | None = None) -> Any:
+        """The LightningModule for `model_cfg`, with the data connected."""
+        tokenizer = self.connect(datamodule, model_cfg)
         return self.module(model_cfg, datamodule, tokenizer, optimizer, scheduler)
 
     def load(self, ckpt_path: Path, datamodule: Any, model_cfg: Mapping[str, Any]) -> Any:
         """The module of a checkpoint this task wrote, with the data connected as in training."""
-        datamodule.load()
-        self.prepare(datamodule)
-        tokenizer = self.tokenizer(model_cfg, datamodule)
-        datamodule.connect(tokenizer, self)
+        tokenizer = self.connect(datamodule, model_cfg)
         return self.module_class().load_from_checkpoint(ckpt_path, map_location="cpu",
                                                          **self.load_kwargs(datamodule, tokenizer))
 

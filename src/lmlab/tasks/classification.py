@@ -23,7 +23,7 @@ from lmlab.data.sources import Example
 from lmlab.data.splits import label_names
 from lmlab.data.tokenizer import BPE, load_tokenizer, train_bpe
 from lmlab.models.backbone import load_backbone
-from lmlab.optim import build_optimizer, build_scheduler, find_layers
+from lmlab.optim import find_layers, lightning_optimizers
 from lmlab.tasks.base import Task
 
 
@@ -271,11 +271,8 @@ class TextClassifier(pl.LightningModule):
 
     # ---- optimization
     def configure_optimizers(self) -> Any:
-        optimizer = build_optimizer(self.backbone, self.head, self.hparams.optimizer)
-        scheduler = build_scheduler(optimizer, self.hparams.scheduler, int(self.trainer.estimated_stepping_batches))
-        if scheduler is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+        return lightning_optimizers(self.backbone, self.head, self.hparams.optimizer, self.hparams.scheduler,
+                                    int(self.trainer.estimated_stepping_batches))
 
     # ---- export
     def export_pretrained(self, directory: Path) -> None:

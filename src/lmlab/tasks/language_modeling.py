@@ -32,7 +32,7 @@ from lmlab.data.datamodule import PadCollator
 from lmlab.data.sources import Example
 from lmlab.data.tokenizer import token_byte_lengths
 from lmlab.models.backbone import load_backbone
-from lmlab.optim import build_optimizer, build_scheduler
+from lmlab.optim import lightning_optimizers
 from lmlab.tasks.base import Task
 from lmlab.tasks.classification import from_scratch_for, task_tokenizer
 
@@ -196,11 +196,8 @@ class CausalLM(pl.LightningModule):
 
     # ---- optimization
     def configure_optimizers(self) -> Any:
-        optimizer = build_optimizer(self.backbone, self.head, self.hparams.optimizer)
-        scheduler = build_scheduler(optimizer, self.hparams.scheduler, int(self.trainer.estimated_stepping_batches))
-        if scheduler is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+        return lightning_optimizers(self.backbone, self.head, self.hparams.optimizer, self.hparams.scheduler,
+                                    int(self.trainer.estimated_stepping_batches))
 
     # ---- samples and export
     @torch.no_grad()
