@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from omegaconf import DictConfig, open_dict, read_write
+from omegaconf import DictConfig, ListConfig, open_dict, read_write
 
 log = logging.getLogger("lmlab.distributed")
 
@@ -87,15 +87,44 @@ def ddp_children_argv(cfg: DictConfig, trainer: Any) -> Iterator[None]:
 
 
 def trainer_plugins(trainer_cfg: DictConfig) -> dict[str, Any]:
-    """Extra Trainer kwargs: under submitit, Lightning's SLURM auto-requeue is off (submitit owns the signal)."""
-    if "SUBMITIT_FOLDER" not in os.environ and "SUBMITIT_EXECUTOR" not in os.environ:
-        return {}
-    from pytorch_lightning.plugins.environments import SLURMEnvironment
+    """Extra Trainer kwargs: atomic checkpoint writes (`lmlab.checkpoint_io`), and under submitit Lightning's SLURM
+    auto-requeue off (submitit owns the signal).
 
-    if not SLURMEnvironment.detect():
-        return {}
-    plugins = list(trainer_cfg.get("plugins") or [])
-    return {"plugins": [*plugins, SLURMEnvironment(auto_requeue=False)]}
+    Lightning hands a CheckpointIO plugin to whatever strategy it builds: single device and DDP save through it on
+    rank 0; FSDP does with `state_dict_type: full` (our `trainer=fsdp`), while a sharded FSDP checkpoint is a
+    directory written by torch.distributed.checkpoint, which no CheckpointIO sees (not atomic). A config that
+    brings its own CheckpointIO (in `trainer.plugins` or its strategy's `checkpoint_io`) keeps it: Lightning
+    refuses two.
+    """
+    from lmlab.checkpoint_io import AtomicCheckpointIO
+
+    plugins = trainer_cfg.get("plugins") or []
+    plugins = list(plugins) if isinstance(plugins, (list, ListConfig)) else [plugins]
+    extra: list[Any] = []
+    if not _has_checkpoint_io(trainer_cfg, plugins):
+        extra.append(AtomicCheckpointIO())
+    if "SUBMITIT_FOLDER" in os.environ or "SUBMITIT_EXECUTOR" in os.environ:
+        from pytorch_lightning.plugins.environments import SLURMEnvironment
+
+        if SLURMEnvironment.detect():
+            extra.append(SLURMEnvironment(auto_requeue=False))
+    return {"plugins": [*plugins, *extra]} if extra else {}
+
+
+def _has_checkpoint_io(trainer_cfg: DictConfig, plugins: list[Any]) -> bool:
+    from hydra.utils import get_class
+    from lightning_fabric.plugins import CheckpointIO
+
+    strategy = trainer_cfg.get("strategy")
+    if isinstance(strategy, DictConfig) and strategy.get("checkpoint_io"):
+        return True
+    for plugin in plugins:
+        if isinstance(plugin, CheckpointIO):
+            return True
+        target = plugin.get("_target_") if isinstance(plugin, DictConfig) else None
+        if target and isinstance(cls := get_class(target), type) and issubclass(cls, CheckpointIO):
+            return True
+    return False
 
 
 def eval_trainer(cfg: DictConfig, trainer: Any) -> Any:
