@@ -22,7 +22,7 @@ from lmlab.data.cache import RaggedColumn, cache_key, load_or_build
 from lmlab.data.resumable import ResumableRandomSampler
 from lmlab.data.sampler import LengthGroupedSampler
 from lmlab.data.sources import SPLITS, Example, SourceOutput
-from lmlab.data.splits import build_splits, fingerprint
+from lmlab.data.splits import build_splits, dedupe_mode, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,8 @@ class TextDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         fractions: Mapping[str, float] | None = None,
         split_seed: int = 0,
-        dedupe: bool = True,
+        dedupe: str | bool = "near",
+        near_duplicate_threshold: float = 0.5,
         stratify: bool = True,
         one_vs_rest: str | None = None,
         labels: Sequence[str] | None = None,
@@ -127,7 +128,10 @@ class TextDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.fractions = dict(fractions or {"train": 0.8, "val": 0.1, "test": 0.1})
         self.split_seed = split_seed
+        # near | exact | none (true/false = exact/none). Checked in load(): an error raised here, under Hydra's
+        # instantiate, would reach the user wrapped in an InstantiationException with a traceback.
         self.dedupe = dedupe
+        self.near_duplicate_threshold = near_duplicate_threshold
         self.stratify = stratify
         self.one_vs_rest = one_vs_rest
         self.label_order = list(labels) if labels is not None else None  # read by the classification task
@@ -149,17 +153,33 @@ class TextDataModule(pl.LightningDataModule):
         """Read, dedupe, split and check the data (idempotent; cheap next to tokenization)."""
         if self.splits is not None:
             return self.splits
+        mode = dedupe_mode(self.dedupe)
+        output = self.source()
+        # Every row as read, for the task's row checks (a bad label is named even if dedupe dropped its row).
+        self.source_examples = [ex for split in SPLITS for ex in output[split]] if isinstance(output, dict) \
+            else list(output)
         splits, self.duplicates = build_splits(
-            self.source(), fractions=self.fractions, split_seed=self.split_seed, dedupe=self.dedupe,
-            stratify=self.stratify, one_vs_rest=self.one_vs_rest, max_samples=self.max_samples)
+            output, fractions=self.fractions, split_seed=self.split_seed, dedupe=mode,
+            near_duplicate_threshold=self.near_duplicate_threshold, stratify=self.stratify,
+            one_vs_rest=self.one_vs_rest, max_samples=self.max_samples)
         self.splits = splits
         self.data_fingerprint = fingerprint(splits)
         sizes = {split: len(exs) for split, exs in splits.items()}
         log.info("Data: %s examples, fingerprint %s", sizes, self.data_fingerprint)
-        dupes = {k: v for k, v in self.duplicates.items() if v}
-        if dupes:
-            log.warning("Exact duplicate texts %s (dataset.dedupe=%s%s)", dupes, self.dedupe,
-                        ": removed before splitting" if self.dedupe else "")
+        exact = {k: v for k, v in self.duplicates.items() if v and not k.startswith("near_")}
+        if exact:
+            log.warning("Exact duplicate texts %s (dataset.dedupe=%s%s)", exact, mode,
+                        "" if mode == "none" else ": removed before splitting")
+        near = {k[5:]: v for k, v in self.duplicates.items() if k.startswith("near_") and "&" in k}
+        dropped = {k[13:]: v for k, v in self.duplicates.items() if k.startswith("near_dropped_") and v}
+        what = "Near-duplicates (val/test texts with >= %g of their word 8-grams in an earlier split): %s"
+        if mode == "near":
+            log.info(what + " (dataset.dedupe=near): %s", self.near_duplicate_threshold, near,
+                     f"dropped from val/test {dropped}" if dropped else "none to drop")
+        else:  # a warning when leaked near-copies are scored
+            (log.warning if any(near.values()) else log.info)(
+                what + " (dataset.dedupe=%s: kept; dataset.dedupe=near keeps them out of val/test)",
+                self.near_duplicate_threshold, near, mode)
         return splits
 
     def connect(self, tokenizer: Any, encoding: Encoding) -> None:

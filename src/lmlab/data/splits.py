@@ -5,14 +5,44 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import random
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
 
 from lmlab.config import LmlabError
+from lmlab.data.near_duplicates import find_near_duplicates
 from lmlab.data.sources import SPLITS, Example, SourceOutput
 
 log = logging.getLogger(__name__)
+
+
+# dataset.dedupe: near = exact + near-copies of earlier splits out of val/test (the default: an honest test set);
+# exact = identical texts only; none = keep everything. Legacy booleans: true = exact, false = none.
+DEDUPE_MODES = ("near", "exact", "none")
+
+
+def dedupe_mode(value: Any) -> str:
+    """dataset.dedupe as one of DEDUPE_MODES (true/false are the old exact/none)."""
+    if value is True or value is False:
+        return "exact" if value else "none"
+    if isinstance(value, str) and value.lower() in DEDUPE_MODES:
+        return value.lower()
+    raise LmlabError(f"dataset.dedupe={value!r} is not one of {list(DEDUPE_MODES)} (true = exact, false = none). "
+                     f"Set dataset.dedupe=near (the default: near-copies of training texts kept out of val/test), "
+                     f"exact (identical texts only) or none.")
+
+
+def check_threshold(value: Any) -> float:
+    """dataset.near_duplicate_threshold: a containment in (0, 1]."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or not 0 < value <= 1:
+        raise LmlabError(f"dataset.near_duplicate_threshold={value!r} must be a number in (0, 1]: the share of a "
+                         f"val/test text's word 8-grams found in an earlier split that makes it a near-copy. "
+                         f"Set e.g. dataset.near_duplicate_threshold=0.5 (the default).")
+    return float(value)
 
 
 def _content(ex: Example) -> tuple[str, str | None]:
@@ -71,11 +101,22 @@ def stratified_split(examples: Sequence[Example], fractions: Mapping[str, float]
 
 
 def _relabel_one_vs_rest(examples: list[Example], positive: str) -> list[Example]:
-    labels = {ex.label for ex in examples}
+    labels = {ex.label for ex in examples if ex.label is not None}
     if positive not in labels:
         raise LmlabError(f"dataset.one_vs_rest={positive!r} is not a label of this data; labels: {sorted(labels)}.")
-    return [Example(ex.id, ex.text, positive if ex.label == positive else f"not_{positive}", ex.text_pair)
+    # A missing label stays missing (the classification task refuses it), not "not_<positive>".
+    return [ex if ex.label is None else replace(ex, label=positive if ex.label == positive else f"not_{positive}")
             for ex in examples]
+
+
+def near_duplicate_report(splits: Mapping[str, Sequence[Example]], threshold: float
+                          ) -> tuple[dict[str, int], dict[str, set[int]]]:
+    """Counts of val/test texts that are near-copies of an earlier split (`near_train&test`, ...), and per split
+    the indices `dedupe=near` drops: val near train; test near train or val."""
+    found = find_near_duplicates(splits, threshold)
+    report = {f"near_{a}&{b}": len(indices) for (a, b), indices in found.items()}
+    drop = {"val": set(found[("train", "val")]), "test": set(found[("train", "test")]) | set(found[("val", "test")])}
+    return report, drop
 
 
 def build_splits(
@@ -83,16 +124,21 @@ def build_splits(
     *,
     fractions: Mapping[str, float],
     split_seed: int,
-    dedupe: bool = True,
+    dedupe: str | bool = "near",
+    near_duplicate_threshold: float = 0.5,
     stratify: bool = True,
     one_vs_rest: str | None = None,
     max_samples: Mapping[str, int | None] | None = None,
 ) -> tuple[dict[str, list[Example]], dict[str, int]]:
-    """Return the splits to train on and the duplicate report measured before dedupe."""
+    """Return the splits to train on and the duplicate report: exact duplicates measured before dedupe, near
+    duplicates (`near_<a>&<b>`) in the split before near dedupe (with exact/near: what dedupe=exact keeps), and how
+    many val/test examples dedupe=near dropped (`near_dropped_<split>`)."""
+    mode = dedupe_mode(dedupe)
+    threshold = check_threshold(near_duplicate_threshold)
     if isinstance(source_output, dict):
         splits = {split: list(source_output[split]) for split in SPLITS}
         duplicates = duplicate_report(splits)
-        if dedupe:
+        if mode != "none":
             # Pre-split data: drop repeats inside a split and val/test copies of training texts (leakage).
             train = _dedupe(splits["train"])
             known = {_content(ex) for ex in train}
@@ -105,7 +151,15 @@ def build_splits(
         # What a split without dedupe would contain, so the report shows the leakage dedupe prevents.
         duplicates = duplicate_report(stratified_split(pool, fractions, split_seed, stratify))
         duplicates["in_pool"] = pool_dupes
-        splits = stratified_split(_dedupe(pool) if dedupe else pool, fractions, split_seed, stratify)
+        splits = stratified_split(_dedupe(pool) if mode != "none" else pool, fractions, split_seed, stratify)
+    near, drop = near_duplicate_report(splits, threshold)
+    duplicates.update(near)
+    if mode == "near":
+        # Dropped, not moved to train: train already holds their content, and it stays the exact-dedupe training
+        # set, so `near` and `exact` differ only in which val/test texts are scored.
+        for split, indices in drop.items():
+            splits[split] = [ex for i, ex in enumerate(splits[split]) if i not in indices]
+            duplicates[f"near_dropped_{split}"] = len(indices)
     if one_vs_rest and isinstance(source_output, dict):
         splits = {split: _relabel_one_vs_rest(exs, one_vs_rest) for split, exs in splits.items()}
     for split, limit in (max_samples or {}).items():
@@ -113,8 +167,11 @@ def build_splits(
             splits[split] = splits[split][: int(limit)]
     for split in SPLITS:
         if not splits[split]:
+            dropped = duplicates.get(f"near_dropped_{split}", 0)
+            why = (f" dataset.dedupe=near dropped {dropped} near-copies of earlier splits from it; if the texts are "
+                   f"meant to overlap (templates), set dataset.dedupe=exact." if dropped else "")
             raise LmlabError(
-                f"The {split} split is empty. Check the data, dataset.fractions, and "
+                f"The {split} split is empty.{why} Check the data, dataset.fractions, and "
                 f"dataset.max_samples.{split} (must be > 0)."
             )
     return splits, duplicates
@@ -139,8 +196,14 @@ def label_names(splits: Mapping[str, Sequence[Example]], order: Sequence[str] | 
     if order is None:
         return sorted(train)
     order = list(order)
-    if set(order) != train:
-        raise LmlabError(f"dataset.labels={order} does not match the training labels {sorted(train)}.")
+    if set(order) != train or len(order) != len(set(order)):
+        unknown, missing = sorted(set(order) - train), sorted(train - set(order))
+        repeated = sorted({name for name in order if order.count(name) > 1})
+        problems = "; ".join(f"{what}: {names}" for what, names in (
+            ("not training labels", unknown), ("training labels missing", missing), ("repeated", repeated)) if names)
+        raise LmlabError(f"dataset.labels={order} does not match the training labels {sorted(train)} ({problems}). "
+                         f"List each training label once, in the order you want, or set dataset.labels=null "
+                         f"(sorted).")
     return order
 
 

@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -313,19 +315,55 @@ def task_tokenizer(model_cfg: Mapping[str, Any], datamodule: Any) -> Any:
     return load_tokenizer(str(name), model_cfg.get("gguf_file"))
 
 
+def _rows(examples: Sequence[Example], limit: int = 5) -> str:
+    """The first few rows, file named once: "d.csv: row 1 (line 2), row 4 (line 5) and 8 more"."""
+    by_file: dict[str, list[str]] = {}
+    for ex in examples[:limit]:
+        where, _, row = (ex.origin or "").rpartition(" row ")
+        by_file.setdefault(where, []).append(f"row {row}" if where else ex.id)
+    shown = "; ".join(f"{where}: {', '.join(rows)}" if where else ", ".join(rows) for where, rows in by_file.items())
+    return shown + (f" and {len(examples) - limit} more" if len(examples) > limit else "")
+
+
+def check_labelled_examples(examples: Sequence[Example]) -> None:
+    """Refuse rows a classifier would silently learn from wrongly: a missing label would become a class 'nan' or
+    '', and empty texts collapse into one "duplicate" that carries one of their labels."""
+    if all(ex.label is None for ex in examples):
+        raise LmlabError("This data has no labels (plain text, or dataset.source.label_column=null), so "
+                         "task=classification cannot use it. Use task=causal_lm, or give a label column.")
+    missing = [ex for ex in examples if ex.label is None]
+    if missing:
+        raise LmlabError(
+            f"{len(missing)} of {len(examples)} rows have no label (null, NaN or empty): {_rows(missing)}. "
+            f"task=classification needs a label on every row: fill them in or remove those rows "
+            f"(task=causal_lm ignores labels).")
+    empty = [ex for ex in examples if not ex.text.strip() or (ex.text_pair is not None and not ex.text_pair.strip())]
+    if empty:
+        raise LmlabError(
+            f"{len(empty)} of {len(examples)} rows have an empty text: {_rows(empty)}. Fill in the text "
+            f"(dataset.source.text_column / text_pair_column) or remove those rows.")
+
+
 class ClassificationTask(Task):
     """Labels come from the data; checkpoints and sweeps follow `monitor` (val/f1_macro, maximized)."""
 
     # ---- data
     def prepare(self, datamodule: Any) -> None:
         splits = datamodule.splits
-        if any(ex.label is None for split in splits.values() for ex in split):
-            raise LmlabError("This data has no labels (plain text, or dataset.source.label_column=null), so "
-                             "task=classification cannot use it. Use task=causal_lm, or give a label column.")
+        # Every row the source gave (before dedupe), so each bad row is named, not only those dedupe kept.
+        check_labelled_examples(getattr(datamodule, "source_examples", None)
+                                or [ex for split in splits.values() for ex in split])
         order = datamodule.label_order
         if order is None and datamodule.one_vs_rest:
             order = [f"not_{datamodule.one_vs_rest}", datamodule.one_vs_rest]  # the positive class is index 1
         self.labels = label_names(splits, order)
+        classes = Counter(json.dumps(ex.label) for ex in splits["train"])  # multi-label: distinct label sets
+        if len(classes) < 2:
+            only, count = next(iter(classes.items()))
+            raise LmlabError(
+                f"The training split has a single class ({json.loads(only)!r}, all {count} examples): every "
+                f"prediction would be right and F1 = 1.000 would mean nothing. Check that "
+                f"dataset.source.label_column names the label column and that the data holds at least 2 classes.")
         self.multi_label = any(isinstance(ex.label, list) for ex in splits["train"])
         counts = [0] * len(self.labels)
         for ex in splits["train"]:
