@@ -57,6 +57,66 @@ def sqlite_url(path: str) -> str:
     return f"sqlite:///{file}"
 
 
+def identity_mismatch(job_dir: Path, config: dict[str, Any], overrides: Sequence[str]) -> list[str]:
+    """How a job dir's recorded run differs from the job about to run there (`key: old -> new`); [] = same job
+    (or nothing recorded). Dirs written before config digests existed are compared by their overrides."""
+    if not runfiles.holds_results(job_dir):
+        return []
+    recorded = runfiles.read_resolved(job_dir)
+    if recorded is not None:
+        if recorded.get("digest") == runfiles.digest(config):
+            return []
+        return runfiles.differing_keys(recorded.get("config") or {}, config) or ["(config digest differs)"]
+    old = job_dir / ".hydra" / "overrides.yaml"
+    if old.is_file():
+        import yaml
+
+        previous = [str(o) for o in yaml.safe_load(old.read_text()) or []]
+        if sorted(previous) != sorted(overrides):
+            return [f"overrides: {previous} -> {list(overrides)}"]
+        return []
+    return ["(no record of the config this dir was run with)"]
+
+
+def mismatch_message(sweep_dir: Path, mismatched: dict[str, list[str]]) -> str:
+    lines = [f"{len(mismatched)} job dir(s) in {sweep_dir} hold runs of a different configuration than this "
+             f"command asks for; their results would be reused or mixed under the wrong label:"]
+    for dirname, keys in list(mismatched.items())[:10]:
+        lines.append(f"  {dirname}: " + "; ".join(keys[:8]) + (" ..." if len(keys) > 8 else ""))
+    lines.append("Choose: a new sweep dir (drop hydra.sweep.dir=..., or give another), or re-run these jobs with "
+                 "hydra.sweeper.resume=false (their old dirs are kept as <dir>.replaced-<time>).")
+    return "\n".join(lines)
+
+
+def move_aside(sweep_dir: Path, dirnames: Sequence[str]) -> None:
+    """Before a forced re-run: keep each dir's earlier run as `<dir>.replaced-<time>`, never mix two runs."""
+    stamp = runfiles.now().replace(":", "-")
+    for dirname in dirnames:
+        job_dir = Path(sweep_dir) / dirname
+        if runfiles.holds_results(job_dir):
+            target = job_dir.with_name(f"{job_dir.name}.replaced-{stamp}")
+            job_dir.rename(target)
+            log.warning("re-running %s: its earlier run was moved to %s", dirname, target.name)
+
+
+def check_fixed_config(sweep_dir: Path, config: dict[str, Any], what: str) -> None:
+    """An Optuna study (continued, or with several workers) is one search over one fixed config: record it in
+    sweep.json on first use and refuse a later invocation whose fixed config differs."""
+    with _locked(sweep_dir):
+        data = _load(sweep_dir)
+        recorded = data.get("fixed_config")
+        if recorded is None:
+            data["fixed_config"] = {"digest": runfiles.digest(config), "config": config}
+            _save(sweep_dir, data)
+            return
+    if recorded.get("digest") != runfiles.digest(config):
+        keys = runfiles.differing_keys(recorded.get("config") or {}, config)
+        raise runfiles.LmlabError(
+            f"{what} in {sweep_dir} was run with a different fixed configuration: " + "; ".join(keys[:10]) +
+            ". Its trials would mix two configurations. Use a new hydra.sweep.dir (a new study), or the same "
+            "settings as before.")
+
+
 def is_completed(job_dir: Path) -> bool:
     """A job counts as done only when it said so and its metrics exist; `running` (a killed process),
     `failed` and `requeued` all mean: run it again."""
@@ -101,6 +161,7 @@ def _refresh_job(sweep_dir: Path, entry: dict[str, Any]) -> None:
             return
         for key in ("status", "attempts", "started", "ended", "error"):
             entry[key] = status.get(key)
+        entry["status"] = runfiles.effective_status(status)  # `dead`: running, but its process is gone
         if entry.get("status") == "completed" and not (sweep_dir / entry["dir"] / runfiles.METRICS).is_file():
             entry["status"] = "incomplete"  # metrics deleted by hand: a re-issue runs it again
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 
 log = logging.getLogger("lmlab.sweep")
@@ -32,9 +33,44 @@ def study_trial_count(storage: Any, study_name: str | None) -> int:
     return next((s.n_trials for s in summaries if s.study_name == study_name), 0)
 
 
+def fixed_config(impl: Any, arguments: list[str]) -> dict[str, Any]:
+    """The study's fixed configuration: the config composed with the command's non-search overrides, without the
+    searched keys (they differ per trial by design)."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from lmlab import runfiles
+
+    params = impl._parse_sweeper_params_config() + list(arguments)
+    searched, _ = create_params_from_overrides(params)
+    fixed = [a for a in arguments if a.split("=", 1)[0].lstrip("+~") not in searched]
+    cfg = impl.hydra_context.config_loader.load_sweep_config(impl.config, fixed)
+    with open_dict(cfg):
+        cfg.hydra.job.num = cfg.hydra.job.id = 0
+    previous = HydraConfig.instance().cfg
+    HydraConfig.instance().set_config(cfg)
+    try:
+        flat = runfiles.result_config(cfg)
+    finally:
+        HydraConfig.instance().cfg = previous
+    return {k: v for k, v in flat.items() if not any(k == p or k.startswith(p + ".") for p in searched)}
+
+
 class ContinuableOptunaSweeper(OptunaSweeper):
     def sweep(self, arguments: list[str]) -> None:
+        import sys
+        from pathlib import Path
+
+        from lmlab import sweep
+        from lmlab.config import LmlabError
+
         impl = self.sweeper
+        try:  # a continued study or a second worker must search over the same fixed config
+            sweep.check_fixed_config(Path(str(impl.config.hydra.sweep.dir)), fixed_config(impl, arguments),
+                                     f"The Optuna study {impl.study_name!r}")
+        except LmlabError as err:
+            log.error("%s", err)
+            sys.exit(1)
         done = study_trial_count(impl.storage, impl.study_name)
         if done:
             impl.job_idx = done

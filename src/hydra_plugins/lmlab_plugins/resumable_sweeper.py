@@ -4,12 +4,18 @@
   sweep-constant keys excluded), so a re-issued command finds each job's dir by its config.
 - Jobs whose dir already holds a completed run are not launched at all: Hydra rewrites a job's `.hydra/`
   files when it starts the job, so skipping has to happen before the launcher sees it.
-- `<sweep dir>/sweep.json` lists every job of the invocation before any starts.
+- A job is the same job only when its whole result-relevant config matches (`runfiles.result_config`): a
+  re-issue whose config differs from what a job dir holds (a changed constant such as trainer.max_epochs) is
+  refused, naming the differing keys, before anything is launched or rewritten. With
+  `hydra.sweeper.resume=false` every job runs again; dirs that hold an earlier run are first moved aside to
+  `<dir>.replaced-<time>`, so results of two configs never mix.
+- `<sweep dir>/sweep.json` lists every job of the invocation, with its real overrides, before any starts.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -67,8 +73,8 @@ class ResumableSweeper(BasicSweeper):
         constant = sorted({o.key_or_group for o in parsed} - varying) if varying else []
         return jobs, constant
 
-    def _job_dir(self, overrides: Sequence[str], idx: int) -> Path:
-        # The same composition Hydra's run_job does to find a job's output dir.
+    def _job_dir(self, overrides: Sequence[str], idx: int) -> tuple[Path, dict[str, Any]]:
+        """The job's output dir (the same composition Hydra's run_job does) and its result config."""
         assert self.hydra_context is not None and self.config is not None
         cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
         with open_dict(cfg):
@@ -77,7 +83,7 @@ class ResumableSweeper(BasicSweeper):
         previous = HydraConfig.instance().cfg
         HydraConfig.instance().set_config(cfg)
         try:
-            return Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
+            return Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir), runfiles.result_config(cfg)
         finally:
             HydraConfig.instance().cfg = previous
 
@@ -104,14 +110,23 @@ class ResumableSweeper(BasicSweeper):
         if by_number and self.resume:
             log.warning("hydra.sweep.subdir=%s names job dirs by number: completed jobs are not skipped "
                         "(numbers shift between invocations); use the default subdir to resume", subdir)
-        entries = []
+        entries, configs = [], {}
         for idx, overrides in enumerate(jobs):
-            dirname = str(self._job_dir(overrides, idx).absolute().relative_to(sweep_dir.absolute()))
+            job_dir, configs[idx] = self._job_dir(overrides, idx)
+            dirname = str(job_dir.absolute().relative_to(sweep_dir.absolute()))
             if dirname in {d for d, _ in entries}:
                 raise ValueError(f"two jobs of this sweep map to the same dir {dirname!r} "
                                  f"(hydra.sweep.subdir={subdir}); include the varying keys in the subdir")
             self.job_dirs[tuple(overrides)] = dirname
             entries.append((dirname, overrides))
+        mismatched = {d: sweep.identity_mismatch(sweep_dir / d, configs[i], entries[i][1])
+                      for i, (d, _) in enumerate(entries)}
+        mismatched = {d: keys for d, keys in mismatched.items() if keys}
+        if mismatched and self.resume and not by_number:
+            log.error("%s", sweep.mismatch_message(sweep_dir, mismatched))
+            sys.exit(1)
+        if mismatched or not self.resume:
+            sweep.move_aside(sweep_dir, [d for d, _ in entries])
         if self.resume and not by_number:
             self.skipped = {d for d, _ in entries if sweep.is_completed(sweep_dir / d)}
         if self.skipped:
