@@ -82,7 +82,7 @@ class _StopAt(pl.Callback):
 
 @pytest.mark.parametrize("grouped", [False, True], ids=["random", "group_by_length"])
 def test_mid_epoch_resume_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, grouped: bool) -> None:
-    """A run stopped mid-epoch and resumed from requeue.ckpt ends with the uninterrupted run's losses and metrics
+    """A run stopped mid-epoch and resumed from resume.ckpt ends with the uninterrupted run's losses and metrics
     (RNG state, optimizer, scheduler, and the epoch's remaining batches), with either training sampler."""
     from lmlab import train as train_module
 
@@ -110,7 +110,7 @@ def test_mid_epoch_resume_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
     reference, ref_losses = run(tmp_path / "ref", stop=-1)
     _, first = run(tmp_path / "resumed", stop=9)  # 6 steps per epoch: mid-epoch 2
-    assert (tmp_path / "resumed" / "checkpoints" / "requeue.ckpt").is_file()
+    assert (tmp_path / "resumed" / "checkpoints" / "resume.ckpt").is_file()
     resumed, second = run(tmp_path / "resumed", stop=-1)
     assert min(second) == 10 and max(second) == max(ref_losses) == 12
     assert {**first, **second} == ref_losses  # bitwise-equal per-step losses
@@ -118,7 +118,7 @@ def test_mid_epoch_resume_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     for key, value in reference.items():
         if key != "best/ckpt_path" and not key.startswith("perf/"):  # perf/*: timings and memory
             assert resumed[key] == value, key
-    assert not (tmp_path / "resumed" / "checkpoints" / "requeue.ckpt").exists()  # removed after the fit
+    assert not (tmp_path / "resumed" / "checkpoints" / "resume.ckpt").exists()  # removed after the fit
 
 
 def test_slurm_launcher_refuses_sweeping_resources(tmp_path: Path) -> None:

@@ -85,7 +85,7 @@ def _kill_job_processes(job_id: str) -> None:
 
 
 def test_sweep_with_a_preempted_job_resumes_exactly(tmp_path: Path) -> None:
-    """Two identical jobs; one gets USR2 mid-training, requeues, resumes from requeue.ckpt: same final metrics."""
+    """Two identical jobs; one gets USR2 mid-training, requeues, resumes from resume.ckpt: same final metrics."""
     sweep = tmp_path / "sweep"
     proc = _sweep(sweep, "+variant=reference,preempted")
     preempted = _job_dir(sweep, "variant=preempted")
@@ -99,7 +99,7 @@ def test_sweep_with_a_preempted_job_resumes_exactly(tmp_path: Path) -> None:
     # Early in a 60-min limit, submitit treats USR2 as a pre-emption (not counted against max_num_timeout).
     assert status["status"] == "completed" and status["attempts"] == 2 and status["reason"] == "preempted"
     assert "Restored all states from the checkpoint at" in (preempted / "train.log").read_text()
-    assert not (preempted / "checkpoints" / "requeue.ckpt").exists()
+    assert not (preempted / "checkpoints" / "resume.ckpt").exists()
     ref = json.loads((reference / "metrics.json").read_text())
     got = json.loads((preempted / "metrics.json").read_text())
     def model_metrics(metrics: dict) -> dict:  # perf/*: timings and memory, which no two runs share
@@ -124,7 +124,7 @@ def test_time_out_limit_and_killed_job_are_recorded(tmp_path: Path) -> None:
     assert proc.returncode != 0
     status = _status(timeout_job)
     assert status["status"] == "failed" and "max_num_timeout" in status["error"], status
-    assert (timeout_job / "checkpoints" / "requeue.ckpt").is_file()  # the state is kept for a manual resume
+    assert (timeout_job / "checkpoints" / "resume.ckpt").is_file()  # the state is kept for a manual resume
     status = _status(killed)
     assert status["status"] == "failed" and "without a result" in status["error"], status
     assert "FAILED" in status["error"] or "CANCELLED" in status["error"], status

@@ -85,36 +85,54 @@ def register_resolvers() -> None:
             OmegaConf.register_new_resolver(name, resolver, use_cache=cache)
 
 
-# (dotted key, type, lower bound, whether the bound is exclusive). Only keys that exist are checked, so the
-# same table serves every dataset/model/optimizer option.
-_NUMERIC_FIELDS: list[tuple[str, type, float, bool]] = [
-    ("optimizer.lr", float, 0.0, True),
-    ("optimizer.weight_decay", float, 0.0, False),
-    ("optimizer.momentum", float, 0.0, False),
-    ("optimizer.head_lr", float, 0.0, True),
-    ("optimizer.layerwise_lr_decay", float, 0.0, True),
-    ("scheduler.warmup", float, 0.0, False),
-    ("dataset.batch_size", int, 0, True),
-    ("dataset.eval_batch_size", int, 0, True),
-    ("dataset.max_length", int, 0, True),
-    ("dataset.num_workers", int, 0, False),
-    ("dataset.split_seed", int, 0, False),
-    ("dataset.pad_to_multiple_of", int, 0, True),
-    ("model.bpe_vocab_size", int, 0, True),
-    ("task.max_tokens", int, 0, True),
-    ("model.dropout", float, 0.0, False),
-    ("model.freeze_layers", int, 0, False),
-    ("trainer.max_epochs", int, -1, False),
-    ("trainer.accumulate_grad_batches", int, 0, True),
-    ("seed", int, 0, False),
+# (dotted key, type, lower bound, upper bound, which ends are open) — what the libraries accept, or what makes
+# sense (a bound the library does not check but that would silently do nothing). Only keys that exist are
+# checked, so one table serves every dataset/model/optimizer option. "[)" = lower bound included, upper excluded.
+INF = math.inf
+_NUMERIC_FIELDS: list[tuple[str, type, float, float, str]] = [
+    ("optimizer.lr", float, 0.0, INF, "()"),
+    ("optimizer.weight_decay", float, 0.0, INF, "[)"),
+    ("optimizer.momentum", float, 0.0, 1.0, "[)"),
+    ("optimizer.eps", float, 0.0, INF, "()"),
+    ("optimizer.head_lr", float, 0.0, INF, "()"),
+    ("optimizer.layerwise_lr_decay", float, 0.0, 1.0, "(]"),
+    ("scheduler.warmup", float, 0.0, INF, "[)"),
+    ("scheduler.factor", float, 0.0, 1.0, "()"),
+    ("scheduler.patience", int, 0, INF, "[)"),
+    ("dataset.batch_size", int, 0, INF, "()"),
+    ("dataset.eval_batch_size", int, 0, INF, "()"),
+    ("dataset.max_length", int, 1, INF, "()"),
+    ("dataset.num_workers", int, 0, INF, "[)"),
+    ("dataset.split_seed", int, 0, 2**32, "[)"),
+    ("dataset.pad_to_multiple_of", int, 0, INF, "()"),
+    ("model.bpe_vocab_size", int, 0, INF, "()"),
+    ("model.threshold", float, 0.0, 1.0, "()"),
+    ("model.dropout", float, 0.0, 1.0, "[)"),
+    ("model.freeze_layers", int, 0, INF, "[)"),
+    ("task.max_tokens", int, 0, INF, "()"),
+    ("task.samples", int, 0, INF, "[)"),
+    ("trainer.accumulate_grad_batches", int, 0, INF, "()"),
+    ("trainer.gradient_clip_val", float, 0.0, INF, "[)"),
+    ("trainer.val_check_interval", float, 0.0, INF, "()"),
+    ("trainer.check_val_every_n_epoch", int, 0, INF, "()"),
+    ("trainer.log_every_n_steps", int, 0, INF, "()"),
+    ("trainer.num_sanity_val_steps", int, -1, INF, "[)"),
+    ("trainer.limit_train_batches", float, 0.0, INF, "()"),
+    ("trainer.limit_val_batches", float, 0.0, INF, "[)"),
+    ("trainer.limit_test_batches", float, 0.0, INF, "()"),
+    ("callbacks.early_stopping.patience", int, 0, INF, "[)"),
+    ("batch_size", int, 0, INF, "()"),  # eval.py
+    ("seed", int, 0, 2**32, "[)"),      # what seed_everything accepts
 ]
+# -1 = no limit; 0 would train nothing and score the random-init model as if it were a result.
+_LIMIT_FIELDS = ("trainer.max_epochs", "trainer.max_steps")
 
 
-def _check_number(key: str, value: Any, kind: type, bound: float, exclusive: bool) -> None:
+def _check_number(key: str, value: Any, kind: type, low: float, high: float = INF, ends: str = "[)") -> None:
     if value is None:
         return
     ok_type = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind is int and ok_type and float(value) != int(value):
+    if kind is int and ok_type and (not math.isfinite(float(value)) or float(value) != int(value)):
         ok_type = False
     if not ok_type or (isinstance(value, float) and math.isnan(value)):
         example = "3e-5" if kind is float else "32"
@@ -122,9 +140,21 @@ def _check_number(key: str, value: Any, kind: type, bound: float, exclusive: boo
             f"{key}={value!r} is not a{'n integer' if kind is int else ' number'}; "
             f"set it like `{key}={example}`."
         )
-    if (value <= bound) if exclusive else (value < bound):
-        relation = ">" if exclusive else ">="
-        raise LmlabError(f"{key}={value} is out of range; it must be {relation} {bound:g}.")
+    too_low = value <= low if ends[0] == "(" else value < low
+    too_high = value >= high if ends[1] == ")" else value > high
+    if too_low or too_high or not math.isfinite(value):
+        lo = f"{'>' if ends[0] == '(' else '>='} {low:g}"
+        hi = f" and {'<' if ends[1] == ')' else '<='} {high:g}" if math.isfinite(high) else ""
+        raise LmlabError(f"{key}={value} is out of range; it must be {lo}{hi} (and finite).")
+
+
+def _check_limit(key: str, value: Any) -> None:
+    if value is None:
+        return
+    _check_number(key, value, int, -1, INF, "[)")
+    if value == 0:
+        raise LmlabError(f"{key}=0 trains nothing: the run would score the untrained model as its result. Use "
+                         f"{key}=1 or more (or -1 for no limit, with the other of trainer.max_epochs/max_steps set).")
 
 
 def command_line_keys() -> list[str]:
@@ -156,9 +186,22 @@ def check_task_keys(cfg: DictConfig, keys: list[str]) -> None:
 def validate(cfg: DictConfig) -> None:
     """Fail fast, before heavy imports, on values that would otherwise fail minutes into a run."""
     check_task_keys(cfg, command_line_keys())
-    for key, kind, bound, exclusive in _NUMERIC_FIELDS:
+    for key, kind, low, high, ends in _NUMERIC_FIELDS:
         value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
-        _check_number(key, value, kind, bound, exclusive)
+        _check_number(key, value, kind, low, high, ends)
+    for key in _LIMIT_FIELDS:
+        _check_limit(key, OmegaConf.select(cfg, key, default=None, throw_on_missing=False))
+    trainer = cfg.get("trainer")
+    if trainer is not None and trainer.get("max_epochs") == -1 and trainer.get("max_steps", -1) == -1 \
+            and not trainer.get("max_time"):
+        raise LmlabError("trainer.max_epochs=-1 with trainer.max_steps=-1 never ends; set one of them "
+                         "(e.g. trainer.max_steps=1000).")
+    if trainer is not None and trainer.get("precision") is not None:
+        known = ("64-true", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "transformer-engine",
+                 "64", "32", "16", "bf16")
+        if str(trainer.precision) not in known:
+            raise LmlabError(f"trainer.precision={trainer.precision!r} is not one of {list(known[:6])}; "
+                             f"e.g. trainer.precision=bf16-mixed.")
 
     dataset = cfg.get("dataset")
     if dataset is not None and dataset.get("fractions") is not None:
@@ -167,7 +210,7 @@ def validate(cfg: DictConfig) -> None:
         if not isinstance(fractions, DictConfig) or set(fractions) != names:
             raise LmlabError(f"dataset.fractions must have keys {sorted(names)}, got {fractions}.")
         for split, value in fractions.items():
-            _check_number(f"dataset.fractions.{split}", value, float, 0.0, True)
+            _check_number(f"dataset.fractions.{split}", value, float, 0.0, 1.0, "()")
         total = sum(float(v) for v in fractions.values())
         if abs(total - 1.0) > 1e-6:
             raise LmlabError(f"dataset.fractions must sum to 1, got {total:g} ({OmegaConf.to_yaml(fractions)}).")

@@ -19,20 +19,6 @@ log = logging.getLogger("lmlab.eval")
 register_resolvers()
 
 
-def find_checkpoint(ckpt_path: str) -> Path:
-    """A .ckpt file, or a run dir: its best checkpoint (from metrics.json), else checkpoints/last.ckpt."""
-    from lmlab import runfiles
-
-    path = Path(ckpt_path)
-    if path.is_dir():
-        metrics = path / runfiles.METRICS
-        best = runfiles.read_json(metrics).get("best/ckpt_path") if metrics.exists() else None
-        path = path / best if best else path / runfiles.CHECKPOINTS / "last.ckpt"
-    if not path.is_file():
-        raise LmlabError(f"ckpt_path={ckpt_path!r}: no checkpoint file at {path}.")
-    return path
-
-
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """A checkpoint (the task, data split and model come from it) or, without one, the composed task/dataset/model
     as they are (e.g. a pretrained model's zero-shot numbers), on one split; writes metrics.json + the task's files."""
@@ -45,7 +31,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     split = cfg.split
     if split not in ("train", "val", "test"):
         raise LmlabError(f"split={split!r} is not one of train, val, test.")
-    ckpt = find_checkpoint(cfg.ckpt_path) if cfg.get("ckpt_path") else None
+    ckpt = runfiles.find_checkpoint(cfg.ckpt_path, "eval") if cfg.get("ckpt_path") else None
     if ckpt is not None:
         info = runfiles.checkpoint_meta(ckpt)[1]
         run_config = info.get("config")
@@ -80,6 +66,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         metrics[key.replace("test/", f"{split}/", 1) if key.startswith("test/") else key] = value
     metrics.pop(task.best_key(), None)  # no selection happened here
     metrics["ckpt_path"] = str(ckpt.resolve()) if ckpt else None
+    metrics[f"{split}/examples"] = len(datamodule.example_ids(split))
+    if ckpt is not None:
+        _compare_coverage(run_config, split, metrics[f"{split}/examples"])
     out = Path(cfg.paths.output_dir)
     runfiles.write_json(out / runfiles.METRICS, metrics)
     task.write_outputs(out, model, datamodule, split)
@@ -88,11 +77,33 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
+def _compare_coverage(run_config: dict[str, Any], split: str, examples: int) -> None:
+    """Say so when the training run's own numbers for this split covered fewer examples (limit_*_batches)."""
+    key = {"train": "limit_train_batches", "val": "limit_val_batches", "test": "limit_test_batches"}[split]
+    limit = (run_config.get("trainer") or {}).get(key)
+    if limit is not None and limit != 1.0:
+        batch = int((run_config.get("dataset") or {}).get("eval_batch_size") or 1)
+        covered = min(examples, int(limit * examples) if isinstance(limit, float) else int(limit) * batch)
+        log.warning("the training run's %s metrics covered about %d of the %d %s examples (trainer.%s=%s); this "
+                    "evaluation covers all %d, so its numbers differ from the run's metrics.json",
+                    split, covered, examples, split, key, limit, examples)
+
+
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     from lmlab.train import run_task
 
     run_task(evaluate, cfg)
+
+
+def main() -> None:
+    """`python eval.py ...`: `ckpt_path=` is pre-read (`lmlab.cli`) before Hydra parses it."""
+    import sys
+
+    from lmlab.cli import preparse
+
+    sys.argv = preparse(sys.argv, entry="eval")
+    _main()
 
 
 if __name__ == "__main__":

@@ -93,8 +93,13 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any],
     hf_names = {"linear": "linear", "cosine": "cosine", "constant_warmup": "constant_with_warmup"}
     if name not in hf_names:
         raise LmlabError(f"scheduler.name={name!r} is unknown; use one of {['none', 'plateau', *hf_names]}.")
-    scheduler = get_scheduler(hf_names[name], optimizer, num_warmup_steps=warmup_steps(cfg.get("warmup", 0),
-                              total_steps), num_training_steps=total_steps)
+    warmup = warmup_steps(cfg.get("warmup", 0), total_steps)
+    if cfg.get("warmup", 0) >= 1 and warmup >= total_steps:
+        # The lr would still be climbing when the run ends: the configured peak lr is never used.
+        raise LmlabError(f"scheduler.warmup={cfg.get('warmup')} is {warmup} warmup steps, but the whole run has "
+                         f"{total_steps} optimizer steps: the lr never reaches optimizer.lr. Use a fraction "
+                         f"(e.g. scheduler.warmup=0.1) or fewer than {total_steps} steps, or train longer.")
+    scheduler = get_scheduler(hf_names[name], optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
     return {"scheduler": scheduler, "interval": "step", "frequency": 1}
 
 

@@ -1,4 +1,13 @@
-"""Pre-emption and time-limit requeue under submitit, with an exact resume.
+"""Interruptions — Ctrl-C, SIGTERM, SLURM pre-emption and time limits — with an exact resume.
+
+Ctrl-C / SIGTERM (`Interrupts`, installed for the whole run by `lmlab.train.run_task`): during `fit` the signal
+only sets a flag; at the next batch boundary every rank saves `<run dir>/checkpoints/resume.ckpt` and the run
+ends with `Interrupted` (status.json `interrupted`, the resume command printed, exit code 128 + signal: 130 for
+Ctrl-C, 143 for SIGTERM — never 0, so `&&` chains and schedulers see it). Outside `fit` (data preparation, the
+final val/test) it ends at once; the resume then starts from the last epoch's checkpoint. A second signal stops
+at once. Lightning's own SIGTERM handling (it raises mid-validation and exits 0) is replaced during fit.
+
+SLURM pre-emption and time limits:
 
 Who owns the signal: submitit installs its USR2 handler before the job function runs (hydra/launcher=slurm sends
 USR2 `signal_delay_s` before the limit, and `scancel --signal=USR2` does the same by hand). That handler would
@@ -34,30 +43,79 @@ from lmlab.cluster import RequeueExit
 
 log = logging.getLogger("lmlab.requeue")
 
-REQUEUE_CKPT = "requeue.ckpt"
-
-
 class RequeueLimitError(RuntimeError):
     """The job timed out once more than `max_num_timeout` allows."""
 
 
 def requeue_checkpoint(run_dir: Path) -> Path:
-    return Path(run_dir) / runfiles.CHECKPOINTS / REQUEUE_CKPT
+    """Where an interruption saves the exact position (`resume.ckpt`; removed when a fit ends normally)."""
+    return Path(run_dir) / runfiles.CHECKPOINTS / runfiles.RESUME_CKPT
 
 
-def resume_checkpoint(run_dir: Path) -> str | None:
-    """The checkpoint an interrupted attempt of this job left behind, if this is such a job.
+class Interrupted(BaseException):
+    """Ctrl-C or SIGTERM ended the run; `checkpoint` is where it can resume from (None: the last epoch's).
 
-    `requeue.ckpt` exists only between a requeue and the end of the next successful fit. A job that SLURM itself
-    restarted (node failure, `scontrol requeue`) without our checkpoint resumes from `last.ckpt`.
-    """
-    path = requeue_checkpoint(run_dir)
-    if path.is_file():
-        return str(path)
-    last = Path(run_dir) / runfiles.CHECKPOINTS / "last.ckpt"
-    if int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0 and last.is_file():
-        return str(last)
-    return None
+    A BaseException, like KeyboardInterrupt, so that no `except Exception` on the way can swallow it."""
+
+    def __init__(self, signum: int, checkpoint: Path | None = None) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.checkpoint = signum, checkpoint
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class Interrupts:
+    """SIGINT/SIGTERM handlers for one run (a context manager; main thread only)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.pending: int | None = None
+        self.in_fit = False
+        self._previous: dict[int, Any] = {}
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.pending is not None or not self.in_fit:
+            raise Interrupted(signum)  # a second signal, or nothing to checkpoint mid-way: stop now
+        self.pending = signum
+        log.warning("got %s: saving the current position at the end of this batch (send it again to stop now)",
+                    signal.Signals(signum).name)
+
+    def install(self) -> None:
+        """(Re)install the handlers; also called when fit starts, after Lightning registered its own SIGTERM."""
+        for signum in self.SIGNALS:
+            signal.signal(signum, self.handle)
+
+    def __enter__(self) -> Interrupts:
+        global ACTIVE
+        self._previous = {s: signal.getsignal(s) for s in self.SIGNALS}
+        self.install()
+        ACTIVE = self
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        global ACTIVE
+        ACTIVE = None
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+ACTIVE: Interrupts | None = None  # the run's handlers, which the callback below consults at batch boundaries
+
+# Test hook (deterministic fault injection): `LMLAB_FAULT_SIGNAL=<step|val>:<n>:<SIGNAL>` sends this process
+# SIGNAL after training step n (global step), or at validation batch n of the first validation during fit.
+FAULT_ENV = "LMLAB_FAULT_SIGNAL"
+
+
+def _fault(where: str, n: int) -> None:
+    spec = os.environ.get(FAULT_ENV, "")
+    if spec.count(":") == 2:
+        kind, at, name = spec.split(":")
+        if kind == where and int(at) == n:
+            os.environ.pop(FAULT_ENV)  # once per process
+            os.kill(os.getpid(), getattr(signal, name))
 
 
 def _rng_states() -> dict[str, Any]:
@@ -103,7 +161,7 @@ def wandb_resume_kwargs(run_dir: Path, logger_cfg: Any) -> dict[str, Any]:
     """Extra WandbLogger kwargs for a requeued attempt: the same run id online; offline runs cannot be resumed
     (wandb #2423), so a new offline run (same group, as configured) and a warning saying so."""
     status_path = Path(run_dir) / runfiles.STATUS
-    if "wandb" not in str(logger_cfg.get("_target_", "")).lower() or resume_checkpoint(run_dir) is None \
+    if "wandb" not in str(logger_cfg.get("_target_", "")).lower() or runfiles.resume_checkpoint(run_dir) is None \
             or not status_path.exists():
         return {}
     previous = runfiles.read_json(status_path)
@@ -168,6 +226,19 @@ class RequeueOnSignal(pl.Callback):
         raise RequeueExit(-1)  # other ranks: the requeue ends the whole job; stop before the next collective
 
     # ---- batch boundary
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if ACTIVE is not None:
+            ACTIVE.install()  # over Lightning's SIGTERM handler, registered when fit started
+            ACTIVE.in_fit = True
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if ACTIVE is not None:
+            ACTIVE.in_fit = False
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if ACTIVE is not None:
+            ACTIVE.in_fit = False
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._in_fit = True
         if self._restore_rng is not None:
@@ -175,19 +246,31 @@ class RequeueOnSignal(pl.Callback):
             _set_rng_states(self._restore_rng)
             self._restore_rng = None
 
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
+                                batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if trainer.state.fn == "fit":
+            _fault("val", batch_idx)
+
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if self._submitit is None:
+        _fault("step", trainer.global_step)
+        interrupted = ACTIVE is not None and ACTIVE.pending is not None
+        if self._submitit is None and ACTIVE is None:
             return
         # All ranks must agree, or one would wait in save_checkpoint's barrier for the others.
-        if trainer.strategy.reduce_boolean_decision(self._pending, all=False):
+        if trainer.strategy.reduce_boolean_decision(self._pending or interrupted, all=False):
             trainer.save_checkpoint(requeue_checkpoint(self.run_dir))
-            self._requeue(trainer)
+            if self._pending and self._submitit is not None:
+                self._requeue(trainer)
+            raise Interrupted(ACTIVE.pending if ACTIVE and ACTIVE.pending else signal.SIGTERM,
+                              requeue_checkpoint(self.run_dir))
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._in_fit = False
         if self._pending:  # the signal came during the final validation: requeue now, resume from last.ckpt
             self._requeue(trainer=None)
+        if ACTIVE is not None and ACTIVE.pending is not None:  # likewise for Ctrl-C / SIGTERM
+            raise Interrupted(ACTIVE.pending)
 
     # ---- what Lightning's checkpoint lacks
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,

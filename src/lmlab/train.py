@@ -21,21 +21,6 @@ log = logging.getLogger("lmlab.train")
 register_resolvers()
 
 
-def resolve_ckpt_path(ckpt_path: str | None) -> str | None:
-    """`ckpt_path` may name a checkpoint file or a run dir (meaning its checkpoints/last.ckpt)."""
-    if ckpt_path is None:
-        return None
-    from lmlab import runfiles
-
-    path = Path(ckpt_path)
-    if path.is_dir():
-        path = path / runfiles.CHECKPOINTS / "last.ckpt"
-    if not path.is_file():
-        raise LmlabError(f"ckpt_path={ckpt_path!r}: no checkpoint at {path}. Give a .ckpt file or a run dir "
-                         f"that has checkpoints/last.ckpt.")
-    return str(path)
-
-
 def build(cfg: DictConfig) -> dict[str, Any]:
     """Instantiate task, datamodule, model, callbacks, loggers and trainer from the composed config."""
     from hydra.utils import instantiate
@@ -52,13 +37,42 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     callbacks.append(RequeueOnSignal(cfg.paths.output_dir))  # RNG/epoch position in checkpoints; SLURM requeue
     callbacks.append(RunInfo({"config": OmegaConf.to_container(cfg, resolve=True),
-                              "data_fingerprint": datamodule.data_fingerprint}))
+                              "data_fingerprint": datamodule.data_fingerprint,
+                              "labels": list(getattr(datamodule, "labels", None) or []) or None}))
     loggers = [instantiate(c, **wandb_resume_kwargs(cfg.paths.output_dir, c))
                for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **trainer_plugins(cfg.trainer))
     datamodule.setup("fit")  # the task may size the run from the data (task.max_tokens)
     task.configure_trainer(trainer, datamodule, effective_batch_size(cfg, trainer))
     return {"task": task, "datamodule": datamodule, "model": model, "trainer": trainer}
+
+
+def check_resumable(ckpt: Path, datamodule: Any) -> None:
+    """Resuming on other data, or with the labels in another order, would silently remap what the weights mean."""
+    from lmlab import runfiles
+
+    info = runfiles.checkpoint_meta(Path(ckpt))[1]
+    if not info:
+        return
+    labels = info.get("labels")
+    if labels is not None and list(labels) != list(getattr(datamodule, "labels", None) or []):
+        raise LmlabError(f"{ckpt} was trained with labels {labels} (in this order), but the data now gives "
+                         f"{list(datamodule.labels or [])}: the classifier's outputs would mean other classes. "
+                         f"Resume with the same data and dataset.labels (e.g. dataset.labels=[{','.join(labels)}]).")
+    if info.get("data_fingerprint") and info["data_fingerprint"] != datamodule.data_fingerprint:
+        raise LmlabError(f"{ckpt} was trained on other data (fingerprint {info['data_fingerprint']} vs "
+                         f"{datamodule.data_fingerprint} now): the source files or split settings changed. Resume "
+                         f"with the same dataset settings, or start a new run without ckpt_path.")
+
+
+def check_finite(metrics: dict[str, Any], monitor: str) -> None:
+    """A run whose selection or test numbers are NaN/inf is a failed run, never a completed one."""
+    keys = [monitor, monitor.replace("val/", "test/", 1), "val/loss", "test/loss"]
+    bad = {k: metrics[k] for k in dict.fromkeys(keys)
+           if isinstance(metrics.get(k), float) and not math.isfinite(metrics[k])}
+    if bad:
+        raise LmlabError(f"the final metrics are not finite ({', '.join(f'{k}={v}' for k, v in bad.items())}): "
+                         f"training diverged. Lower optimizer.lr (or add trainer.gradient_clip_val=1.0).")
 
 
 def effective_batch_size(cfg: DictConfig, trainer: Any) -> int:
@@ -90,10 +104,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         logger.log_hyperparams({**resolved, "effective_batch_size": global_batch,
                                 "data_fingerprint": datamodule.data_fingerprint})
 
-    # An interrupted attempt of this same job (SLURM requeue) takes precedence over the configured ckpt_path.
-    ckpt_path = requeue.resume_checkpoint(run_dir) or resolve_ckpt_path(cfg.get("ckpt_path"))
+    # An earlier attempt of this same job (run_task checked: same config, unfinished) continues where it stopped,
+    # in this dir; otherwise `ckpt_path=` resumes another run's checkpoint into this new dir.
+    resume = runfiles.resume_checkpoint(run_dir)
+    if resume is None and cfg.get("ckpt_path"):
+        resume = runfiles.find_checkpoint(cfg.ckpt_path, "resume")
+    if resume is not None:
+        log.info("resuming from %s", resume)
+        check_resumable(resume, datamodule)
     with distributed.ddp_children_argv(cfg, trainer):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
 
     # The monitoring checkpoint callback knows the best model; `last_checkpoint` only keeps the latest.
     best = next((c for c in trainer.checkpoint_callbacks if c.monitor and c.best_model_path), None)
@@ -118,6 +138,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "effective_batch_size": global_batch,
     })
     metrics.update(perf, **{"perf/peak_rss_mb": peak_rss_mb()})  # peak over the final eval too
+    metrics["meta/config_digest"] = runfiles.digest(runfiles.result_config(cfg))
+    check_finite(metrics, task.monitor)
     if trainer.is_global_zero:
         runfiles.write_json(run_dir / runfiles.METRICS, metrics)
         task.write_outputs(run_dir, model, datamodule, "test", trainer.loggers)
@@ -131,8 +153,47 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
+def check_run_dir(run_dir: Path, config: dict[str, Any]) -> None:
+    """This run may write into `run_dir` only if the dir is new, or holds an unfinished attempt of this same run
+    (same result config), which it then continues. A completed run, another config, or a live process: refused,
+    before anything in the dir is touched."""
+    from lmlab import runfiles
+
+    if not runfiles.holds_results(run_dir):
+        return
+    status = runfiles.read_status(run_dir)
+    state = runfiles.effective_status(status)
+    recorded = runfiles.read_resolved(run_dir)
+    fix = "start it in a new dir (the default; or another hydra.run.dir / hydra.sweep.dir)"
+    if state == "completed":
+        raise LmlabError(f"{run_dir} already holds a completed run (its metrics.json, checkpoints and status "
+                         f"would be overwritten): {fix}; to evaluate it, `python eval.py ckpt_path={run_dir}`.")
+    if recorded is None:
+        raise LmlabError(f"{run_dir} holds files of another run whose config is not recorded: {fix}.")
+    if recorded.get("digest") != runfiles.digest(config):
+        keys = runfiles.differing_keys(recorded.get("config") or {}, config)
+        raise LmlabError(f"{run_dir} holds an unfinished run of a different configuration ({'; '.join(keys[:8])}): "
+                         f"{fix}; or resume that run with the same settings (`ckpt_path={run_dir}`).")
+    log.info("%s holds an unfinished attempt of this run (status %s): continuing it there", run_dir, state)
+
+
+def resume_command(run_dir: Path) -> str:
+    """The one command that resumes this interrupted run: the same command with ckpt_path=<run dir>."""
+    import shlex
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return "re-issue the same command (the sweep skips completed jobs and resumes this one): " + \
+            " ".join(shlex.quote(a) for a in ["python", *sys.argv])
+    args = [a for a in sys.argv[1:] if not a.lstrip("+").startswith("ckpt_path=")]
+    return " ".join(shlex.quote(a) for a in ["python", Path(sys.argv[0]).name, *args, f"ckpt_path={run_dir}"])
+
+
 def run_task(task: Any, cfg: DictConfig) -> dict[str, Any] | None:
-    """Record the job's status around `task`; in a single run, show input errors without a traceback."""
+    """Record the job's status around `task` (lock, identity check, heartbeat, signals); in a single run, show
+    input errors without a traceback."""
     import traceback
 
     from hydra.core.hydra_config import HydraConfig
@@ -141,33 +202,65 @@ def run_task(task: Any, cfg: DictConfig) -> dict[str, Any] | None:
     from lmlab import runfiles
     from lmlab.cluster import RequeueExit
     from lmlab.distributed import is_primary_process
+    from lmlab.requeue import Interrupted, Interrupts
 
     run_dir = Path(cfg.paths.output_dir)
+    single = not HydraConfig.initialized() or HydraConfig.get().mode == RunMode.RUN
     if not is_primary_process():  # DDP ranks > 0 share rank 0's dir; it alone keeps status.json and talks
         logging.getLogger("lmlab").setLevel(logging.ERROR)
         validate(cfg)
-        return task(cfg)
-    runfiles.update_status(run_dir, "running")
-    try:
-        validate(cfg)
-        result = task(cfg)
-    except RequeueExit:  # status.json already says requeued
-        raise
-    except BaseException as err:
-        (run_dir / runfiles.TRACEBACK).write_text(traceback.format_exc())
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        runfiles.update_status(run_dir, "failed", error=f"{type(err).__name__}: {message}",
-                               traceback_file=runfiles.TRACEBACK)
-        if isinstance(err, LmlabError) and HydraConfig.get().mode == RunMode.RUN:
+        with Interrupts():
+            return task(cfg)
+    try:  # refused before anything is written into the dir
+        lock = runfiles.lock_run_dir(run_dir)
+        config = runfiles.result_config(cfg)
+        check_run_dir(run_dir, config)
+    except LmlabError as err:
+        if single:
             log.error("%s", err)
             sys.exit(1)
         raise
-    runfiles.update_status(run_dir, "completed")
+    with lock:
+        runfiles.update_status(run_dir, "running")
+        runfiles.write_resolved(run_dir, config)
+        try:
+            with runfiles.Heartbeat(run_dir), Interrupts():
+                validate(cfg)
+                result = task(cfg)
+        except RequeueExit:  # status.json already says requeued
+            raise
+        except Interrupted as err:
+            command = resume_command(run_dir)
+            runfiles.update_status(run_dir, "interrupted", signal=str(err), error=None,
+                                   checkpoint=str(err.checkpoint or runfiles.resume_checkpoint(run_dir) or ""),
+                                   resume=command)
+            log.error("interrupted by %s; %s. Resume with:\n  %s", err,
+                      f"position saved in {err.checkpoint}" if err.checkpoint else "resumes from the last checkpoint",
+                      command)
+            sys.exit(err.exit_code)
+        except BaseException as err:
+            (run_dir / runfiles.TRACEBACK).write_text(traceback.format_exc())
+            message = str(err).splitlines()[0] if str(err) else type(err).__name__
+            runfiles.update_status(run_dir, "failed", error=f"{type(err).__name__}: {message}",
+                                   traceback_file=runfiles.TRACEBACK)
+            if isinstance(err, LmlabError) and single:
+                log.error("%s", err)
+                sys.exit(1)
+            raise
+        runfiles.update_status(run_dir, "completed")
     return result
 
 
+def main() -> None:
+    """`python train.py ...`: the command line is pre-read (`lmlab.cli`) before Hydra parses it."""
+    from lmlab.cli import preparse
+
+    sys.argv = preparse(sys.argv)
+    _main()
+
+
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def _main(cfg: DictConfig) -> float | None:
     metrics = run_task(train, cfg)
     value = (metrics or {}).get(cfg.get("optimized_metric") or "")
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)

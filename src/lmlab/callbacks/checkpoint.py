@@ -1,0 +1,48 @@
+"""ModelCheckpoint that keeps the best model across a resume into a new run dir."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+log = logging.getLogger("lmlab.checkpoint")
+
+
+class ResumableCheckpoint(ModelCheckpoint):
+    """Lightning forgets the best score and top-k when a run resumes into another dir ("dirpath has changed ...
+    best_model_score won't be reloaded"), so the resumed run would call its first new checkpoint the best. Here the
+    earlier run's top-k checkpoints are copied into the new dir and the state is reloaded as if it had been
+    written there: the new run dir is complete on its own (eval.py ckpt_path=<new dir> finds its best)."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old = state_dict.get("dirpath")
+        if old is None or self.dirpath is None or Path(old) == Path(self.dirpath):
+            return super().load_state_dict(state_dict)
+        if self.monitor is None:  # last.ckpt: nothing to keep, it is rewritten at the next epoch end
+            return super().load_state_dict({**state_dict, "dirpath": str(self.dirpath), "best_model_path": "",
+                                            "best_k_models": {}, "kth_best_model_path": "", "last_model_path": ""})
+        new_dir = Path(self.dirpath)
+        new_dir.mkdir(parents=True, exist_ok=True)
+
+        def moved(path: str | None) -> str | None:
+            if not path or not Path(path).is_file():
+                return path if not path else None
+            target = new_dir / Path(path).name
+            if not target.exists():
+                shutil.copy2(path, target)
+            return str(target)
+
+        state = dict(state_dict, dirpath=str(self.dirpath))
+        state["best_k_models"] = {moved(p): v for p, v in (state_dict.get("best_k_models") or {}).items()
+                                  if moved(p) is not None}
+        for key in ("best_model_path", "kth_best_model_path"):
+            state[key] = moved(state_dict.get(key)) or ""
+        state["last_model_path"] = ""
+        if state["best_model_path"]:
+            log.info("resumed into %s: kept the earlier best checkpoint (%s = %s), copied from %s", new_dir,
+                     self.monitor, state_dict.get("best_model_score"), old)
+        super().load_state_dict(state)

@@ -1,0 +1,202 @@
+"""The catalogue of bad inputs: the spec of how lmlab refuses them, kept in one place.
+
+Every case runs the real entry point (`lmlab.train.main` / `lmlab.eval.main`, Hydra included) in this process, as
+`python train.py <args>` would (one import of the stack for all cases instead of one per case), and must:
+exit non-zero, print a message naming the value and the fix (the `expect` strings), print no traceback, and leave
+nothing that looks finished (no metrics.json, no `completed` status).
+
+Sections: config values, data files, checkpoints and run dirs, environment. A case's `args` and `setup` may use
+`{tmp}` (the case's own empty directory, also its cwd) and `{data}` (the bad data files written by `_data`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+# Keep each case small: a few steps of the tiny random-init BERT where a case gets as far as training.
+FAST = ["model=tiny_bert", "dataset.max_length=16", "dataset.max_samples.train=32", "dataset.max_samples.val=16",
+        "dataset.max_samples.test=16", "trainer.max_epochs=1", "trainer.num_sanity_val_steps=0",
+        "export_model=false"]
+
+
+@dataclass
+class Case:
+    args: list[str]
+    expect: list[str]                      # substrings of the output (the value, the fix)
+    script: str = "train"                  # train | eval
+    setup: Callable[[Path], None] | None = None  # prepares {tmp} (checkpoints, run dirs, env) before the run
+    env: dict[str, str] = field(default_factory=dict)
+    base: list[str] = field(default_factory=lambda: list(FAST))
+
+
+# ---------------------------------------------------------------- config values
+CONFIG_CASES: dict[str, Case] = {
+    "unknown_option": Case(["model=bertt"], ["Could not find 'model/bertt'", "minilm"]),
+    "lr_not_a_number": Case(["optimizer.lr=abc"], ["optimizer.lr='abc' is not a number", "optimizer.lr=3e-5"]),
+    "zero_batch": Case(["dataset.batch_size=0"], ["dataset.batch_size=0 is out of range", "> 0"]),
+}
+
+# ---------------------------------------------------------------- data files
+FILES = ["dataset=files"]  # + dataset.source.path={data}/<file>; the files are written by _data
+LABEL_FIX = "fill them in or remove those rows"
+DATA_CASES: dict[str, Case] = {
+    "null_label_csv": Case([*FILES, "dataset.source.path={data}/null_label.csv"],
+                           ["20 of 60 rows have no label", "{data}/null_label.csv: row 1 (line 2), row 4 (line 5)",
+                            LABEL_FIX]),
+    "nan_label_jsonl": Case([*FILES, "dataset.source.path={data}/nan_label.jsonl"],
+                            ["2 of 60 rows have no label (null, NaN or empty)",
+                             "{data}/nan_label.jsonl: row 4 (line 4), row 8 (line 8)", LABEL_FIX]),
+    "nan_string_label": Case([*FILES, "dataset.source.path={data}/nan_string.csv"],
+                             ["1 of 60 rows have no label", "row 60 (line 61)", LABEL_FIX]),
+    "empty_label_split_file": Case([*FILES, "dataset.source.train={data}/ok2.csv",
+                                    "dataset.source.val={data}/null_label.csv", "dataset.source.test={data}/ok.csv"],
+                                   ["20 of 180 rows have no label", "{data}/null_label.csv: row 1", LABEL_FIX]),
+    "single_class": Case([*FILES, "dataset.source.path={data}/one_class.csv"],
+                         ["single class ('a', all", "F1 = 1.000", "dataset.source.label_column"]),
+    "empty_texts": Case([*FILES, "dataset.source.path={data}/empty_text.csv"],
+                        ["20 of 60 rows have an empty text", "{data}/empty_text.csv: row 3 (line 4)",
+                         "Fill in the text"]),
+    "too_many_fields_csv": Case([*FILES, "dataset.source.path={data}/fields.csv"],
+                                ["{data}/fields.csv, line 5: 3 fields, but the header has 2",
+                                 "quote a text that contains a ','"]),
+    "invalid_jsonl_line": Case([*FILES, "dataset.source.path={data}/bad.jsonl"],
+                               ["{data}/bad.jsonl, line 3: not valid JSON", "fix or remove that line"]),
+    "jsonl_not_an_object": Case([*FILES, "dataset.source.path={data}/list.jsonl"],
+                                ["{data}/list.jsonl, line 1: a JSON list, not an object", "one object per line"]),
+    "invalid_json": Case([*FILES, "dataset.source.path={data}/bad.json"],
+                         ["{data}/bad.json, line 2: not valid JSON", "JSON Lines"]),
+    "non_utf8_csv": Case([*FILES, "dataset.source.path={data}/latin1.csv"],
+                         ["{data}/latin1.csv: not UTF-8 at byte offset 38 (line 3", "Re-encode the file as UTF-8"]),
+    "non_utf8_jsonl": Case([*FILES, "dataset.source.path={data}/latin1.jsonl"],
+                           ["{data}/latin1.jsonl: not UTF-8 at byte offset", "Re-encode the file as UTF-8"]),
+    "empty_file": Case([*FILES, "dataset.source.path={data}/empty.csv"], ["{data}/empty.csv is empty",
+                                                                          "one example per row"]),
+    "header_only": Case([*FILES, "dataset.source.path={data}/header.csv"],
+                        ["{data}/header.csv has a header ['text', 'label'] but no data rows", "Add one row"]),
+    "bad_dedupe": Case(["dataset.dedupe=fuzzy"], ["dataset.dedupe='fuzzy' is not one of ['near', 'exact', 'none']",
+                                                  "Set dataset.dedupe=near"]),
+    "threshold_zero": Case(["dataset.near_duplicate_threshold=0"],
+                           ["dataset.near_duplicate_threshold=0", "dataset.near_duplicate_threshold=0.5"]),
+    "threshold_above_one": Case(["dataset.near_duplicate_threshold=1.5"],
+                                ["dataset.near_duplicate_threshold=1.5", "dataset.near_duplicate_threshold=0.5"]),
+    "unknown_label_in_labels": Case(["dataset.labels=[business,entertainment,politics,sports,zebra]"],
+                                    ["not training labels: ['zebra']", "training labels missing: ['tech']",
+                                     "dataset.labels=null"]),
+    "one_vs_rest_unknown": Case(["dataset.one_vs_rest=sport"], ["dataset.one_vs_rest='sport' is not a label",
+                                                                "'sports'"]),
+    "near_dedupe_empties_val": Case([*FILES, "dataset.source.train={data}/near_train.csv",
+                                     "dataset.source.val={data}/near_val.csv", "dataset.source.test={data}/ok2.csv"],
+                                    ["The val split is empty. dataset.dedupe=near dropped 2 near-copies",
+                                     "set dataset.dedupe=exact"]),
+}
+
+# ---------------------------------------------------------------- checkpoints and run dirs
+RUN_CASES: dict[str, Case] = {
+}
+
+# ---------------------------------------------------------------- environment
+ENV_CASES: dict[str, Case] = {
+}
+
+CASES = {**CONFIG_CASES, **DATA_CASES, **RUN_CASES, **ENV_CASES}
+
+
+def _data(root: Path) -> Path:
+    """Bad (and one good) data files for the DATA_CASES, under `root/data`."""
+    data = root / "data"
+    data.mkdir()
+    rows = [(f"text number {i} about {'ab'[i % 2]}", "ab"[i % 2]) for i in range(60)]
+
+    def table(cells: list[tuple[str, str]]) -> str:
+        return "text,label\n" + "".join(f"{text},{label}\n" for text, label in cells)
+
+    def jsonl(records: list[dict]) -> str:
+        return "".join(json.dumps(r) + "\n" for r in records)
+
+    (data / "ok.csv").write_text(table(rows))
+    (data / "ok2.csv").write_text(table([(f"another text {i}", label) for i, (_, label) in enumerate(rows)]))
+    (data / "null_label.csv").write_text(table([(t, "" if i % 3 == 0 else lab) for i, (t, lab) in enumerate(rows)]))
+    (data / "nan_label.jsonl").write_text(jsonl([{"text": t, "label": None if i in (3, 7) else lab}
+                                                 for i, (t, lab) in enumerate(rows)]).replace("null", "NaN", 1))
+    (data / "nan_string.csv").write_text(table([*rows[:-1], (rows[-1][0], "nan")]))
+    (data / "one_class.csv").write_text(table([(t, "a") for t, _ in rows]))
+    (data / "empty_text.csv").write_text(table([(" " if i % 3 == 2 else t, lab) for i, (t, lab) in enumerate(rows)]))
+    (data / "fields.csv").write_text(table(rows[:3]) + "a text, with a comma,b\n" + table(rows[3:])[11:])
+    (data / "bad.jsonl").write_text(jsonl([{"text": "a", "label": "a"}]) + "\n{'text': 'b', 'label': 'b'}\n")
+    (data / "list.jsonl").write_text('["a text", "a"]\n')
+    (data / "bad.json").write_text('[{"text": "a", "label": "a"},\n {"text": "b", "label": }]\n')
+    (data / "latin1.csv").write_bytes((table(rows[:1]) + "caf\u00e9 au lait,b\n").encode("latin-1"))
+    (data / "latin1.jsonl").write_bytes(jsonl([{"text": "a", "label": "a"}]).encode() + b'{"text": "\xe9"}\n')
+    (data / "empty.csv").write_text("")
+    (data / "header.csv").write_text("text,label\n")
+    # Long templated texts: every val text shares most of its word 8-grams with a training text.
+    template = "the market rose again today as shares in the company climbed after the annual report"
+    (data / "near_val.csv").write_text(table([(f"{template} {i}", "ab"[i % 2]) for i in range(2)]))
+    (data / "near_train.csv").write_text(table([*rows, *((f"{template} {i}", "ab"[i % 2]) for i in range(5, 7))]))
+    return data
+
+
+def run_entry(script: str, args: list[str], cwd: Path, capfd: pytest.CaptureFixture,
+              env: dict[str, str] | None = None) -> tuple[int, str]:
+    """`python <script>.py args` in this process: (exit code, stdout + stderr)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    module = __import__(f"lmlab.{script}", fromlist=["main"])
+    old_argv, old_cwd, old_env = sys.argv, os.getcwd(), dict(os.environ)
+    sys.argv, code = [f"{script}.py", *args], 0
+    os.chdir(cwd)
+    os.environ.update(env or {})
+    try:
+        module.main()
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    except BaseException as err:  # noqa: BLE001 - an escaped exception is a failure of the case, shown below
+        import traceback
+
+        code = 99
+        print("Traceback (escaped the entry point):\n" + traceback.format_exc(), file=sys.stderr)
+        del err
+    finally:
+        sys.argv = old_argv
+        os.chdir(old_cwd)
+        os.environ.clear()
+        os.environ.update(old_env)
+        GlobalHydra.instance().clear()
+    out, err_text = capfd.readouterr()
+    return code, out + err_text
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_is_refused(name: str, tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+    case = CASES[name]
+    work = tmp_path / "work"
+    work.mkdir()
+    data = _data(tmp_path)
+    if case.setup is not None:
+        case.setup(work)
+    before = {p: p.stat().st_mtime_ns for p in work.rglob("metrics.json")}  # a setup's finished runs
+    capfd.readouterr()  # drop what the setup printed
+    fill = {"tmp": str(work), "data": str(data)}
+    args = [a.format(**fill) for a in [*case.base, *case.args]]
+    env = {k: v.format(**fill) for k, v in case.env.items()}
+    code, output = run_entry(case.script, args, work, capfd, env)
+    assert code != 0, f"exit code {code}:\n{output[-3000:]}"
+    for text in case.expect:
+        assert text.format(**fill) in output, f"{text!r} not in:\n{output[-3000:]}"
+    assert "Traceback" not in output, output[-3000:]
+    after = {p: p.stat().st_mtime_ns for p in work.rglob("metrics.json")}
+    assert after == before, f"metrics.json written or changed: {set(after.items()) - set(before.items())}"
+    for status in work.rglob("status.json"):
+        if status.parent / "metrics.json" not in before:
+            assert json.loads(status.read_text())["status"] != "completed", status
+
+
+def test_catalogue_has_at_least_40_cases() -> None:
+    assert len(CASES) >= 40, len(CASES)
