@@ -296,3 +296,15 @@ def test_labels_order_mismatch_names_the_difference() -> None:
         label_names(splits, ["a", "zebra"])
     with pytest.raises(LmlabError, match=r"repeated: \['a'\]"):
         label_names(splits, ["a", "b", "a"])
+
+
+def test_hf_unlabelled_rows_are_missing_not_the_last_class(tmp_path) -> None:
+    import datasets
+
+    from lmlab.data.sources import hf
+
+    features = datasets.Features({"text": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["neg", "pos"])})
+    datasets.Dataset.from_dict({"text": ["a", "b", "c"], "label": [0, 1, -1]}, features=features
+                               ).save_to_disk(str(tmp_path / "d"))
+    assert [ex.label for ex in hf(load_from_disk=str(tmp_path / "d"))] == ["neg", "pos", None]  # -1 = unlabelled
