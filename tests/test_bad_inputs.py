@@ -41,6 +41,35 @@ CONFIG_CASES: dict[str, Case] = {
     "unknown_option": Case(["model=bertt"], ["Could not find 'model/bertt'", "minilm"]),
     "lr_not_a_number": Case(["optimizer.lr=abc"], ["optimizer.lr='abc' is not a number", "optimizer.lr=3e-5"]),
     "zero_batch": Case(["dataset.batch_size=0"], ["dataset.batch_size=0 is out of range", "> 0"]),
+    "lr_infinite": Case(["optimizer.lr=inf"], ["optimizer.lr=inf is out of range", "finite"]),
+    "lr_negative": Case(["optimizer.lr=-1e-3"], ["optimizer.lr=-0.001 is out of range", "> 0"]),
+    "max_epochs_zero": Case(["trainer.max_epochs=0"], ["trainer.max_epochs=0 trains nothing", "trainer.max_epochs=1"]),
+    "max_steps_zero": Case(["trainer.max_steps=0"], ["trainer.max_steps=0 trains nothing"]),
+    "never_ends": Case(["trainer.max_epochs=-1"], ["never ends", "trainer.max_steps=1000"]),
+    "threshold_above_one": Case(["model.threshold=1.5"], ["model.threshold=1.5 is out of range", "< 1"]),
+    "threshold_zero": Case(["model.threshold=0"], ["model.threshold=0 is out of range", "> 0"]),
+    "dropout_one": Case(["model.dropout=1.0"], ["model.dropout=1.0 is out of range", "< 1"]),
+    "momentum_above_one": Case(["optimizer=sgd", "optimizer.momentum=1.5"], ["optimizer.momentum=1.5 is out of range"]),
+    "warmup_longer_than_run": Case(["scheduler.warmup=1000"],
+                                   ["scheduler.warmup=1000 is 1000 warmup steps", "whole run has 1 optimizer steps"]),
+    "precision_unknown": Case(["trainer.precision=fp16"], ["trainer.precision='fp16' is not one of", "bf16-mixed"]),
+    "seed_too_large": Case(["seed=99999999999"], ["seed=99999999999 is out of range", "< 4.29497e+09"]),
+    "seed_not_integer": Case(["seed=1.5"], ["seed=1.5 is not an integer", "seed=32"]),
+    "fractions_not_summing": Case(["dataset.fractions.train=0.5"], ["dataset.fractions must sum to 1, got 0.7"]),
+    "fraction_zero": Case(["dataset.fractions.val=0", "dataset.fractions.train=0.9"],
+                          ["dataset.fractions.val=0 is out of range"]),
+    "problem_type_unknown": Case(["model.problem_type=regression"],
+                                 ["model.problem_type='regression' is not one of", "single_label"]),
+    "pooling_unknown": Case(["model.pooling=max"], ["model.pooling='max' is not one of", "mean"]),
+    "class_weights_word": Case(["model.class_weights=heavy"], ["model.class_weights='heavy' must be null, 'auto'"]),
+    "accumulate_zero": Case(["trainer.accumulate_grad_batches=0"], ["trainer.accumulate_grad_batches=0 is out of"]),
+    "limit_train_zero": Case(["+trainer.limit_train_batches=0"], ["trainer.limit_train_batches=0 is out of range"]),
+    "max_length_zero": Case(["dataset.max_length=0"], ["dataset.max_length=0 is out of range"]),
+    "nonfinite_action_unknown": Case(["callbacks.nonfinite_loss.action=ignore"],
+                                     ["callbacks.nonfinite_loss.action='ignore' must be 'stop' or 'skip'"]),
+    "trainer_key_typo": Case(["trainer.max_epoch=1"], ["max_epoch", "not in struct"]),
+    "eval_split_unknown": Case(["ckpt_path={tmp}/run", "split=dev"], ["split='dev' is not one of train, val, test"],
+                               script="eval", base=[], setup=lambda d: _fake_checkpoint(d / "run")),
 }
 
 # ---------------------------------------------------------------- data files
@@ -98,11 +127,61 @@ DATA_CASES: dict[str, Case] = {
 }
 
 # ---------------------------------------------------------------- checkpoints and run dirs
+def _fake_checkpoint(run_dir: Path, labels: list[str] | None = None, name: str = "last.ckpt") -> Path:
+    """A small checkpoint file with lmlab's metadata only (enough for the checks that read it)."""
+    import torch
+
+    path = run_dir / "checkpoints" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"epoch": 0, "state_dict": {}, "lmlab": {"labels": labels, "config": None}}, path)
+    return path
+
+
+def _run_files(run_dir: Path, status: str, digest: str | None = "0" * 16, metrics: bool = False) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "status.json").write_text(json.dumps({"status": status, "attempts": 1, "pid": None}))
+    if digest is not None:
+        (run_dir / "resolved_config.json").write_text(json.dumps({"digest": digest, "config": {"seed": 1}}))
+    if metrics:
+        (run_dir / "metrics.json").write_text(json.dumps({"test/f1_macro": 0.9}))
+
+
+def _truncated(run_dir: Path) -> None:
+    good = _fake_checkpoint(run_dir)
+    good.write_bytes(good.read_bytes()[:100])
+
+
 RUN_CASES: dict[str, Case] = {
+    "ckpt_missing_file": Case(["ckpt_path={tmp}/nope.ckpt"], ["ckpt_path='{tmp}/nope.ckpt': no checkpoint at"]),
+    "ckpt_dir_without_checkpoint": Case(["ckpt_path={tmp}/empty"], ["this run dir has no checkpoint"],
+                                        setup=lambda d: (d / "empty").mkdir()),
+    "ckpt_truncated": Case(["ckpt_path={tmp}/run"], ["is truncated or unreadable", "start a new run"],
+                           setup=lambda d: _truncated(d / "run")),
+    "resume_with_other_label_order": Case(["ckpt_path={tmp}/run/checkpoints/last.ckpt"],
+                                          ["was trained with labels ['tech', 'business']", "dataset.labels="],
+                                          setup=lambda d: _fake_checkpoint(d / "run", ["tech", "business"])),
+    "eval_not_an_lmlab_checkpoint": Case(["ckpt_path={tmp}/run/checkpoints/last.ckpt"],
+                                         ["has no lmlab run config", "not written by lmlab-train"], script="eval",
+                                         base=[], setup=lambda d: _fake_checkpoint(d / "run")),
+    "eval_nothing_to_evaluate": Case([], ["eval.py needs ckpt_path=<run dir | .ckpt>"], script="eval", base=[]),
+    "run_dir_holds_completed_run": Case(["hydra.run.dir={tmp}/done"], ["already holds a completed run",
+                                                                        "python eval.py ckpt_path="],
+                                        setup=lambda d: _run_files(d / "done", "completed", metrics=True)),
+    "run_dir_holds_other_config": Case(["hydra.run.dir={tmp}/other"],
+                                       ["holds an unfinished run of a different configuration", "seed: 1 -> 42"],
+                                       setup=lambda d: _run_files(d / "other", "failed")),
+    "run_dir_holds_unrecorded_run": Case(["hydra.run.dir={tmp}/old"], ["whose config is not recorded"],
+                                         setup=lambda d: _run_files(d / "old", "failed", digest=None)),
 }
 
 # ---------------------------------------------------------------- environment
 ENV_CASES: dict[str, Case] = {
+    "wandb_online_without_key": Case(["logger=wandb", "logger.wandb.mode=online"],
+                                     ["W&B mode 'online' needs an API key", "wandb login",
+                                      "logger.wandb.mode=offline"],
+                                     env={"WANDB_API_KEY": "", "NETRC": "{tmp}/no-netrc", "WANDB_MODE": ""}),
+    "wandb_mode_unknown": Case(["logger=wandb"], ["W&B mode 'sometimes'", "is not one of"],
+                               env={"WANDB_MODE": "sometimes"}),
 }
 
 CASES = {**CONFIG_CASES, **DATA_CASES, **RUN_CASES, **ENV_CASES}

@@ -372,3 +372,13 @@ def test_optuna_search_continues(optuna_sweep: dict[str, Any]) -> None:
     # The re-seeded sampler does not replay trial 0's draw.
     assert trials[3][3]["optimizer.lr"] != trials[0][3]["optimizer.lr"]
     assert {n: mtimes(sweep_dir / f"trial_{n}") for n in range(3)} == first
+
+
+def test_optuna_continuation_with_another_fixed_config_is_refused(optuna_sweep: dict[str, Any]) -> None:
+    sweep_dir = optuna_sweep["dir"]
+    before = len(_study(sweep_dir))
+    rc, out = run_sweep(sweep_dir, *optuna_sweep["args"], "hydra.sweeper.n_trials=1", "trainer.max_epochs=2",
+                        env=optuna_sweep["env"])
+    assert rc != 0
+    assert "was run with a different fixed configuration: trainer.max_epochs: 1 -> 2" in out, out[-3000:]
+    assert "Traceback" not in out and len(_study(sweep_dir)) == before  # no trial of the other config

@@ -23,10 +23,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """A checkpoint (the task, data split and model come from it) or, without one, the composed task/dataset/model
     as they are (e.g. a pretrained model's zero-shot numbers), on one split; writes metrics.json + the task's files."""
     import pytorch_lightning as pl
-    from hydra.utils import instantiate
     from pytorch_lightning.callbacks import RichProgressBar
 
     from lmlab import runfiles
+    from lmlab.train import instantiate
 
     split = cfg.split
     if split not in ("train", "val", "test"):

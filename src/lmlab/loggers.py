@@ -31,9 +31,24 @@ def wandb_api_key_configured() -> bool:
         return False
 
 
+WANDB_MODES = ("online", "offline", "disabled", "dryrun", "shared")
+INIT_TIMEOUT_S = 30  # wandb's default waits 90 s for an unreachable server before failing
+
+
 def wandb_mode(mode: str | None = None) -> str:
-    """online | offline | disabled, decided without ever reaching a login prompt."""
+    """online | offline | disabled, decided without ever reaching a login prompt: an explicit online mode with no
+    API key fails at once (wandb would prompt on a terminal and block forever)."""
     chosen = mode or os.environ.get("WANDB_MODE")
+    if chosen and chosen not in WANDB_MODES:
+        from lmlab.config import LmlabError
+
+        raise LmlabError(f"W&B mode {chosen!r} (logger.wandb.mode or WANDB_MODE) is not one of "
+                         f"{list(WANDB_MODES[:3])}.")
+    if chosen in ("online", "shared") and not wandb_api_key_configured():
+        from lmlab.config import LmlabError
+
+        raise LmlabError(f"W&B mode {chosen!r} needs an API key, and none is configured: run `wandb login` (or set "
+                         f"WANDB_API_KEY), or log locally with logger.wandb.mode=offline and `wandb sync` later.")
     if chosen:
         return "offline" if chosen == "dryrun" else chosen
     if wandb_api_key_configured():
@@ -70,6 +85,11 @@ def wandb_logger(project: str = "lmlab", save_dir: str | None = None, name: str 
         log_model = False
     if save_dir:
         Path(save_dir).mkdir(parents=True, exist_ok=True)
+    if resolved_mode == "online" and "settings" not in kwargs:
+        import wandb
+
+        # A key but no network: fail after INIT_TIMEOUT_S with wandb's own message, not after 90 s.
+        kwargs["settings"] = wandb.Settings(init_timeout=INIT_TIMEOUT_S)
     return WandbLogger(project=project, save_dir=save_dir, name=name or default_name,
                        group=group or default_group, tags=list(tags or []), job_type=job_type,
                        log_model=log_model, mode=resolved_mode, **kwargs)

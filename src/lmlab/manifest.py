@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from lmlab import runfiles
 
-MANIFEST = "manifest.json"
+MANIFEST = runfiles.MANIFEST
 PIP_FREEZE = "pip_freeze.txt"
 GIT_DIFF = "git.diff"
 _PACKAGES = ("torch", "transformers", "pytorch-lightning", "lightning", "torchmetrics", "hydra-core", "omegaconf",
@@ -147,7 +147,9 @@ def write_start(run_dir: Path, cfg: DictConfig, datamodule: Any, trainer: Any, e
         "effective_batch_size": effective_batch_size,
         "data": {"fingerprint": getattr(datamodule, "data_fingerprint", None),
                  "labels": list(getattr(datamodule, "labels", []) or []),
-                 "sizes": {name: len(split) for name, split in splits.items()}},
+                 "sizes": {name: len(split) for name, split in splits.items()},
+                 # exact and near-duplicate counts within/across splits (dataset.dedupe, near_duplicate_threshold)
+                 "duplicates": dict(getattr(datamodule, "duplicates", None) or {})},
         "start_time": runfiles.now(),
         "end_time": None,
     })

@@ -219,10 +219,11 @@ def digest(flat: Mapping[str, Any]) -> str:
 
 
 def differing_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """`key: old -> new` for every key whose value differs (or exists on one side only)."""
+    """`key: old -> new` for every key whose value differs: changed values first, then keys on one side only."""
     missing = "<unset>"
-    return [f"{k}: {old.get(k, missing)!r} -> {new.get(k, missing)!r}" for k in sorted(set(old) | set(new))
-            if old.get(k, missing) != new.get(k, missing)]
+    keys = [k for k in sorted(set(old) | set(new)) if old.get(k, missing) != new.get(k, missing)]
+    keys.sort(key=lambda k: (k not in old or k not in new))
+    return [f"{k}: {old.get(k, missing)!r} -> {new.get(k, missing)!r}" for k in keys]
 
 
 def write_resolved(run_dir: Path, flat: Mapping[str, Any]) -> str:

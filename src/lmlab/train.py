@@ -21,10 +21,25 @@ log = logging.getLogger("lmlab.train")
 register_resolvers()
 
 
+def instantiate(node: Any, **kwargs: Any) -> Any:
+    """hydra.utils.instantiate, but an input error raised by the target reaches the user as itself (Hydra wraps it
+    in an InstantiationException, which would print a traceback)."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate as hydra_instantiate
+
+    try:
+        return hydra_instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, LmlabError):
+            raise cause from None
+        if isinstance(cause, TypeError) and "unexpected keyword argument" in str(cause):
+            raise LmlabError(f"{err}: remove that key, or check its spelling.") from None
+        raise
+
+
 def build(cfg: DictConfig) -> dict[str, Any]:
     """Instantiate task, datamodule, model, callbacks, loggers and trainer from the composed config."""
-    from hydra.utils import instantiate
-
     from lmlab.callbacks import RunInfo
     from lmlab.distributed import trainer_plugins
     from lmlab.requeue import RequeueOnSignal, wandb_resume_kwargs
@@ -239,10 +254,13 @@ def run_task(task: Any, cfg: DictConfig) -> dict[str, Any] | None:
                       command)
             sys.exit(err.exit_code)
         except BaseException as err:
-            (run_dir / runfiles.TRACEBACK).write_text(traceback.format_exc())
             message = str(err).splitlines()[0] if str(err) else type(err).__name__
-            runfiles.update_status(run_dir, "failed", error=f"{type(err).__name__}: {message}",
-                                   traceback_file=runfiles.TRACEBACK)
+            try:
+                (run_dir / runfiles.TRACEBACK).write_text(traceback.format_exc())
+                runfiles.update_status(run_dir, "failed", error=f"{type(err).__name__}: {message}",
+                                       traceback_file=runfiles.TRACEBACK)
+            except (OSError, LmlabError) as status_err:  # e.g. the disk is full: still say what went wrong
+                log.error("could not record the failure in %s: %s", run_dir, status_err)
             if isinstance(err, LmlabError) and single:
                 log.error("%s", err)
                 sys.exit(1)

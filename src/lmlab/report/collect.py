@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from lmlab import runfiles
+
 
 class ReportError(Exception):
     """Bad input: the message names the bad value and the fix; `main` prints it and returns 2."""
@@ -77,14 +79,14 @@ def read_job(job_dir: Path) -> Job:
     if not isinstance(overrides, list):
         raise ReportError(f"{ov_path}: expected a YAML list of override strings, got {overrides!r}")
     overrides = [str(o) for o in overrides]
-    status_data = _read_json(job_dir / "status.json")
-    metrics = _read_json(job_dir / "metrics.json")
+    status_data = _read_json(job_dir / runfiles.STATUS)
+    metrics = _read_json(job_dir / runfiles.METRICS)
     if status_data is not None:
-        status = str(status_data.get("status", "unknown"))
+        status = runfiles.effective_status(status_data)  # `dead`: says running, but its process is gone
     else:
         # No status.json (e.g. a plain Hydra run): metrics.json is only written at the end of a run.
         status = "completed" if metrics is not None else "unknown"
-    return Job(job_dir, overrides, status, metrics, _read_json(job_dir / "manifest.json"))
+    return Job(job_dir, overrides, status, metrics, _read_json(job_dir / runfiles.MANIFEST))
 
 
 def find_jobs(sweep_dir: Path) -> list[Job]:
@@ -93,7 +95,9 @@ def find_jobs(sweep_dir: Path) -> list[Job]:
                           f"(e.g. logs/multirun/<date>/<time>)")
     if not sweep_dir.is_dir():
         raise ReportError(f"{sweep_dir} is not a directory; pass a Hydra multirun dir")
-    dirs = [d for d in sweep_dir.iterdir() if (d / ".hydra" / "overrides.yaml").is_file()]
+    # `<job>.replaced-<time>`: a re-run's earlier attempt (hydra.sweeper.resume=false), not part of this sweep.
+    dirs = [d for d in sweep_dir.iterdir()
+            if (d / ".hydra" / "overrides.yaml").is_file() and ".replaced-" not in d.name]
     dirs.sort(key=_natural)
     if not dirs:
         hint = (" — it looks like a single run dir; pass its parent multirun dir"
