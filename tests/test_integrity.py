@@ -270,3 +270,26 @@ def test_ckpt_path_with_sweep_dir_characters_needs_no_quoting(train_tiny, tmp_pa
     assert result.returncode == 0, result.stderr[-3000:]
     evaluated = json.loads(next((tmp_path / "logs").rglob("metrics.json")).read_text())
     assert evaluated["test/f1_macro"] == metrics["test/f1_macro"] and evaluated["test/loss"] == metrics["test/loss"]
+
+
+def test_truncated_resume_checkpoint_falls_back_to_the_previous_good_one(tmp_path: Path) -> None:
+    import torch
+
+    from lmlab import runfiles
+
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    torch.save({"epoch": 0}, ckpts / "last.ckpt")
+    torch.save({"epoch": 1, "pad": torch.zeros(1000)}, ckpts / "resume.ckpt")
+    (ckpts / "resume.ckpt").write_bytes((ckpts / "resume.ckpt").read_bytes()[:500])  # a write cut short
+    assert runfiles.resume_checkpoint(tmp_path) == ckpts / "last.ckpt"
+
+
+def test_eval_says_when_the_training_run_covered_fewer_test_examples(train_tiny, tmp_path: Path) -> None:
+    _, run_dir = train_tiny("+trainer.limit_test_batches=1", "dataset.eval_batch_size=16")
+    result = run_cli("eval.py", f"ckpt_path={run_dir}", f"paths.log_dir={tmp_path / 'logs'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "the training run's test metrics covered about 16 of the 48 test examples" in output, output[-2000:]
+    evaluated = json.loads(next((tmp_path / "logs").rglob("metrics.json")).read_text())
+    assert evaluated["test/examples"] == 48

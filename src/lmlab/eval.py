@@ -81,7 +81,8 @@ def _compare_coverage(run_config: dict[str, Any], split: str, examples: int) -> 
     """Say so when the training run's own numbers for this split covered fewer examples (limit_*_batches)."""
     key = {"train": "limit_train_batches", "val": "limit_val_batches", "test": "limit_test_batches"}[split]
     limit = (run_config.get("trainer") or {}).get(key)
-    if limit is not None and limit != 1.0:
+    # Lightning: an int is a number of batches, a float a fraction of them (1.0 = all).
+    if limit is not None and not (isinstance(limit, float) and limit == 1.0):
         batch = int((run_config.get("dataset") or {}).get("eval_batch_size") or 1)
         covered = min(examples, int(limit * examples) if isinstance(limit, float) else int(limit) * batch)
         log.warning("the training run's %s metrics covered about %d of the %d %s examples (trainer.%s=%s); this "
