@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -67,6 +68,9 @@ CONFIG_CASES: dict[str, Case] = {
     "max_length_zero": Case(["dataset.max_length=0"], ["dataset.max_length=0 is out of range"]),
     "nonfinite_action_unknown": Case(["callbacks.nonfinite_loss.action=ignore"],
                                      ["callbacks.nonfinite_loss.action='ignore' must be 'stop' or 'skip'"]),
+    "betas_above_one": Case(["optimizer.betas=[0.9,1.5]"], ["optimizer.betas[1]=1.5 is out of range", "< 1"]),
+    "betas_one_number": Case(["optimizer.betas=[0.9]"], ["must be two numbers", "optimizer.betas=[0.9,0.999]"]),
+    "max_samples_negative": Case(["dataset.max_samples.train=-5"], ["dataset.max_samples.train=-5 is out of range"]),
     "trainer_key_typo": Case(["trainer.max_epoch=1"], ["max_epoch", "not in struct"]),
     "eval_split_unknown": Case(["ckpt_path={tmp}/run", "split=dev"], ["split='dev' is not one of train, val, test"],
                                script="eval", base=[], setup=lambda d: _fake_checkpoint(d / "run")),
@@ -183,6 +187,9 @@ ENV_CASES: dict[str, Case] = {
     "wandb_mode_unknown": Case(["logger=wandb"], ["W&B mode 'sometimes'", "is not one of"],
                                env={"WANDB_MODE": "sometimes"}),
 }
+
+if shutil.which("nvidia-smi") is None:  # a machine without a GPU
+    CONFIG_CASES["gpu_without_gpu"] = Case(["trainer=gpu"], ["check the trainer.* settings", "trainer=cpu"])
 
 CASES = {**CONFIG_CASES, **DATA_CASES, **RUN_CASES, **ENV_CASES}
 

@@ -167,22 +167,25 @@ def test_result_config_ignores_only_keys_that_cannot_change_a_result(tmp_path: P
 
 def test_second_process_on_the_same_run_dir_is_refused_and_the_first_is_untouched(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    args = [sys.executable, str(ROOT / "train.py"), *TINY, "trainer.max_epochs=3", "callbacks.progress_bar=null",
-            f"hydra.run.dir={run_dir}"]
-    first = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = [sys.executable, str(ROOT / "train.py"), *TINY, "callbacks.progress_bar=null", f"hydra.run.dir={run_dir}"]
+    # The first run stops itself (SIGSTOP) after step 2, holding its run dir: no race with the second one.
+    first = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "LMLAB_FAULT_SIGNAL": "step:2:SIGSTOP"})
     try:
-        deadline = time.time() + 120
-        while not (run_dir / "status.json").is_file() and time.time() < deadline:
+        deadline = time.time() + 180
+        while time.time() < deadline and Path(f"/proc/{first.pid}/stat").read_text().split()[2] != "T":
             time.sleep(0.2)
         second = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        output = second.stdout + second.stderr
         assert second.returncode != 0
-        assert "is in use by another lmlab process" in second.stderr, second.stderr[-2000:]
-        assert "Traceback" not in second.stderr
+        assert "is in use by another lmlab process" in output, output[-2000:]
+        assert "Traceback" not in output
     finally:
+        first.send_signal(signal.SIGCONT)
         out, err = first.communicate(timeout=300)
     assert first.returncode == 0, err[-3000:]
-    assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
-    assert json.loads((run_dir / "status.json").read_text())["attempts"] == 1
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "completed" and status["attempts"] == 1
 
 
 def test_run_files_follow_the_umask(train_tiny) -> None:

@@ -103,7 +103,9 @@ def test_sweep_with_a_preempted_job_resumes_exactly(tmp_path: Path) -> None:
     ref = json.loads((reference / "metrics.json").read_text())
     got = json.loads((preempted / "metrics.json").read_text())
     def model_metrics(metrics: dict) -> dict:  # perf/*: timings and memory, which no two runs share
-        return {k: v for k, v in metrics.items() if k != "best/ckpt_path" and not k.startswith("perf/")}
+        # (meta/config_digest differs by design: the two jobs differ in `+variant`)
+        return {k: v for k, v in metrics.items()
+                if k not in ("best/ckpt_path", "meta/config_digest") and not k.startswith("perf/")}
 
     assert model_metrics(got) == model_metrics(ref)  # exact, on CPU with num_workers=0
     assert "test/f1_macro" in model_metrics(got)

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -78,8 +79,10 @@ def preparse(argv: list[str], entry: str = "train") -> list[str]:
                 if _NEEDS_QUOTES.search(raw) and raw == value:
                     args[i] = f"{key}={quote(raw)}"
     flags = [a for a in args if a.startswith("-")]
-    if entry != "train" or any(f in ("-m", "--multirun", "--cfg", "-c", "--help", "-h", "--hydra-help", "--info",
-                                     "-i", "--shell-completion", "-sc") or f.startswith("--cfg") for f in flags):
+    info_only = ("-m", "--multirun", "--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i",
+                 "--shell-completion", "-sc")
+    ddp_child = os.environ.get("LOCAL_RANK", "0") != "0"  # rank 0 already checked and locked the dir
+    if entry != "train" or ddp_child or any(f in info_only or f.startswith("--cfg") for f in flags):
         return [argv[0], *args]
     overrides = [a for a in args if not a.startswith("-")]
     explicit = next((Path(_unquoted(m.group(1))) for a in overrides if (m := _RUN_DIR.match(a))), None)
@@ -94,6 +97,7 @@ def preparse(argv: list[str], entry: str = "train") -> list[str]:
     from lmlab.train import check_run_dir
 
     try:
+        runfiles.lock_run_dir(target).close()  # a live run holds it: refuse before Hydra touches the dir
         config = runfiles.result_config(_compose(overrides))
         check_run_dir(target, config)
     except LmlabError as err:

@@ -110,7 +110,6 @@ _NUMERIC_FIELDS: list[tuple[str, type, float, float, str]] = [
     ("model.dropout", float, 0.0, 1.0, "[)"),
     ("model.freeze_layers", int, 0, INF, "[)"),
     ("task.max_tokens", int, 0, INF, "()"),
-    ("task.samples", int, 0, INF, "[)"),
     ("trainer.accumulate_grad_batches", int, 0, INF, "()"),
     ("trainer.gradient_clip_val", float, 0.0, INF, "[)"),
     ("trainer.val_check_interval", float, 0.0, INF, "()"),
@@ -121,6 +120,9 @@ _NUMERIC_FIELDS: list[tuple[str, type, float, float, str]] = [
     ("trainer.limit_val_batches", float, 0.0, INF, "[)"),
     ("trainer.limit_test_batches", float, 0.0, INF, "()"),
     ("callbacks.early_stopping.patience", int, 0, INF, "[)"),
+    ("dataset.max_samples.train", int, 0, INF, "[)"),  # 0 = an empty split, refused with its own message
+    ("dataset.max_samples.val", int, 0, INF, "[)"),
+    ("dataset.max_samples.test", int, 0, INF, "[)"),
     ("batch_size", int, 0, INF, "()"),  # eval.py
     ("seed", int, 0, 2**32, "[)"),      # what seed_everything accepts
 ]
@@ -191,6 +193,12 @@ def validate(cfg: DictConfig) -> None:
         _check_number(key, value, kind, low, high, ends)
     for key in _LIMIT_FIELDS:
         _check_limit(key, OmegaConf.select(cfg, key, default=None, throw_on_missing=False))
+    betas = OmegaConf.select(cfg, "optimizer.betas", default=None)
+    if betas is not None:
+        if not isinstance(betas, ListConfig) or len(betas) != 2:
+            raise LmlabError(f"optimizer.betas={betas} must be two numbers, e.g. optimizer.betas=[0.9,0.999].")
+        for i, beta in enumerate(betas):
+            _check_number(f"optimizer.betas[{i}]", beta, float, 0.0, 1.0, "[)")
     trainer = cfg.get("trainer")
     if trainer is not None and trainer.get("max_epochs") == -1 and trainer.get("max_steps", -1) == -1 \
             and not trainer.get("max_time"):

@@ -35,6 +35,10 @@ def instantiate(node: Any, **kwargs: Any) -> Any:
             raise cause from None
         if isinstance(cause, TypeError) and "unexpected keyword argument" in str(cause):
             raise LmlabError(f"{err}: remove that key, or check its spelling.") from None
+        if type(cause).__name__ == "MisconfigurationException":  # Lightning's word for a bad Trainer argument
+            target = node.get("_target_", "") if hasattr(node, "get") else ""
+            raise LmlabError(f"{cause} (from {target}: check the trainer.* settings, e.g. trainer=cpu on a machine "
+                             f"without a GPU)") from None
         raise
 
 
@@ -123,7 +127,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # in this dir; otherwise `ckpt_path=` resumes another run's checkpoint into this new dir.
     resume = runfiles.resume_checkpoint(run_dir)
     if resume is None and cfg.get("ckpt_path"):
-        resume = runfiles.find_checkpoint(cfg.ckpt_path, "resume")
+        if Path(cfg.ckpt_path).resolve() == run_dir.resolve():  # killed before its first checkpoint
+            log.info("%s has no checkpoint yet: this attempt starts from the beginning", run_dir)
+        else:
+            resume = runfiles.find_checkpoint(cfg.ckpt_path, "resume")
     if resume is not None:
         log.info("resuming from %s", resume)
         check_resumable(resume, datamodule)
