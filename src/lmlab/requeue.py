@@ -228,7 +228,6 @@ class RequeueOnSignal(pl.Callback):
     # ---- batch boundary
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if ACTIVE is not None:
-            ACTIVE.install()  # over Lightning's SIGTERM handler, registered when fit started
             ACTIVE.in_fit = True
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -241,6 +240,10 @@ class RequeueOnSignal(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._in_fit = True
+        if ACTIVE is not None:
+            # Over Lightning's SIGTERM handler, which it registers after on_fit_start: it would raise
+            # SIGTERMException (a SystemExit without a code: exit 0) at the next epoch end.
+            ACTIVE.install()
         if self._restore_rng is not None:
             # After the loaders were iterated (they use their own generators): the RNG as it was at the save.
             _set_rng_states(self._restore_rng)

@@ -213,9 +213,23 @@ def resume_command(run_dir: Path) -> str:
     return " ".join(shlex.quote(a) for a in ["python", Path(sys.argv[0]).name, *args, f"ckpt_path={run_dir}"])
 
 
+def _record_interruption(run_dir: Path, err: Any) -> None:
+    """status.json `interrupted` + the resume command; exit 128 + the signal."""
+    from lmlab import runfiles
+
+    command = resume_command(run_dir)
+    runfiles.update_status(run_dir, "interrupted", signal=str(err), error=None,
+                           checkpoint=str(err.checkpoint or runfiles.resume_checkpoint(run_dir) or ""),
+                           resume=command)
+    log.error("interrupted by %s; %s. Resume with:\n  %s", err,
+              f"position saved in {err.checkpoint}" if err.checkpoint else "resumes from the last checkpoint", command)
+    sys.exit(err.exit_code)
+
+
 def run_task(task: Any, cfg: DictConfig) -> dict[str, Any] | None:
     """Record the job's status around `task` (lock, identity check, heartbeat, signals); in a single run, show
     input errors without a traceback."""
+    import signal
     import traceback
 
     from hydra.core.hydra_config import HydraConfig
@@ -252,15 +266,10 @@ def run_task(task: Any, cfg: DictConfig) -> dict[str, Any] | None:
         except RequeueExit:  # status.json already says requeued
             raise
         except Interrupted as err:
-            command = resume_command(run_dir)
-            runfiles.update_status(run_dir, "interrupted", signal=str(err), error=None,
-                                   checkpoint=str(err.checkpoint or runfiles.resume_checkpoint(run_dir) or ""),
-                                   resume=command)
-            log.error("interrupted by %s; %s. Resume with:\n  %s", err,
-                      f"position saved in {err.checkpoint}" if err.checkpoint else "resumes from the last checkpoint",
-                      command)
-            sys.exit(err.exit_code)
+            _record_interruption(run_dir, err)
         except BaseException as err:
+            if type(err).__name__ == "SIGTERMException":  # Lightning's own handler was active (sanity check)
+                _record_interruption(run_dir, Interrupted(signal.SIGTERM))
             message = str(err).splitlines()[0] if str(err) else type(err).__name__
             try:
                 (run_dir / runfiles.TRACEBACK).write_text(traceback.format_exc())
