@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import sys
@@ -18,8 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from lmlab.config import LmlabError
-
-log = logging.getLogger("lmlab.cli")
 
 _CKPT = re.compile(r"^(\+{0,2}ckpt_path)=(.*)$", re.S)
 _RUN_DIR = re.compile(r"^\+{0,2}hydra\.run\.dir=(.*)$", re.S)
@@ -104,7 +101,6 @@ def preparse(argv: list[str], entry: str = "train") -> list[str]:
         if explicit is not None:
             print(f"[lmlab] error: {err}", file=sys.stderr)
             sys.exit(1)
-        log.warning("not continuing in %s: %s", target, err)
         print(f"[lmlab] resuming into a new run dir: {err}", file=sys.stderr)
         return [argv[0], *args]
     if explicit is None:

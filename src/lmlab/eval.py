@@ -26,7 +26,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from pytorch_lightning.callbacks import RichProgressBar
 
     from lmlab import runfiles
-    from lmlab.train import instantiate
+    from lmlab.train import check_same_data, instantiate
 
     split = cfg.split
     if split not in ("train", "val", "test"):
@@ -50,10 +50,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     model_dict = OmegaConf.to_container(model_cfg, resolve=True)
     if ckpt is not None:
         model = task.load(ckpt, datamodule, model_dict)
-        if datamodule.data_fingerprint != info.get("data_fingerprint"):
-            raise LmlabError(
-                f"The data differs from what {ckpt.name} was trained on (fingerprint {datamodule.data_fingerprint} "
-                f"vs {info.get('data_fingerprint')}): the source files or split settings changed.")
+        check_same_data(ckpt, info, datamodule)
     else:
         model = task.build(datamodule, model_dict)
     datamodule.setup("test")

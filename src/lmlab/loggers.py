@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from lmlab.config import LmlabError
+
 log = logging.getLogger("lmlab.loggers")
 
 
@@ -40,13 +42,9 @@ def wandb_mode(mode: str | None = None) -> str:
     API key fails at once (wandb would prompt on a terminal and block forever)."""
     chosen = mode or os.environ.get("WANDB_MODE")
     if chosen and chosen not in WANDB_MODES:
-        from lmlab.config import LmlabError
-
         raise LmlabError(f"W&B mode {chosen!r} (logger.wandb.mode or WANDB_MODE) is not one of "
                          f"{list(WANDB_MODES[:3])}.")
     if chosen in ("online", "shared") and not wandb_api_key_configured():
-        from lmlab.config import LmlabError
-
         raise LmlabError(f"W&B mode {chosen!r} needs an API key, and none is configured: run `wandb login` (or set "
                          f"WANDB_API_KEY), or log locally with logger.wandb.mode=offline and `wandb sync` later.")
     if chosen:

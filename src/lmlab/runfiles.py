@@ -194,22 +194,17 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def result_config(cfg: Any) -> dict[str, Any]:
-    """The run's resolved config without NON_RESULT_KEYS, flattened to dotted keys (JSON-able values)."""
-    from omegaconf import DictConfig, OmegaConf, open_dict
+    """The run's resolved config (a DictConfig) without NON_RESULT_KEYS, flattened to dotted keys (JSON-able)."""
+    from omegaconf import OmegaConf, open_dict
 
-    if not isinstance(cfg, DictConfig):
-        container = dict(cfg)
-    else:
-        # Where the run is written is not part of its identity; with placeholders, keys that interpolate it
-        # (checkpoint dirpath) resolve the same for every dir, and before Hydra knows the job's dir.
-        cfg = copy.deepcopy(cfg)
-        with open_dict(cfg):
-            cfg.pop("hydra", None)
-            if cfg.get("paths") is not None:
-                cfg.paths.output_dir, cfg.paths.log_dir = "<run dir>", "<log dir>"
-        container = OmegaConf.to_container(cfg, resolve=True)
-    container.pop("hydra", None)
-    flat = _flatten(container)
+    # Where the run is written is not part of its identity; with placeholders, keys that interpolate it
+    # (checkpoint dirpath) resolve the same for every dir, and before Hydra knows the job's dir.
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+        if cfg.get("paths") is not None:
+            cfg.paths.output_dir, cfg.paths.log_dir = "<run dir>", "<log dir>"
+    flat = _flatten(OmegaConf.to_container(cfg, resolve=True))
     return {k: json.loads(json.dumps(v, default=str)) for k, v in sorted(flat.items())
             if not any(k == n or k.startswith(n + ".") for n in NON_RESULT_KEYS)}
 
@@ -237,6 +232,17 @@ def read_resolved(run_dir: Path) -> dict[str, Any] | None:
         return read_json(Path(run_dir) / RESOLVED)
     except (OSError, ValueError):
         return None
+
+
+def config_changes(run_dir: Path, config: Mapping[str, Any]) -> list[str] | None:
+    """How `config` differs from the result config `run_dir` recorded (`key: old -> new`): [] for the same run,
+    None when the dir recorded none."""
+    recorded = read_resolved(run_dir)
+    if recorded is None:
+        return None
+    if recorded.get("digest") == digest(config):
+        return []
+    return differing_keys(recorded.get("config") or {}, config) or ["(config digest differs)"]
 
 
 def holds_results(run_dir: Path) -> bool:

@@ -62,11 +62,9 @@ def identity_mismatch(job_dir: Path, config: dict[str, Any], overrides: Sequence
     (or nothing recorded). Dirs written before config digests existed are compared by their overrides."""
     if not runfiles.holds_results(job_dir):
         return []
-    recorded = runfiles.read_resolved(job_dir)
-    if recorded is not None:
-        if recorded.get("digest") == runfiles.digest(config):
-            return []
-        return runfiles.differing_keys(recorded.get("config") or {}, config) or ["(config digest differs)"]
+    changes = runfiles.config_changes(job_dir, config)
+    if changes is not None:
+        return changes
     old = job_dir / ".hydra" / "overrides.yaml"
     if old.is_file():
         import yaml

@@ -78,10 +78,17 @@ def check_resumable(ckpt: Path, datamodule: Any) -> None:
         raise LmlabError(f"{ckpt} was trained with labels {labels} (in this order), but the data now gives "
                          f"{list(datamodule.labels or [])}: the classifier's outputs would mean other classes. "
                          f"Resume with the same data and dataset.labels (e.g. dataset.labels=[{','.join(labels)}]).")
-    if info.get("data_fingerprint") and info["data_fingerprint"] != datamodule.data_fingerprint:
-        raise LmlabError(f"{ckpt} was trained on other data (fingerprint {info['data_fingerprint']} vs "
-                         f"{datamodule.data_fingerprint} now): the source files or split settings changed. Resume "
-                         f"with the same dataset settings, or start a new run without ckpt_path.")
+    if info.get("data_fingerprint"):
+        check_same_data(ckpt, info, datamodule, "Resume with the same dataset settings, or start a new run without "
+                                                "ckpt_path.")
+
+
+def check_same_data(ckpt: Path, info: dict[str, Any], datamodule: Any, fix: str = "") -> None:
+    """The data split now must be the one the checkpoint was trained on (its fingerprint), for resume and eval."""
+    if datamodule.data_fingerprint != info.get("data_fingerprint"):
+        raise LmlabError(f"The data differs from what {ckpt} was trained on (fingerprint {datamodule.data_fingerprint}"
+                         f" now, {info.get('data_fingerprint')} then): the source files or split settings changed."
+                         + (f" {fix}" if fix else ""))
 
 
 def check_finite(metrics: dict[str, Any], monitor: str) -> None:
@@ -183,18 +190,16 @@ def check_run_dir(run_dir: Path, config: dict[str, Any]) -> None:
 
     if not runfiles.holds_results(run_dir):
         return
-    status = runfiles.read_status(run_dir)
-    state = runfiles.effective_status(status)
-    recorded = runfiles.read_resolved(run_dir)
+    state = runfiles.effective_status(runfiles.read_status(run_dir))
     fix = "start it in a new dir (the default; or another hydra.run.dir / hydra.sweep.dir)"
     if state == "completed":
         raise LmlabError(f"{run_dir} already holds a completed run (its metrics.json, checkpoints and status "
                          f"would be overwritten): {fix}; to evaluate it, `python eval.py ckpt_path={run_dir}`.")
-    if recorded is None:
+    changes = runfiles.config_changes(run_dir, config)
+    if changes is None:
         raise LmlabError(f"{run_dir} holds files of another run whose config is not recorded: {fix}.")
-    if recorded.get("digest") != runfiles.digest(config):
-        keys = runfiles.differing_keys(recorded.get("config") or {}, config)
-        raise LmlabError(f"{run_dir} holds an unfinished run of a different configuration ({'; '.join(keys[:8])}): "
+    if changes:
+        raise LmlabError(f"{run_dir} holds an unfinished run of a different configuration ({'; '.join(changes[:8])}): "
                          f"{fix}; or resume that run with the same settings (`ckpt_path={run_dir}`).")
     log.info("%s holds an unfinished attempt of this run (status %s): continuing it there", run_dir, state)
 

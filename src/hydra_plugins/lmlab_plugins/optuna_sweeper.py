@@ -36,23 +36,14 @@ def study_trial_count(storage: Any, study_name: str | None) -> int:
 def fixed_config(impl: Any, arguments: list[str]) -> dict[str, Any]:
     """The study's fixed configuration: the config composed with the command's non-search overrides, without the
     searched keys (they differ per trial by design)."""
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
     from lmlab import runfiles
 
     params = impl._parse_sweeper_params_config() + list(arguments)
     searched, _ = create_params_from_overrides(params)
     fixed = [a for a in arguments if a.split("=", 1)[0].lstrip("+~") not in searched]
-    cfg = impl.hydra_context.config_loader.load_sweep_config(impl.config, fixed)
-    with open_dict(cfg):
-        cfg.hydra.job.num = cfg.hydra.job.id = 0
-    previous = HydraConfig.instance().cfg
-    HydraConfig.instance().set_config(cfg)
-    try:
-        flat = runfiles.result_config(cfg)
-    finally:
-        HydraConfig.instance().cfg = previous
+    # result_config drops the hydra node before resolving, so no per-job Hydra state is needed here (a
+    # `${hydra:...}` elsewhere resolves against the sweep's config, which Hydra has set).
+    flat = runfiles.result_config(impl.hydra_context.config_loader.load_sweep_config(impl.config, fixed))
     return {k: v for k, v in flat.items() if not any(k == p or k.startswith(p + ".") for p in searched)}
 
 

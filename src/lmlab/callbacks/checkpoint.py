@@ -37,8 +37,8 @@ class ResumableCheckpoint(ModelCheckpoint):
             return str(target)
 
         state = dict(state_dict, dirpath=str(self.dirpath))
-        state["best_k_models"] = {moved(p): v for p, v in (state_dict.get("best_k_models") or {}).items()
-                                  if moved(p) is not None}
+        kept = {moved(p): v for p, v in (state_dict.get("best_k_models") or {}).items()}
+        state["best_k_models"] = {p: v for p, v in kept.items() if p is not None}
         for key in ("best_model_path", "kth_best_model_path"):
             state[key] = moved(state_dict.get(key)) or ""
         state["last_model_path"] = ""
