@@ -85,6 +85,16 @@ def connect_classification(datamodule: Any, tokenizer: str, problem_type: str = 
     return task
 
 
+def load_benchmark(name: str) -> Any:
+    """benchmarks/<name>.py as a module (the benchmarks are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_cli(script: str, *args: str, cwd: Path | None = None, timeout: int = 300,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run `python train.py|eval.py args` as a user would (fresh process, real exit code)."""

@@ -3,22 +3,13 @@ and 95 % CI, and which comparisons carry a target at which max_length."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import load_benchmark
 
-
-def _bench_run():
-    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "benchmarks" / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _bench_run()
+bench = load_benchmark("run")
 
 
 def _runs(pairs: list[tuple[float, float]], max_length: int = 128) -> list[dict]:

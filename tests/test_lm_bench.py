@@ -3,7 +3,6 @@ fresh processes), and the FLOPs-per-token formula MFU is built on against torch'
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -14,17 +13,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, load_benchmark
 
-
-def _lm_bench():
-    spec = importlib.util.spec_from_file_location("lm_throughput", ROOT / "benchmarks" / "lm_throughput.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-lm_bench = _lm_bench()
+lm_bench = load_benchmark("lm_throughput")
 
 
 def test_tiny_benchmark_end_to_end(tmp_path: Path) -> None:
