@@ -84,7 +84,7 @@ class Interrupts:
                     signal.Signals(signum).name)
 
     def install(self) -> None:
-        """(Re)install the handlers; also called when fit starts, after Lightning registered its own SIGTERM."""
+        """(Re)install the handlers; also at train start, after Lightning registered its own SIGTERM handler."""
         for signum in self.SIGNALS:
             signal.signal(signum, self.handle)
 
