@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install train eval test test-all lint bench bench-parity bench-quick bench-lm bench-lm-quality quality slurm-up slurm-down clean
+.PHONY: install train eval test test-all lint bench bench-parity bench-quick bench-lm bench-lm-quality bench-gpu quality slurm-up slurm-down clean
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "lmlab needs Python >= 3.10"'
@@ -77,6 +77,12 @@ bench-quick: $(VENV)/.bench  ## a quick look (~10 min): the tiny model at 512 to
 bench-lm: $(VENV)/.bench  ## causal LM: lmlab vs raw loop, HF Trainer and torch.compile, llama_small, MFU (~15 min)
 	$(PY) benchmarks/lm_throughput.py --model llama_small --steps 30 --repeats 5 --repeats-slow 2 --quiet-wait-s 90 \
 		--json logs/bench/lm-llama_small.json $(BENCH_ARGS)
+
+# GPU truth (benchmarks/gpu_check.py, README "Speed"): on a CUDA machine the full run (~4 min on an H200: throughput
+# cells one factor at a time from bf16-mixed + SDPA, MFU against FlopCounterMode, lmlab vs the raw loop, FSDP smoke);
+# here, make bench-gpu BENCH_ARGS=--tiny (tiny models, < 1 min). JSON + markdown in logs/bench/gpu_check/.
+bench-gpu: install  ## the GPU check (needs CUDA; BENCH_ARGS=--tiny for the CPU mode)
+	$(PY) benchmarks/gpu_check.py --out logs/bench/gpu_check $(BENCH_ARGS)
 
 # The LM targets (README, "Language models: measured"): the default recipe (python train.py task=causal_lm, timed) vs
 # byte/word Kneser-Ney n-gram LMs on the same split (~11 min); SmolLM2 zero-shot vs a 40-step fine-tune (~15 min).
