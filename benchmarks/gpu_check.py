@@ -10,7 +10,8 @@ text. Cells, one factor at a time from the base (bf16-mixed, SDPA, no compile):
   bert_short        BERT-base shape (12 x 768, 12 heads, 3072), classification, 128 tokens, batch 32
   bert_long         the same at 512 tokens                                   (the factor cells change this one)
   llama_small       task=causal_lm model=llama_small (the default LM recipe: 128 x 32 packed blocks)
-  lm_125m           a GPT-2-small shape (12 x 768, 12 heads, n_positions 1024), BPE 32768, 512 x 16 blocks
+  lm_125m           a GPT-2-small shape (12 x 768, 12 heads, n_positions 1024), BPE 32768 (~110M parameters: GPT-2's
+                    124M has a 50257 vocabulary), 512 x 16 blocks
   bert_long_fp32    trainer.precision=32-true
   bert_long_eager   model.attn_implementation=eager
   bert_long_compile model.compile=true; compile_s = its first-3-steps excess over bert_long's (GPU only)
@@ -47,6 +48,10 @@ then the device tool's run with carry=[".gpu"], timeout_s=330 and the command
     && export PYTHONPATH=/tmp/site:$PWD/src HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false \
     && python3 benchmarks/gpu_check.py --bundle .gpu/bundle --out $OUT --budget-s 270
 and give the machine back. It writes $OUT/gpu_check.json and $OUT/gpu_check.md (`make bench-gpu` = the same, here).
+
+FLOP counts do not depend on the device: `--flops-only` (any machine, fp32, no training) builds each model cell of the
+mode through lmlab.train.build and runs the FLOP check on two unpadded rows of its first training batch:
+  PYTHONPATH=src python benchmarks/gpu_check.py --flops-only --out /tmp/flops     # full shapes, ~3 min on 2 CPUs
 """
 
 from __future__ import annotations
@@ -315,6 +320,24 @@ def compose(overrides: list[str], output_dir: Path) -> Any:
     return cfg
 
 
+def flops_only(cells: list[Cell], work: Path) -> dict[str, Any]:
+    """count_flops for each model cell, on the module lmlab builds for its config (fp32, two unpadded rows)."""
+    import pytorch_lightning as pl
+
+    from lmlab.train import build
+
+    out: dict[str, Any] = {}
+    for i, cell in enumerate(c for c in cells if c.count_flops):
+        overrides = [x for x in cell.overrides if not x.startswith("trainer.precision=")]
+        run = work / str(i)
+        cfg = compose([*overrides, "trainer.precision=32-true", f"paths.log_dir={run}"], run / "run")
+        pl.seed_everything(cfg.seed, verbose=False)
+        objects = build(cfg)
+        rows = unpadded(next(iter(objects["datamodule"].train_dataloader())))
+        out[cell.id] = {"what": cell.what, **count_flops(objects["model"], {k: v[:2] for k, v in rows.items()})}
+    return out
+
+
 def composes(cell: Cell, work: Path) -> bool | str:
     """True when the cell's overrides compose into a config lmlab accepts (what a skipped cell can still show)."""
     from lmlab.config import validate
@@ -536,7 +559,8 @@ def fmt(value: Any, spec: str = ".3g") -> str:
 
 def markdown(result: dict[str, Any]) -> str:
     info = result["device"]
-    lines = [f"# gpu_check ({result['mode']}) on {info['name']}, {result['date']}", "",
+    partial = "" if result["complete"] else " (PARTIAL: the run stopped before every cell was reached)"
+    lines = [f"# gpu_check ({result['mode']}) on {info['name']}, {result['date']}{partial}", "",
              f"torch {info['torch']}; measured matmul {result['matmul']['flops'] / 1e12:.1f} TFLOP/s "
              f"({result['matmul']['what']}); dense bf16 peak: "
              + (f"{info['dense_bf16_peak'] / 1e12:.1f} TFLOP/s ({info['dense_bf16_peak_source']})"
@@ -595,6 +619,31 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------- main
+def assemble(args: argparse.Namespace, steps: int, info: dict[str, Any], matmul: dict[str, Any],
+             done: list[dict[str, Any]], cells: list[Cell], t_start: float, cuda: bool) -> dict[str, Any]:
+    """The result so far (derived numbers on copies of the cell records), written to gpu_check.json/.md."""
+    import copy
+
+    records = copy.deepcopy(done)
+    by_id = {r["id"]: r for r in records}
+    for rec in records:  # the factor cells do the work of their base: its FLOPs per token
+        flops = rec.get("flops") or by_id.get(rec.get("base") or "", {}).get("flops")
+        add_mfu(rec, flops, info, matmul["flops"])
+        if not cuda and "tokens_per_sec" in rec:
+            rec["peak_gpu_mem_mb"] = None
+            rec["skipped_fields"] = {"peak_gpu_mem_mb": NO_CUDA, "logged_mfu": NO_CUDA}
+    comps = comparisons(by_id)
+    matmul = {**matmul, **({"fraction_of_kinds_790": matmul["flops"] / MEASURED_H200_BF16} if cuda else {})}
+    result = {"mode": "tiny" if args.tiny else "full", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "complete": len(done) == len(cells), "steps": steps, "device": info, "matmul": matmul,
+              "measured_h200_bf16_kinds": MEASURED_H200_BF16, "cells": records, "comparisons": comps,
+              "targets": targets(by_id, comps, info), "wall_s": time.perf_counter() - t_start}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "gpu_check.json").write_text(json.dumps(result, indent=2, default=str))
+    (args.out / "gpu_check.md").write_text(markdown(result))
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tiny", action="store_true", help="tiny random-init shapes, a few steps (the CPU test mode)")
@@ -604,6 +653,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "logs/bench/gpu_check"))
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per cell (default 5 tiny, 40 full)")
     p.add_argument("--cells", default=None, help="comma-separated cell ids (default: all)")
+    p.add_argument("--flops-only", action="store_true", help="only the FLOP check of the model cells (no training; "
+                   "any device; the full shapes unless --tiny)")
     p.add_argument("--budget-s", type=float, default=None, help="skip the cells not started by then (recorded)")
     args = p.parse_args(argv)
     if args.prepare:
@@ -616,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
 
     transformers.logging.set_verbosity_error()
     cuda = torch.cuda.is_available()
-    if not cuda and not args.tiny:
+    if not cuda and not args.tiny and not args.flops_only:
         print(f"error: the full mode needs a CUDA device ({NO_CUDA} here); use --tiny on a CPU", file=sys.stderr)
         return 2
     steps = args.steps or (5 if args.tiny else 40)
@@ -634,6 +685,16 @@ def main(argv: list[str] | None = None) -> int:
             if unknown:
                 p.error(f"unknown cell(s) {unknown}; known: {[c.id for c in cells]}")
             cells = [c for c in cells if c.id in wanted]
+        if args.flops_only:
+            with contextlib.redirect_stdout(sys.stderr):
+                counted = flops_only(plan(args.tiny, bundle.resolve(), steps, cuda=False), Path(tmp) / "flops")
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "gpu_check_flops.json").write_text(json.dumps(counted, indent=2))
+            for cid, f in counted.items():
+                print(f"{cid}: seq {f['seq_len']}, counter {f['counter_flops_per_token']:.4g}, lmlab "
+                      f"{f['lmlab_flops_per_token']:.4g} ({f['counter_over_lmlab']:.3f}), with lm_head "
+                      f"{f['formula_with_lm_head_flops_per_token']:.4g} ({f['counter_over_formula_with_lm_head']:.3f})")
+            return 0
         info = device_info(cuda)
         matmul = matmul_rate(cuda)
         records: list[dict[str, Any]] = []
@@ -658,23 +719,8 @@ def main(argv: list[str] | None = None) -> int:
                 if cuda:
                     torch.cuda.empty_cache()
             records.append(rec)
-        by_id = {r["id"]: r for r in records}
-        for rec in records:  # the factor cells do the work of their base: its FLOPs per token
-            flops = rec.get("flops") or by_id.get(rec.get("base") or "", {}).get("flops")
-            add_mfu(rec, flops, info, matmul["flops"])
-            if not cuda and "tokens_per_sec" in rec:
-                rec["peak_gpu_mem_mb"] = None
-                rec["skipped_fields"] = {"peak_gpu_mem_mb": NO_CUDA, "logged_mfu": NO_CUDA}
-    comps = comparisons(by_id)
-    if cuda:
-        matmul["fraction_of_kinds_790"] = matmul["flops"] / MEASURED_H200_BF16
-    result = {"mode": "tiny" if args.tiny else "full", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "steps": steps, "device": info, "matmul": matmul, "measured_h200_bf16_kinds": MEASURED_H200_BF16,
-              "cells": records, "comparisons": comps, "targets": targets(by_id, comps, info),
-              "wall_s": time.perf_counter() - t_start}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu_check.json").write_text(json.dumps(result, indent=2, default=str))
-    (args.out / "gpu_check.md").write_text(markdown(result))
+            # after every cell: a run killed at the device's time limit still leaves what it measured
+            result = assemble(args, steps, info, matmul, records, cells, t_start, cuda)
     print(markdown(result))
     errors = [r for r in records if "error" in r]
     for r in errors:

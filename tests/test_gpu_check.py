@@ -45,7 +45,7 @@ def finite_positive(value: Any) -> bool:
 
 def test_every_cell_is_present_and_the_cpu_ones_ran(tiny: tuple[dict[str, Any], str]) -> None:
     result, _ = tiny
-    assert result["mode"] == "tiny" and result["device"]["cuda"] is False
+    assert result["mode"] == "tiny" and result["device"]["cuda"] is False and result["complete"] is True
     cells = {c["id"]: c for c in result["cells"]}
     assert list(cells) == CELLS
     for cid in set(CELLS) - GPU_ONLY:
