@@ -80,7 +80,7 @@ bench-lm: $(VENV)/.bench  ## causal LM: lmlab vs raw loop, HF Trainer and torch.
 
 # GPU truth (benchmarks/gpu_check.py, README "Speed"): on a CUDA machine the full run (~4 min on an H200: throughput
 # cells one factor at a time from bf16-mixed + SDPA, MFU against FlopCounterMode, lmlab vs the raw loop, FSDP smoke);
-# here, make bench-gpu BENCH_ARGS=--tiny (tiny models, < 1 min). JSON + markdown in logs/bench/gpu_check/.
+# here, make bench-gpu BENCH_ARGS=--tiny (tiny models, ~1 min on 2 cores). JSON + markdown in logs/bench/gpu_check/.
 bench-gpu: install  ## the GPU check (needs CUDA; BENCH_ARGS=--tiny for the CPU mode)
 	$(PY) benchmarks/gpu_check.py --out logs/bench/gpu_check $(BENCH_ARGS)
 

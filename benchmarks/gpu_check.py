@@ -37,7 +37,7 @@ product itself (`matmul`) and reports MFU against both. On CPU the peak is the f
 GPU-only parts (compile, FSDP, peak GPU memory, the logged perf/train_mfu, datasheet MFU) are recorded as skipped with
 the reason "no CUDA device" when there is none: never a made-up number.
 
-Here (CPU, tiny random-init shapes, a few steps, < 1 min):
+Here (CPU, tiny random-init shapes, a few steps, ~40 s on 2 quiet cores):
   PYTHONPATH=src python benchmarks/gpu_check.py --tiny --out /tmp/gpu_check
 On the device (H200, ~4 min; nothing else needs to travel): first, here,
   bash benchmarks/gpu_wheels.sh      # .gpu/whl: hydra-core 1.3.8, omegaconf 2.3.1, antlr4-python3-runtime 4.9.3
