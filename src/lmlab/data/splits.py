@@ -155,9 +155,9 @@ def split_examples(
     stratify: bool = True,
     max_samples: Mapping[str, int | None] | None = None,
 ) -> tuple[dict[str, list[Example]], dict[str, int]]:
-    """The splits of a source with its own labels (stratified on them), and the duplicate report: exact duplicates measured before dedupe, near
-    duplicates (`near_<a>&<b>`) in the split before near dedupe (with exact/near: what dedupe=exact keeps), and how
-    many val/test examples dedupe=near dropped (`near_dropped_<split>`)."""
+    """The splits of a source with its own labels (stratified on them), and the duplicate report: exact duplicates
+    measured before dedupe, near duplicates (`near_<a>&<b>`) in the split before near dedupe (with exact/near: what
+    dedupe=exact keeps), and how many val/test examples dedupe=near dropped (`near_dropped_<split>`)."""
     mode = dedupe_mode(dedupe)
     threshold = check_threshold(near_duplicate_threshold)
     if isinstance(source_output, dict):
