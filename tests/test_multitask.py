@@ -60,6 +60,25 @@ def test_two_bbc_subtasks_share_one_split(tmp_path: Path) -> None:
         instantiate(cfg.dataset).load()
 
 
+def test_a_files_subtask_beside_two_bbc_ones(tmp_path: Path) -> None:
+    path = tmp_path / "reviews.csv"
+    path.write_text("text,label\n" + "".join(f"review {i} was {'great fun' if i % 2 else 'dull'},{'pn'[i % 2]}\n"
+                                             for i in range(40)))
+    cfg = compose_train([*MT, "+dataset@dataset.subtasks.reviews=files", f"dataset.subtasks.reviews.source.path={path}",
+                         "dataset.subtasks.reviews.batch_size=8"], tmp_path / "run")
+    datamodule = instantiate(cfg.dataset)
+    datamodule.load()
+    assert datamodule.names == ["topic", "sport", "reviews"]
+    assert datamodule.groups == [["topic", "sport"], ["reviews"]]  # its own source: its own split
+    reviews = datamodule.subtasks["reviews"]
+    assert [len(reviews.splits[s]) for s in SPLITS] == [32, 4, 4] and reviews.batch_size == 8
+    assert {ex.label for ex in reviews.splits["train"]} == {"p", "n"}
+    from lmlab.train import instantiate as lmlab_instantiate  # input errors unwrapped, as train.py shows them
+
+    with pytest.raises(LmlabError, match=r"dataset.subtasks.sport has unknown dataset keys \['one_vs_reset'\]"):
+        lmlab_instantiate(compose_train([*MT, "+dataset.subtasks.sport.one_vs_reset=x"], tmp_path / "c").dataset)
+
+
 # ---------------------------------------------------------------- the sampler: what an epoch is, per strategy
 def _visits(sampler: SubtaskBatchSampler, epoch: int = 0) -> list[Counter]:
     sampler.set_epoch(epoch)
