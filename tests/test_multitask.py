@@ -187,6 +187,14 @@ def test_multitask_trains_with_per_task_metrics_eval_reproduces_and_resume_is_ex
     assert _comparable(resumed) == _comparable(metrics)
 
 
+def test_multitask_refuses_ddp(tmp_path: Path) -> None:
+    from lmlab.train import build
+
+    cfg = compose_train([*MT, "trainer=ddp_cpu"], tmp_path)
+    with pytest.raises(LmlabError, match=r"task=multitask trains on one device for now .*trainer.devices=1"):
+        build(cfg)
+
+
 def test_acceptance_train_py_two_bbc_subtasks_writes_per_task_test_metrics(tmp_path: Path) -> None:
     result = run_cli("train.py", *MT, f"paths.log_dir={tmp_path}", "trainer.max_steps=4", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -247,11 +247,6 @@ class MultiTaskDataModule(pl.LightningDataModule):
 
     # ---- loaders
     def train_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        if trainer is not None and trainer.world_size > 1:
-            raise LmlabError("task=multitask trains on one device for now (each step updates one sub-task's head, "
-                             "which DDP's gradient sync does not allow without find_unused_parameters): use "
-                             "trainer.devices=1.")
         dms = [self.subtasks[n] for n in self.names]
         self.sampler = SubtaskBatchSampler([len(dm.datasets["train"]) for dm in dms], [dm.batch_size for dm in dms],
                                            self.sampling, self.temperature, self.epoch_batches, seed=self.seed)
