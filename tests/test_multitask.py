@@ -187,6 +187,21 @@ def test_multitask_trains_with_per_task_metrics_eval_reproduces_and_resume_is_ex
     assert _comparable(resumed) == _comparable(metrics)
 
 
+def test_init_from_loads_the_parent_into_the_shared_encoder(tmp_path: Path, tiny_checkpoints: dict) -> None:
+    """model.init_from (issue 11 A) reaches the shared encoder: multitask loads it through load_backbone."""
+    pytest.importorskip("lmlab.models.init_from", reason="model.init_from is not on this branch yet")
+    import torch
+    import transformers
+
+    from lmlab.train import build
+
+    parent = transformers.AutoModel.from_pretrained(tiny_checkpoints["bert"]).state_dict()
+    model = build(compose_train([*MT, f"model.init_from={tiny_checkpoints['bert']}"], tmp_path))["model"]
+    encoder = model.encoder.state_dict()
+    assert len(parent) > 30 and set(parent) <= set(encoder)
+    assert all(torch.equal(encoder[k], parent[k]) for k in parent)
+
+
 def test_multitask_refuses_ddp(tmp_path: Path) -> None:
     from lmlab.train import build
 
