@@ -22,7 +22,7 @@ from lmlab.data.cache import RaggedColumn, cache_key, load_or_build
 from lmlab.data.resumable import ResumableRandomSampler
 from lmlab.data.sampler import LengthGroupedSampler
 from lmlab.data.sources import SPLITS, Example, SourceOutput
-from lmlab.data.splits import build_splits, dedupe_mode, fingerprint
+from lmlab.data.splits import dedupe_mode, fingerprint, relabel_one_vs_rest, split_examples
 
 log = logging.getLogger(__name__)
 
@@ -149,19 +149,29 @@ class TextDataModule(pl.LightningDataModule):
         self._resume_skip: tuple[int, int] | None = None
 
     # ---- data, before any model exists
-    def load(self) -> dict[str, list[Example]]:
-        """Read, dedupe, split and check the data (idempotent; cheap next to tokenization)."""
+    def load(self, shared: TextDataModule | None = None) -> dict[str, list[Example]]:
+        """Read, dedupe, split and check the data (idempotent; cheap next to tokenization). `shared`: another
+        datamodule on the same source and split settings (a multi-task sibling): its split is reused, relabelled
+        for this one, so both hold the same train/val/test examples."""
         if self.splits is not None:
             return self.splits
         mode = dedupe_mode(self.dedupe)
-        output = self.source()
-        # Every row as read, for the task's row checks (a bad label is named even if dedupe dropped its row).
-        self.source_examples = [ex for split in SPLITS for ex in output[split]] if isinstance(output, dict) \
-            else list(output)
-        splits, self.duplicates = build_splits(
-            output, fractions=self.fractions, split_seed=self.split_seed, dedupe=mode,
-            near_duplicate_threshold=self.near_duplicate_threshold, stratify=self.stratify,
-            one_vs_rest=self.one_vs_rest, max_samples=self.max_samples)
+        if shared is not None:
+            shared.load()
+            self.source_examples, self.base_splits = shared.source_examples, shared.base_splits
+            self.duplicates = dict(shared.duplicates)
+        else:
+            output = self.source()
+            # Every row as read, for the task's row checks (a bad label is named even if dedupe dropped its row).
+            self.source_examples = [ex for split in SPLITS for ex in output[split]] if isinstance(output, dict) \
+                else list(output)
+            # Split on the source's own labels; dataset.one_vs_rest relabels afterwards (the split does not
+            # depend on it).
+            self.base_splits, self.duplicates = split_examples(
+                output, fractions=self.fractions, split_seed=self.split_seed, dedupe=mode,
+                near_duplicate_threshold=self.near_duplicate_threshold, stratify=self.stratify,
+                max_samples=self.max_samples)
+        splits = relabel_one_vs_rest(self.base_splits, self.one_vs_rest)
         self.splits = splits
         self.data_fingerprint = fingerprint(splits)
         sizes = {split: len(exs) for split, exs in splits.items()}

@@ -100,13 +100,21 @@ def stratified_split(examples: Sequence[Example], fractions: Mapping[str, float]
     return out
 
 
-def _relabel_one_vs_rest(examples: list[Example], positive: str) -> list[Example]:
-    labels = {ex.label for ex in examples if ex.label is not None}
+def relabel_one_vs_rest(splits: Mapping[str, Sequence[Example]], positive: str | None
+                        ) -> dict[str, list[Example]]:
+    """`positive` vs `not_<positive>` on every split. Applied after the split, never before it: the split of a
+    source is then the same whatever its labelling, so two tasks on one source (multi-task learning) get the same
+    train/val/test articles, and neither trains on the other's test set."""
+    if not positive:
+        return {split: list(exs) for split, exs in splits.items()}
+    labels = {ex.label for exs in splits.values() for ex in exs if ex.label is not None and not isinstance(ex.label,
+                                                                                                          list)}
     if positive not in labels:
         raise LmlabError(f"dataset.one_vs_rest={positive!r} is not a label of this data; labels: {sorted(labels)}.")
     # A missing label stays missing (the classification task refuses it), not "not_<positive>".
-    return [ex if ex.label is None else replace(ex, label=positive if ex.label == positive else f"not_{positive}")
-            for ex in examples]
+    return {split: [ex if ex.label is None else replace(ex, label=positive if ex.label == positive
+                                                        else f"not_{positive}") for ex in exs]
+            for split, exs in splits.items()}
 
 
 def near_duplicate_report(splits: Mapping[str, Sequence[Example]], threshold: float
@@ -130,9 +138,26 @@ def build_splits(
     one_vs_rest: str | None = None,
     max_samples: Mapping[str, int | None] | None = None,
 ) -> tuple[dict[str, list[Example]], dict[str, int]]:
-    """Return the splits to train on and the duplicate report: exact duplicates measured before dedupe, near
-    duplicates (`near_<a>&<b>`) in the split before near dedupe (with exact/near: what dedupe=exact keeps), and how
-    many val/test examples dedupe=near dropped (`near_dropped_<split>`)."""
+    """Return the splits to train on (`split_examples`, then `relabel_one_vs_rest`) and the duplicate report."""
+    splits, duplicates = split_examples(source_output, fractions=fractions, split_seed=split_seed, dedupe=dedupe,
+                                        near_duplicate_threshold=near_duplicate_threshold, stratify=stratify,
+                                        max_samples=max_samples)
+    return relabel_one_vs_rest(splits, one_vs_rest), duplicates
+
+
+def split_examples(
+    source_output: SourceOutput,
+    *,
+    fractions: Mapping[str, float],
+    split_seed: int,
+    dedupe: str | bool = "near",
+    near_duplicate_threshold: float = 0.5,
+    stratify: bool = True,
+    max_samples: Mapping[str, int | None] | None = None,
+) -> tuple[dict[str, list[Example]], dict[str, int]]:
+    """The splits of a source with its own labels (stratified on them), and the duplicate report: exact duplicates
+    measured before dedupe, near duplicates (`near_<a>&<b>`) in the split before near dedupe (with exact/near: what
+    dedupe=exact keeps), and how many val/test examples dedupe=near dropped (`near_dropped_<split>`)."""
     mode = dedupe_mode(dedupe)
     threshold = check_threshold(near_duplicate_threshold)
     if isinstance(source_output, dict):
@@ -145,8 +170,6 @@ def build_splits(
             splits = {"train": train, "val": _dedupe(splits["val"], known), "test": _dedupe(splits["test"], known)}
     else:
         pool = list(source_output)
-        if one_vs_rest:
-            pool = _relabel_one_vs_rest(pool, one_vs_rest)
         pool_dupes = len(pool) - len({_content(ex) for ex in pool})
         # What a split without dedupe would contain, so the report shows the leakage dedupe prevents.
         duplicates = duplicate_report(stratified_split(pool, fractions, split_seed, stratify))
@@ -160,8 +183,6 @@ def build_splits(
         for split, indices in drop.items():
             splits[split] = [ex for i, ex in enumerate(splits[split]) if i not in indices]
             duplicates[f"near_dropped_{split}"] = len(indices)
-    if one_vs_rest and isinstance(source_output, dict):
-        splits = {split: _relabel_one_vs_rest(exs, one_vs_rest) for split, exs in splits.items()}
     for split, limit in (max_samples or {}).items():
         if limit is not None:
             splits[split] = splits[split][: int(limit)]

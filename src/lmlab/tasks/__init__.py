@@ -3,5 +3,7 @@
 from lmlab.tasks.base import Task
 from lmlab.tasks.classification import ClassificationTask, TextClassifier
 from lmlab.tasks.language_modeling import CausalLM, CausalLMTask
+from lmlab.tasks.multitask import MultiTask, MultiTaskClassifier
 
-__all__ = ["CausalLM", "CausalLMTask", "ClassificationTask", "Task", "TextClassifier"]
+__all__ = ["CausalLM", "CausalLMTask", "ClassificationTask", "MultiTask", "MultiTaskClassifier", "Task",
+           "TextClassifier"]
