@@ -119,6 +119,8 @@ class OptunaSweeper(Sweeper):
         sweep.check_fixed_config(sweep_dir, self._fixed_config(fixed, set(space)),
                                  f"The Optuna study {self.study_name!r}")
         pruner = optuna_search.pruner_config(self.pruner_spec)
+        if optuna_search.storage_kind(self.storage_spec) == "journal":  # jobs (other cwd, other node) read it too
+            self.storage_spec = str(Path(str(self.storage_spec)).expanduser().absolute())
         study = optuna_search.open_study(optuna_search.open_storage(self.storage_spec), self.study_name,
                                          self.direction, optuna_search.sampler_for(self.sampler_config, None),
                                          optuna_search.build(pruner))
