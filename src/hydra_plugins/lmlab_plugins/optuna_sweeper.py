@@ -72,7 +72,7 @@ class OptunaSweeper(Sweeper):
             searched = searched | {"seed"}
         out = {k: v for k, v in flat.items() if not any(k == p or k.startswith(p + ".") for p in searched)}
         if self.seeds_per_trial > 1:
-            out["hydra.sweeper.seeds_per_trial"] = self.seeds_per_trial
+            out["hydra.sweeper.seeds_per_trial"] = self._seeds()  # the seeds every trial runs
         return out
 
     def _check(self, space: dict[str, Any]) -> None:
@@ -115,6 +115,8 @@ class OptunaSweeper(Sweeper):
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
         space, fixed = optuna_search.search_space([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
         self._check(space)
+        if self.seeds_per_trial > 1:  # each job gets its own seed=<s>; the command's seed is the first of them
+            fixed = [f for f in fixed if f.split("=", 1)[0].lstrip("+~") != "seed"]
         # A continued study or a second worker must search over the same fixed config.
         sweep.check_fixed_config(sweep_dir, self._fixed_config(fixed, set(space)),
                                  f"The Optuna study {self.study_name!r}")
