@@ -1,5 +1,5 @@
 """Sweeps as a user runs them (`python train.py -m ...` in a fresh process): job isolation, sweep.json, resume,
-manifests, W&B offline read-back, the report on real sweep output, and Optuna.
+manifests, W&B offline read-back, and the report on real sweep output (Optuna: tests/test_optuna.py).
 
 Each sweep runs once per module (module-scoped fixtures) and later tests re-issue it; every re-issue leaves
 the sweep complete again, so the tests do not depend on each other's order.
@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import yaml
 from scipy import stats
 
 from lmlab.report import main as report_main
@@ -311,74 +310,4 @@ def test_reissue_reruns_only_failed_jobs(failing: dict[str, Any]) -> None:
     assert {d: mtimes(sweep_dir / d) for d in good} == before
 
 
-# ---------------------------------------------------------------- Optuna
-
-
-@pytest.fixture(scope="module")
-def optuna_sweep(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    root = tmp_path_factory.mktemp("optuna")
-    env = sweep_env(root / "home")
-    sweep_dir = root / "sweep"
-    # Sampler seed 1 draws dropout 0.1, -1, 0.1 for the first three (random start-up) trials: trial 1 fails.
-    args = ["hparams_search=optuna", "hydra.sweeper.sampler.seed=1", "model.dropout=choice(0.1,-1)"]
-    rc, out = run_sweep(sweep_dir, *args, "hydra.sweeper.n_trials=3", env=env)
-    return {"dir": sweep_dir, "env": env, "args": args, "rc": rc, "out": out}
-
-
-def _study(sweep_dir: Path) -> list[tuple[int, str, float | None, dict[str, Any]]]:
-    import optuna
-
-    study = optuna.load_study(study_name="train", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
-    return [(t.number, t.state.name, t.value, t.params) for t in study.trials]
-
-
-def test_optuna_three_trials_with_a_failure(optuna_sweep: dict[str, Any]) -> None:
-    sweep_dir = optuna_sweep["dir"]
-    assert optuna_sweep["rc"] == 0, optuna_sweep["out"][-3000:]
-    trials = _study(sweep_dir)
-    assert [(n, s) for n, s, _, _ in trials] == [(0, "COMPLETE"), (1, "FAIL"), (2, "COMPLETE")]
-    assert set(trials[0][3]) == {"optimizer.lr", "optimizer.weight_decay", "scheduler.warmup", "model.dropout"}
-    for number, state, value, params in trials:
-        job = sweep_dir / f"trial_{number}"
-        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
-        dropout = next(o for o in overrides if o.startswith("model.dropout="))
-        assert float(dropout.split("=", 1)[1]) == params["model.dropout"]
-        if state == "COMPLETE":
-            metrics = json.loads((job / "metrics.json").read_text())
-            assert value == pytest.approx(metrics["best/val_f1_macro"], rel=1e-12)
-            assert status(job)["status"] == "completed"
-        else:
-            assert status(job)["status"] == "failed" and "model.dropout=-1" in status(job)["error"]
-    best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
-    assert best["best_value"] == pytest.approx(max(v for _, s, v, _ in trials if s == "COMPLETE"))
-    assert sweep_json(sweep_dir)["counts"] == {"completed": 2, "failed": 1}
-
-    assert report_main([str(sweep_dir), "--no-plots"]) == 0
-    rep = json.loads((sweep_dir / "report.json").read_text())
-    assert rep["n_jobs"] == 3 and rep["n_finished"] == 2 and rep["n_failed"] == 1
-    assert rep["optuna"]["best_value"] == best["best_value"]
-    assert all(g["group"].startswith("optimizer.lr=") for g in rep["groups"])  # constants left out
-
-
-def test_optuna_search_continues(optuna_sweep: dict[str, Any]) -> None:
-    sweep_dir = optuna_sweep["dir"]
-    first = {n: mtimes(sweep_dir / f"trial_{n}") for n in range(3)}
-    rc, out = run_sweep(sweep_dir, *optuna_sweep["args"], "hydra.sweeper.n_trials=1", env=optuna_sweep["env"])
-    assert rc == 0, out[-3000:]
-    assert "continuing Optuna study 'train' (3 trials so far)" in out
-    trials = _study(sweep_dir)
-    assert [n for n, *_ in trials] == [0, 1, 2, 3]
-    assert (sweep_dir / "trial_3" / "status.json").is_file()
-    # The re-seeded sampler does not replay trial 0's draw.
-    assert trials[3][3]["optimizer.lr"] != trials[0][3]["optimizer.lr"]
-    assert {n: mtimes(sweep_dir / f"trial_{n}") for n in range(3)} == first
-
-
-def test_optuna_continuation_with_another_fixed_config_is_refused(optuna_sweep: dict[str, Any]) -> None:
-    sweep_dir = optuna_sweep["dir"]
-    before = len(_study(sweep_dir))
-    rc, out = run_sweep(sweep_dir, *optuna_sweep["args"], "hydra.sweeper.n_trials=1", "trainer.max_epochs=2",
-                        env=optuna_sweep["env"])
-    assert rc != 0
-    assert "was run with a different fixed configuration: trainer.max_epochs: 1 -> 2" in out, out[-3000:]
-    assert "Traceback" not in out and len(_study(sweep_dir)) == before  # no trial of the other config
+# Optuna searches: tests/test_optuna.py (the fixed-config refusal of a continued study is there too).

@@ -28,6 +28,7 @@ log = logging.getLogger("lmlab.sweep")
 
 SWEEP = "sweep.json"
 _LOCK = ".sweep.lock"
+OPTUNA_LOCK = ".optuna.lock"  # held by an Optuna worker while it counts and asks trials (see locked)
 MAX_DIRNAME = 80  # longer override strings get a readable prefix + a short hash of the whole string
 
 
@@ -100,7 +101,7 @@ def move_aside(sweep_dir: Path, dirnames: Sequence[str]) -> None:
 def check_fixed_config(sweep_dir: Path, config: dict[str, Any], what: str) -> None:
     """An Optuna study (continued, or with several workers) is one search over one fixed config: record it in
     sweep.json on first use and refuse a later invocation whose fixed config differs."""
-    with _locked(sweep_dir):
+    with locked(sweep_dir):
         data = _load(sweep_dir)
         recorded = data.get("fixed_config")
         if recorded is None:
@@ -128,9 +129,12 @@ def is_completed(job_dir: Path) -> bool:
 
 
 @contextlib.contextmanager
-def _locked(sweep_dir: Path) -> Iterator[None]:
+def locked(sweep_dir: Path, name: str = _LOCK) -> Iterator[None]:
+    """An exclusive fcntl lock on `<sweep dir>/<name>`: sweep.json writes, and Optuna workers that share a study
+    (count + ask under OPTUNA_LOCK, so n_trials is never overshot)."""
+    sweep_dir = Path(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    with open(sweep_dir / _LOCK, "w") as lock:
+    with open(sweep_dir / name, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
@@ -189,17 +193,28 @@ def _upsert(data: dict[str, Any], dirname: str, overrides: Sequence[str], **fiel
     return entry
 
 
-def register_invocation(sweep_dir: Path, jobs: Sequence[tuple[str, Sequence[str]]], skipped: set[str]) -> None:
+def register_invocation(sweep_dir: Path, jobs: Sequence[tuple[str, Sequence[str]]], skipped: set[str],
+                        **info: Any) -> None:
     """Before launching: list every job of this invocation (so never-started ones show as `pending`) and
-    record which were kept from an earlier run."""
-    with _locked(sweep_dir):
+    record which were kept from an earlier run. `info` is stored with the invocation (an Optuna worker's id)."""
+    with locked(sweep_dir):
         data = _load(sweep_dir)
         for dirname, overrides in jobs:
             _upsert(data, dirname, overrides, skipped=dirname in skipped)
         data["invocations"].append({
             "started": runfiles.now(), "command": " ".join(sys.argv),
-            "launched": [d for d, _ in jobs if d not in skipped], "skipped": sorted(skipped),
+            "launched": [d for d, _ in jobs if d not in skipped], "skipped": sorted(skipped), **info,
         })
+        _save(sweep_dir, data)
+
+
+def add_launched(sweep_dir: Path, worker: dict[str, Any], dirnames: Sequence[str]) -> None:
+    """An Optuna worker's jobs, known only as trials are asked: add them to its invocation's `launched` list."""
+    with locked(sweep_dir):
+        data = _load(sweep_dir)
+        mine = [inv for inv in data["invocations"] if inv.get("worker") == worker]
+        if mine:
+            mine[-1]["launched"] = [*mine[-1].get("launched", []), *dirnames]
         _save(sweep_dir, data)
 
 
@@ -209,7 +224,7 @@ def record_job(sweep_dir: Path, job_dir: Path, overrides: Sequence[str], status:
     `status` is used when the job has no status.json of its own (it failed before lmlab's task ran), and at
     start, when its status.json still holds the previous attempt's result.
     """
-    with _locked(sweep_dir):
+    with locked(sweep_dir):
         data = _load(sweep_dir)
         dirname = str(Path(job_dir).absolute().relative_to(Path(sweep_dir).absolute()))
         entry = _upsert(data, dirname, overrides, skipped=False)
@@ -223,7 +238,7 @@ def record_job(sweep_dir: Path, job_dir: Path, overrides: Sequence[str], status:
 
 def summary(sweep_dir: Path) -> dict[str, Any]:
     """Re-read every job's status.json into sweep.json and return it."""
-    with _locked(sweep_dir):
+    with locked(sweep_dir):
         return _save(sweep_dir, _load(sweep_dir))
 
 

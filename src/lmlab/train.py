@@ -55,6 +55,9 @@ def build(cfg: DictConfig) -> dict[str, Any]:
                        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True))
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     callbacks.append(RequeueOnSignal(cfg.paths.output_dir))  # RNG/epoch position in checkpoints; SLURM requeue
+    from lmlab.callbacks.pruning import optuna_pruning
+
+    callbacks.extend(optuna_pruning(task.monitor))  # an Optuna trial with hydra.sweeper.pruner on, else none
     callbacks.append(RunInfo({"config": OmegaConf.to_container(cfg, resolve=True),
                               "data_fingerprint": datamodule.data_fingerprint,
                               "labels": list(getattr(datamodule, "labels", None) or []) or None}))
@@ -273,6 +276,10 @@ def run_task(task: Any, cfg: DictConfig) -> dict[str, Any] | None:
         except Interrupted as err:
             _record_interruption(run_dir, err)
         except BaseException as err:
+            if type(err).__name__ == "TrialPruned":  # its Optuna pruner stopped it (lmlab.callbacks.pruning)
+                runfiles.update_status(run_dir, "pruned", error=None, pruned=str(err))
+                log.info("%s", err)
+                return None
             if type(err).__name__ == "SIGTERMException":  # Lightning's own handler was active (sanity check)
                 _record_interruption(run_dir, Interrupted(signal.SIGTERM))
             message = str(err).splitlines()[0] if str(err) else type(err).__name__
