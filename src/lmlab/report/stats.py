@@ -22,8 +22,10 @@ RNG_SEED = 0
 N_RESAMPLES = 9999
 # BCa covers far below 95% with few seeds (simulated 50% / 71% / 84% at n = 2 / 3 / 5): below this the t interval.
 MIN_BOOTSTRAP_N = 10
-# Permutation tests run on values rounded to this many significant digits (of the largest |value|), in integers,
-# so that equal metric values (accuracies are k/N) tie exactly instead of differing by float noise.
+# Permutation statistics within this (relative to the data's magnitude) of the observed one are ties, so equal
+# metric values (accuracies are k/N) tie instead of differing by float noise.
+PERMUTATION_RTOL = 1e-9
+# Probability of improvement compares values rounded to this many significant digits (of the largest |value|).
 SIGNIFICANT_DIGITS = 12
 # Exact enumeration up to this many assignments (2^16 sign flips; C(N, n) splits), Monte Carlo above.
 MAX_EXACT = 65536
@@ -102,47 +104,53 @@ def _quantize(*arrays: np.ndarray) -> list[np.ndarray]:
     return [np.round(a * scale).astype(np.int64) for a in arrays]
 
 
-def _two_sided(null: np.ndarray, obs: int, exact: bool) -> float:
+def _two_sided(null: np.ndarray, obs: float, exact: bool, tol: float) -> float:
     # scipy's convention: twice the smaller one-sided p, capped at 1; Monte Carlo counts the observed assignment.
-    ge, le = np.count_nonzero(null >= obs), np.count_nonzero(null <= obs)
+    # Assignments within `tol` of the observed statistic are ties (they are equal up to float rounding).
+    ge, le = np.count_nonzero(null >= obs - tol), np.count_nonzero(null <= obs + tol)
     if exact:
         return float(min(1.0, 2 * min(ge, le) / null.size))
     return float(min(1.0, 2 * (min(ge, le) + 1) / (null.size + 1)))
 
 
+def _tie_tol(*arrays: np.ndarray) -> float:
+    """Sums that differ by less than this are the same sum: PERMUTATION_RTOL of the data's magnitude (float
+    rounding is ~1e-16 of it; two different sums of k/N accuracies differ by at least 1/N)."""
+    biggest = max((float(np.max(np.abs(a))) for a in arrays if a.size), default=0.0)
+    return PERMUTATION_RTOL * max(1.0, biggest)
+
+
 def permutation_p_paired(d: Sequence[float]) -> tuple[float, bool]:
     """Two-sided sign-flip permutation p of mean(d) and whether it is exact (all 2^n flips enumerated)."""
-    (q,) = _quantize(np.asarray(d, dtype=float))
-    n = q.size
+    d = np.asarray(d, dtype=float)
+    n = d.size
     if n == 0:
         return float("nan"), False
     exact = 2**n <= MAX_EXACT
     if exact:
-        signs = np.array(list(itertools.product([1, -1], repeat=n)), dtype=np.int64)
+        signs = np.array(list(itertools.product([1.0, -1.0], repeat=n)))
     else:
-        signs = np.random.default_rng(RNG_SEED).choice(np.array([1, -1], dtype=np.int64), size=(N_RESAMPLES, n))
-    return _two_sided(signs @ q, int(q.sum()), exact), exact
+        signs = np.random.default_rng(RNG_SEED).choice(np.array([1.0, -1.0]), size=(N_RESAMPLES, n))
+    return _two_sided(signs @ d, float(d.sum()), exact, _tie_tol(d)), exact
 
 
 def permutation_p_independent(x: Sequence[float], y: Sequence[float]) -> tuple[float, bool]:
-    """Two-sided permutation p of mean(x) - mean(y) over splits of the pooled values (exact when few splits).
-
-    With the pooled total fixed, mean(x) - mean(y) is increasing in sum(x), so sum(x) is the statistic (in
-    integers: exact ties)."""
-    qx, qy = _quantize(np.asarray(x, dtype=float), np.asarray(y, dtype=float))
-    if qx.size == 0 or qy.size == 0:
+    """Two-sided permutation p of mean(x) - mean(y) over splits of the pooled values (exact when few splits)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.size == 0 or y.size == 0:
         return float("nan"), False
-    pooled = np.concatenate([qx, qy])
-    big_n, k = pooled.size, qx.size
+    pooled = np.concatenate([x, y])
+    big_n, k = pooled.size, x.size
     exact = math.comb(big_n, k) <= MAX_EXACT
     if exact:
         idx = np.array(list(itertools.combinations(range(big_n), k)), dtype=np.int64)
-        null = pooled[idx].sum(axis=1)
+        mask = np.zeros((idx.shape[0], big_n), dtype=bool)
+        np.put_along_axis(mask, idx, True, axis=1)
     else:
         rng = np.random.default_rng(RNG_SEED)
-        perms = np.argsort(rng.random((N_RESAMPLES, big_n)), axis=1)[:, :k]
-        null = pooled[perms].sum(axis=1)
-    return _two_sided(null, int(qx.sum()), exact), exact
+        mask = np.argsort(rng.random((N_RESAMPLES, big_n)), axis=1) < k
+    null = (mask @ pooled) / k - (~mask @ pooled) / (big_n - k)
+    return _two_sided(null, float(x.mean() - y.mean()), exact, _tie_tol(pooled)), exact
 
 
 def signflip_p_constant(d: np.ndarray) -> float:
