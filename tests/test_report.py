@@ -314,6 +314,13 @@ def test_paired_bootstrap(grid: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert len(pb["pairs"]) == 3
     expect = np.mean([macro_f1(labels, preds[i + 3]) - macro_f1(labels, preds[i]) for i in range(3)])
     assert pb["diff"] == pytest.approx(expect)
+    # Seeds x examples: same point estimate, a CI that also holds the seed-to-seed variance; the example-only
+    # one is kept and labelled.
+    tl = pb["two_level"]
+    assert tl["diff"] == pytest.approx(expect) and tl["n_pairs"] == 3 and tl["n_resamples"] == 2000
+    assert tl["diff_ci95_low"] < expect < tl["diff_ci95_high"]
+    md = (grid / "report.md").read_text()
+    assert "seeds × examples (two-level) bootstrap" in md and "example-only bootstrap (seeds held fixed" in md
     assert "## Bootstrap over test examples" in (grid / "report.md").read_text()
 
     # Identical predictions: no difference, p = 1.

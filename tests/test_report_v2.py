@@ -389,7 +389,12 @@ def test_two_level_bootstrap_brute_force() -> None:
 
 def test_several_sweep_dirs_and_learning_curves(tmp_path: Path) -> None:
     a = sweep_of(tmp_path / "a", {"optimizer.lr=1e-4": {"val": [0.8, 0.81], "test": [0.8, 0.81]}})
-    b = sweep_of(tmp_path / "b", {"optimizer.lr=3e-4": {"val": [0.7, 0.71], "test": [0.7, 0.72]}})
+    b = sweep_of(tmp_path / "b", {"optimizer.lr=3e-4": {"val": [0.7, 0.71], "test": [0.7, 0.72]},
+                                  "optimizer.lr=1e-3": {"val": [0.6, 0.61], "test": [0.6, 0.62]}})
+    # Budget axis in hours: manifest start/end (30 min per run, 2 seeds = 1 h per configuration).
+    for job in [*a.iterdir(), *b.iterdir()]:
+        (job / "manifest.json").write_text(json.dumps({"start_time": "2026-01-01T10:00:00+00:00",
+                                                       "end_time": "2026-01-01T10:30:00+00:00"}))
     for job in (a / "0", a / "1"):
         (job / "csv").mkdir()
         pd.DataFrame({"epoch": [0, 0, 1, 1], "step": [1, 2, 3, 4],
@@ -397,7 +402,10 @@ def test_several_sweep_dirs_and_learning_curves(tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert main([str(a), str(b), "--out", str(out), "--baseline", "optimizer.lr=1e-4"]) == 0
     rep = json.loads((out / "report.json").read_text())
-    assert rep["n_jobs"] == 4 and [r["group"] for r in rep["groups"]] == ["optimizer.lr=1e-4", "optimizer.lr=3e-4"]
+    assert rep["n_jobs"] == 6
+    assert [r["group"] for r in rep["groups"]] == ["optimizer.lr=1e-4", "optimizer.lr=3e-4", "optimizer.lr=1e-3"]
+    em = rep["expected_max"]
+    assert em["hours_per_config"] == pytest.approx(1.0) and em["runs_per_config"] == 2
     assert rep["curves"]["optimizer.lr=1e-4"]["mean"] == [0.6, 0.8]
     assert "report_learning_curves.png" in rep["plots"] and "report_forest.png" in rep["plots"]
     for p in rep["plots"]:
@@ -462,3 +470,27 @@ def test_html_report_in_chromium(tmp_path: Path) -> None:
         assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10000
     finally:
         driver.quit()
+
+
+@pytest.mark.slow
+def test_interval_coverage_simulation() -> None:
+    # The reasons behind two rules, by simulation: BCa under-covers with few seeds (so --ci bootstrap uses t below
+    # 10), and the noncentral-t CI of d_z covers its true value.
+    rng = np.random.default_rng(11)
+    reps = 300
+    for n in (3, 5):
+        cover_t = cover_bca = 0
+        for _ in range(reps):
+            x = rng.normal(0.0, 1.0, n)
+            lo, hi = S.mean_ci(x, "t")
+            cover_t += lo <= 0 <= hi
+            lo, hi = S.mean_ci(x, "bootstrap")
+            cover_bca += lo <= 0 <= hi
+        assert cover_t / reps == pytest.approx(0.95, abs=0.04)
+        assert cover_bca / reps < 0.9
+    covered = 0
+    for _ in range(reps):
+        d = rng.normal(0.5, 1.0, 6)  # true d_z = 0.5
+        e = S.cohens_dz(d)
+        covered += e.ci_low <= 0.5 <= e.ci_high
+    assert covered / reps == pytest.approx(0.95, abs=0.04)

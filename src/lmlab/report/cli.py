@@ -590,8 +590,9 @@ def render_markdown(result: dict[str, Any]) -> str:
              "with its noncentral-t CI, `p_improve` = share of shared seeds on which the group is better); the "
              "others (genuinely unpaired) use Welch's t-test, an independent permutation test, Hedges' g and "
              "P(X better than Y) over all pairs; ties count one half, p_improve's CI is a percentile bootstrap "
-             "over seeds. Permutation tests run on values rounded to 12 significant digits (ties stay ties) and "
-             "enumerate every assignment when there are at most 65536. `p_t` is the t-test's p; `p_holm`: Holm "
+             "over seeds. Permutation statistics within 1e-9 (relative) of the observed one count as ties (equal "
+             "accuracies stay equal despite float rounding), and every assignment is enumerated when there are at "
+             "most 65536 (else 9999 random ones). `p_t` is the t-test's p; `p_holm`: Holm "
              f"correction of p_t across all {len(result['comparisons'])} comparisons shown (an undefined p counts "
              "as 1). Constant differences leave the t-test undefined; their p_permutation is the exact "
              "sign-flip p (1 for no difference, 2/2^n otherwise)."),
@@ -701,7 +702,7 @@ def print_table(result: dict[str, Any]) -> None:
         t.add_row(*(_fmt(row[c]) for c in cols), style="bold" if row["group"] == sel else None)
     # Wide enough for the longest group plus the number columns (a log file has no terminal width).
     longest = max((len(str(r["group"])) for r in result["groups"]), default=0)
-    Console(width=max(120, Console().width, longest + 100)).print(t)
+    Console(width=max(120, Console().width, longest + 10 * len(cols))).print(t)
 
 
 def log_wandb(result: dict[str, Any], out: Path, project: str | None) -> str | None:
