@@ -124,7 +124,7 @@ def test_grid_report_numbers(grid: Path, capsys: pytest.CaptureFixture[str]) -> 
         assert (row["min"], row["max"]) == (x.min(), x.max())
 
     base = values(("adamw", "3e-5"))
-    assert df.loc[BASELINE, ["diff", "diff_ci95_low", "diff_ci95_high", "p_t", "p_permutation",
+    assert df.loc[BASELINE, ["diff", "diff_ci95_low", "diff_ci95_high", "p_paired_t", "p_permutation",
                              "p_holm"]].isna().all()
     p_t = {}
     # Same seeds as the baseline: paired t on the differences, sign-flip permutation.
@@ -135,7 +135,7 @@ def test_grid_report_numbers(grid: Path, capsys: pytest.CaptureFixture[str]) -> 
         assert (row["diff_ci95_low"], row["diff_ci95_high"]) == pytest.approx(t_ci(d), abs=1e-12)
         tstat = d.mean() / (np.std(d, ddof=1) / math.sqrt(d.size))
         p_t[key] = 2 * stats.t.sf(abs(tstat), d.size - 1)
-        assert row["p_t"] == pytest.approx(p_t[key], rel=1e-9)
+        assert row["p_paired_t"] == pytest.approx(p_t[key], rel=1e-9)
         assert row["p_permutation"] == pytest.approx(exact_perm_p_paired(x, base), abs=1e-12)
     # sgd/1e-4 lost seed 2: paired on the 2 shared seeds (0, 1), seed 2 named as dropped (today: Welch).
     key = ("sgd", "1e-4")
@@ -144,7 +144,7 @@ def test_grid_report_numbers(grid: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert row["diff"] == pytest.approx(d.mean(), abs=1e-12)
     assert (row["diff_ci95_low"], row["diff_ci95_high"]) == pytest.approx(t_ci(d), abs=1e-10)
     p_t[key] = stats.ttest_rel(x, base[:2]).pvalue
-    assert row["p_t"] == pytest.approx(p_t[key], rel=1e-9)
+    assert row["p_paired_t"] == pytest.approx(p_t[key], rel=1e-9)
     assert row["p_permutation"] == pytest.approx(exact_perm_p_paired(x, base[:2]), abs=1e-12)
     assert row["test"] == "paired_t" and row["n_compared"] == 2 and str(row["dropped_seeds"]) == "2"
 
@@ -191,7 +191,7 @@ def test_selection_on_val_reports_test(grid: Path) -> None:
     assert "test metric played no part" in md
     # Baseline columns stay empty without --baseline.
     df = read_csv(grid)
-    assert df[["diff", "p_t", "p_permutation", "p_holm"]].isna().all().all()
+    assert df[["diff", "p_paired_t", "p_permutation", "p_holm"]].isna().all().all()
 
     # A loss is minimized: val/loss = 1 - val/f1 picks the same group.
     assert main([str(grid), "--no-plots", "--select", "val/loss", "--metric", "test/acc"]) == 0
@@ -397,7 +397,7 @@ def test_two_groups_skip_curve(tmp_path: Path, capsys: pytest.CaptureFixture[str
     row = rep["groups"][1]
     assert row["group"] == "optimizer.lr=1e-4" and row["n"] == 2
     assert (row["ci95_low"], row["ci95_high"]) == (0.8, 0.8)
-    assert row["diff"] == pytest.approx(0.1) and row["p_t"] is None
+    assert row["diff"] == pytest.approx(0.1) and row["p_paired_t"] is None
 
 
 def test_bad_inputs(tmp_path: Path, grid: Path, capsys: pytest.CaptureFixture[str]) -> None:

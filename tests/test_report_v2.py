@@ -101,7 +101,7 @@ def test_nan_selection_and_statistics(tmp_path: Path, capsys: pytest.CaptureFixt
     # Paired on the two finite seeds 0 and 2; NaN seed 1 is dropped and named.
     x, y = np.array([0.70, 0.72]), np.array([0.90, 0.93])
     assert a["diff"] == pytest.approx(np.mean(x - y))
-    assert a["p_t"] == pytest.approx(stats.ttest_rel(x, y).pvalue)
+    assert a["p_paired_t"] == pytest.approx(stats.ttest_rel(x, y).pvalue)
     assert a["p_permutation"] == pytest.approx(0.5)  # exact: 2 of 4 sign flips are as extreme
     assert a["dropped_seeds"] == "1"
     err = capsys.readouterr().err
@@ -159,10 +159,10 @@ def test_constant_differences(tmp_path: Path) -> None:
     }
     rep = report(sweep_of(tmp_path / "s", groups), "--baseline", "optimizer.lr=1e-4")
     const = row_of(rep, "optimizer.lr=2e-4")
-    assert const["p_t"] is None and const["p_permutation"] == 0.25 and const["p_holm"] is None
+    assert const["p_paired_t"] is None and const["p_permutation"] == 0.25 and const["p_holm"] is None
     from statsmodels.stats.multitest import multipletests
 
-    ps = [row_of(rep, g)["p_t"] for g in ("optimizer.lr=3e-4", "optimizer.lr=4e-4")]
+    ps = [row_of(rep, g)["p_paired_t"] for g in ("optimizer.lr=3e-4", "optimizer.lr=4e-4")]
     ref = multipletests([*ps, 1.0], method="holm")[1]  # the undefined p counts as 1: a family of 3
     assert [row_of(rep, g)["p_holm"] for g in ("optimizer.lr=3e-4", "optimizer.lr=4e-4")] == pytest.approx(ref[:2])
     assert "across all 3 comparisons" in (tmp_path / "s" / "report.md").read_text()

@@ -32,7 +32,7 @@ from lmlab.report.collect import (
 
 CSV_COLUMNS = [
     "group", "n", "n_nan", "n_failed", "n_running", "states", "mean", "std", "ci95_low", "ci95_high", "min", "max",
-    "diff", "diff_ci95_low", "diff_ci95_high", "p_t", "p_permutation", "p_holm",
+    "diff", "diff_ci95_low", "diff_ci95_high", "p_paired_t", "p_permutation", "p_holm",
     "effect", "effect_ci95_low", "effect_ci95_high", "p_improve", "p_improve_ci95_low", "p_improve_ci95_high",
     "mde", "mde_effect", "seeds_needed", "test", "n_compared", "dropped_seeds",
 ]
@@ -426,7 +426,7 @@ def _metric_table(metric: str, groups: list[Group], baseline: Group | None, args
             cmp = stats.compare(vals, seeds, base_vals, base_seeds, higher_is_better=mode == "max",
                                 alpha_power=alpha_m)
             row.update(diff=cmp.diff, diff_ci95_low=cmp.diff_ci_low, diff_ci95_high=cmp.diff_ci_high,
-                       p_t=cmp.p_t, p_permutation=cmp.p_permutation, effect=cmp.effect.value,
+                       p_paired_t=cmp.p_t, p_permutation=cmp.p_permutation, effect=cmp.effect.value,
                        effect_ci95_low=cmp.effect.ci_low, effect_ci95_high=cmp.effect.ci_high,
                        p_improve=cmp.poi.value, p_improve_ci95_low=cmp.poi.ci_low,
                        p_improve_ci95_high=cmp.poi.ci_high, mde=cmp.mde_units, mde_effect=cmp.mde,
@@ -559,7 +559,8 @@ def render_markdown(result: dict[str, Any]) -> str:
     lines = [
         f"# Sweep report: `{result['sweep_dir']}`",
         "",
-        (f"{result['n_jobs']} jobs ({states}). Groups = overrides without `{result['seed_key']}`, compared by "
+        (f"{result['n_jobs']} jobs, {result['n_finished']} finished, {result['n_failed']} failed ({states}). "
+         f"Groups = overrides without `{result['seed_key']}`, compared by "
          f"value; CI: {ci} 95% of the mean. Non-finite values are left out of every statistic and counted in "
          "`n_nan`."),
         "",
@@ -592,10 +593,10 @@ def render_markdown(result: dict[str, Any]) -> str:
              "P(X better than Y) over all pairs; ties count one half, p_improve's CI is a percentile bootstrap "
              "over seeds. Permutation statistics within 1e-9 (relative) of the observed one count as ties (equal "
              "accuracies stay equal despite float rounding), and every assignment is enumerated when there are at "
-             "most 65536 (else 9999 random ones). `p_t` is the t-test's p; `p_holm`: Holm "
-             f"correction of p_t across all {len(result['comparisons'])} comparisons shown (an undefined p counts "
-             "as 1). Constant differences leave the t-test undefined; their p_permutation is the exact "
-             "sign-flip p (1 for no difference, 2/2^n otherwise)."),
+             "most 65536 (else 9999 random ones). `p_paired_t` is the t-test's p (paired t, or Welch for the "
+             f"unpaired); `p_holm`: Holm correction of p_paired_t across all {len(result['comparisons'])} "
+             "comparisons shown (an undefined p counts as 1). Constant differences leave the t-test "
+             "undefined; their p_permutation is the exact sign-flip p (1 for no difference, 2/2^n otherwise)."),
             "",
         ]
         if paired:
@@ -693,7 +694,7 @@ def print_table(result: dict[str, Any]) -> None:
 
     sel = result["selection"]["group"]
     t = Table(title=f"{result['metric']} per group (selected on {result['select']}: {sel})")
-    cols = ["group", "n", "n_nan", "n_failed", "mean", "std", "ci95_low", "ci95_high", "diff", "p_t", "p_holm",
+    cols = ["group", "n", "n_nan", "n_failed", "mean", "std", "ci95_low", "ci95_high", "diff", "p_paired_t", "p_holm",
             "effect", "p_improve", "seeds_needed"]
     for c in cols:
         # Group strings are what users paste into --baseline: never wrap them.
