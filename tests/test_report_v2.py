@@ -494,3 +494,18 @@ def test_interval_coverage_simulation() -> None:
         e = S.cohens_dz(d)
         covered += e.ci_low <= 0.5 <= e.ci_high
     assert covered / reps == pytest.approx(0.95, abs=0.04)
+
+
+@pytest.mark.slow
+def test_aso_via_deepsig(tmp_path: Path) -> None:
+    # deepsig imports torch, so ASO is opt-in (slow). Clearly better group: ε_min near 0; clearly worse: near 1.
+    rng = np.random.default_rng(4)
+    base = rng.normal(0.80, 0.01, 5)
+    sweep = sweep_of(tmp_path / "s", {
+        "optimizer.lr=1e-4": {"val": list(base), "test": list(base)},
+        "optimizer.lr=3e-4": {"val": list(base + 0.05), "test": list(base + 0.05 + rng.normal(0, 0.005, 5))},
+        "optimizer.lr=1e-3": {"val": list(base - 0.05), "test": list(base - 0.05 + rng.normal(0, 0.005, 5))},
+    })
+    rep = report(sweep, "--baseline", "optimizer.lr=1e-4", "--aso")
+    assert rep["aso"]["optimizer.lr=3e-4"] < 0.2 and rep["aso"]["optimizer.lr=1e-3"] > 0.8
+    assert "ε_min = " in (sweep / "report.md").read_text()

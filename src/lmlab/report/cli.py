@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--paired-bootstrap", nargs=2, metavar=("A", "B"),
                    help="bootstrap from test_predictions.csv of macro-F1(A) - macro-F1(B) over seeds and test "
                    "examples (two-level), plus the example-only bootstrap; A and B are group strings or job dirs")
+    p.add_argument("--aso", action="store_true",
+                   help="also the almost-stochastic-order test (Dror et al. 2019, via deepsig): ε_min per comparison "
+                   "(< 0.5: the group is almost stochastically better than the baseline); slow, imports torch")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (report.html has no images then)")
     p.add_argument("--wandb", metavar="PROJECT",
                    help="log table and plots to this W&B project (also done when a W&B run is active)")
@@ -393,7 +396,29 @@ def analyze(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.paired_bootstrap:
         result["paired_bootstrap"] = paired_bootstrap(args, groups)
+    if getattr(args, "aso", False) and baseline is not None:
+        result["aso"] = aso(groups, baseline, metric, metric_mode, m)
     return result
+
+
+def aso(groups: list[Group], baseline: Group, metric: str, mode: str, m: int) -> dict[str, float]:
+    """ε_min of the almost-stochastic-order test (Dror et al. 2019; del Barrio et al. 2018) of each group over the
+    baseline, from deepsig, at 95% confidence with its Bonferroni correction for the m comparisons. Scores are
+    negated for lower-is-better metrics, so ε_min < 0.5 always means "the group is better"."""
+    try:
+        from deepsig import aso as deepsig_aso
+    except ImportError as e:
+        raise ReportError("--aso needs deepsig: pip install 'deepsig>=1.2.8'") from e
+    sign = 1.0 if mode == "max" else -1.0
+    base = sign * np.array(_values(baseline.finished, metric)[0])
+    out = {}
+    for g in groups:
+        vals = _values(g.finished, metric)[0]
+        if g is baseline or not vals:
+            continue
+        out[g.name] = float(deepsig_aso(sign * np.array(vals), base, confidence_level=stats.CONFIDENCE,
+                                        num_comparisons=max(m, 1), seed=stats.RNG_SEED, show_progress=False))
+    return out
 
 
 def _dirs(args: argparse.Namespace) -> str:
@@ -610,6 +635,11 @@ def render_markdown(result: dict[str, Any]) -> str:
                              f"{', '.join(c['dropped_seeds'])}")
             if c["note"]:
                 lines.append(f"- `{g}`: {c['note']}")
+        if result.get("aso"):
+            lines += ["", (f"Almost stochastic order (Dror et al. 2019, deepsig; ε_min < 0.5: the group is almost "
+                           f"stochastically better than the baseline, 95% confidence, Bonferroni over "
+                           f"{len(result['aso'])}):"), ""]
+            lines += [f"- `{g}`: ε_min = {_fmt(e)}" for g, e in result["aso"].items()]
         statement = power_statement(result)
         if statement:
             lines += ["", "## Power", "", statement]
