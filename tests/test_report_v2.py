@@ -408,6 +408,9 @@ def test_several_sweep_dirs_and_learning_curves(tmp_path: Path) -> None:
     assert em["hours_per_config"] == pytest.approx(1.0) and em["runs_per_config"] == 2
     assert rep["curves"]["optimizer.lr=1e-4"]["mean"] == [0.6, 0.8]
     assert "report_learning_curves.png" in rep["plots"] and "report_forest.png" in rep["plots"]
+    hp = rep["hparam"]  # the metric against lr, on a log axis
+    assert hp["key"] == "optimizer.lr" and hp["log"] and sorted(p["x"] for p in hp["points"]) == [1e-4, 3e-4, 1e-3]
+    assert "report_hparam.png" in rep["plots"]
     for p in rep["plots"]:
         assert (out / p).read_bytes()[:4] == b"\x89PNG"
 

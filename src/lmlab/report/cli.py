@@ -544,8 +544,11 @@ def numeric_hparam(groups: list[Group], rows: list[dict[str, Any]]) -> dict[str,
         return None
     key = keys[0]
     means = {r["group"]: r for r in rows}
-    pts = [{"group": name, "x": x, "mean": means[name]["mean"], "low": means[name]["ci95_low"],
-            "high": means[name]["ci95_high"]} for name, x in per_key[key].items() if name in means]
+    others = {g.name: " ".join(o for o in g.overrides if override_key(o) != key) for g in groups}
+    # One series per setting of the other overrides (e.g. one line per optimizer across lr).
+    pts = [{"group": name, "series": others.get(name, ""), "x": x, "mean": means[name]["mean"],
+            "low": means[name]["ci95_low"], "high": means[name]["ci95_high"]}
+           for name, x in per_key[key].items() if name in means]
     xs = [p["x"] for p in pts]
     log = min(xs) > 0 and max(xs) / min(xs) >= 10 or any(w in key for w in ("lr", "weight_decay"))
     return {"key": key, "points": pts, "log": bool(log and min(xs) > 0)}

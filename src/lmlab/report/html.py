@@ -43,6 +43,7 @@ th[data-order="asc"]::after { content: " \\25B2"; }
 th[data-order="desc"]::after { content: " \\25BC"; }
 tr.selected td { font-weight: bold; background: #fffbe6; }
 .warn { color: #a33; }
+.scroll { overflow-x: auto; max-width: 100%; }
 img { max-width: 100%; border: 1px solid #ddd; margin: 0.5em 0; }
 code { background: #f6f6f6; padding: 0 3px; }
 """
@@ -70,8 +71,9 @@ def table(rows: list[dict[str, Any]], columns: list[str], table_id: str, selecte
         cells = "".join(f'<td data-v="{html.escape(_sort_value(r.get(c)))}">{html.escape(_fmt(r.get(c)))}</td>'
                         for c in columns)
         body.append(f"<tr{cls}>{cells}</tr>")
-    return (f'<table class="sortable" id="{table_id}"><thead><tr>{head}</tr></thead>'
-            f"<tbody>{''.join(body)}</tbody></table>")
+    # The wide group table scrolls inside its box instead of running off the page.
+    return (f'<div class="scroll"><table class="sortable" id="{table_id}"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{''.join(body)}</tbody></table></div>")
 
 
 def _img(out: Path, name: str) -> str:

@@ -124,13 +124,19 @@ def hparam_plot(hp: dict[str, Any], metric: str, path: Path) -> None:
 
     fig = Figure(figsize=(6.5, 4.2))
     ax = fig.subplots()
-    pts = sorted(hp["points"], key=lambda p: p["x"])
-    x = np.array([p["x"] for p in pts])
-    m = np.array([_nan(p["mean"]) for p in pts])
-    lo = np.array([_nan(p["low"]) for p in pts])
-    hi = np.array([_nan(p["high"]) for p in pts])
-    err = np.vstack([np.nan_to_num(m - lo), np.nan_to_num(hi - m)]).clip(min=0)
-    ax.errorbar(x, m, yerr=err, fmt="o", capsize=4)
+    series: dict[str, list[dict[str, Any]]] = {}
+    for p in hp["points"]:
+        series.setdefault(p.get("series", ""), []).append(p)
+    for label, pts in series.items():
+        pts = sorted(pts, key=lambda p: p["x"])
+        x = np.array([p["x"] for p in pts])
+        m = np.array([_nan(p["mean"]) for p in pts])
+        lo = np.array([_nan(p["low"]) for p in pts])
+        hi = np.array([_nan(p["high"]) for p in pts])
+        err = np.vstack([np.nan_to_num(m - lo), np.nan_to_num(hi - m)]).clip(min=0)
+        ax.errorbar(x, m, yerr=err, fmt="o-", capsize=4, label=label or None)
+    if any(series):
+        ax.legend(fontsize=7)
     if hp["log"]:
         ax.set_xscale("log")
     ax.set_xlabel(hp["key"] + (" (log)" if hp["log"] else ""))
