@@ -276,9 +276,15 @@ def probability_of_improvement(x: np.ndarray, y: np.ndarray, paired: bool, highe
         boot = _poi_paired(a[rng.integers(0, a.size, (n_resamples, a.size))])
     else:
         value = float(_poi_unpaired(qx, qy))
-        bx = qx[rng.integers(0, qx.size, (n_resamples, qx.size))]
-        by = qy[rng.integers(0, qy.size, (n_resamples, qy.size))]
-        boot = _poi_unpaired(bx, by)
+        # In chunks: each resample compares all nx * ny pairs, so bound the (chunk, nx, ny) arrays to ~4M cells.
+        chunk = max(1, 4_000_000 // (qx.size * qy.size))
+        parts = []
+        for start in range(0, n_resamples, chunk):
+            r = min(chunk, n_resamples - start)
+            bx = qx[rng.integers(0, qx.size, (r, qx.size))]
+            by = qy[rng.integers(0, qy.size, (r, qy.size))]
+            parts.append(_poi_unpaired(bx, by))
+        boot = np.concatenate(parts)
     lo, hi = np.percentile(boot, [100 * ALPHA / 2, 100 * (1 - ALPHA / 2)])
     return Improvement(value, float(lo), float(hi))
 
