@@ -17,6 +17,7 @@ import yaml
 from scipy import stats
 
 from lmlab.report import main
+from lmlab.report.cli import CSV_COLUMNS
 from lmlab.report.stats import expected_max_curve, holm, macro_f1
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -54,6 +55,7 @@ def make_grid_sweep(root: Path, commits: dict[int, str] | None = None) -> Path:
             metrics = None if v is None else {
                 "val/f1_macro": v, "test/f1_macro": t, "val/loss": 1 - v, "test/acc": t + 0.01,
                 "test/f1_per_class": {"a": t}, "best/epoch": 2,
+                "meta/task": "classification", "meta/monitor": "val/f1_macro", "meta/mode": "max",
             }
             commit = (commits or {}).get(i, "abc123")
             # Half the jobs use the nested manifest form, half the flat one: both must be read.
@@ -70,7 +72,7 @@ def values(key: tuple[str, str], stage: str = "test") -> np.ndarray:
 
 
 def read_csv(sweep: Path) -> pd.DataFrame:
-    return pd.read_csv(sweep / "report.csv").set_index("group")
+    return pd.read_csv(sweep / "report.csv", dtype={"dropped_seeds": str, "states": str}).set_index("group")
 
 
 def t_ci(x: np.ndarray) -> tuple[float, float]:
@@ -108,9 +110,7 @@ def test_grid_report_numbers(grid: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert "test/f1_macro per group" in out and "optimizer=sgd optimizer.lr=1e-4" in out
 
     df = read_csv(grid)
-    assert list(pd.read_csv(grid / "report.csv").columns) == [
-        "group", "n", "n_failed", "mean", "std", "ci95_low", "ci95_high", "min", "max",
-        "diff", "diff_ci95_low", "diff_ci95_high", "p_paired_t", "p_permutation", "p_holm"]
+    assert list(pd.read_csv(grid / "report.csv").columns) == CSV_COLUMNS
     assert list(df.index) == list(G.values())  # order of first appearance
     for key, name in G.items():
         x = values(key)
@@ -137,19 +137,16 @@ def test_grid_report_numbers(grid: Path, capsys: pytest.CaptureFixture[str]) -> 
         p_t[key] = 2 * stats.t.sf(abs(tstat), d.size - 1)
         assert row["p_paired_t"] == pytest.approx(p_t[key], rel=1e-9)
         assert row["p_permutation"] == pytest.approx(exact_perm_p_paired(x, base), abs=1e-12)
-    # sgd/1e-4 lost seed 2: Welch t + independent permutation, Welch-Satterthwaite CI.
+    # sgd/1e-4 lost seed 2: paired on the 2 shared seeds (0, 1), seed 2 named as dropped (today: Welch).
     key = ("sgd", "1e-4")
     x, row = values(key), df.loc[G[key]]
-    va, vb = np.var(x, ddof=1) / x.size, np.var(base, ddof=1) / base.size
-    dof = (va + vb) ** 2 / (va**2 / (x.size - 1) + vb**2 / (base.size - 1))
-    diff = x.mean() - base.mean()
-    half = stats.t.ppf(0.975, dof) * math.sqrt(va + vb)
-    assert row["diff"] == pytest.approx(diff, abs=1e-12)
-    welch_ci = (diff - half, diff + half)
-    assert (row["diff_ci95_low"], row["diff_ci95_high"]) == pytest.approx(welch_ci, abs=1e-10)
-    p_t[key] = 2 * stats.t.sf(abs(diff / math.sqrt(va + vb)), dof)
+    d = x - base[:2]
+    assert row["diff"] == pytest.approx(d.mean(), abs=1e-12)
+    assert (row["diff_ci95_low"], row["diff_ci95_high"]) == pytest.approx(t_ci(d), abs=1e-10)
+    p_t[key] = stats.ttest_rel(x, base[:2]).pvalue
     assert row["p_paired_t"] == pytest.approx(p_t[key], rel=1e-9)
-    assert row["p_permutation"] == pytest.approx(exact_perm_p_indep(x, base), abs=1e-12)
+    assert row["p_permutation"] == pytest.approx(exact_perm_p_paired(x, base[:2]), abs=1e-12)
+    assert row["test"] == "paired_t" and row["n_compared"] == 2 and str(row["dropped_seeds"]) == "2"
 
     # Holm by hand: sort the 3 p-values, multiply by 3, 2, 1, keep monotone, cap at 1.
     keys = sorted(p_t, key=p_t.get)
@@ -161,15 +158,23 @@ def test_grid_report_numbers(grid: Path, capsys: pytest.CaptureFixture[str]) -> 
         assert df.loc[G[k], "p_holm"] == pytest.approx(adj[k], rel=1e-9)
 
     rep = json.loads((grid / "report.json").read_text())
-    assert rep["comparisons"][G[("sgd", "1e-4")]] == {"test": "welch", "paired": False}
-    assert rep["comparisons"][G[("adamw", "1e-4")]] == {"test": "paired_t", "paired": True}
+    assert rep["comparisons"][G[("sgd", "1e-4")]]["test"] == "paired_t"  # paired on its 2 shared seeds
+    assert rep["comparisons"][G[("sgd", "1e-4")]]["dropped_seeds"] == ["2"]
+    assert rep["comparisons"][G[("adamw", "1e-4")]]["test"] == "paired_t"
     assert rep["n_jobs"] == 12 and rep["n_finished"] == 11 and rep["n_failed"] == 1
     for r in rep["groups"]:  # same columns and numbers as the CSV (NaN/empty -> null)
         assert list(r) == ["group", *df.columns]
         for c in df.columns:
             want = df.loc[r["group"], c]
-            assert r[c] is None if pd.isna(want) else r[c] == pytest.approx(want, abs=1e-15)
-    assert not rep["warnings"] and not rep["notes"]
+            if pd.isna(want):
+                assert r[c] in (None, "")  # an empty text cell ("" in JSON) is empty in the CSV too
+            elif isinstance(want, str):
+                assert r[c] == want
+            else:
+                assert r[c] == pytest.approx(want, abs=1e-15)
+    assert rep["warnings"] == [f"group {G[key]!r} vs baseline on 'test/f1_macro': paired on the 2 shared seeds; "
+                               "seed(s) 2 have no partner and are left out of the comparison",
+                               ] and rep["notes"] == []
 
 
 def test_selection_on_val_reports_test(grid: Path) -> None:
@@ -222,17 +227,27 @@ def test_plots_and_markdown(grid: Path) -> None:
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
     md = (grid / "report.md").read_text()
     assert "![report_groups.png](report_groups.png)" in md
-    assert "- Welch (seeds differ from the baseline's): `optimizer=sgd optimizer.lr=1e-4`" in md
+    assert "- `optimizer=sgd optimizer.lr=1e-4`: paired on 2 shared seeds; dropped seed(s) without a partner: 2" in md
     assert "Holm correction" in md and "Expected best validation score" in md
 
 
-def test_bootstrap_ci(grid: Path) -> None:
+def test_bootstrap_ci(grid: Path, tmp_path: Path) -> None:
+    # 3 seeds: BCa would cover far below 95%, so the t interval is used and the report says so.
     assert main([str(grid), "--no-plots", "--ci", "bootstrap"]) == 0
     df = read_csv(grid)
     x = values(("adamw", "3e-5"))
-    ref = stats.bootstrap((x,), np.mean, n_resamples=9999, rng=0, method="BCa").confidence_interval
-    assert (df.loc[BASELINE, "ci95_low"], df.loc[BASELINE, "ci95_high"]) == pytest.approx((ref.low, ref.high))
-    assert df.loc[BASELINE, "ci95_low"] >= x.min() and df.loc[BASELINE, "ci95_high"] <= x.max()
+    assert (df.loc[BASELINE, "ci95_low"], df.loc[BASELINE, "ci95_high"]) == pytest.approx(t_ci(x), abs=1e-12)
+    rep = json.loads((grid / "report.json").read_text())
+    assert any("fewer than 10 values use the Student t interval" in n for n in rep["notes"])
+    # 12 seeds: scipy's BCa.
+    sweep = tmp_path / "many"
+    vals = np.random.default_rng(3).normal(0.8, 0.02, 12)
+    for i, v in enumerate(vals):
+        write_job(sweep / str(i), ["optimizer.lr=1e-4", f"seed={i}"], {"val/f1_macro": v, "test/f1_macro": v})
+    assert main([str(sweep), "--no-plots", "--ci", "bootstrap"]) == 0
+    row = json.loads((sweep / "report.json").read_text())["groups"][0]
+    ref = stats.bootstrap((vals,), np.mean, n_resamples=9999, rng=0, method="BCa").confidence_interval
+    assert (row["ci95_low"], row["ci95_high"]) == pytest.approx((ref.low, ref.high))
 
 
 def test_commit_and_fingerprint_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -299,7 +314,14 @@ def test_paired_bootstrap(grid: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert len(pb["pairs"]) == 3
     expect = np.mean([macro_f1(labels, preds[i + 3]) - macro_f1(labels, preds[i]) for i in range(3)])
     assert pb["diff"] == pytest.approx(expect)
-    assert "## Paired bootstrap over test examples" in (grid / "report.md").read_text()
+    # Seeds x examples: same point estimate, a CI that also holds the seed-to-seed variance; the example-only
+    # one is kept and labelled.
+    tl = pb["two_level"]
+    assert tl["diff"] == pytest.approx(expect) and tl["n_pairs"] == 3 and tl["n_resamples"] == 2000
+    assert tl["diff_ci95_low"] < expect < tl["diff_ci95_high"]
+    md = (grid / "report.md").read_text()
+    assert "seeds × examples (two-level) bootstrap" in md and "example-only bootstrap (seeds held fixed" in md
+    assert "## Bootstrap over test examples" in (grid / "report.md").read_text()
 
     # Identical predictions: no difference, p = 1.
     write_predictions(grid / "1", labels, preds[0], np.arange(n))
@@ -326,9 +348,14 @@ def test_macro_f1_by_hand() -> None:
 
 
 def test_holm_by_hand() -> None:
+    # The family is all 4 comparisons shown, the NaN one included (today it shrank to 3: 0.03, 0.06, 0.06).
     adj = holm([0.01, float("nan"), 0.04, 0.03])
-    assert adj[0] == pytest.approx(0.03) and math.isnan(adj[1])
-    assert adj[3] == pytest.approx(0.06) and adj[2] == pytest.approx(0.06)  # monotone: max(0.04, 0.06)
+    assert adj[0] == pytest.approx(0.04) and math.isnan(adj[1])
+    assert adj[3] == pytest.approx(0.09) and adj[2] == pytest.approx(0.09)  # monotone: max(0.08, 0.09)
+    from statsmodels.stats.multitest import multipletests
+
+    ref = multipletests([0.01, 1.0, 0.04, 0.03], method="holm")[1]
+    assert adj[[0, 2, 3]] == pytest.approx(ref[[0, 2, 3]])
 
 
 def test_optuna_style_sweep(tmp_path: Path) -> None:
@@ -359,11 +386,15 @@ def test_two_groups_skip_curve(tmp_path: Path, capsys: pytest.CaptureFixture[str
         write_job(sweep / str(i), [f"optimizer.lr={lr}", f"+seed={seed}"],
                   {"val/f1_macro": v + seed / 100, "test/f1_macro": v})
     assert main([str(sweep), "--baseline", "optimizer.lr=3e-5", "--no-plots"]) == 0
-    assert "WARNING" not in capsys.readouterr().err
+    # Runs without meta/mode: today's name rule, with a warning.
+    err = capsys.readouterr().err
+    assert "WARNING: the runs have no meta/mode (written before it existed): 'val/f1_macro' taken as higher" in err
     rep = json.loads((sweep / "report.json").read_text())
     assert rep["expected_max"] is None and "expected-max curve skipped: 2 configuration(s)" in rep["notes"][0]
     # `+seed=` is still the seed key; equal test values give zero-spread CIs and an exact, untestable diff.
-    row = rep["groups"][0]
+    # Sorted by value: 3e-5 before 1e-4 (as text it would be the other way round).
+    assert [g["group"] for g in rep["groups"]] == ["optimizer.lr=3e-5", "optimizer.lr=1e-4"]
+    row = rep["groups"][1]
     assert row["group"] == "optimizer.lr=1e-4" and row["n"] == 2
     assert (row["ci95_low"], row["ci95_high"]) == (0.8, 0.8)
     assert row["diff"] == pytest.approx(0.1) and row["p_paired_t"] is None
@@ -433,6 +464,7 @@ WANDB_SCRIPT = """
 import sys
 import wandb
 from lmlab.report import main
+from lmlab.report.cli import CSV_COLUMNS
 sweep = sys.argv[1]
 # 1) --wandb PROJECT: the report opens and finishes its own run.
 assert main([sweep, "--wandb", "lmlab-report-test"]) == 0
@@ -453,7 +485,8 @@ def test_wandb_offline(grid: Path, tmp_path: Path) -> None:
     own_id = r.stdout.split("logged to W&B run ")[1].split()[0]
     active_id = r.stdout.split("active run ")[1].split()[0]
     assert f"logged to W&B run {active_id}" in r.stdout
-    for run_id, n_images in ((own_id, 2), (active_id, 0)):
+    n_plots = 3  # groups, expected max, metric vs optimizer.lr (no baseline: no forest plot)
+    for run_id, n_images in ((own_id, n_plots), (active_id, 0)):
         runs = list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}"))
         assert len(runs) == 1
         assert (runs[0] / f"run-{run_id}.wandb").stat().st_size > 0
@@ -461,8 +494,6 @@ def test_wandb_offline(grid: Path, tmp_path: Path) -> None:
         tables = list((media / "table").rglob("*.table.json"))
         assert len(tables) == 1, "the report table was not logged"
         table = json.loads(tables[0].read_text())
-        assert table["columns"] == ["group", "n", "n_failed", "mean", "std", "ci95_low", "ci95_high", "min",
-                                    "max", "diff", "diff_ci95_low", "diff_ci95_high", "p_paired_t",
-                                    "p_permutation", "p_holm"]
+        assert table["columns"] == CSV_COLUMNS
         assert [row[0] for row in table["data"]] == list(G.values())
         assert len(list(media.rglob("*.png"))) == n_images

@@ -31,51 +31,75 @@ from lmlab.report.collect import (
 )
 
 CSV_COLUMNS = [
-    "group", "n", "n_failed", "mean", "std", "ci95_low", "ci95_high", "min", "max",
+    "group", "n", "n_nan", "n_failed", "n_running", "states", "mean", "std", "ci95_low", "ci95_high", "min", "max",
     "diff", "diff_ci95_low", "diff_ci95_high", "p_paired_t", "p_permutation", "p_holm",
+    "effect", "effect_ci95_low", "effect_ci95_high", "p_improve", "p_improve_ci95_low", "p_improve_ci95_high",
+    "mde", "mde_effect", "seeds_needed", "test", "n_compared", "dropped_seeds",
 ]
-GROUPS_PNG = "report_groups.png"
-EXPMAX_PNG = "report_expected_max.png"
 MIN_CONFIGS_FOR_CURVE = 3
+# Metric names where lower is better, for runs without meta/mode (and metrics other than the monitor).
+LOWER_IS_BETTER = ("loss", "ppl", "perplexity", "bpb", "error", "wer", "cer")
+UNFINISHED = ("running", "dead", "interrupted", "requeued", "pruned", "unknown", "pending")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lmlab-report",
-        description="Statistics report over a Hydra multirun (sweep) directory: per-group mean/std/CI, "
-        "honest selection (val) and reporting (test), baseline comparisons with Holm correction, "
-        "expected max validation score vs. number of configurations (Dodge et al. 2019).",
+        description="Statistics report over Hydra multirun (sweep) directories: per-group mean/std/CI, "
+        "honest selection (val) and reporting (test), baseline comparisons (paired on shared seeds, Holm "
+        "correction, effect sizes, probability of improvement, power and seeds needed), expected max validation "
+        "score vs. configurations (Dodge et al. 2019; Tang et al. 2020), and a self-contained report.html.",
     )
-    p.add_argument("sweep_dir", type=Path, help="Hydra multirun dir holding job dirs (0/, 1/, ...)")
-    p.add_argument("--metric", default=None,
-                   help="metric reported per group (default: the test twin of the runs' task monitor "
-                   "meta/monitor, e.g. test/loss; runs without one: test/f1_macro)")
+    p.add_argument("sweep_dir", type=Path, nargs="+",
+                   help="Hydra multirun dir(s) holding job dirs (0/, 1/, ... or trial_<n>/seed=<s>/); several "
+                   "dirs are read as one sweep and the report is written into the first (or --out)")
+    p.add_argument("--out", type=Path, default=None, help="where report.* go (default: the first sweep dir)")
+    p.add_argument("--metric", action="append", default=None,
+                   help="metric reported per group (repeat for several: the first drives the comparisons' "
+                   "summary; default: the test twin of the runs' task monitor meta/monitor, e.g. test/loss; runs "
+                   "without one: test/f1_macro)")
     p.add_argument("--select", default=None,
                    help="metric the best group is chosen on, by group mean (default: the runs' task monitor "
                    "meta/monitor, e.g. val/loss; runs without one: val/f1_macro)")
     p.add_argument("--select-mode", choices=["auto", "max", "min"], default="auto",
                    help="whether higher or lower --select is better; auto = the runs' meta/mode when --select is "
-                   "their monitor, else (older runs) min for names containing 'loss' and max otherwise")
-    p.add_argument("--baseline", help='baseline group as overrides, e.g. "optimizer=adamw optimizer.lr=3e-5"')
+                   "their monitor, else (older runs, with a warning) min for names containing "
+                   f"{'/'.join(LOWER_IS_BETTER)} and max otherwise")
+    p.add_argument("--baseline", help='baseline group as overrides, e.g. "optimizer=adamw optimizer.lr=3e-5" '
+                   "(matched by value, in any order: 1e-4 == 0.0001)")
     p.add_argument("--seed-key", default="seed",
                    help="override key that varies between repeats (default: %(default)s)")
-    p.add_argument("--ci", choices=["t", "bootstrap"], default="t", help="95%% CI of group means")
+    p.add_argument("--ci", choices=["t", "bootstrap"], default="t",
+                   help="95%% CI of group means (bootstrap = BCa from 10 seeds; fewer use the t interval)")
     p.add_argument("--paired-bootstrap", nargs=2, metavar=("A", "B"),
-                   help="paired bootstrap over test examples (test_predictions.csv) of macro-F1(A) - "
-                   "macro-F1(B); A and B are group strings or job dirs")
-    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+                   help="bootstrap from test_predictions.csv of macro-F1(A) - macro-F1(B) over seeds and test "
+                   "examples (two-level), plus the example-only bootstrap; A and B are group strings or job dirs")
+    p.add_argument("--aso", action="store_true",
+                   help="also the almost-stochastic-order test (Dror et al. 2019, via deepsig): ε_min per comparison "
+                   "(< 0.5: the group is almost stochastically better than the baseline); slow, imports torch")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (report.html has no images then)")
     p.add_argument("--wandb", metavar="PROJECT",
                    help="log table and plots to this W&B project (also done when a W&B run is active)")
     return p
 
 
-def _mode(metric: str, mode: str, task: dict[str, Any] | None) -> str:
+def _name_rule(metric: str) -> str:
+    return "min" if any(w in metric.lower() for w in LOWER_IS_BETTER) else "max"
+
+
+def _mode(metric: str, mode: str, task: dict[str, Any] | None, warnings: list[str] | None = None) -> str:
     if mode != "auto":
         return mode
-    if task is not None and task["monitor"] == metric:
-        return task["mode"]
-    # Runs written before meta/mode existed, or a --select other than the monitor: today's name rule.
-    return "min" if "loss" in metric else "max"
+    if task is not None and task["monitor"] is not None and task["mode"] in ("min", "max"):
+        # The monitor itself, or its twin on another split (val/loss -> test/loss), follows meta/mode.
+        if metric.split("/", 1)[-1] == str(task["monitor"]).split("/", 1)[-1]:
+            return task["mode"]
+    rule = _name_rule(metric)
+    if warnings is not None and task is None:
+        warnings.append(f"the runs have no meta/mode (written before it existed): {metric!r} taken as "
+                        f"{'lower' if rule == 'min' else 'higher'} is better from its name; pass --select-mode "
+                        f"to say otherwise")
+    return rule
 
 
 def task_meta(jobs: list[Job]) -> dict[str, Any] | None:
@@ -91,14 +115,25 @@ def task_meta(jobs: list[Job]) -> dict[str, Any] | None:
     return {"task": name, "monitor": monitor, "mode": mode}
 
 
-def _values(jobs: list[Job], metric: str) -> tuple[list[float], list[str | None]]:
+def _raw(jobs: list[Job], metric: str) -> tuple[list[float], list[str | None]]:
+    """Every numeric value of `metric` (NaN included) with its job's seed."""
     vals, seeds = [], []
     for j in jobs:
         v = (j.metrics or {}).get(metric)
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             vals.append(float(v))
             seeds.append(j.seed)
+        elif isinstance(v, str) and v.lower() in ("nan", "inf", "-inf", "infinity", "-infinity"):
+            vals.append(float(v))  # json.dumps(nan) writes NaN, some writers a string
+            seeds.append(j.seed)
     return vals, seeds
+
+
+def _values(jobs: list[Job], metric: str) -> tuple[list[float], list[str | None]]:
+    """The finite values of `metric` and their seeds (NaN/inf left out of every statistic)."""
+    vals, seeds = _raw(jobs, metric)
+    keep = [i for i, v in enumerate(vals) if math.isfinite(v)]
+    return [vals[i] for i in keep], [seeds[i] for i in keep]
 
 
 def _job_or_group(arg: str, sweep_dir: Path, groups: list[Group], seed_key: str) -> list[Job] | Group:
@@ -124,8 +159,8 @@ def _read_predictions(job_dir: Path) -> pd.DataFrame:
 
 def paired_bootstrap(args: argparse.Namespace, groups: list[Group]) -> dict[str, Any]:
     a_arg, b_arg = args.paired_bootstrap
-    a = _job_or_group(a_arg, args.sweep_dir, groups, args.seed_key)
-    b = _job_or_group(b_arg, args.sweep_dir, groups, args.seed_key)
+    a = _job_or_group(a_arg, args.sweep_dir[0], groups, args.seed_key)
+    b = _job_or_group(b_arg, args.sweep_dir[0], groups, args.seed_key)
     if isinstance(a, Group) and isinstance(b, Group):
         fa = {j.seed: j for j in a.finished}
         fb = {j.seed: j for j in b.finished}
@@ -160,6 +195,13 @@ def paired_bootstrap(args: argparse.Namespace, groups: list[Group]) -> dict[str,
     y = codes[0]
     preds = codes[1:]
     res = stats.paired_bootstrap_f1(y, preds[0::2], preds[1::2], len(classes))
+    two_level = None
+    if len(pairs) >= 2:
+        n_classes = len(classes)
+        tl = stats.two_level_bootstrap(lambda pred, idx: stats.macro_f1_resampled(y, pred, n_classes, idx),
+                                       preds[0::2], preds[1::2], y.size)
+        two_level = {"diff": tl.diff, "diff_ci95_low": tl.ci_low, "diff_ci95_high": tl.ci_high, "std": tl.std,
+                     "n_resamples": tl.n_resamples, "n_pairs": tl.n_pairs}
     return {
         "a": a.name if isinstance(a, Group) else str(pairs[0][0]),
         "b": b.name if isinstance(b, Group) else str(pairs[0][1]),
@@ -172,6 +214,8 @@ def paired_bootstrap(args: argparse.Namespace, groups: list[Group]) -> dict[str,
         "diff_ci95_high": res.ci_high,
         "p_value": res.pvalue,
         "n_resamples": res.n_resamples,
+        # Seeds x examples (Bouthillier et al. 2021); None with one run pair (no seed variance to resample).
+        "two_level": two_level,
     }
 
 
@@ -194,105 +238,320 @@ def consistency_warnings(jobs: list[Job]) -> list[str]:
     return out
 
 
+def _fmt_seeds(seeds: list[str]) -> str:
+    return ",".join(seeds)
+
+
 def analyze(args: argparse.Namespace) -> dict[str, Any]:
-    jobs = find_jobs(args.sweep_dir)
+    ignored: list[str] = []
+    jobs = [j for d in args.sweep_dir for j in find_jobs(d, ignored)]
+    if len(args.sweep_dir) > 1:
+        for j in jobs:  # jobs of several sweeps: name them by sweep too
+            j.prefix = str(j.dir.parent if j.trial is None else j.dir.parent.parent)
     finished = [j for j in jobs if j.finished]
     if not finished:
-        states = ", ".join(f"{j.dir.name}: {j.status}" for j in jobs)
-        raise ReportError(f"{args.sweep_dir} has no finished jobs (status completed with metrics.json); "
+        states = ", ".join(f"{j.name}: {j.status}" for j in jobs)
+        raise ReportError(f"{_dirs(args)} has no finished jobs (status completed with metrics.json); "
                           f"found {states}")
+    warnings: list[str] = []
+    notes: list[str] = []
     task = task_meta(finished)
     if args.select is None:
         args.select = task["monitor"] if task else "val/f1_macro"
-    if args.metric is None:
-        args.metric = ("test/" + task["monitor"].split("/", 1)[-1]) if task else "test/f1_macro"
+    if not args.metric:
+        args.metric = [("test/" + task["monitor"].split("/", 1)[-1]) if task else "test/f1_macro"]
+    metrics = list(dict.fromkeys(args.metric))
+    metric = metrics[0]
     known = scalar_metrics(finished)
-    for opt, name in (("--metric", args.metric), ("--select", args.select)):
+    for opt, name in [*(("--metric", m) for m in metrics), ("--select", args.select)]:
         if name not in known:
             raise ReportError(f"unknown metric {name!r} for {opt}; metrics found: {', '.join(known)}")
     groups = group_jobs(jobs, args.seed_key)
-    warnings = consistency_warnings(jobs)
+    warnings += consistency_warnings(jobs)
+    if ignored:
+        notes.append(f"{len(ignored)} subdir(s) that hold runs but are not jobs of this comparison were ignored "
+                     f"(only immediate job dirs and trial_*/ seed dirs are): {_few(sorted(ignored))}")
     for j in jobs:
         if j.status == "completed" and j.metrics is None:
-            warnings.append(f"job {j.dir.name} is marked completed but has no metrics.json; left out")
-        elif j.finished and args.metric not in j.metrics:
-            warnings.append(f"job {j.dir.name} has no {args.metric!r}; left out of that metric")
+            warnings.append(f"job {j.name} is marked completed but has no metrics.json; left out")
+        elif j.finished and metric not in j.metrics:
+            warnings.append(f"job {j.name} has no {metric!r}; left out of that metric")
+    state_counts: dict[str, int] = {}
+    for j in jobs:
+        state_counts[j.status] = state_counts.get(j.status, 0) + 1
+    live = [j.name for j in jobs if j.status == "running"]
+    if live:
+        warnings.append(f"{len(live)} job(s) still running ({_few(live)}): the numbers may change when they end")
+    stopped = [f"{j.name} ({j.status})" for j in jobs if j.status in ("dead", "interrupted", "requeued", "pruned")]
+    if stopped:
+        notes.append(f"{len(stopped)} job(s) did not finish and are left out: {_few(stopped)}")
 
     baseline = match_group(args.baseline, groups, args.seed_key, "--baseline") if args.baseline else None
-    if baseline is not None and not _values(baseline.finished, args.metric)[0]:
-        raise ReportError(f"--baseline group {baseline.name!r} has no finished job with {args.metric!r}")
+    if baseline is not None and not _values(baseline.finished, metric)[0]:
+        raise ReportError(f"--baseline group {baseline.name!r} has no finished job with a finite {metric!r}")
 
-    rows: list[dict[str, Any]] = []
-    comparisons: list[stats.Comparison | None] = []
-    base_vals, base_seeds = _values(baseline.finished, args.metric) if baseline else ([], [])
-    for g in groups:
-        vals, seeds = _values(g.finished, args.metric)
-        s = stats.summarize(vals, args.ci)
-        row: dict[str, Any] = dict.fromkeys(CSV_COLUMNS, float("nan"))
-        row |= {
-            "group": g.name, "n": s.n, "n_failed": g.n_failed, "mean": s.mean, "std": s.std,
-            "ci95_low": s.ci_low, "ci95_high": s.ci_high, "min": s.min, "max": s.max,
-        }
-        cmp = None
-        if baseline is not None and g is not baseline and vals:
-            cmp = stats.compare(vals, seeds, base_vals, base_seeds)
-            row.update(diff=cmp.diff, diff_ci95_low=cmp.diff_ci_low, diff_ci95_high=cmp.diff_ci_high,
-                       p_paired_t=cmp.p_t, p_permutation=cmp.p_permutation)
-        comparisons.append(cmp)
-        rows.append(row)
-    p_holm = stats.holm([c.p_t if c else np.nan for c in comparisons])
-    for row, c, ph in zip(rows, comparisons, p_holm, strict=True):
-        if c is not None:
-            row["p_holm"] = ph
+    metric_mode = _mode(metric, "auto", task)
+    tables = {m: _metric_table(m, groups, baseline, args, _mode(m, "auto", task), warnings) for m in metrics}
+    rows, comparisons = tables[metric]
 
     # Honest selection: best group by the mean of the *validation* metric, reported on the test metric.
-    mode = _mode(args.select, args.select_mode, task)
-    sel_means = {g.name: float(np.mean(v)) for g in groups if (v := _values(g.finished, args.select)[0])}
+    mode = _mode(args.select, args.select_mode, task, warnings)
+    sel_means: dict[str, float] = {}
+    for g in groups:
+        raw, _ = _raw(g.finished, args.select)
+        vals = [v for v in raw if math.isfinite(v)]
+        if len(vals) < len(raw):
+            warnings.append(f"group {g.name!r}: {len(raw) - len(vals)} non-finite {args.select!r} value(s) left "
+                            f"out of selection")
+        if vals:
+            sel_means[g.name] = float(np.mean(vals))
     if not sel_means:
-        raise ReportError(f"no finished job has {args.select!r}; pick another --select")
-    best = (max if mode == "max" else min)(sel_means, key=sel_means.get)
+        raise ReportError(f"no finished job has a finite {args.select!r}; pick another --select")
+    best_value = (max if mode == "max" else min)(sel_means.values())
+    tol = stats.CONSTANT_RTOL * max(1.0, abs(best_value))
+    tied = [name for name, v in sel_means.items() if abs(v - best_value) <= tol]
+    best = tied[0]  # sel_means follows the table order (groups sorted by override values)
     best_row = next(r for r in rows if r["group"] == best)
+    best_group = next(g for g in groups if g.name == best)
+    flags = []
+    if len(tied) > 1:
+        flags.append(f"tie: {len(tied)} groups have the same {args.select} mean {_fmt(best_value)} "
+                     f"({', '.join(tied)}); the first in table order (sorted by override values) was taken")
+    if best_group.n_failed or best_group.count(*UNFINISHED):
+        flags.append(f"the selected group has jobs that did not finish ({best_group.states}): its mean rests on "
+                     f"{best_row['n']} value(s)")
+    warnings += [f"selection: {f}" for f in flags]
     selection = {
-        "select_metric": args.select, "select_mode": mode, "report_metric": args.metric,
+        "select_metric": args.select, "select_mode": mode, "report_metric": metric,
         "group": best, "select_mean": sel_means[best],
         "report_mean": best_row["mean"], "report_std": best_row["std"],
         "report_ci95_low": best_row["ci95_low"], "report_ci95_high": best_row["ci95_high"],
-        "n": best_row["n"],
+        "n": best_row["n"], "tied": tied, "flags": flags,
+        "rule": "highest group mean" if mode == "max" else "lowest group mean",
     }
 
     expected_max = None
-    notes: list[str] = []
     if len(sel_means) >= MIN_CONFIGS_FOR_CURVE:
         scores = np.array(list(sel_means.values()))
         sign = 1.0 if mode == "max" else -1.0  # expected *min* of a loss = -(expected max of -loss)
         em, es = stats.expected_max_curve(sign * scores)
+        um, us = stats.expected_max_unbiased(sign * scores)
+        hours = [_group_hours(g) for g in groups if g.name in sel_means]
         expected_max = {
             "metric": args.select, "mode": mode, "n_configs": int(scores.size),
             "n": list(range(1, scores.size + 1)), "expected": (sign * em).tolist(), "std": es.tolist(),
+            "expected_unbiased": (sign * um).tolist(), "std_unbiased": us.tolist(),
             "observed_min": float(scores.min()), "observed_max": float(scores.max()),
+            "runs_per_config": float(np.mean([len(g.jobs) for g in groups if g.name in sel_means])),
+            # Budget in hours: n configurations x the mean wall-clock hours per configuration (all its seeds,
+            # from manifest start/end times); None when the manifests do not say.
+            "hours_per_config": float(np.mean(hours)) if hours and all(h is not None for h in hours) else None,
         }
     else:
         # Not a problem with the sweep, so a note rather than a warning on stderr.
         notes.append(f"expected-max curve skipped: {len(sel_means)} configuration(s) with "
                      f"{args.select!r}, needs at least {MIN_CONFIGS_FOR_CURVE}")
+    if args.ci == "bootstrap" and any(0 < r["n"] < stats.MIN_BOOTSTRAP_N for r in rows):
+        notes.append(f"--ci bootstrap: groups with fewer than {stats.MIN_BOOTSTRAP_N} values use the Student t "
+                     f"interval instead (BCa covers far below 95% with few seeds)")
+
+    m = sum(c is not None for c in comparisons)
+    power = None
+    if m:
+        alpha_m = stats.ALPHA / m
+        shown = [(r, c) for r, c in zip(rows, comparisons, strict=True) if c is not None]
+        n_typ = int(np.median([c.n for _, c in shown]))
+        paired_any = any(c.paired for _, c in shown)
+        power = {
+            "alpha": stats.ALPHA, "m": m, "alpha_m": alpha_m, "power": stats.POWER,
+            "n_seeds": n_typ, "paired": paired_any,
+            "mde_effect": stats.min_detectable_effect(n_typ, alpha_m, paired_any),
+            "mde_effect_alpha": stats.min_detectable_effect(n_typ, stats.ALPHA, paired_any),
+        }
 
     result: dict[str, Any] = {
-        "sweep_dir": str(args.sweep_dir), "metric": args.metric, "select": args.select,
-        "seed_key": args.seed_key, "ci": args.ci,
-        "n_jobs": len(jobs), "n_finished": len(finished), "n_failed": sum(j.status == "failed" for j in jobs),
+        "sweep_dir": _dirs(args), "sweep_dirs": [str(d) for d in args.sweep_dir], "metric": metric,
+        "metrics": metrics, "metric_mode": metric_mode, "select": args.select,
+        "seed_key": args.seed_key, "ci": args.ci, "task": task,
+        "n_jobs": len(jobs), "n_finished": len(finished), "n_failed": state_counts.get("failed", 0),
+        "n_running": state_counts.get("running", 0), "states": dict(sorted(state_counts.items())),
+        "ignored_dirs": sorted(ignored),
         "baseline": baseline.name if baseline else None,
         "constant_overrides": groups[0].constant if groups else [],
         "groups": rows,
         "comparisons": {
-            r["group"]: {"test": c.test, "paired": c.paired}
+            r["group"]: {"test": c.test, "paired": c.paired, "n": c.n, "n_base": c.n_base,
+                         "dropped_seeds": list(c.dropped_seeds), "p_exact": c.p_exact, "effect_name": c.effect.name,
+                         "note": c.note}
             for r, c in zip(rows, comparisons, strict=True) if c
         },
+        "extra_metrics": {mm: tables[mm][0] for mm in metrics[1:]},
+        "power": power,
         "selection": selection, "expected_max": expected_max, "warnings": warnings, "notes": notes,
-        "optuna": read_optuna_results(args.sweep_dir), "plots": [],
+        "optuna": read_optuna_results(args.sweep_dir[0]),
+        "provenance": _provenance(jobs), "plots": [],
+        "seed_values": {g.name: _seed_points(g, metric) for g in groups},
+        "curves": learning_curves(groups, args.select),
+        "hparam": numeric_hparam(groups, rows),
     }
     if args.paired_bootstrap:
         result["paired_bootstrap"] = paired_bootstrap(args, groups)
+    if getattr(args, "aso", False) and baseline is not None:
+        result["aso"] = aso(groups, baseline, metric, metric_mode, m)
     return result
+
+
+def aso(groups: list[Group], baseline: Group, metric: str, mode: str, m: int) -> dict[str, float]:
+    """ε_min of the almost-stochastic-order test (Dror et al. 2019; del Barrio et al. 2018) of each group over the
+    baseline, from deepsig, at 95% confidence with its Bonferroni correction for the m comparisons. Scores are
+    negated for lower-is-better metrics, so ε_min < 0.5 always means "the group is better"."""
+    try:
+        from deepsig import aso as deepsig_aso
+    except ImportError as e:
+        raise ReportError("--aso needs deepsig: pip install 'deepsig>=1.2.8'") from e
+    sign = 1.0 if mode == "max" else -1.0
+    base = sign * np.array(_values(baseline.finished, metric)[0])
+    out = {}
+    for g in groups:
+        vals = _values(g.finished, metric)[0]
+        if g is baseline or not vals:
+            continue
+        out[g.name] = float(deepsig_aso(sign * np.array(vals), base, confidence_level=stats.CONFIDENCE,
+                                        num_comparisons=max(m, 1), seed=stats.RNG_SEED, show_progress=False))
+    return out
+
+
+def _dirs(args: argparse.Namespace) -> str:
+    return " ".join(str(d) for d in args.sweep_dir)
+
+
+def _metric_table(metric: str, groups: list[Group], baseline: Group | None, args: argparse.Namespace,
+                  mode: str, warnings: list[str]) -> tuple[list[dict[str, Any]], list[stats.Comparison | None]]:
+    rows: list[dict[str, Any]] = []
+    comparisons: list[stats.Comparison | None] = []
+    base_vals, base_seeds = _values(baseline.finished, metric) if baseline else ([], [])
+    n_cmp = sum(1 for g in groups if baseline is not None and g is not baseline and _values(g.finished, metric)[0])
+    alpha_m = stats.ALPHA / max(n_cmp, 1)
+    for g in groups:
+        raw, _ = _raw(g.finished, metric)
+        vals, seeds = _values(g.finished, metric)
+        n_nan = len(raw) - len(vals)
+        if n_nan:
+            warnings.append(f"group {g.name!r}: {n_nan} non-finite {metric!r} value(s) left out of every statistic")
+        s = stats.summarize(vals, args.ci)
+        row: dict[str, Any] = dict.fromkeys(CSV_COLUMNS, float("nan"))
+        row |= {
+            "group": g.name, "n": s.n, "n_nan": n_nan, "n_failed": g.n_failed, "n_running": g.count("running"),
+            "states": g.states, "mean": s.mean, "std": s.std,
+            "ci95_low": s.ci_low, "ci95_high": s.ci_high, "min": s.min, "max": s.max,
+            "test": "", "dropped_seeds": "",
+        }
+        cmp = None
+        if baseline is not None and g is not baseline and vals:
+            cmp = stats.compare(vals, seeds, base_vals, base_seeds, higher_is_better=mode == "max",
+                                alpha_power=alpha_m)
+            row.update(diff=cmp.diff, diff_ci95_low=cmp.diff_ci_low, diff_ci95_high=cmp.diff_ci_high,
+                       p_paired_t=cmp.p_t, p_permutation=cmp.p_permutation, effect=cmp.effect.value,
+                       effect_ci95_low=cmp.effect.ci_low, effect_ci95_high=cmp.effect.ci_high,
+                       p_improve=cmp.poi.value, p_improve_ci95_low=cmp.poi.ci_low,
+                       p_improve_ci95_high=cmp.poi.ci_high, mde=cmp.mde_units, mde_effect=cmp.mde,
+                       seeds_needed=cmp.seeds_needed if cmp.seeds_needed is not None else float("nan"),
+                       test=cmp.test, n_compared=cmp.n, dropped_seeds=_fmt_seeds(list(cmp.dropped_seeds)))
+            if cmp.dropped_seeds:
+                warnings.append(f"group {g.name!r} vs baseline on {metric!r}: paired on the {cmp.n} shared seeds; "
+                                f"seed(s) {_fmt_seeds(list(cmp.dropped_seeds))} have no partner and are left out "
+                                f"of the comparison")
+        comparisons.append(cmp)
+        rows.append(row)
+    # The Holm family is every comparison shown, a NaN p included (it counts as 1).
+    p_holm = stats.holm([c.p_t if c else np.nan for c in comparisons if c is not None])
+    it = iter(p_holm)
+    for row, c in zip(rows, comparisons, strict=True):
+        if c is not None:
+            row["p_holm"] = next(it)
+    return rows, comparisons
+
+
+def _seed_points(g: Group, metric: str) -> list[dict[str, Any]]:
+    return [{"seed": s, "value": v} for v, s in zip(*_values(g.finished, metric), strict=True)]
+
+
+def _hours(job: Job) -> float | None:
+    from datetime import datetime
+
+    m = job.manifest or {}
+    start, end = m.get("start_time"), m.get("end_time")
+    if not start or not end:
+        return None
+    try:
+        return (datetime.fromisoformat(str(end)) - datetime.fromisoformat(str(start))).total_seconds() / 3600
+    except ValueError:
+        return None
+
+
+def _group_hours(g: Group) -> float | None:
+    hours = [_hours(j) for j in g.jobs]
+    return None if not hours or any(h is None for h in hours) else float(sum(hours))
+
+
+def _provenance(jobs: list[Job]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for section, key in (("git", "commit"), ("data", "fingerprint")):
+        seen = sorted({v for j in jobs if (v := manifest_value(j.manifest, section, key)) is not None})
+        out[f"{section}.{key}"] = seen
+    out["not_finished"] = [f"{j.name}: {j.status}" for j in jobs if not j.finished]
+    return out
+
+
+def learning_curves(groups: list[Group], metric: str) -> dict[str, Any]:
+    """Per group: `metric` per epoch from each seed's csv/metrics.csv (logger=csv), mean and range over seeds."""
+    out: dict[str, Any] = {}
+    for g in groups:
+        per_seed = []
+        for j in g.finished:
+            path = j.dir / "csv" / "metrics.csv"
+            if not path.is_file():
+                continue
+            try:
+                df = pd.read_csv(path)
+            except (OSError, ValueError, pd.errors.ParserError):
+                continue
+            if metric not in df.columns:
+                continue
+            x = "epoch" if "epoch" in df.columns else "step"
+            s = df[[x, metric]].dropna().groupby(x)[metric].last()
+            per_seed.append(s)
+        if per_seed:
+            frame = pd.concat(per_seed, axis=1)
+            out[g.name] = {"x": [float(v) for v in frame.index], "mean": frame.mean(axis=1).tolist(),
+                           "low": frame.min(axis=1).tolist(), "high": frame.max(axis=1).tolist(),
+                           "n_seeds": len(per_seed), "x_name": x}
+    return out
+
+
+def numeric_hparam(groups: list[Group], rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The one numeric override that varies across groups (e.g. optimizer.lr) and the metric against it."""
+    from lmlab.report.collect import override_key, parsed_value
+
+    per_key: dict[str, dict[str, float]] = {}
+    for g in groups:
+        for o in g.overrides:
+            v = parsed_value(o)
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                per_key.setdefault(override_key(o), {})[g.name] = float(v)
+    keys = [k for k, v in per_key.items() if len(set(v.values())) >= 2]
+    if not keys:
+        return None
+    key = keys[0]
+    means = {r["group"]: r for r in rows}
+    others = {g.name: " ".join(o for o in g.overrides if override_key(o) != key) for g in groups}
+    # One series per setting of the other overrides (e.g. one line per optimizer across lr).
+    pts = [{"group": name, "series": others.get(name, ""), "x": x, "mean": means[name]["mean"],
+            "low": means[name]["ci95_low"], "high": means[name]["ci95_high"]}
+           for name, x in per_key[key].items() if name in means]
+    xs = [p["x"] for p in pts]
+    log = min(xs) > 0 and max(xs) / min(xs) >= 10 or any(w in key for w in ("lr", "weight_decay"))
+    return {"key": key, "points": pts, "log": bool(log and min(xs) > 0)}
 
 
 def _fmt(v: Any) -> str:
@@ -307,133 +566,132 @@ def _table(result: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(result["groups"]).reindex(columns=CSV_COLUMNS)
 
 
-def write_plots(result: dict[str, Any], out: Path) -> list[str]:
-    # Figure without pyplot renders PNGs through Agg and leaves the caller's backend and figures alone
-    # (main() may run inside a training script or a notebook).
-    from matplotlib.figure import Figure
-
-    written = []
-    df = _table(result)
-    fig = Figure(figsize=(8, 0.5 * len(df) + 1.5))
-    ax = fig.subplots()
-    y = np.arange(len(df))
-    err = np.vstack([df["mean"] - df["ci95_low"], df["ci95_high"] - df["mean"]]).clip(min=0)
-    ax.errorbar(df["mean"], y, xerr=np.nan_to_num(err), fmt="o", capsize=4)
-    ax.set_yticks(y, df["group"])
-    ax.invert_yaxis()
-    sel = result["selection"]["group"]
-    for label in ax.get_yticklabels():
-        if label.get_text() == sel:
-            label.set_fontweight("bold")
-    if result["baseline"]:
-        base_mean = df.loc[df["group"] == result["baseline"], "mean"].iloc[0]
-        ax.axvline(base_mean, color="gray", linestyle="--", linewidth=1, label="baseline mean")
-        ax.legend(loc="best")
-    ax.set_xlabel(f"{result['metric']} (mean, 95% CI)")
-    ax.set_title(f"{result['metric']} per group (bold: selected on {result['select']})")
-    fig.tight_layout()
-    fig.savefig(out / GROUPS_PNG, dpi=100)
-    written.append(GROUPS_PNG)
-
-    em = result["expected_max"]
-    if em:
-        fig = Figure(figsize=(6, 4))
-        ax = fig.subplots()
-        n, e, s = np.array(em["n"]), np.array(em["expected"]), np.array(em["std"])
-        ax.plot(n, e, marker="o", label="expected")
-        # Dodge et al. clip the ±std band to the observed range: the expectation cannot leave it.
-        ax.fill_between(n, np.maximum(e - s, em["observed_min"]), np.minimum(e + s, em["observed_max"]),
-                        alpha=0.2, label="± std")
-        best = em["observed_max"] if em["mode"] == "max" else em["observed_min"]
-        ax.axhline(best, color="gray", linestyle="--", linewidth=1, label="best observed")
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.legend(loc="lower right" if em["mode"] == "max" else "upper right")
-        ax.set_xlabel("number of configurations tried")
-        ax.set_ylabel(f"expected {'best' if em['mode'] == 'max' else 'lowest'} {em['metric']}")
-        ax.set_title("Expected validation performance (Dodge et al. 2019)")
-        fig.tight_layout()
-        fig.savefig(out / EXPMAX_PNG, dpi=100)
-        written.append(EXPMAX_PNG)
-    return written
+def power_statement(result: dict[str, Any]) -> str | None:
+    pw = result.get("power")
+    if not pw:
+        return None
+    design = "paired" if pw["paired"] else "unpaired (per group)"
+    return (f"With {pw['n_seeds']} seeds ({design}) and {pw['m']} comparison(s), this design detects at 80% power "
+            f"only standardized effects of {pw['effect_name'] if 'effect_name' in pw else 'd'} ≥ "
+            f"{_fmt(pw['mde_effect'])} at the Bonferroni level α/m = {_fmt(pw['alpha_m'])} "
+            f"(≥ {_fmt(pw['mde_effect_alpha'])} at α = {_fmt(pw['alpha'])}). `mde` gives that smallest detectable "
+            f"difference in metric units per comparison; `seeds_needed` the seeds that would detect the observed "
+            f"effect at 80% power at α/m (empty: more than {stats.MAX_SEEDS_NEEDED}, or no effect).")
 
 
 def render_markdown(result: dict[str, Any]) -> str:
     sel = result["selection"]
-    ci = "Student t" if result["ci"] == "t" else "BCa bootstrap"
+    ci = "Student t" if result["ci"] == "t" else "BCa bootstrap (t below 10 values)"
     better = "higher" if sel["select_mode"] == "max" else "lower"
+    states = ", ".join(f"{n} {s}" for s, n in result["states"].items())
     lines = [
         f"# Sweep report: `{result['sweep_dir']}`",
         "",
-        (f"{result['n_jobs']} jobs, {result['n_finished']} finished, {result['n_failed']} failed. "
-        f"Groups = overrides without `{result['seed_key']}`; CI: {ci} 95% of the mean."),
+        (f"{result['n_jobs']} jobs, {result['n_finished']} finished, {result['n_failed']} failed ({states}). "
+         f"Groups = overrides without `{result['seed_key']}`, compared by "
+         f"value; CI: {ci} 95% of the mean. Non-finite values are left out of every statistic and counted in "
+         "`n_nan`."),
         "",
         *([f"Overrides shared by every job (left out of group names): `{' '.join(result['constant_overrides'])}`",
            ""] if result.get("constant_overrides") else []),
         "## Selection",
         "",
         (f"The best group was chosen on **{sel['select_metric']}** (group mean, {better} is better) and is "
-        f"reported on **{sel['report_metric']}**; the test metric played no part in the choice."),
+         f"reported on **{sel['report_metric']}**; the test metric played no part in the choice."),
         "",
         f"- selected: `{sel['group']}` ({sel['select_metric']} mean {_fmt(sel['select_mean'])})",
         (f"- {sel['report_metric']}: {_fmt(sel['report_mean'])} ± {_fmt(sel['report_std'])} (std), "
-        f"95% CI [{_fmt(sel['report_ci95_low'])}, {_fmt(sel['report_ci95_high'])}], n={sel['n']}"),
+         f"95% CI [{_fmt(sel['report_ci95_low'])}, {_fmt(sel['report_ci95_high'])}], n={sel['n']}"),
+        *[f"- **{f}**" for f in sel["flags"]],
         "",
         f"## {result['metric']} per group",
         "",
-        "| " + " | ".join(CSV_COLUMNS) + " |",
-        "|" + "---|" * len(CSV_COLUMNS),
+        *_md_table(result["groups"]),
     ]
-    for row in _table(result).to_dict("records"):
-        lines.append("| " + " | ".join(_fmt(row[c]) for c in CSV_COLUMNS) + " |")
     if result["baseline"]:
         paired = [g for g, c in result["comparisons"].items() if c["paired"]]
         welch = [g for g, c in result["comparisons"].items() if not c["paired"]]
         lines += [
             "",
-            (f"Baseline: `{result['baseline']}`. `diff` = group mean − baseline mean. Groups that ran the "
-            "same seeds as the baseline are compared with a paired t-test and a paired permutation test "
-            "(diff CI: t CI of the paired differences); the others with Welch's t-test and an independent "
-            "permutation test (Welch CI); `p_paired_t` holds that t-test's p-value. `p_holm`: Holm "
-            f"correction of the t-test p-values across all {len(result['comparisons'])} comparisons with "
-            "the baseline."),
+            (f"Baseline: `{result['baseline']}`. `diff` = mean over the compared values of group − baseline. "
+             "Groups that share at least 2 seeds with the baseline are paired on those seeds (paired t-test, "
+             "exact sign-flip permutation test, diff CI = t CI of the paired differences, effect = Cohen's d_z "
+             "with its noncentral-t CI, `p_improve` = share of shared seeds on which the group is better); the "
+             "others (genuinely unpaired) use Welch's t-test, an independent permutation test, Hedges' g and "
+             "P(X better than Y) over all pairs; ties count one half, p_improve's CI is a percentile bootstrap "
+             "over seeds. Permutation statistics within 1e-9 (relative) of the observed one count as ties (equal "
+             "accuracies stay equal despite float rounding), and every assignment is enumerated when there are at "
+             "most 65536 (else 9999 random ones). `p_paired_t` is the t-test's p (paired t, or Welch for the "
+             f"unpaired); `p_holm`: Holm correction of p_paired_t across all {len(result['comparisons'])} "
+             "comparisons shown (an undefined p counts as 1). Constant differences leave the t-test "
+             "undefined; their p_permutation is the exact sign-flip p (1 for no difference, 2/2^n otherwise)."),
+            "",
         ]
-        lines.append("")
         if paired:
             lines.append(f"- paired: {', '.join(f'`{g}`' for g in paired)}")
         if welch:
-            lines.append(f"- Welch (seeds differ from the baseline's): {', '.join(f'`{g}`' for g in welch)}")
-        lines += ["", ("With few seeds the exact permutation p-value cannot be small: with n paired seeds its "
-                  "floor is 2/2^n (0.25 for 3 seeds). Read it next to the t-test, not instead of it.")]
+            lines.append(f"- unpaired (Welch; seeds not shared with the baseline): "
+                         f"{', '.join(f'`{g}`' for g in welch)}")
+        for g, c in result["comparisons"].items():
+            if c["dropped_seeds"]:
+                lines.append(f"- `{g}`: paired on {c['n']} shared seeds; dropped seed(s) without a partner: "
+                             f"{', '.join(c['dropped_seeds'])}")
+            if c["note"]:
+                lines.append(f"- `{g}`: {c['note']}")
+        if result.get("aso"):
+            lines += ["", (f"Almost stochastic order (Dror et al. 2019, deepsig; ε_min < 0.5: the group is almost "
+                           f"stochastically better than the baseline, 95% confidence, Bonferroni over "
+                           f"{len(result['aso'])}):"), ""]
+            lines += [f"- `{g}`: ε_min = {_fmt(e)}" for g, e in result["aso"].items()]
+        statement = power_statement(result)
+        if statement:
+            lines += ["", "## Power", "", statement]
+    for m, rows in result.get("extra_metrics", {}).items():
+        lines += ["", f"## {m} per group", "", *_md_table(rows)]
     em = result["expected_max"]
     if em:
         kind = "max" if em["mode"] == "max" else "min"
+        hours = f", {_fmt(em['hours_per_config'])} h" if em.get("hours_per_config") else ""
         lines += [
             "",
             "## Expected best validation score vs. configurations tried",
             "",
-            (f"Dodge et al. (2019): expected {kind} of {em['metric']} (group means) over n configurations "
-            f"drawn with replacement from the {em['n_configs']} tried."),
+            (f"Expected {kind} of {em['metric']} (group means) over n of the {em['n_configs']} configurations: "
+             "drawn with replacement (Dodge et al. 2019) and the unbiased estimator without replacement (Tang "
+             f"et al. 2020). Budget: each configuration is {_fmt(em['runs_per_config'])} runs{hours}."),
             "",
-            "| n | expected | std |",
-            "|---|---|---|",
+            "| n | runs | expected (Dodge) | std | expected (unbiased) | std |",
+            "|---|---|---|---|---|---|",
         ]
-        rows = zip(em["n"], em["expected"], em["std"], strict=True)
-        lines += [f"| {n} | {_fmt(e)} | {_fmt(s)} |" for n, e, s in rows]
+        rows = zip(em["n"], em["expected"], em["std"], em["expected_unbiased"], em["std_unbiased"], strict=True)
+        lines += [f"| {n} | {_fmt(n * em['runs_per_config'])} | {_fmt(e)} | {_fmt(s)} | {_fmt(u)} | {_fmt(us)} |"
+                  for n, e, s, u, us in rows]
     pb = result.get("paired_bootstrap")
     if pb:
         lines += [
             "",
-            "## Paired bootstrap over test examples",
+            "## Bootstrap over test examples",
             "",
             (f"macro-F1(A) − macro-F1(B), A = `{pb['a']}`, B = `{pb['b']}`, {pb['n_examples']} examples, "
-            f"{len(pb['pairs'])} run pair(s), {pb['n_resamples']} resamples: "
-            f"{_fmt(pb['f1_macro_a'])} − {_fmt(pb['f1_macro_b'])} = **{_fmt(pb['diff'])}**, "
-            f"95% CI [{_fmt(pb['diff_ci95_low'])}, {_fmt(pb['diff_ci95_high'])}], "
-            f"p = {_fmt(pb['p_value'])}."),
+             f"{len(pb['pairs'])} run pair(s): {_fmt(pb['f1_macro_a'])} − {_fmt(pb['f1_macro_b'])} = "
+             f"**{_fmt(pb['diff'])}**."),
+            "",
         ]
+        tl = pb.get("two_level")
+        if tl:
+            lines.append(f"- seeds × examples (two-level) bootstrap, {tl['n_resamples']} resamples: 95% CI "
+                         f"[{_fmt(tl['diff_ci95_low'])}, {_fmt(tl['diff_ci95_high'])}] (both sources of variance)")
+        lines.append(f"- example-only bootstrap (seeds held fixed; ignores seed variance), {pb['n_resamples']} "
+                     f"resamples: 95% CI [{_fmt(pb['diff_ci95_low'])}, {_fmt(pb['diff_ci95_high'])}], "
+                     f"p = {_fmt(pb['p_value'])}")
     if result["optuna"]:
         lines += ["", "## Optuna", "", "optimization_results.yaml (chosen on the sweep's objective):", "",
                   "```", json.dumps(result["optuna"], indent=2, default=str), "```"]
+    prov = result.get("provenance") or {}
+    lines += ["", "## Provenance", "",
+              f"- git commits: {', '.join(prov.get('git.commit') or ['(none recorded)'])}",
+              f"- data fingerprints: {', '.join(prov.get('data.fingerprint') or ['(none recorded)'])}",
+              f"- not finished: {_few(prov.get('not_finished') or []) or 'none'}"]
     if result["warnings"]:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in result["warnings"]]
     if result["notes"]:
@@ -441,6 +699,13 @@ def render_markdown(result: dict[str, Any]) -> str:
     if result["plots"]:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in result["plots"]]
     return "\n".join(lines) + "\n"
+
+
+def _md_table(rows: list[dict[str, Any]]) -> list[str]:
+    out = ["| " + " | ".join(CSV_COLUMNS) + " |", "|" + "---|" * len(CSV_COLUMNS)]
+    for row in pd.DataFrame(rows).reindex(columns=CSV_COLUMNS).to_dict("records"):
+        out.append("| " + " | ".join(_fmt(row[c]) for c in CSV_COLUMNS) + " |")
+    return out
 
 
 def _json_safe(obj: Any) -> Any:
@@ -462,7 +727,8 @@ def print_table(result: dict[str, Any]) -> None:
 
     sel = result["selection"]["group"]
     t = Table(title=f"{result['metric']} per group (selected on {result['select']}: {sel})")
-    cols = ["group", "n", "n_failed", "mean", "std", "ci95_low", "ci95_high", "diff", "p_paired_t", "p_holm"]
+    cols = ["group", "n", "n_nan", "n_failed", "mean", "std", "ci95_low", "ci95_high", "diff", "p_paired_t", "p_holm",
+            "effect", "p_improve", "seeds_needed"]
     for c in cols:
         # Group strings are what users paste into --baseline: never wrap them.
         t.add_column(c, justify="left" if c == "group" else "right", no_wrap=c == "group")
@@ -470,7 +736,7 @@ def print_table(result: dict[str, Any]) -> None:
         t.add_row(*(_fmt(row[c]) for c in cols), style="bold" if row["group"] == sel else None)
     # Wide enough for the longest group plus the number columns (a log file has no terminal width).
     longest = max((len(str(r["group"])) for r in result["groups"]), default=0)
-    Console(width=max(120, Console().width, longest + 100)).print(t)
+    Console(width=max(120, Console().width, longest + 10 * len(cols))).print(t)
 
 
 def log_wandb(result: dict[str, Any], out: Path, project: str | None) -> str | None:
@@ -501,16 +767,26 @@ def log_wandb(result: dict[str, Any], out: Path, project: str | None) -> str | N
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from lmlab.report import html, plots
+
     result = analyze(args)
-    out = args.sweep_dir
+    if result.get("power"):
+        names = {c["effect_name"] for c in result["comparisons"].values()}
+        result["power"]["effect_name"] = "/".join(sorted(names))
+    out = args.out or args.sweep_dir[0]
+    out.mkdir(parents=True, exist_ok=True)
     if not args.no_plots:
-        result["plots"] = write_plots(result, out)
+        result["plots"] = plots.write_plots(result, out)
     _table(result).to_csv(out / "report.csv", index=False, float_format="%.17g")
     (out / "report.json").write_text(json.dumps(_json_safe(result), indent=2) + "\n")
     (out / "report.md").write_text(render_markdown(result))
+    (out / "report.html").write_text(html.render(result, out, CSV_COLUMNS, power_statement(result)))
     for w in result["warnings"]:
         print(f"WARNING: {w}", file=sys.stderr)
     print_table(result)
+    statement = power_statement(result)
+    if statement:
+        print(statement.replace("`", ""))
     pb = result.get("paired_bootstrap")
     if pb:
         print(f"paired bootstrap {pb['a']!r} vs {pb['b']!r}: diff {_fmt(pb['diff'])} "
@@ -518,7 +794,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     wandb_id = log_wandb(result, out, args.wandb)
     if wandb_id:
         print(f"logged to W&B run {wandb_id}")
-    print(f"wrote {out / 'report.md'}, report.csv, report.json" + "".join(f", {p}" for p in result["plots"]))
+    print(f"wrote {out / 'report.md'}, report.html, report.csv, report.json"
+          + "".join(f", {p}" for p in result["plots"]))
     return result
 
 

@@ -21,11 +21,18 @@ class ReportError(Exception):
 class Job:
     dir: Path
     overrides: list[str]
-    status: str  # completed | failed | requeued | running | unknown
+    status: str  # completed | failed | running | dead | interrupted | requeued | pruned | unknown
     metrics: dict[str, Any] | None
     manifest: dict[str, Any] | None
     seed: str | None = None
     group: str = ""
+    trial: str | None = None  # `trial_<n>` of an Optuna multi-seed trial (<sweep>/trial_<n>/seed=<s>/)
+    prefix: str = ""  # the sweep dir, when a report reads several
+
+    @property
+    def name(self) -> str:
+        name = f"{self.trial}/{self.dir.name}" if self.trial else self.dir.name
+        return f"{self.prefix}/{name}" if self.prefix else name
 
     @property
     def finished(self) -> bool:
@@ -43,14 +50,65 @@ class Group:
     def finished(self) -> list[Job]:
         return [j for j in self.jobs if j.finished]
 
+    trial: str | None = None
+    sort_key: tuple = ()
+
     @property
     def n_failed(self) -> int:
         return sum(j.status == "failed" for j in self.jobs)
+
+    def count(self, *states: str) -> int:
+        return sum(j.status in states for j in self.jobs)
+
+    @property
+    def states(self) -> str:
+        """e.g. `3 completed, 1 pruned`: every job state of the group, so nothing unfinished hides."""
+        counts: dict[str, int] = {}
+        for j in self.jobs:
+            counts[j.status] = counts.get(j.status, 0) + 1
+        return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
 
 
 def override_key(override: str) -> str:
     """`+seed=1`, `++seed=1` and `seed=1` all set key `seed`."""
     return override.split("=", 1)[0].lstrip("+~")
+
+
+_PARSER: Any = None
+
+
+def parsed_value(override: str) -> Any:
+    """The value Hydra gives `key=value`: `1e-4` and `0.0001` are one float, `null` is None. Unparseable text
+    stays text."""
+    global _PARSER
+    if "=" not in override:
+        return None
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    if _PARSER is None:
+        _PARSER = OverridesParser.create()
+    try:
+        return _PARSER.parse_override(override).value()
+    except (HydraException, ValueError, TypeError):
+        return override.split("=", 1)[1]
+
+
+def canonical(override: str) -> tuple[str, str]:
+    """(key, value) with the value in one spelling: numbers as floats (`1e-4` == `0.0001`, `3` == `3.0`)."""
+    v = parsed_value(override)
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return override_key(override), repr(float(v))
+    return override_key(override), repr(v)
+
+
+def value_sort_key(value: Any) -> tuple:
+    # None first, then numbers by value, then everything else by text: lr 3e-5 < 1e-4 < 3e-4, not as strings.
+    if value is None:
+        return (0, 0.0, "")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (1, float(value), "")
+    return (2, 0.0, str(value))
 
 
 def _natural(path: Path) -> list[object]:
@@ -89,47 +147,81 @@ def read_job(job_dir: Path) -> Job:
     return Job(job_dir, overrides, status, metrics, _read_json(job_dir / runfiles.MANIFEST))
 
 
-def find_jobs(sweep_dir: Path) -> list[Job]:
+def _is_job_dir(d: Path) -> bool:
+    return (d / ".hydra" / "overrides.yaml").is_file() and ".replaced-" not in d.name
+
+
+def find_jobs(sweep_dir: Path, ignored: list[str] | None = None) -> list[Job]:
+    """The sweep's jobs: its immediate job dirs, and the seed dirs of Optuna multi-seed trials
+    (`trial_<n>/seed=<s>/`). Any other subdir (e.g. dapt's stage-1 `pretrain/seed=<s>/`) is not a job of this
+    comparison; its name is appended to `ignored`."""
     if not sweep_dir.exists():
         raise ReportError(f"sweep dir {sweep_dir} does not exist; pass a Hydra multirun dir "
                           f"(e.g. logs/multirun/<date>/<time>)")
     if not sweep_dir.is_dir():
         raise ReportError(f"{sweep_dir} is not a directory; pass a Hydra multirun dir")
     # `<job>.replaced-<time>`: a re-run's earlier attempt (hydra.sweeper.resume=false), not part of this sweep.
-    dirs = [d for d in sweep_dir.iterdir()
-            if (d / ".hydra" / "overrides.yaml").is_file() and ".replaced-" not in d.name]
-    dirs.sort(key=_natural)
+    dirs: list[tuple[Path, str | None]] = []
+    for d in sorted((d for d in sweep_dir.iterdir() if d.is_dir()), key=_natural):
+        if _is_job_dir(d):
+            dirs.append((d, None))
+        elif d.name.startswith("trial_") and ".replaced-" not in d.name and any(map(_is_job_dir, d.iterdir())):
+            dirs += [(leaf, d.name) for leaf in sorted(d.iterdir(), key=_natural) if _is_job_dir(leaf)]
+        elif ignored is not None and not d.name.startswith(".") and ".replaced-" not in d.name and any(
+                _is_job_dir(x) for x in d.rglob("*") if x.is_dir()):
+            ignored.append(d.name)
     if not dirs:
         hint = (" — it looks like a single run dir; pass its parent multirun dir"
                 if (sweep_dir / ".hydra").is_dir() else "")
         raise ReportError(f"{sweep_dir} has no job dirs (subdirectories with .hydra/overrides.yaml){hint}")
-    return [read_job(d) for d in dirs]
+    jobs = []
+    for d, trial in dirs:
+        job = read_job(d)
+        job.trial = trial
+        jobs.append(job)
+    return jobs
 
 
 def group_jobs(jobs: list[Job], seed_key: str) -> list[Group]:
-    """Group by every override except the seed; groups keep the order of their first job.
+    """Group by every override except the seed (and by trial for Optuna multi-seed trials); groups are sorted
+    by their override values, numbers numerically (then by first appearance).
 
-    Overrides that every job shares (`model=tiny_bert`, an Optuna trial's fixed settings) are left out of the
-    group names when something else varies, so names show what differs.
+    Overrides are compared by parsed value (`optimizer.lr=1e-4` and `optimizer.lr=0.0001` are one setting, in
+    any order). Overrides that every job shares (`model=tiny_bert`, an Optuna trial's fixed settings) are left
+    out of the group names when something else varies, so names show what differs.
     """
-    groups: dict[frozenset[str], Group] = {}
+    groups: dict[tuple[str | None, frozenset[tuple[str, str]]], Group] = {}
     per_job = [[o for o in job.overrides if override_key(o) != seed_key] for job in jobs]
-    shared = set.intersection(*(set(r) for r in per_job)) if per_job else set()
-    constant = [o for o in per_job[0] if o in shared] if any(set(r) - shared for r in per_job) else []
+    shared = set.intersection(*({canonical(o) for o in r} for r in per_job)) if per_job else set()
+    varies = any({canonical(o) for o in r} - shared for r in per_job) or len({j.trial for j in jobs}) > 1
+    constant = [o for o in per_job[0] if canonical(o) in shared] if varies else []
+    const_keys = {canonical(o) for o in constant}
     for job in jobs:
         rest = []
         for o in job.overrides:
             if override_key(o) == seed_key:
                 job.seed = o.split("=", 1)[1] if "=" in o else None
-            elif o not in constant:
+            elif canonical(o) not in const_keys:
                 rest.append(o)
-        # A set, so the same overrides written in another order still land in one group.
-        key = frozenset(rest)
+        if job.seed is None and job.trial is not None and job.dir.name.startswith(f"{seed_key}="):
+            job.seed = job.dir.name.split("=", 1)[1]  # the seed dir's name when overrides.yaml lacks it
+        key = (job.trial, frozenset(canonical(o) for o in rest))
         if key not in groups:
-            groups[key] = Group(" ".join(rest), rest, constant=constant)
-        job.group = groups[key].name
+            groups[key] = Group(" ".join(rest), rest, constant=constant, trial=job.trial)
         groups[key].jobs.append(job)
-    return list(groups.values())
+    out = list(groups.values())
+    names = [g.name for g in out]
+    for g in out:
+        if g.trial is not None and (names.count(g.name) > 1 or not g.name):
+            g.name = f"{g.trial} {g.name}".strip()  # two trials that sampled the same values stay apart
+        for j in g.jobs:
+            j.group = g.name
+    keys = list(dict.fromkeys(override_key(o) for g in out for o in g.overrides))
+    for i, g in enumerate(out):
+        vals = {override_key(o): parsed_value(o) for o in g.overrides}
+        # Missing keys sort first (as None); trials without varying values keep the trial number order.
+        g.sort_key = (tuple(value_sort_key(vals.get(k)) for k in keys), i)
+    return sorted(out, key=lambda g: g.sort_key)
 
 
 def scalar_metrics(jobs: list[Job]) -> list[str]:
@@ -139,14 +231,19 @@ def scalar_metrics(jobs: list[Job]) -> list[str]:
 
 
 def match_group(spec: str, groups: list[Group], seed_key: str, what: str) -> Group:
-    """Find the group a user named: exact set of overrides first, then the one group containing them all
-    (so constant overrides such as `experiment=x` need not be typed)."""
-    constant = set(groups[0].constant) if groups else set()
-    wanted = {o for o in spec.split() if override_key(o) != seed_key and o not in constant}
-    exact = [g for g in groups if set(g.overrides) == wanted]
-    if exact:
+    """Find the group a user named, comparing overrides by parsed value in any order: the exact set first,
+    then the one group containing them all (so constant overrides such as `experiment=x` need not be typed).
+    A group's name itself (e.g. `trial_3 ...`) matches too."""
+    named = [g for g in groups if g.name == spec.strip()]
+    if len(named) == 1:
+        return named[0]
+    constant = {canonical(o) for o in groups[0].constant} if groups else set()
+    wanted = {canonical(o) for o in spec.split() if override_key(o) != seed_key} - constant
+    sets = [{canonical(o) for o in g.overrides} for g in groups]
+    exact = [g for g, s in zip(groups, sets, strict=True) if s == wanted]
+    if len(exact) == 1:
         return exact[0]
-    partial = [g for g in groups if wanted <= set(g.overrides)]
+    partial = exact or [g for g, s in zip(groups, sets, strict=True) if wanted <= s]
     if len(partial) == 1:
         return partial[0]
     listing = "\n".join(f"  {g.name!r}" for g in groups)
