@@ -3,5 +3,6 @@
 from lmlab.tasks.base import Task
 from lmlab.tasks.classification import ClassificationTask, TextClassifier
 from lmlab.tasks.language_modeling import CausalLM, CausalLMTask
+from lmlab.tasks.masked_lm import MaskedLM, MaskedLMTask
 
-__all__ = ["CausalLM", "CausalLMTask", "ClassificationTask", "Task", "TextClassifier"]
+__all__ = ["CausalLM", "CausalLMTask", "ClassificationTask", "MaskedLM", "MaskedLMTask", "Task", "TextClassifier"]
