@@ -150,28 +150,37 @@ class MaskedLM(pl.LightningModule):
         return str(self.net.config._attn_implementation)
 
     def token_losses(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-position nats (0 where not a target), the targets (-100 elsewhere), the argmax predictions."""
+        """Nats, targets and argmax predictions of the masked positions only (flat).
+
+        The vocabulary projection runs on the ~15% of positions that are targets (MiniLM: 30,522 x 384 per token,
+        ~1/3 of a full step's FLOPs otherwise) when the model's head is one module over the base model's hidden
+        states (BERT `cls`, RoBERTa `lm_head`, ...); other models compute every position's logits.
+        """
         inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-        logits = self.net(**inputs).logits.float()
         target = batch["labels"]
-        nats = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100,
-                               reduction="none").view_as(target)
+        selected = target != -100
+        heads = list(self.head)
+        if len(heads) == 1:
+            hidden = self.net.base_model(**inputs).last_hidden_state
+            logits = heads[0](hidden[selected]).float()
+        else:
+            logits = self.net(**inputs).logits[selected].float()
+        target = target[selected]
+        nats = F.cross_entropy(logits, target, reduction="none")
         return nats, target, logits.argmax(-1)
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         nats, target, _ = self.token_losses(batch)
-        count = (target != -100).sum()
-        loss = nats.sum() / count.clamp(min=1)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=int(count))
+        loss = nats.sum() / max(target.numel(), 1)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=max(target.numel(), 1))
         return loss
 
     def _eval_step(self, stage: str, batch: Mapping[str, torch.Tensor]) -> None:
         nats, target, pred = self.token_losses(batch)
-        valid = target != -100
         metrics = self.metrics[stage]
         metrics["nats"].update(nats.double().sum())
-        metrics["tokens"].update(valid.sum().double())
-        metrics["correct"].update(((pred == target) & valid).sum().double())
+        metrics["tokens"].update(torch.tensor(float(target.numel()), dtype=torch.float64, device=nats.device))
+        metrics["correct"].update((pred == target).sum().double())
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         self._eval_step("val", batch)
