@@ -18,7 +18,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from lmlab import runfiles
+from lmlab import lineage, runfiles
+from lmlab.models.init_from import parent_path
 
 MANIFEST = runfiles.MANIFEST
 PIP_FREEZE = "pip_freeze.txt"
@@ -128,6 +129,7 @@ def write_start(run_dir: Path, cfg: DictConfig, datamodule: Any, trainer: Any, e
     if git["dirty"]:
         (run_dir / GIT_DIFF).write_text(git["diff"])
     splits = getattr(datamodule, "splits", {}) or {}
+    hashes = lineage.write_example_hashes(run_dir, splits) if splits else None
     runfiles.write_json(run_dir / MANIFEST, {
         "git": {"commit": git["commit"], "dirty": git["dirty"], "root": git["root"],
                 "diff_file": GIT_DIFF if git["dirty"] else None},
@@ -149,7 +151,11 @@ def write_start(run_dir: Path, cfg: DictConfig, datamodule: Any, trainer: Any, e
                  "labels": list(getattr(datamodule, "labels", []) or []),
                  "sizes": {name: len(split) for name, split in splits.items()},
                  # exact and near-duplicate counts within/across splits (dataset.dedupe, near_duplicate_threshold)
-                 "duplicates": dict(getattr(datamodule, "duplicates", None) or {})},
+                 "duplicates": dict(getattr(datamodule, "duplicates", None) or {}),
+                 "example_hashes": hashes},
+        # model.init_from: the parent run, its data, commit and optimized_metric, test-set overlap (lmlab.lineage)
+        "lineage": lineage.lineage(parent_path(cfg.model.get("init_from"), cfg.get("seed")) if cfg.get("model")
+                                   else None, splits),
         "start_time": runfiles.now(),
         "end_time": None,
     })

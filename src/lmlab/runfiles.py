@@ -31,6 +31,7 @@ TRACEBACK = "traceback.txt"
 CHECKPOINTS = "checkpoints"
 EXPORT = "model"
 MANIFEST = "manifest.json"
+EXAMPLE_HASHES = "example_hashes.json"  # per-split content hashes of the examples (lmlab.lineage)
 RESOLVED = "resolved_config.json"  # the config as the run used it + its digest: what "the same job" means
 RESUME_CKPT = "resume.ckpt"        # the exact position where an interrupted attempt stopped
 LAST_CKPT = "last.ckpt"

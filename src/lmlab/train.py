@@ -50,7 +50,11 @@ def build(cfg: DictConfig) -> dict[str, Any]:
 
     task = instantiate(cfg.task)
     datamodule = instantiate(cfg.dataset)
-    model = task.build(datamodule, OmegaConf.to_container(cfg.model, resolve=True),
+    from lmlab.models.init_from import parent_path
+
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    model_cfg["init_from"] = parent_path(model_cfg.get("init_from"), cfg.get("seed"))  # {seed} -> this seed
+    model = task.build(datamodule, model_cfg,
                        optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
                        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True))
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]

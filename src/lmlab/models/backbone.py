@@ -20,7 +20,15 @@ def require_gguf() -> None:
                          f"`pip install {' '.join(missing)}` (or run `make install`).")
 
 
-def load_backbone(
+def load_backbone(name_or_path: str | None, *, auto_class: str, **kwargs: Any) -> Any:
+    """`_load_backbone`, then `model.init_from`'s weights when a task builds inside `init_from.initializing_from`
+    (lmlab.models.init_from): every task gets the pretrain->finetune chain through this one place."""
+    from lmlab.models import init_from
+
+    return init_from.apply(_load_backbone(name_or_path, auto_class=auto_class, **kwargs))
+
+
+def _load_backbone(
     name_or_path: str | None,
     *,
     auto_class: str,

@@ -52,9 +52,16 @@ class Task:
 
     def build(self, datamodule: Any, model_cfg: Mapping[str, Any], optimizer: Mapping[str, Any] | None = None,
               scheduler: Mapping[str, Any] | None = None) -> Any:
-        """The LightningModule for `model_cfg`, with the data connected."""
+        """The LightningModule for `model_cfg`, with the data connected (and `model.init_from`'s weights)."""
+        from lmlab.models.init_from import initializing_from
+
+        init_from = model_cfg.get("init_from")
         tokenizer = self.connect(datamodule, model_cfg)
-        return self.module(model_cfg, datamodule, tokenizer, optimizer, scheduler)
+        # model.init_from is applied where backbones are loaded (lmlab.models.init_from); it is not a module
+        # hyperparameter, so a checkpoint of this run loads without the parent.
+        model_cfg = {k: v for k, v in model_cfg.items() if k != "init_from"}
+        with initializing_from(init_from, tokenizer):
+            return self.module(model_cfg, datamodule, tokenizer, optimizer, scheduler)
 
     def load(self, ckpt_path: Path, datamodule: Any, model_cfg: Mapping[str, Any]) -> Any:
         """The module of a checkpoint this task wrote, with the data connected as in training."""
