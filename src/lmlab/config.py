@@ -185,11 +185,33 @@ def check_task_keys(cfg: DictConfig, keys: list[str]) -> None:
                     f"task=causal_lm for dataset.packing).")
 
 
+def check_argument_names(cfg: DictConfig) -> None:
+    """Every trainer.* key must be a pytorch_lightning.Trainer argument and every optimizer.* key an argument of
+    the optimizer class (static lists, `lmlab.arglists`): also what an experiment file or a preset sets."""
+    from lmlab import arglists
+
+    trainer = cfg.get("trainer")
+    if isinstance(trainer, DictConfig) and trainer.get("_target_") in ("pytorch_lightning.Trainer",
+                                                                        "lightning.pytorch.Trainer"):
+        for name in trainer:
+            if name != "_target_":
+                arglists.check_trainer_arg(str(name))
+    optimizer = cfg.get("optimizer")
+    if isinstance(optimizer, DictConfig) and arglists.optimizer_keys(str(optimizer.get("_target_"))) is not None:
+        for name in optimizer:
+            arglists.check_optimizer_arg(str(name), str(optimizer.get("_target_")))
+
+
 def validate(cfg: DictConfig) -> None:
     """Fail fast, before heavy imports, on values that would otherwise fail minutes into a run."""
     check_task_keys(cfg, command_line_keys())
+    check_argument_names(cfg)
     for key, kind, low, high, ends in _NUMERIC_FIELDS:
         value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        if key == "optimizer.eps" and isinstance(value, ListConfig):  # Adafactor's two regularizers
+            for i, eps in enumerate(value):
+                _check_number(f"{key}[{i}]", eps, kind, low, high, ends)
+            continue
         _check_number(key, value, kind, low, high, ends)
     for key in _LIMIT_FIELDS:
         _check_limit(key, OmegaConf.select(cfg, key, default=None, throw_on_missing=False))
