@@ -52,6 +52,24 @@ def gpu_precision() -> str:
     return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "16-mixed"
 
 
+def check_accelerator(accelerator: Any, key: str = "trainer.accelerator") -> None:
+    """A GPU accelerator on a machine whose torch sees none: refused in the process that trains (a SLURM login node
+    that submits has no GPU, its jobs do), before the data is prepared, instead of Lightning's error later."""
+    if str(accelerator).lower() not in ("gpu", "cuda", "mps"):
+        return
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    if str(accelerator).lower() != "cuda" and mps is not None and mps.is_available():
+        return
+    if torch.cuda.is_available():
+        return
+    build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "no CUDA (a CPU-only build)"
+    raise LmlabError(f"{key}={accelerator} (e.g. trainer=gpu), but this machine has no GPU that torch can use "
+                     f"(torch {torch.__version__}, built with {build}; torch.cuda.is_available() is False). "
+                     f"Use trainer=cpu here, or run on a GPU node (hydra/launcher=slurm; the check runs in the job).")
+
+
 def _job_dir(override_dirname: str) -> str:
     from lmlab.sweep import job_dirname
 
@@ -202,6 +220,18 @@ def check_argument_names(cfg: DictConfig) -> None:
             arglists.check_optimizer_arg(str(name), str(optimizer.get("_target_")))
 
 
+def check_model_sources(model: DictConfig) -> None:
+    """The model and tokenizer can be read locally or downloaded (a missing dir, offline): fails in seconds."""
+    from lmlab.hub import check_loadable
+
+    name = model.get("name_or_path")
+    if isinstance(name, str):
+        check_loadable(name, "model.name_or_path")
+    tokenizer = model.get("tokenizer")
+    if isinstance(tokenizer, str) and tokenizer not in ("bpe", name):
+        check_loadable(tokenizer, "model.tokenizer")
+
+
 def validate(cfg: DictConfig) -> None:
     """Fail fast, before heavy imports, on values that would otherwise fail minutes into a run."""
     check_task_keys(cfg, command_line_keys())
@@ -247,6 +277,7 @@ def validate(cfg: DictConfig) -> None:
 
     model = cfg.get("model")
     if model is not None:
+        check_model_sources(model)
         problem = model.get("problem_type")
         valid = ("single_label", "binary", "multi_label")
         if problem is not None and problem not in valid:

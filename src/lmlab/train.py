@@ -15,7 +15,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from lmlab.config import LmlabError, config_dir, register_resolvers, validate
+from lmlab.config import LmlabError, check_accelerator, config_dir, register_resolvers, validate
 
 log = logging.getLogger("lmlab.train")
 register_resolvers()
@@ -116,6 +116,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from lmlab.utils import print_config
 
     run_dir = Path(cfg.paths.output_dir)
+    check_accelerator(cfg.trainer.get("accelerator"))
     if distributed.is_primary_process():
         print_config(cfg, save_to=run_dir / "config_tree.log")
     pl.seed_everything(cfg.seed, workers=True)
@@ -243,13 +244,14 @@ def run_task(task: Any, cfg: DictConfig) -> dict[str, Any] | None:
     from lmlab import runfiles
     from lmlab.cluster import RequeueExit
     from lmlab.distributed import is_primary_process
-    from lmlab.requeue import Interrupted, Interrupts
 
     run_dir = Path(cfg.paths.output_dir)
     single = not HydraConfig.initialized() or HydraConfig.get().mode == RunMode.RUN
     if not is_primary_process():  # DDP ranks > 0 share rank 0's dir; it alone keeps status.json and talks
         logging.getLogger("lmlab").setLevel(logging.ERROR)
         validate(cfg)
+        from lmlab.requeue import Interrupts
+
         with Interrupts():
             return task(cfg)
     try:  # refused before anything is written into the dir
@@ -265,16 +267,19 @@ def run_task(task: Any, cfg: DictConfig) -> dict[str, Any] | None:
         runfiles.update_status(run_dir, "running")
         runfiles.write_resolved(run_dir, config)
         try:
+            validate(cfg)  # before torch is imported (lmlab.requeue imports it): a bad config fails in ~1 s
+            from lmlab.requeue import Interrupts
+
             with runfiles.Heartbeat(run_dir), Interrupts():
-                validate(cfg)
                 result = task(cfg)
         except RequeueExit:  # status.json already says requeued
             raise
-        except Interrupted as err:
-            _record_interruption(run_dir, err)
         except BaseException as err:
-            if type(err).__name__ == "SIGTERMException":  # Lightning's own handler was active (sanity check)
-                _record_interruption(run_dir, Interrupted(signal.SIGTERM))
+            requeue = sys.modules.get("lmlab.requeue")  # not imported yet when validation failed
+            if requeue is not None and isinstance(err, requeue.Interrupted):
+                _record_interruption(run_dir, err)
+            if type(err).__name__ == "SIGTERMException" and requeue is not None:  # Lightning's own handler was
+                _record_interruption(run_dir, requeue.Interrupted(signal.SIGTERM))  # active (sanity check)
             message = str(err).splitlines()[0] if str(err) else type(err).__name__
             try:
                 (run_dir / runfiles.TRACEBACK).write_text(traceback.format_exc())
