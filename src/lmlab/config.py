@@ -251,6 +251,10 @@ def validate(cfg: DictConfig) -> None:
             raise LmlabError(f"optimizer.betas={betas} must be two numbers, e.g. optimizer.betas=[0.9,0.999].")
         for i, beta in enumerate(betas):
             _check_number(f"optimizer.betas[{i}]", beta, float, 0.0, 1.0, "[)")
+    policy = cfg.get("checkpoint_policy")
+    if policy is not None and policy not in ("compact", "keep"):
+        raise LmlabError(f"checkpoint_policy={policy!r} is not one of ['compact', 'keep'] (compact: optimizer state "
+                         f"only in last.ckpt, removed when the run completes; keep: every checkpoint complete).")
     trainer = cfg.get("trainer")
     if trainer is not None and trainer.get("max_epochs") == -1 and trainer.get("max_steps", -1) == -1 \
             and not trainer.get("max_time"):
