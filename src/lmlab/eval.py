@@ -29,6 +29,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from lmlab.train import check_same_data, instantiate
 
     check_accelerator(cfg.accelerator, "accelerator")
+    from lmlab.console import quiet_libraries
+
+    quiet_libraries()
     split = cfg.split
     if split not in ("train", "val", "test"):
         raise LmlabError(f"split={split!r} is not one of train, val, test.")
