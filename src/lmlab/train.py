@@ -302,20 +302,20 @@ def run_task(task: Any, cfg: DictConfig) -> dict[str, Any] | None:
     with lock:
         runfiles.update_status(run_dir, "running")
         runfiles.write_resolved(run_dir, config)
+        Interrupted = RequeueExit  # noqa: N806 - matches nothing new until lmlab.requeue is imported below
         try:
             validate(cfg)  # before torch is imported (lmlab.requeue imports it): a bad config fails in ~1 s
-            from lmlab.requeue import Interrupts
+            from lmlab.requeue import Interrupted, Interrupts
 
             with runfiles.Heartbeat(run_dir), Interrupts():
                 result = task(cfg)
         except RequeueExit:  # status.json already says requeued
             raise
+        except Interrupted as err:
+            _record_interruption(run_dir, err)
         except BaseException as err:
-            requeue = sys.modules.get("lmlab.requeue")  # not imported yet when validation failed
-            if requeue is not None and isinstance(err, requeue.Interrupted):
-                _record_interruption(run_dir, err)
-            if type(err).__name__ == "SIGTERMException" and requeue is not None:  # Lightning's own handler was
-                _record_interruption(run_dir, requeue.Interrupted(signal.SIGTERM))  # active (sanity check)
+            if type(err).__name__ == "SIGTERMException":  # Lightning's own handler was active (sanity check)
+                _record_interruption(run_dir, Interrupted(signal.SIGTERM))
             message = str(err).splitlines()[0] if str(err) else type(err).__name__
             try:
                 (run_dir / runfiles.TRACEBACK).write_text(traceback.format_exc())
