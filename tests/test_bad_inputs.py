@@ -64,14 +64,20 @@ CONFIG_CASES: dict[str, Case] = {
     "pooling_unknown": Case(["model.pooling=max"], ["model.pooling='max' is not one of", "mean"]),
     "class_weights_word": Case(["model.class_weights=heavy"], ["model.class_weights='heavy' must be null, 'auto'"]),
     "accumulate_zero": Case(["trainer.accumulate_grad_batches=0"], ["trainer.accumulate_grad_batches=0 is out of"]),
-    "limit_train_zero": Case(["+trainer.limit_train_batches=0"], ["trainer.limit_train_batches=0 is out of range"]),
+    "limit_train_zero": Case(["trainer.limit_train_batches=0"], ["trainer.limit_train_batches=0 is out of range"]),
     "max_length_zero": Case(["dataset.max_length=0"], ["dataset.max_length=0 is out of range"]),
     "nonfinite_action_unknown": Case(["callbacks.nonfinite_loss.action=ignore"],
                                      ["callbacks.nonfinite_loss.action='ignore' must be 'stop' or 'skip'"]),
     "betas_above_one": Case(["optimizer.betas=[0.9,1.5]"], ["optimizer.betas[1]=1.5 is out of range", "< 1"]),
     "betas_one_number": Case(["optimizer.betas=[0.9]"], ["must be two numbers", "optimizer.betas=[0.9,0.999]"]),
     "max_samples_negative": Case(["dataset.max_samples.train=-5"], ["dataset.max_samples.train=-5 is out of range"]),
-    "trainer_key_typo": Case(["trainer.max_epoch=1"], ["max_epoch", "not in struct"]),
+    "trainer_key_typo": Case(["trainer.max_epoch=1"],
+                             ["trainer.max_epoch is not an argument", "did you mean max_epochs"]),
+    "optimizer_key_typo": Case(["optimizer.learning_rate=1e-3"],
+                               ["optimizer.learning_rate is not an argument of torch.optim.AdamW", "did you mean lr"]),
+    "optimizer_key_of_another_optimizer": Case(["optimizer=sgd", "optimizer.amsgrad=true"],
+                                               ["optimizer.amsgrad is not an argument of torch.optim.SGD", "nesterov"]),
+    "trainer_logger_set_elsewhere": Case(["trainer.logger=false"], ["trainer.logger is set by lmlab", "logger=csv"]),
     "eval_split_unknown": Case(["ckpt_path={tmp}/run", "split=dev"], ["split='dev' is not one of train, val, test"],
                                script="eval", base=[], setup=lambda d: _fake_checkpoint(d / "run")),
 }
@@ -167,7 +173,9 @@ RUN_CASES: dict[str, Case] = {
     "eval_not_an_lmlab_checkpoint": Case(["ckpt_path={tmp}/run/checkpoints/last.ckpt"],
                                          ["has no lmlab run config", "not written by lmlab-train"], script="eval",
                                          base=[], setup=lambda d: _fake_checkpoint(d / "run")),
-    "eval_nothing_to_evaluate": Case([], ["eval.py needs ckpt_path=<run dir | .ckpt>"], script="eval", base=[]),
+    "eval_nothing_to_evaluate": Case(["paths.log_dir={tmp}/logs"], ["usage: python eval.py ckpt_path=<run dir | .ckpt>",
+                                                                   "eval.py needs ckpt_path=<run dir | .ckpt>"],
+                                     script="eval", base=[]),
     "run_dir_holds_completed_run": Case(["hydra.run.dir={tmp}/done"], ["already holds a completed run",
                                                                         "python eval.py ckpt_path="],
                                         setup=lambda d: _run_files(d / "done", "completed", metrics=True)),
@@ -184,12 +192,24 @@ ENV_CASES: dict[str, Case] = {
                                      ["W&B mode 'online' needs an API key", "wandb login",
                                       "logger.wandb.mode=offline"],
                                      env={"WANDB_API_KEY": "", "NETRC": "{tmp}/no-netrc", "WANDB_MODE": ""}),
+    "model_offline": Case(["model=bert"], ["Model 'bert-base-uncased' (model.name_or_path) is not a local directory",
+                                            "HF_HUB_OFFLINE=1", "model=minilm"], env={"HF_HUB_OFFLINE": "1"}),
+    "model_hub_unreachable": Case(["model=bert"], ["the Hugging Face hub (http://127.0.0.1:9) cannot be reached",
+                                                   "model=minilm"],
+                                  env={"HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0",
+                                       "HF_ENDPOINT": "http://127.0.0.1:9"}),
+    "model_dir_missing": Case(["model=bert", "model.name_or_path={tmp}/models/my-bert"],
+                              ["model.name_or_path={tmp}/models/my-bert: the directory", "does not exist"]),
     "wandb_mode_unknown": Case(["logger=wandb"], ["W&B mode 'sometimes'", "is not one of"],
                                env={"WANDB_MODE": "sometimes"}),
 }
 
 if shutil.which("nvidia-smi") is None:  # a machine without a GPU
-    CONFIG_CASES["gpu_without_gpu"] = Case(["trainer=gpu"], ["check the trainer.* settings", "trainer=cpu"])
+    CONFIG_CASES["gpu_without_gpu"] = Case(["trainer=gpu"], ["trainer.accelerator=gpu (e.g. trainer=gpu), but this "
+                                                             "machine has no GPU", "Use trainer=cpu"])
+    CONFIG_CASES["eval_gpu_without_gpu"] = Case(["ckpt_path={tmp}/run", "accelerator=gpu"],
+                                                ["accelerator=gpu (e.g. trainer=gpu), but this machine has no GPU"],
+                                                script="eval", base=[], setup=lambda d: _fake_checkpoint(d / "run"))
 
 CASES = {**CONFIG_CASES, **DATA_CASES, **RUN_CASES, **ENV_CASES}
 

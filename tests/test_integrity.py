@@ -289,7 +289,7 @@ def test_truncated_resume_checkpoint_falls_back_to_the_previous_good_one(tmp_pat
 
 
 def test_eval_says_when_the_training_run_covered_fewer_test_examples(train_tiny, tmp_path: Path) -> None:
-    _, run_dir = train_tiny("+trainer.limit_test_batches=1", "dataset.eval_batch_size=16")
+    _, run_dir = train_tiny("trainer.limit_test_batches=1", "dataset.eval_batch_size=16")
     result = run_cli("eval.py", f"ckpt_path={run_dir}", f"paths.log_dir={tmp_path / 'logs'}")
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr

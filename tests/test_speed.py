@@ -193,7 +193,7 @@ def test_compile_trains_and_keeps_checkpoint_names(train_tiny) -> None:
                                   "callbacks.early_stopping=null")
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
     assert math.isfinite(metrics["test/loss"]) and metrics["perf/train_samples_per_sec"] > 0
-    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(run_dir / metrics["best/ckpt_path"], map_location="cpu", weights_only=False)["state_dict"]
     assert not any("_orig_mod" in k for k in state)  # in-place compile: same names as an uncompiled run
     torch._dynamo.reset()
 

@@ -31,7 +31,7 @@ def test_run_writes_metrics_predictions_checkpoints_and_export(train_tiny) -> No
     assert matrix["labels"] == labels and sum(map(sum, matrix["matrix"])) == 48
     assert on_disk["best/epoch"] in (0, 1)
     assert (run_dir / on_disk["best/ckpt_path"]).is_file()
-    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert not (run_dir / "checkpoints" / "last.ckpt").exists()  # checkpoint_policy=compact: the run is complete
     assert on_disk["effective_batch_size"] == 16
     assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
 
@@ -100,10 +100,12 @@ def test_eval_reproduces_test_metrics(train_tiny, tmp_path: Path) -> None:
 
 
 def test_resume_from_last_checkpoint_continues_at_the_right_epoch(train_tiny) -> None:
-    _, first = train_tiny("trainer.max_epochs=1", "callbacks.early_stopping=null")
+    # checkpoint_policy=keep: a completed run keeps last.ckpt and its optimizer state (compact removes it)
+    _, first = train_tiny("trainer.max_epochs=1", "callbacks.early_stopping=null", "checkpoint_policy=keep")
     state = torch.load(first / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert state["epoch"] == 0
-    _, resumed = train_tiny("trainer.max_epochs=3", f"ckpt_path={first}", "callbacks.early_stopping=null")
+    _, resumed = train_tiny("trainer.max_epochs=3", f"ckpt_path={first}", "callbacks.early_stopping=null",
+                            "checkpoint_policy=keep")
     log = pd.read_csv(resumed / "csv" / "metrics.csv")
     trained_epochs = log.dropna(subset=["train/loss_epoch"])["epoch"].astype(int).tolist()
     assert trained_epochs == [1, 2]  # epoch 0 is not trained again

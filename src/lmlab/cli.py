@@ -65,6 +65,14 @@ def preparse(argv: list[str], entry: str = "train") -> list[str]:
     from lmlab import runfiles
 
     args = list(argv[1:])
+    if entry == "train":
+        from lmlab.arglists import check_overrides
+
+        try:
+            args = check_overrides(args)
+        except LmlabError as err:
+            print(f"[lmlab] error: {err}", file=sys.stderr)
+            sys.exit(1)
     ckpt: Path | None = None
     for i, arg in enumerate(args):
         match = _CKPT.match(arg)

@@ -52,6 +52,24 @@ def gpu_precision() -> str:
     return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "16-mixed"
 
 
+def check_accelerator(accelerator: Any, key: str = "trainer.accelerator") -> None:
+    """A GPU accelerator on a machine whose torch sees none: refused in the process that trains (a SLURM login node
+    that submits has no GPU, its jobs do), before the data is prepared, instead of Lightning's error later."""
+    if str(accelerator).lower() not in ("gpu", "cuda", "mps"):
+        return
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    if str(accelerator).lower() != "cuda" and mps is not None and mps.is_available():
+        return
+    if torch.cuda.is_available():
+        return
+    build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "no CUDA (a CPU-only build)"
+    raise LmlabError(f"{key}={accelerator} (e.g. trainer=gpu), but this machine has no GPU that torch can use "
+                     f"(torch {torch.__version__}, built with {build}; torch.cuda.is_available() is False). "
+                     f"Use trainer=cpu here, or run on a GPU node (hydra/launcher=slurm; the check runs in the job).")
+
+
 def _job_dir(override_dirname: str) -> str:
     from lmlab.sweep import job_dirname
 
@@ -185,11 +203,45 @@ def check_task_keys(cfg: DictConfig, keys: list[str]) -> None:
                     f"task=causal_lm for dataset.packing).")
 
 
+def check_argument_names(cfg: DictConfig) -> None:
+    """Every trainer.* key must be a pytorch_lightning.Trainer argument and every optimizer.* key an argument of
+    the optimizer class (static lists, `lmlab.arglists`): also what an experiment file or a preset sets."""
+    from lmlab import arglists
+
+    trainer = cfg.get("trainer")
+    if isinstance(trainer, DictConfig) and trainer.get("_target_") in ("pytorch_lightning.Trainer",
+                                                                        "lightning.pytorch.Trainer"):
+        for name in trainer:
+            if name != "_target_":
+                arglists.check_trainer_arg(str(name))
+    optimizer = cfg.get("optimizer")
+    if isinstance(optimizer, DictConfig) and arglists.optimizer_keys(str(optimizer.get("_target_"))) is not None:
+        for name in optimizer:
+            arglists.check_optimizer_arg(str(name), str(optimizer.get("_target_")))
+
+
+def check_model_sources(model: DictConfig) -> None:
+    """The model and tokenizer can be read locally or downloaded (a missing dir, offline): fails in seconds."""
+    from lmlab.hub import check_loadable
+
+    name = model.get("name_or_path")
+    if isinstance(name, str):
+        check_loadable(name, "model.name_or_path")
+    tokenizer = model.get("tokenizer")
+    if isinstance(tokenizer, str) and tokenizer not in ("bpe", name):
+        check_loadable(tokenizer, "model.tokenizer")
+
+
 def validate(cfg: DictConfig) -> None:
     """Fail fast, before heavy imports, on values that would otherwise fail minutes into a run."""
     check_task_keys(cfg, command_line_keys())
+    check_argument_names(cfg)
     for key, kind, low, high, ends in _NUMERIC_FIELDS:
         value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        if key == "optimizer.eps" and isinstance(value, ListConfig):  # Adafactor's two regularizers
+            for i, eps in enumerate(value):
+                _check_number(f"{key}[{i}]", eps, kind, low, high, ends)
+            continue
         _check_number(key, value, kind, low, high, ends)
     for key in _LIMIT_FIELDS:
         _check_limit(key, OmegaConf.select(cfg, key, default=None, throw_on_missing=False))
@@ -199,6 +251,10 @@ def validate(cfg: DictConfig) -> None:
             raise LmlabError(f"optimizer.betas={betas} must be two numbers, e.g. optimizer.betas=[0.9,0.999].")
         for i, beta in enumerate(betas):
             _check_number(f"optimizer.betas[{i}]", beta, float, 0.0, 1.0, "[)")
+    policy = cfg.get("checkpoint_policy")
+    if policy is not None and policy not in ("compact", "keep"):
+        raise LmlabError(f"checkpoint_policy={policy!r} is not one of ['compact', 'keep'] (compact: optimizer state "
+                         f"only in last.ckpt, removed when the run completes; keep: every checkpoint complete).")
     trainer = cfg.get("trainer")
     if trainer is not None and trainer.get("max_epochs") == -1 and trainer.get("max_steps", -1) == -1 \
             and not trainer.get("max_time"):
@@ -225,6 +281,7 @@ def validate(cfg: DictConfig) -> None:
 
     model = cfg.get("model")
     if model is not None:
+        check_model_sources(model)
         problem = model.get("problem_type")
         valid = ("single_label", "binary", "multi_label")
         if problem is not None and problem not in valid:

@@ -13,7 +13,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from lmlab.config import LmlabError, config_dir, register_resolvers
+from lmlab.config import LmlabError, check_accelerator, config_dir, register_resolvers
 
 log = logging.getLogger("lmlab.eval")
 register_resolvers()
@@ -28,6 +28,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from lmlab import runfiles
     from lmlab.train import check_same_data, instantiate
 
+    check_accelerator(cfg.accelerator, "accelerator")
+    from lmlab.console import quiet_libraries
+
+    quiet_libraries()
     split = cfg.split
     if split not in ("train", "val", "test"):
         raise LmlabError(f"split={split!r} is not one of train, val, test.")
@@ -94,12 +98,23 @@ def _main(cfg: DictConfig) -> None:
     run_task(evaluate, cfg)
 
 
+USAGE = """usage: python eval.py ckpt_path=<run dir | .ckpt> [split=test|val|train] [batch_size=N]
+       python eval.py task=<classification|causal_lm> model=<name> [dataset=<name>]   (a model as it is)
+eval.py needs ckpt_path=<run dir | .ckpt>, or task=... with model=... to evaluate; `python eval.py --help` lists
+the options."""
+
+
 def main() -> None:
-    """`python eval.py ...`: `ckpt_path=` is pre-read (`lmlab.cli`) before Hydra parses it."""
+    """`python eval.py ...`: `ckpt_path=` is pre-read (`lmlab.cli`) before Hydra parses it. With nothing to evaluate
+    (no checkpoint, no task), the usage is printed and nothing is composed or written."""
     import sys
 
     from lmlab.cli import preparse
 
+    args = sys.argv[1:]
+    if not any(a.startswith("-") or a.lstrip("+").startswith(("ckpt_path=", "task=")) for a in args):
+        print(USAGE, file=sys.stderr)
+        sys.exit(2)
     sys.argv = preparse(sys.argv, entry="eval")
     _main()
 

@@ -88,9 +88,13 @@ def wandb_logger(project: str = "lmlab", save_dir: str | None = None, name: str 
 
         # A key but no network: fail after INIT_TIMEOUT_S with wandb's own message, not after 90 s.
         kwargs["settings"] = wandb.Settings(init_timeout=INIT_TIMEOUT_S)
-    return WandbLogger(project=project, save_dir=save_dir, name=name or default_name,
-                       group=group or default_group, tags=list(tags or []), job_type=job_type,
-                       log_model=log_model, mode=resolved_mode, **kwargs)
+    logger = WandbLogger(project=project, save_dir=save_dir, name=name or default_name,
+                         group=group or default_group, tags=list(tags or []), job_type=job_type,
+                         log_model=log_model, mode=resolved_mode, **kwargs)
+    # Lightning always passes anonymous=None to wandb.init, and wandb warns that the setting is deprecated.
+    if "anonymous" not in kwargs:
+        logger._wandb_init.pop("anonymous", None)
+    return logger
 
 
 def finish_run(loggers: Sequence[Any], metrics: Mapping[str, Any], run_dir: Path,

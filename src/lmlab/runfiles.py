@@ -182,6 +182,7 @@ NON_RESULT_KEYS = (
     "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps",
     "trainer.default_root_dir",
     "callbacks.progress_bar", "callbacks.model_summary", "callbacks.lr_monitor",
+    "checkpoint_policy", "callbacks.model_checkpoint.policy",  # what is kept on disk, not what is learnt
 )
 
 
@@ -302,6 +303,9 @@ def find_checkpoint(ckpt_path: str | Path, purpose: str) -> Path:
             best = read_json(path / METRICS).get("best/ckpt_path")
             found = path / best if best else None
         found = found or resume_checkpoint(path)
+        if found is None and (path / METRICS).is_file():  # completed; checkpoint_policy=compact removed last.ckpt
+            best = read_json(path / METRICS).get("best/ckpt_path")
+            found = path / best if best and (path / best).is_file() else None
         if found is None:
             raise LmlabError(f"ckpt_path={str(ckpt_path)!r}: this run dir has no checkpoint ({path / CHECKPOINTS} "
                              f"holds no {RESUME_CKPT} or {LAST_CKPT}). Give a .ckpt file or a run dir that has one.")

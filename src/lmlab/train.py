@@ -15,7 +15,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from lmlab.config import LmlabError, config_dir, register_resolvers, validate
+from lmlab.config import LmlabError, check_accelerator, config_dir, register_resolvers, validate
 
 log = logging.getLogger("lmlab.train")
 register_resolvers()
@@ -123,6 +123,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from lmlab.utils import print_config
 
     run_dir = Path(cfg.paths.output_dir)
+    check_accelerator(cfg.trainer.get("accelerator"))
+    from lmlab.console import quiet_libraries
+
+    quiet_libraries()
     if distributed.is_primary_process():
         print_config(cfg, save_to=run_dir / "config_tree.log")
     pl.seed_everything(cfg.seed, workers=True)
@@ -148,6 +152,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if resume is not None:
         log.info("resuming from %s", resume)
         check_resumable(resume, datamodule)
+        if start_from_weights(resume, model):
+            resume = None
     with distributed.ddp_children_argv(cfg, trainer):
         trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
 
@@ -185,8 +191,37 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                  "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()
                            if k.startswith("test/") and isinstance(v, float))[:300], run_dir / runfiles.METRICS)
         manifest.write_end(run_dir)
+        compact_run_dir(cfg, run_dir, best_path)
+        metrics["perf/disk_bytes"] = sum(p.stat().st_size for p in run_dir.rglob("*") if p.is_file())
+        runfiles.write_json(run_dir / runfiles.METRICS, metrics)
         finish_run(trainer.loggers, metrics, run_dir)  # W&B: summary, run files, finish
     return metrics
+
+
+def start_from_weights(ckpt: Path, model: Any) -> bool:
+    """A checkpoint without optimizer state (a best checkpoint under checkpoint_policy=compact, e.g. of a completed
+    run whose last.ckpt was removed) cannot resume the optimizer: load its weights; optimizer, scheduler and the
+    epoch count start afresh. True when that is what happened."""
+    import torch
+
+    checkpoint = torch.load(ckpt, map_location="cpu", mmap=True, weights_only=False)
+    if "optimizer_states" in checkpoint:
+        return False
+    model.load_state_dict(checkpoint["state_dict"])
+    log.warning("%s holds weights but no optimizer state (checkpoint_policy=compact): training continues from these "
+                "weights with a fresh optimizer, lr schedule and epoch count", ckpt)
+    return True
+
+
+def compact_run_dir(cfg: DictConfig, run_dir: Path, best_path: str | None) -> None:
+    """checkpoint_policy=compact: a completed run keeps its best checkpoint (weights) and drops last.ckpt, the only
+    copy of the optimizer state, which nothing needs once the run is complete."""
+    from lmlab import runfiles
+
+    last = run_dir / runfiles.CHECKPOINTS / runfiles.LAST_CKPT
+    if cfg.get("checkpoint_policy", "keep") == "compact" and best_path and last.is_file() \
+            and last.resolve() != Path(best_path).resolve():
+        last.unlink()
 
 
 def check_run_dir(run_dir: Path, config: dict[str, Any]) -> None:
@@ -250,13 +285,16 @@ def run_task(task: Any, cfg: DictConfig) -> dict[str, Any] | None:
     from lmlab import runfiles
     from lmlab.cluster import RequeueExit
     from lmlab.distributed import is_primary_process
-    from lmlab.requeue import Interrupted, Interrupts
+    from lmlab.utils import mark_job_start
 
+    mark_job_start()  # perf/time_to_first_batch_s counts from here in the later jobs of a multirun
     run_dir = Path(cfg.paths.output_dir)
     single = not HydraConfig.initialized() or HydraConfig.get().mode == RunMode.RUN
     if not is_primary_process():  # DDP ranks > 0 share rank 0's dir; it alone keeps status.json and talks
         logging.getLogger("lmlab").setLevel(logging.ERROR)
         validate(cfg)
+        from lmlab.requeue import Interrupts
+
         with Interrupts():
             return task(cfg)
     try:  # refused before anything is written into the dir
@@ -271,9 +309,12 @@ def run_task(task: Any, cfg: DictConfig) -> dict[str, Any] | None:
     with lock:
         runfiles.update_status(run_dir, "running")
         runfiles.write_resolved(run_dir, config)
+        Interrupted = RequeueExit  # noqa: N806 - matches nothing new until lmlab.requeue is imported below
         try:
+            validate(cfg)  # before torch is imported (lmlab.requeue imports it): a bad config fails in ~1 s
+            from lmlab.requeue import Interrupted, Interrupts
+
             with runfiles.Heartbeat(run_dir), Interrupts():
-                validate(cfg)
                 result = task(cfg)
         except RequeueExit:  # status.json already says requeued
             raise

@@ -1,4 +1,4 @@
-"""ModelCheckpoint that keeps the best model across a resume into a new run dir."""
+"""ModelCheckpoint that keeps the best model across a resume into a new run dir, and the disk policy of checkpoints."""
 
 from __future__ import annotations
 
@@ -12,11 +12,46 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 log = logging.getLogger("lmlab.checkpoint")
 
 
+POLICIES = ("compact", "keep")
+
+
 class ResumableCheckpoint(ModelCheckpoint):
-    """Lightning forgets the best score and top-k when a run resumes into another dir ("dirpath has changed ...
+    """`policy=compact` (the default, `checkpoint_policy`): a checkpoint on a monitor (the best) holds no optimizer
+    or scheduler state (2/3 of an AdamW checkpoint): resuming reads `last.ckpt` / `resume.ckpt`, which keep it.
+    `policy=keep`: every checkpoint is complete.
+
+    Lightning forgets the best score and top-k when a run resumes into another dir ("dirpath has changed ...
     best_model_score won't be reloaded"), so the resumed run would call its first new checkpoint the best. Here the
     earlier run's top-k checkpoints are copied into the new dir and the state is reloaded as if it had been
     written there: the new run dir is complete on its own (eval.py ckpt_path=<new dir> finds its best)."""
+
+    def __init__(self, *args: Any, policy: str = "keep", **kwargs: Any) -> None:
+        if policy not in POLICIES:
+            from lmlab.config import LmlabError
+
+            raise LmlabError(f"checkpoint_policy={policy!r} is not one of {list(POLICIES)}.")
+        super().__init__(*args, **kwargs)
+        self.policy = policy
+
+    def _save_checkpoint(self, trainer: Any, filepath: str) -> None:
+        if self.policy == "keep" or self.monitor is None:
+            return super()._save_checkpoint(trainer, filepath)
+        # Not Lightning's save_weights_only: it also skips the callbacks' on_save_checkpoint, which store the run's
+        # identity (RunInfo) that eval and resume read. The full dict, minus the optimizer and scheduler states.
+        connector = trainer._checkpoint_connector
+        dump = connector.dump_checkpoint
+
+        def without_optimizer(weights_only: bool | None = None) -> dict[str, Any]:
+            checkpoint = dump(weights_only=False)
+            checkpoint.pop("optimizer_states", None)
+            checkpoint.pop("lr_schedulers", None)
+            return checkpoint
+
+        connector.dump_checkpoint = without_optimizer
+        try:
+            super()._save_checkpoint(trainer, filepath)
+        finally:
+            del connector.dump_checkpoint  # the class's method again
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         old = state_dict.get("dirpath")

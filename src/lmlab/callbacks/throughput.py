@@ -9,7 +9,6 @@ validation loops removed (benchmarks/baselines.py measures its raw loop the same
 from __future__ import annotations
 
 import logging
-import os
 import resource
 import sys
 import time
@@ -19,6 +18,8 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.trainer.states import TrainerFn
+
+from lmlab.utils import job_age_s, process_age_s  # noqa: F401 - process_age_s: benchmarks/startup.py
 
 log = logging.getLogger(__name__)
 
@@ -30,18 +31,6 @@ def peak_rss_mb() -> float:
     """This process's peak resident memory (ru_maxrss is KiB on Linux, bytes on macOS)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
-
-
-def process_age_s() -> float | None:
-    """Seconds since this process started (Linux /proc; None elsewhere): time to first batch includes imports."""
-    try:
-        with open("/proc/self/stat") as f:
-            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
-        with open("/proc/uptime") as f:
-            uptime = float(f.read().split()[0])
-        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def flops_per_token(config: Any, non_embedding_params: int, seq_len: float) -> float:
@@ -77,6 +66,7 @@ class Throughput(Callback):
         self.last_log: dict[str, Any] | None = None
         self.seq_len_sum = 0.0
         self.first_batch_s: float | None = None
+        self.first_batch_cpu_s = 0.0
         self.attn_implementation = getattr(pl_module, "attn_implementation", None)
         if self.attn_implementation:
             for logger in trainer.loggers:
@@ -100,6 +90,12 @@ class Throughput(Callback):
             torch.cuda.synchronize()
         return time.perf_counter()
 
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Logged here, not at the first batch: a line printed while the rich progress bar is live breaks it.
+        if self.first_batch_s is not None:
+            log.info("first training batch %.1f s after the job started (process CPU %.1f s)", self.first_batch_s,
+                     self.first_batch_cpu_s)
+
     # ---- validation time is not training time
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.state.fn == TrainerFn.FITTING and self.last_end is not None and self.paused_at is None:
@@ -108,11 +104,9 @@ class Throughput(Callback):
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         if self.first_batch_s is None:
-            self.first_batch_s = process_age_s()
-            if self.first_batch_s is not None:
-                usage = resource.getrusage(resource.RUSAGE_SELF)  # CPU time: comparable on a busy machine
-                log.info("first training batch %.1f s after process start (CPU %.1f s)", self.first_batch_s,
-                         usage.ru_utime + usage.ru_stime)
+            self.first_batch_s = job_age_s()
+            usage = resource.getrusage(resource.RUSAGE_SELF)  # CPU time: comparable on a busy machine
+            self.first_batch_cpu_s = usage.ru_utime + usage.ru_stime
         if self.paused_at is not None:
             self.excluded += time.perf_counter() - self.paused_at
             self.paused_at = None

@@ -44,6 +44,9 @@ def load_tokenizer(name_or_path: str, gguf_file: str | None = None) -> Any:
     """
     from transformers import AutoTokenizer
 
+    from lmlab.hub import check_loadable
+
+    check_loadable(name_or_path, "model.tokenizer")
     try:
         kwargs = {"gguf_file": gguf_file} if gguf_file else {}
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)

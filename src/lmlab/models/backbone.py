@@ -8,6 +8,7 @@ from typing import Any
 
 from lmlab.config import LmlabError
 from lmlab.data.tokenizer import offline_hint
+from lmlab.hub import check_loadable
 
 
 def require_gguf() -> None:
@@ -47,6 +48,8 @@ def _load_backbone(
     """
     import transformers
 
+    if name_or_path is not None:
+        check_loadable(name_or_path)  # a missing dir or no network: said in seconds, not after a minute of retries
     cls = getattr(transformers, auto_class)
     overrides = dict(config_overrides or {})
     if attn_implementation:

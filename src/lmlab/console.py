@@ -1,0 +1,58 @@
+"""What the libraries print that a researcher does not need, silenced on purpose (each line says what and why).
+
+`quiet_libraries()` runs once per training/eval process, after Hydra has set up logging and before the Trainer is
+built. Warnings and errors are never silenced; only tips, progress bars of weight loading/saving and lines that
+carry no information for an lmlab run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
+class _DropTips(logging.Filter):
+    """Lightning's advertising for its cloud products ("💡 Tip: ... litlogger / litmodels")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).lstrip().startswith("💡 Tip")
+
+
+class _PlainText(logging.Formatter):
+    """A log file's formatter without ANSI colour codes (libraries colour some of their messages)."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _ANSI.sub("", self.inner.format(record))
+
+
+def plain_log_files() -> None:
+    """Strip ANSI codes from what Hydra's file handlers (`<run dir>/<job>.log`) write."""
+    for logger in [logging.getLogger(), *(v for v in logging.Logger.manager.loggerDict.values()
+                                          if isinstance(v, logging.Logger))]:
+        for handler in logger.handlers:
+            if isinstance(handler, logging.FileHandler) and not isinstance(handler.formatter, _PlainText):
+                handler.setFormatter(_PlainText(handler.formatter or logging.Formatter()))
+
+
+def quiet_libraries() -> None:
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # download bars (read at huggingface_hub import)
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero",
+                 "lightning.pytorch.utilities.rank_zero"):
+        target = logging.getLogger(name)
+        if not any(isinstance(f, _DropTips) for f in target.filters):
+            target.addFilter(_DropTips())
+    import transformers
+
+    # "Loading weights: 100%|####|" per model load and the bars of save_pretrained: one line of noise each.
+    transformers.utils.logging.disable_progress_bar()
+    from huggingface_hub.utils import disable_progress_bars
+
+    disable_progress_bars()
+    plain_log_files()
