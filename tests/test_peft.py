@@ -32,18 +32,20 @@ def _trainable(module: torch.nn.Module) -> set[str]:
     return {name for name, p in module.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("task", ["classification", "causal_lm"])
-def test_a_step_changes_only_the_adapters_and_the_head(task: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("task,method", [("classification", "lora"), ("causal_lm", "lora"), ("classification", "ia3")])
+def test_a_step_changes_only_the_adapters_and_the_head(task: str, method: str, tmp_path: Path) -> None:
     import pytorch_lightning as pl
 
     from lmlab.models.peft import param_counts
 
     pl.seed_everything(0)
-    objects = _build([*CASES[task], "trainer.max_steps=2"], tmp_path)
+    objects = _build([*(o for o in CASES[task] if o != "peft=lora"), f"peft={method}", "trainer.max_steps=2"], tmp_path)
     model, trainer = objects["model"], objects["trainer"]
     trainable = _trainable(model)
-    # LoRA A/B matrices, plus (classification) the trained copy of the head; nothing of the pretrained base.
-    assert trainable and all(".lora_A." in k or ".lora_B." in k or ".modules_to_save." in k for k in trainable)
+    # LoRA A/B matrices (IA3 scaling vectors), plus (classification) the trained copy of the head; nothing of the
+    # pretrained base.
+    adapter = (".lora_A.", ".lora_B.") if method == "lora" else (".ia3_l.",)
+    assert trainable and all(any(a in k for a in (*adapter, ".modules_to_save.")) for k in trainable)
     assert any(".modules_to_save." in k for k in trainable) == (task == "classification")
     if task == "causal_lm":  # the tied lm_head / input embedding stays frozen
         net = model.net.get_base_model()
@@ -54,7 +56,7 @@ def test_a_step_changes_only_the_adapters_and_the_head(task: str, tmp_path: Path
     after = model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and changed <= trainable, sorted(changed - trainable)[:5]
-    assert any(".lora_B." in k for k in changed)  # B starts at zero: it moved, so the adapters really trained
+    assert any(adapter[-1] in k for k in changed)  # LoRA B starts at zero, IA3 at one: they moved
     if task == "classification":
         assert any(".modules_to_save." in k for k in changed)
     counts = param_counts(model)
