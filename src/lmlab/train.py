@@ -82,7 +82,9 @@ def peft_settings(cfg: DictConfig, task: Any, model_cfg: dict[str, Any], optimiz
     if "peft" not in inspect.signature(task.module_class()).parameters:
         raise LmlabError(f"peft={peft_cfg['method']} is not supported by task={task.name} (its module takes no "
                          f"adapters); use it with task=classification or task=causal_lm, or peft=none.")
-    return {"peft": {**peft_cfg, "base_seed": int(cfg.seed)}}
+    # A base whose weights come from elsewhere (model.init_from, not a module hyperparameter) cannot be rebuilt from
+    # the config: its checkpoints keep the frozen base too.
+    return {"peft": {**peft_cfg, "base_seed": int(cfg.seed), "keep_base": bool(model_cfg.get("init_from"))}}
 
 
 def check_resumable(ckpt: Path, datamodule: Any) -> None:

@@ -148,11 +148,17 @@ class AdapterCheckpoints:
     def _peft_cfg(self) -> Mapping[str, Any] | None:
         return self.hparams.get("peft")  # type: ignore[attr-defined]
 
+    def _partial(self) -> bool:
+        """Adapter-only checkpoints, unless the base cannot be rebuilt from the config alone (`keep_base`: e.g. its
+        weights were copied in from another run, model.init_from, which is not a module hyperparameter)."""
+        cfg = self._peft_cfg()
+        return enabled(cfg) and not cfg.get("keep_base")
+
     def _trainable_keys(self) -> set[str]:
         return {name for name, p in self.named_parameters() if p.requires_grad}  # type: ignore[attr-defined]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if not enabled(self._peft_cfg()):
+        if not self._partial():
             return
         keep = self._trainable_keys() | {name for name, _ in self.named_buffers()}  # type: ignore[attr-defined]
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
@@ -160,7 +166,7 @@ class AdapterCheckpoints:
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         partial = bool((checkpoint.get("lmlab_peft") or {}).get("partial_state_dict"))
-        if partial != enabled(self._peft_cfg()):
+        if partial != self._partial():
             raise LmlabError("This checkpoint was written with a different peft setting (adapter-only vs full "
                              "weights): resume or evaluate it with the peft=... it was trained with.")
         if partial:
@@ -171,7 +177,7 @@ class AdapterCheckpoints:
 
     def configure_strict_loading(self) -> None:
         """Partial checkpoints load non-strictly (the frozen base is missing on purpose; checked above)."""
-        self.strict_loading = not enabled(self._peft_cfg())
+        self.strict_loading = not self._partial()
 
 
 def export(net: nn.Module, directory: Path, cfg: Mapping[str, Any], base: Mapping[str, Any]) -> None:
