@@ -15,7 +15,7 @@ from tests.conftest import TINY, compose_train
 
 CONF = Path(config_dir())
 GROUPS = ["dataset", "model", "optimizer", "scheduler", "trainer", "logger", "callbacks", "debug", "experiment",
-          "hparams_search"]
+          "hparams_search", "peft"]
 HUB_MODELS = {"bert", "distilbert", "roberta", "gpt2"}
 GPU_TRAINERS = {"gpu", "ddp", "fsdp"}
 

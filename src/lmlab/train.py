@@ -45,22 +45,21 @@ def instantiate(node: Any, **kwargs: Any) -> Any:
 def build(cfg: DictConfig) -> dict[str, Any]:
     """Instantiate task, datamodule, model, callbacks, loggers and trainer from the composed config."""
     from lmlab.callbacks import RunInfo
+    from lmlab.callbacks.pruning import optuna_pruning
     from lmlab.distributed import trainer_plugins
+    from lmlab.models.init_from import parent_path
     from lmlab.requeue import RequeueOnSignal, wandb_resume_kwargs
 
     task = instantiate(cfg.task)
     datamodule = instantiate(cfg.dataset)
-    from lmlab.models.init_from import parent_path
-
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    model_cfg, optimizer = (OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "optimizer"))
     model_cfg["init_from"] = parent_path(model_cfg.get("init_from"), cfg.get("seed"))  # {seed} -> this seed
-    model = task.build(datamodule, model_cfg,
-                       optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
+    # After init_from: with a parent, the frozen base cannot be rebuilt from the config alone (peft keeps it all).
+    model_cfg.update(peft_settings(cfg, task, model_cfg, optimizer))
+    model = task.build(datamodule, model_cfg, optimizer=optimizer,
                        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True))
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     callbacks.append(RequeueOnSignal(cfg.paths.output_dir))  # RNG/epoch position in checkpoints; SLURM requeue
-    from lmlab.callbacks.pruning import optuna_pruning
-
     callbacks.extend(optuna_pruning(task.monitor))  # an Optuna trial with hydra.sweeper.pruner on, else none
     callbacks.append(RunInfo({"config": OmegaConf.to_container(cfg, resolve=True),
                               "data_fingerprint": datamodule.data_fingerprint,
@@ -71,6 +70,26 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("fit")  # the task may size the run from the data (task.max_tokens)
     task.configure_trainer(trainer, datamodule, effective_batch_size(cfg, trainer))
     return {"task": task, "datamodule": datamodule, "model": model, "trainer": trainer}
+
+
+def peft_settings(cfg: DictConfig, task: Any, model_cfg: dict[str, Any], optimizer: dict[str, Any]
+                  ) -> dict[str, Any]:
+    """`{"peft": ...}` for the task module when cfg.peft turns a method on (with the seed its frozen base is built
+    from), else nothing: modules of runs without peft keep their hyperparameters as they were."""
+    import inspect
+
+    from lmlab.models import peft as adapters
+
+    peft_cfg = OmegaConf.to_container(cfg.peft, resolve=True) if cfg.get("peft") else None
+    adapters.check_combination(peft_cfg, model_cfg, optimizer)
+    if not adapters.enabled(peft_cfg):
+        return {}
+    if "peft" not in inspect.signature(task.module_class()).parameters:
+        raise LmlabError(f"peft={peft_cfg['method']} is not supported by task={task.name} (its module takes no "
+                         f"adapters); use it with task=classification or task=causal_lm, or peft=none.")
+    # A base whose weights come from elsewhere (model.init_from, not a module hyperparameter) cannot be rebuilt from
+    # the config: its checkpoints keep the frozen base too.
+    return {"peft": {**peft_cfg, "base_seed": int(cfg.seed), "keep_base": bool(model_cfg.get("init_from"))}}
 
 
 def check_resumable(ckpt: Path, datamodule: Any) -> None:
@@ -120,6 +139,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from lmlab.callbacks import perf_summary
     from lmlab.callbacks.throughput import peak_rss_mb
     from lmlab.loggers import finish_run
+    from lmlab.models.peft import param_counts
     from lmlab.utils import print_config
 
     run_dir = Path(cfg.paths.output_dir)
@@ -135,10 +155,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     # Of the fit trainer: after DDP, the single-device eval trainer that replaces it has world size 1.
     global_batch = effective_batch_size(cfg, trainer)
+    params = param_counts(model)  # comparisons can be matched on trainable parameters (peft=lora vs full)
+    log.info("parameters: %d trainable of %d (%.2f%%)", params["params/trainable"], params["params/total"],
+             100 * params["params/trainable"] / max(params["params/total"], 1))
     if trainer.is_global_zero:
         manifest.write_start(run_dir, cfg, datamodule, trainer, global_batch)
     for logger in trainer.loggers:
-        logger.log_hyperparams({**resolved, "effective_batch_size": global_batch,
+        logger.log_hyperparams({**resolved, **params, "effective_batch_size": global_batch,
                                 "data_fingerprint": datamodule.data_fingerprint})
 
     # An earlier attempt of this same job (run_task checked: same config, unfinished) continues where it stopped,
@@ -177,7 +200,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     metrics.update({
         "best/epoch": runfiles.checkpoint_meta(Path(best_path))[0] if best_path else fit_epoch,
         "best/ckpt_path": os.path.relpath(best_path, run_dir) if best_path else None,
-        "effective_batch_size": global_batch,
+        "effective_batch_size": global_batch, **params,
     })
     metrics.update(perf, **{"perf/peak_rss_mb": peak_rss_mb()})  # peak over the final eval too
     metrics["meta/config_digest"] = runfiles.digest(runfiles.result_config(cfg))

@@ -24,6 +24,7 @@ from lmlab.data.datamodule import FeatureDataset, PadCollator
 from lmlab.data.sources import Example
 from lmlab.data.splits import label_names
 from lmlab.data.tokenizer import BPE, load_tokenizer, train_bpe
+from lmlab.models import peft as adapters
 from lmlab.models.backbone import load_backbone
 from lmlab.optim import find_layers, lightning_optimizers
 from lmlab.tasks.base import Task
@@ -73,7 +74,7 @@ class PooledHead(nn.Module):
         return self.classifier(self.dropout(pooled))
 
 
-class TextClassifier(pl.LightningModule):
+class TextClassifier(adapters.AdapterCheckpoints, pl.LightningModule):
     def __init__(
         self,
         name_or_path: str,
@@ -98,9 +99,11 @@ class TextClassifier(pl.LightningModule):
         gguf_file: str | None = None,
         bpe_vocab_size: int | None = None,
         tokenizer_object: Any = None,
+        peft: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["tokenizer_object"])
+        self.configure_strict_loading()
         self.labels = list(labels)
         self.problem_type = problem_type
         self.threshold = threshold
@@ -109,6 +112,7 @@ class TextClassifier(pl.LightningModule):
             tokenizer or name_or_path, gguf_file)
         pad_token_id = self.tokenizer.pad_token_id
         overrides = dict(config_overrides or {})
+        rng = adapters.seed_base(peft)  # a rebuild reproduces the frozen base: adapter checkpoints omit it
         if pooling == "native":
             self.net = load_backbone(
                 name_or_path, auto_class="AutoModelForSequenceClassification", from_scratch=from_scratch,
@@ -129,6 +133,12 @@ class TextClassifier(pl.LightningModule):
             default_dropout = getattr(self.encoder.config, "hidden_dropout_prob", 0.1)
             self.pooled_head = PooledHead(hidden, num_outputs, pooling,
                                    default_dropout if dropout is None else dropout)
+        if adapters.enabled(peft):  # the native head trains in full (peft's modules_to_save); the pooled one is ours
+            if pooling == "native":
+                self.net = adapters.wrap(self.net, peft, "SEQ_CLS")
+            else:
+                self.encoder = adapters.wrap(self.encoder, peft, None)
+        adapters.restore_rng(rng)
         self._freeze(freeze_embeddings, freeze_layers)
         if compile:
             # In place (nn.Module.compile), so parameter names and checkpoints are the same as without compile.
@@ -144,14 +154,16 @@ class TextClassifier(pl.LightningModule):
     # ---- the two parts optimizer groups and freezing work on (views, not extra registered modules)
     @property
     def backbone(self) -> nn.Module:
-        return self.net.base_model if self.hparams.pooling == "native" else self.encoder
+        if self.hparams.pooling == "native":
+            return adapters.unwrap(self.net).base_model
+        return adapters.unwrap(self.encoder)
 
     @property
     def head(self) -> nn.Module:
         if self.hparams.pooling != "native":
             return self.pooled_head
-        base = self.net.base_model
-        return nn.ModuleList(m for m in self.net.children() if m is not base)
+        net = adapters.unwrap(self.net)
+        return nn.ModuleList(m for m in net.children() if m is not net.base_model)
 
     @property
     def attn_implementation(self) -> str:
@@ -281,7 +293,9 @@ class TextClassifier(pl.LightningModule):
         """Write model + tokenizer with `save_pretrained`: a native head loads as
         AutoModelForSequenceClassification; a pooled head saves the backbone plus `head.pt`."""
         directory.mkdir(parents=True, exist_ok=True)
-        if self.hparams.pooling == "native":
+        if adapters.enabled(self.hparams.peft):
+            self._export_adapter(directory)
+        elif self.hparams.pooling == "native":
             self.net.save_pretrained(directory)
         else:
             self.backbone.config.id2label = dict(enumerate(self.labels))
@@ -290,6 +304,22 @@ class TextClassifier(pl.LightningModule):
             torch.save({"pooling": self.hparams.pooling, "state_dict": self.pooled_head.state_dict()},
                        directory / "head.pt")
         self.tokenizer.save_pretrained(directory)
+
+    def _export_adapter(self, directory: Path) -> None:
+        """The peft adapter (+ the trained native head inside it, or head.pt beside it) and how to load its base."""
+        native = self.hparams.pooling == "native"
+        binary = self.hparams.problem_type == "binary"
+        kwargs = {"num_labels": 1 if binary else len(self.labels),
+                  "id2label": {0: self.labels[-1]} if binary else dict(enumerate(self.labels)),
+                  "label2id": {self.labels[-1]: 0} if binary else {n: i for i, n in enumerate(self.labels)}}
+        adapters.export(self.net if native else self.encoder, directory, self.hparams.peft, {
+            "auto_class": "AutoModelForSequenceClassification" if native else "AutoModel",
+            "name_or_path": self.hparams.name_or_path, "gguf_file": self.hparams.gguf_file,
+            "from_scratch": self.hparams.from_scratch is not None, "kwargs": kwargs if native else {},
+            "pooling": self.hparams.pooling, "labels": self.labels})
+        if not native:
+            torch.save({"pooling": self.hparams.pooling, "state_dict": self.pooled_head.state_dict()},
+                       directory / "head.pt")
 
 
 def from_scratch_for(model_cfg: Mapping[str, Any], tokenizer: Any) -> Mapping[str, Any] | None:

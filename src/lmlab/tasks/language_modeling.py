@@ -31,6 +31,7 @@ from lmlab.config import LmlabError
 from lmlab.data.datamodule import PadCollator
 from lmlab.data.sources import Example
 from lmlab.data.tokenizer import token_byte_lengths
+from lmlab.models import peft as adapters
 from lmlab.models.backbone import load_backbone
 from lmlab.optim import lightning_optimizers
 from lmlab.tasks.base import Task
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 
 # Model config keys a causal LM uses; the classification-only ones are listed in conf/task/causal_lm.yaml.
 MODEL_KEYS = ("name_or_path", "tokenizer", "bpe_vocab_size", "from_scratch", "config_overrides",
-              "attn_implementation", "compile", "compile_dynamic", "gguf_file")
+              "attn_implementation", "compile", "compile_dynamic", "gguf_file", "peft")
 
 
 def block_starts(n_tokens: int, length: int, keep_partial: bool) -> np.ndarray:
@@ -95,7 +96,7 @@ def lm_metrics() -> torchmetrics.MetricCollection:
     return torchmetrics.MetricCollection(sums, compute_groups=False)
 
 
-class CausalLM(pl.LightningModule):
+class CausalLM(adapters.AdapterCheckpoints, pl.LightningModule):
     """An HF `AutoModelForCausalLM` (pretrained, GGUF, or random init) trained on next-token prediction."""
 
     def __init__(
@@ -112,16 +113,22 @@ class CausalLM(pl.LightningModule):
         compile_dynamic: bool | None = None,
         gguf_file: str | None = None,
         tokenizer_object: Any = None,
+        peft: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["tokenizer_object"])
+        self.configure_strict_loading()
         if tokenizer_object is None:
             raise ValueError("CausalLM needs tokenizer_object (the task passes it)")
         self.tokenizer = tokenizer_object
+        rng = adapters.seed_base(peft)  # a rebuild reproduces the frozen base: adapter checkpoints omit it
         self.net = load_backbone(name_or_path, auto_class="AutoModelForCausalLM", from_scratch=from_scratch,
                                  config_overrides=dict(config_overrides or {}),
                                  attn_implementation=attn_implementation, gguf_file=gguf_file,
                                  **({"pad_token_id": self.tokenizer.pad_token_id} if from_scratch is None else {}))
+        if adapters.enabled(peft):  # adapters only: the (tied) lm_head and embeddings stay frozen
+            self.net = adapters.wrap(self.net, peft, "CAUSAL_LM")
+        adapters.restore_rng(rng)
         if compile:
             self.net.compile(dynamic=compile_dynamic)  # in place: same parameter names and checkpoints
         self.register_buffer("token_bytes", torch.tensor(token_byte_lengths(self.tokenizer), dtype=torch.float64),
@@ -132,16 +139,16 @@ class CausalLM(pl.LightningModule):
     # ---- the parts optimizer groups and the throughput callback work on
     @property
     def backbone(self) -> torch.nn.Module:
-        return self.net.base_model
+        return adapters.unwrap(self.net).base_model
 
     @property
     def head(self) -> torch.nn.Module:
-        base = self.net.base_model
-        return torch.nn.ModuleList(m for m in self.net.children() if m is not base)
+        net = adapters.unwrap(self.net)
+        return torch.nn.ModuleList(m for m in net.children() if m is not net.base_model)
 
     @property
     def attn_implementation(self) -> str:
-        return str(self.net.config._attn_implementation)
+        return str(adapters.unwrap(self.net).config._attn_implementation)
 
     # ---- loss
     def token_losses(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -221,9 +228,16 @@ class CausalLM(pl.LightningModule):
         return out
 
     def export_pretrained(self, directory: Path) -> None:
-        """`save_pretrained` of the model and its tokenizer: loads as AutoModelForCausalLM."""
+        """`save_pretrained` of the model and its tokenizer: loads as AutoModelForCausalLM (with peft: an adapter
+        dir, see lmlab.models.peft.export)."""
         directory.mkdir(parents=True, exist_ok=True)
-        self.net.save_pretrained(directory)
+        if adapters.enabled(self.hparams.peft):
+            adapters.export(self.net, directory, self.hparams.peft, {
+                "auto_class": "AutoModelForCausalLM", "name_or_path": self.hparams.name_or_path,
+                "gguf_file": self.hparams.gguf_file, "from_scratch": self.hparams.from_scratch is not None,
+                "kwargs": {}})
+        else:
+            self.net.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
 
 
