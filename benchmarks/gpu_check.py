@@ -21,10 +21,10 @@ text. Cells, one factor at a time from the base (bf16-mixed, SDPA, no compile):
 
 Every cell pads to its max_length (dataset.pad_to_multiple_of): static shapes, so compile does not recompile and the
 factor cells do the same work as their base. MFU, for each model cell:
-  * logged: `perf/train_mfu` as lmlab's Throughput callback wrote it (CUDA only; it is null where Lightning's peak
-    table does not know the device: a plain "NVIDIA H200" is not in lightning_fabric 2.6's table, and its
-    "h200 sxm1" entry is the 2:4-sparse bf16 figure, 2.0e15);
-  * lmlab_formula: the callback's own formula (its parameter count, mirrored in `lmlab_flops_per_token`) x real
+  * logged: `perf/train_mfu` as lmlab's Throughput callback wrote it (CUDA only; its peak is
+    lmlab.callbacks.throughput.available_flops: our dense figure for the H200, which lightning_fabric 2.6's table
+    misses as "NVIDIA H200" and lists 2:4-sparse as "h200 sxm1", else Lightning's table);
+  * lmlab_formula: the callback's own formula (`matmul_params`, via `lmlab_flops_per_token`) x real
     tokens/s over OUR dense peak (below);
   * counter: torch.utils.flop_counter.FlopCounterMode on one forward+backward of lmlab's own loss over UNPADDED rows of
     a training batch (lm_head included: it is an op like any other), per real token, x real tokens/s over the peak;
@@ -198,16 +198,12 @@ def plan(tiny: bool, bundle: Path, steps: int, cuda: bool) -> list[Cell]:
 
 # ---------------------------------------------------------------- FLOPs
 def lmlab_flops_per_token(pl_module: Any, seq_len: float) -> float:
-    """The FLOPs per token lmlab's Throughput callback multiplies its tokens/s by (src/lmlab/callbacks/throughput.py,
-    on_fit_start + _rates: parameters whose name has "embed" in the backbone are left out, every other parameter of
-    the LightningModule counts, deduplicated, so a tied lm_head is not counted). Mirrored, not imported: the callback
-    computes it inline and only on CUDA."""
-    from lmlab.callbacks.throughput import flops_per_token
+    """The FLOPs per token lmlab's Throughput callback multiplies its tokens/s by (src/lmlab/callbacks/throughput.py:
+    `matmul_params` of the LightningModule — embeddings by module type left out, a tied lm_head counted)."""
+    from lmlab.callbacks.throughput import flops_per_token, matmul_params
 
     backbone = getattr(pl_module, "backbone", pl_module)
-    embeddings = sum(p.numel() for n, p in backbone.named_parameters() if "embed" in n)
-    non_embedding = sum(p.numel() for p in pl_module.parameters()) - embeddings
-    return flops_per_token(getattr(backbone, "config", None), non_embedding, seq_len)
+    return flops_per_token(getattr(backbone, "config", None), matmul_params(pl_module), seq_len)
 
 
 def module_loss(pl_module: Any, batch: dict[str, Any]) -> Any:

@@ -180,10 +180,9 @@ def matmul_params(net: Any) -> tuple[int, int]:
 def flops_per_token_formula(net: Any, seq_len: int) -> float:
     """6 x (non-embedding + tied lm_head params) + 12 x layers x hidden x seq_len: lmlab's own flops_per_token
     (src/lmlab/callbacks/throughput.py) given the matmul parameter count including the lm_head."""
-    from lmlab.callbacks.throughput import flops_per_token
+    from lmlab.callbacks import throughput
 
-    non_embedding, tied_head = matmul_params(net)
-    return flops_per_token(net.config, non_embedding + tied_head, seq_len)
+    return throughput.flops_per_token(net.config, throughput.matmul_params(net), seq_len)
 
 
 def _cpu_flash_forward(query: Any, key: Any, value: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:

@@ -89,6 +89,10 @@ def test_flops_formula_matches_flop_counter(model: str, attn: str) -> None:
     assert counted == pytest.approx(formula + recompute - 6 * vectors, rel=1e-9)
     non_embedding, tied_head = lm_bench.matmul_params(net)
     assert tied_head == 512 * cfg.hidden_size  # tied: the lm_head matmul is counted on top of non-embedding params
+    from lmlab.callbacks.throughput import matmul_params
+
+    wrapped = torch.nn.ModuleDict({"net": net})  # the callback counts on the LightningModule around the HF model
+    assert matmul_params(wrapped) == matmul_params(net) == non_embedding + tied_head
     assert all(p.grad is None for p in net.parameters())  # the count leaves no gradients behind
 
 
@@ -108,3 +112,14 @@ def test_schedule_alternates_order_and_runs_slow_variants_in_the_first_rounds() 
     assert order == [(0, "raw"), (0, "lmlab"), (0, "hf_trainer"), (0, "lmlab_compile"),
                      (1, "lmlab"), (1, "raw"), (2, "raw"), (2, "lmlab")]
     assert lm_bench.schedule(["hf_trainer"], repeats=3, repeats_slow=2) == [(0, "hf_trainer"), (1, "hf_trainer")]
+
+
+def test_dense_peak_table_is_ours_for_the_h200_and_dense() -> None:
+    """Lightning 2.6's table has no plain "NVIDIA H200" and a 2:4-sparse "h200 sxm1" figure (2.0e15): the
+    Throughput callback's MFU uses the datasheet's dense bf16 peak instead."""
+    from lmlab.callbacks.throughput import dense_peak
+
+    assert dense_peak("NVIDIA H200", torch.bfloat16) == 989.4e12
+    assert dense_peak("NVIDIA H200 SXM1", torch.float16) == 989.4e12
+    assert dense_peak("NVIDIA H200", torch.float32) == 67e12  # "highest" fp32 matmul precision: no TF32
+    assert dense_peak("Some Future GPU", torch.bfloat16) is None  # no device to ask Lightning about

@@ -33,6 +33,44 @@ def peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
+def matmul_params(module: torch.nn.Module) -> int:
+    """Parameters that take part in a matmul per token: all but embedding lookups (found by module type, not by
+    name: GPT-2's are `wte`/`wpe`), plus a tied lm_head (the d x V projection is a matmul even when its weight is
+    the input embedding's, and `parameters()` lists that weight once, under the embedding)."""
+    embedding = {id(p) for m in module.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
+    total = sum(p.numel() for p in module.parameters() if id(p) not in embedding)  # parameters() dedupes
+    for sub in module.modules():
+        get_head = getattr(sub, "get_output_embeddings", None)
+        head = get_head() if callable(get_head) else None
+        if isinstance(head, torch.nn.Module) and id(getattr(head, "weight", None)) in embedding:
+            return total + head.weight.numel()
+    return total
+
+
+# Dense (no-sparsity) datasheet peaks, FLOP/s, for chips Lightning 2.6's table misses or lists with sparsity:
+# it has no plain "NVIDIA H200" and gives "h200 sxm1" the 2:4-sparse 2.0e15 bf16 (benchmarks/gpu_check.py, findings).
+_DENSE_PEAKS = {"h200": {torch.bfloat16: 989.4e12, torch.float16: 989.4e12, "tf32": 494.7e12, torch.float32: 67e12}}
+
+
+def available_flops(device: torch.device, dtype: torch.dtype) -> float | None:
+    """The CUDA device's dense peak for `dtype` (None when unknown): see `dense_peak`."""
+    return dense_peak(torch.cuda.get_device_name(device), dtype, device)
+
+
+def dense_peak(chip: str, dtype: torch.dtype, device: torch.device | None = None) -> float | None:
+    """Ours where listed (matched in the lower-cased device name), else Lightning's table for `device`."""
+    for key, peaks in _DENSE_PEAKS.items():
+        if key in chip.lower():
+            if dtype is torch.float32 and torch.get_float32_matmul_precision() != "highest":
+                return peaks["tf32"]  # as Lightning does: fp32 matmuls run as TF32 then
+            return peaks.get(dtype)
+    if device is None:
+        return None
+    from lightning_fabric.utilities.throughput import get_available_flops
+
+    return get_available_flops(device, dtype)
+
+
 def flops_per_token(config: Any, non_embedding_params: int, seq_len: float) -> float:
     """Training FLOPs per token: 6N for the weight matmuls (forward + backward) plus 12·L·d·T for attention
     scores (PaLM appendix B). N excludes embeddings, whose lookups are not matmuls."""
@@ -74,14 +112,10 @@ class Throughput(Callback):
         self.available_flops = None
         self.flops_config = None
         if self.cuda:
-            from lightning_fabric.utilities.throughput import get_available_flops
-
             dtype = _COMPUTE_DTYPE.get(str(trainer.precision), torch.float32)
-            self.available_flops = get_available_flops(trainer.strategy.root_device, dtype)
-            backbone = getattr(pl_module, "backbone", pl_module)
-            embeddings = sum(p.numel() for n, p in backbone.named_parameters() if "embed" in n)
-            self.non_embedding_params = sum(p.numel() for p in pl_module.parameters()) - embeddings
-            self.flops_config = getattr(backbone, "config", None)
+            self.available_flops = available_flops(trainer.strategy.root_device, dtype)
+            self.non_embedding_params = matmul_params(pl_module)
+            self.flops_config = getattr(getattr(pl_module, "backbone", pl_module), "config", None)
         if self.cuda:
             torch.cuda.reset_peak_memory_stats(trainer.strategy.root_device)
 
