@@ -29,6 +29,7 @@ from lmlab.report.collect import (
     read_optuna_results,
     scalar_metrics,
 )
+from lmlab.report.html import fmt
 
 CSV_COLUMNS = [
     "group", "n", "n_nan", "n_failed", "n_running", "states", "mean", "std", "ci95_low", "ci95_high", "min", "max",
@@ -315,7 +316,7 @@ def analyze(args: argparse.Namespace) -> dict[str, Any]:
     best_group = next(g for g in groups if g.name == best)
     flags = []
     if len(tied) > 1:
-        flags.append(f"tie: {len(tied)} groups have the same {args.select} mean {_fmt(best_value)} "
+        flags.append(f"tie: {len(tied)} groups have the same {args.select} mean {fmt(best_value)} "
                      f"({', '.join(tied)}); the first in table order (sorted by override values) was taken")
     if best_group.n_failed or best_group.count(*UNFINISHED):
         flags.append(f"the selected group has jobs that did not finish ({best_group.states}): its mean rests on "
@@ -554,14 +555,6 @@ def numeric_hparam(groups: list[Group], rows: list[dict[str, Any]]) -> dict[str,
     return {"key": key, "points": pts, "log": bool(log and min(xs) > 0)}
 
 
-def _fmt(v: Any) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return ""
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
 def _table(result: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(result["groups"]).reindex(columns=CSV_COLUMNS)
 
@@ -573,8 +566,8 @@ def power_statement(result: dict[str, Any]) -> str | None:
     design = "paired" if pw["paired"] else "unpaired (per group)"
     return (f"With {pw['n_seeds']} seeds ({design}) and {pw['m']} comparison(s), this design detects at 80% power "
             f"only standardized effects of {pw['effect_name'] if 'effect_name' in pw else 'd'} ≥ "
-            f"{_fmt(pw['mde_effect'])} at the Bonferroni level α/m = {_fmt(pw['alpha_m'])} "
-            f"(≥ {_fmt(pw['mde_effect_alpha'])} at α = {_fmt(pw['alpha'])}). `mde` gives that smallest detectable "
+            f"{fmt(pw['mde_effect'])} at the Bonferroni level α/m = {fmt(pw['alpha_m'])} "
+            f"(≥ {fmt(pw['mde_effect_alpha'])} at α = {fmt(pw['alpha'])}). `mde` gives that smallest detectable "
             f"difference in metric units per comparison; `seeds_needed` the seeds that would detect the observed "
             f"effect at 80% power at α/m (empty: more than {stats.MAX_SEEDS_NEEDED}, or no effect).")
 
@@ -599,9 +592,9 @@ def render_markdown(result: dict[str, Any]) -> str:
         (f"The best group was chosen on **{sel['select_metric']}** (group mean, {better} is better) and is "
          f"reported on **{sel['report_metric']}**; the test metric played no part in the choice."),
         "",
-        f"- selected: `{sel['group']}` ({sel['select_metric']} mean {_fmt(sel['select_mean'])})",
-        (f"- {sel['report_metric']}: {_fmt(sel['report_mean'])} ± {_fmt(sel['report_std'])} (std), "
-         f"95% CI [{_fmt(sel['report_ci95_low'])}, {_fmt(sel['report_ci95_high'])}], n={sel['n']}"),
+        f"- selected: `{sel['group']}` ({sel['select_metric']} mean {fmt(sel['select_mean'])})",
+        (f"- {sel['report_metric']}: {fmt(sel['report_mean'])} ± {fmt(sel['report_std'])} (std), "
+         f"95% CI [{fmt(sel['report_ci95_low'])}, {fmt(sel['report_ci95_high'])}], n={sel['n']}"),
         *[f"- **{f}**" for f in sel["flags"]],
         "",
         f"## {result['metric']} per group",
@@ -642,7 +635,7 @@ def render_markdown(result: dict[str, Any]) -> str:
             lines += ["", (f"Almost stochastic order (Dror et al. 2019, deepsig; ε_min < 0.5: the group is almost "
                            f"stochastically better than the baseline, 95% confidence, Bonferroni over "
                            f"{len(result['aso'])}):"), ""]
-            lines += [f"- `{g}`: ε_min = {_fmt(e)}" for g, e in result["aso"].items()]
+            lines += [f"- `{g}`: ε_min = {fmt(e)}" for g, e in result["aso"].items()]
         statement = power_statement(result)
         if statement:
             lines += ["", "## Power", "", statement]
@@ -651,20 +644,20 @@ def render_markdown(result: dict[str, Any]) -> str:
     em = result["expected_max"]
     if em:
         kind = "max" if em["mode"] == "max" else "min"
-        hours = f", {_fmt(em['hours_per_config'])} h" if em.get("hours_per_config") else ""
+        hours = f", {fmt(em['hours_per_config'])} h" if em.get("hours_per_config") else ""
         lines += [
             "",
             "## Expected best validation score vs. configurations tried",
             "",
             (f"Expected {kind} of {em['metric']} (group means) over n of the {em['n_configs']} configurations: "
              "drawn with replacement (Dodge et al. 2019) and the unbiased estimator without replacement (Tang "
-             f"et al. 2020). Budget: each configuration is {_fmt(em['runs_per_config'])} runs{hours}."),
+             f"et al. 2020). Budget: each configuration is {fmt(em['runs_per_config'])} runs{hours}."),
             "",
             "| n | runs | expected (Dodge) | std | expected (unbiased) | std |",
             "|---|---|---|---|---|---|",
         ]
         rows = zip(em["n"], em["expected"], em["std"], em["expected_unbiased"], em["std_unbiased"], strict=True)
-        lines += [f"| {n} | {_fmt(n * em['runs_per_config'])} | {_fmt(e)} | {_fmt(s)} | {_fmt(u)} | {_fmt(us)} |"
+        lines += [f"| {n} | {fmt(n * em['runs_per_config'])} | {fmt(e)} | {fmt(s)} | {fmt(u)} | {fmt(us)} |"
                   for n, e, s, u, us in rows]
     pb = result.get("paired_bootstrap")
     if pb:
@@ -673,17 +666,17 @@ def render_markdown(result: dict[str, Any]) -> str:
             "## Bootstrap over test examples",
             "",
             (f"macro-F1(A) − macro-F1(B), A = `{pb['a']}`, B = `{pb['b']}`, {pb['n_examples']} examples, "
-             f"{len(pb['pairs'])} run pair(s): {_fmt(pb['f1_macro_a'])} − {_fmt(pb['f1_macro_b'])} = "
-             f"**{_fmt(pb['diff'])}**."),
+             f"{len(pb['pairs'])} run pair(s): {fmt(pb['f1_macro_a'])} − {fmt(pb['f1_macro_b'])} = "
+             f"**{fmt(pb['diff'])}**."),
             "",
         ]
         tl = pb.get("two_level")
         if tl:
             lines.append(f"- seeds × examples (two-level) bootstrap, {tl['n_resamples']} resamples: 95% CI "
-                         f"[{_fmt(tl['diff_ci95_low'])}, {_fmt(tl['diff_ci95_high'])}] (both sources of variance)")
+                         f"[{fmt(tl['diff_ci95_low'])}, {fmt(tl['diff_ci95_high'])}] (both sources of variance)")
         lines.append(f"- example-only bootstrap (seeds held fixed; ignores seed variance), {pb['n_resamples']} "
-                     f"resamples: 95% CI [{_fmt(pb['diff_ci95_low'])}, {_fmt(pb['diff_ci95_high'])}], "
-                     f"p = {_fmt(pb['p_value'])}")
+                     f"resamples: 95% CI [{fmt(pb['diff_ci95_low'])}, {fmt(pb['diff_ci95_high'])}], "
+                     f"p = {fmt(pb['p_value'])}")
     if result["optuna"]:
         lines += ["", "## Optuna", "", "optimization_results.yaml (chosen on the sweep's objective):", "",
                   "```", json.dumps(result["optuna"], indent=2, default=str), "```"]
@@ -704,7 +697,7 @@ def render_markdown(result: dict[str, Any]) -> str:
 def _md_table(rows: list[dict[str, Any]]) -> list[str]:
     out = ["| " + " | ".join(CSV_COLUMNS) + " |", "|" + "---|" * len(CSV_COLUMNS)]
     for row in pd.DataFrame(rows).reindex(columns=CSV_COLUMNS).to_dict("records"):
-        out.append("| " + " | ".join(_fmt(row[c]) for c in CSV_COLUMNS) + " |")
+        out.append("| " + " | ".join(fmt(row[c]) for c in CSV_COLUMNS) + " |")
     return out
 
 
@@ -733,7 +726,7 @@ def print_table(result: dict[str, Any]) -> None:
         # Group strings are what users paste into --baseline: never wrap them.
         t.add_column(c, justify="left" if c == "group" else "right", no_wrap=c == "group")
     for row in _table(result).to_dict("records"):
-        t.add_row(*(_fmt(row[c]) for c in cols), style="bold" if row["group"] == sel else None)
+        t.add_row(*(fmt(row[c]) for c in cols), style="bold" if row["group"] == sel else None)
     # Wide enough for the longest group plus the number columns (a log file has no terminal width).
     longest = max((len(str(r["group"])) for r in result["groups"]), default=0)
     Console(width=max(120, Console().width, longest + 10 * len(cols))).print(t)
@@ -789,8 +782,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(statement.replace("`", ""))
     pb = result.get("paired_bootstrap")
     if pb:
-        print(f"paired bootstrap {pb['a']!r} vs {pb['b']!r}: diff {_fmt(pb['diff'])} "
-              f"[{_fmt(pb['diff_ci95_low'])}, {_fmt(pb['diff_ci95_high'])}], p={_fmt(pb['p_value'])}")
+        print(f"paired bootstrap {pb['a']!r} vs {pb['b']!r}: diff {fmt(pb['diff'])} "
+              f"[{fmt(pb['diff_ci95_low'])}, {fmt(pb['diff_ci95_high'])}], p={fmt(pb['p_value'])}")
     wandb_id = log_wandb(result, out, args.wandb)
     if wandb_id:
         print(f"logged to W&B run {wandb_id}")

@@ -49,7 +49,8 @@ code { background: #f6f6f6; padding: 0 3px; }
 """
 
 
-def _fmt(v: Any) -> str:
+def fmt(v: Any) -> str:
+    """A table cell: blank for None/NaN, 4 significant digits for floats."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return ""
     if isinstance(v, float):
@@ -68,7 +69,7 @@ def table(rows: list[dict[str, Any]], columns: list[str], table_id: str, selecte
     body = []
     for r in rows:
         cls = ' class="selected"' if selected is not None and r.get(columns[0]) == selected else ""
-        cells = "".join(f'<td data-v="{html.escape(_sort_value(r.get(c)))}">{html.escape(_fmt(r.get(c)))}</td>'
+        cells = "".join(f'<td data-v="{html.escape(_sort_value(r.get(c)))}">{html.escape(fmt(r.get(c)))}</td>'
                         for c in columns)
         body.append(f"<tr{cls}>{cells}</tr>")
     # The wide group table scrolls inside its box instead of running off the page.
@@ -95,8 +96,8 @@ def render(result: dict[str, Any], out: Path, columns: list[str], power: str | N
         "<h2>Selection</h2>",
         f"<p>Chosen on <b>{e(sel['select_metric'])}</b> ({e(sel['rule'])}, {better} is better), reported on "
         f"<b>{e(sel['report_metric'])}</b>; the test metric played no part in the choice.</p>",
-        f"<p>Selected: <code>{e(sel['group'])}</code>: {e(sel['report_metric'])} {_fmt(sel['report_mean'])} "
-        f"(95% CI [{_fmt(sel['report_ci95_low'])}, {_fmt(sel['report_ci95_high'])}], n={sel['n']})</p>",
+        f"<p>Selected: <code>{e(sel['group'])}</code>: {e(sel['report_metric'])} {fmt(sel['report_mean'])} "
+        f"(95% CI [{fmt(sel['report_ci95_low'])}, {fmt(sel['report_ci95_high'])}], n={sel['n']})</p>",
         *[f'<p class="warn">{e(f)}</p>' for f in sel["flags"]],
         f"<h2>{e(result['metric'])} per group</h2>",
         table(result["groups"], columns, "groups", sel["group"]),

@@ -93,3 +93,21 @@ class Task:
     def write_outputs(self, run_dir: Path, module: Any, datamodule: Any, split: str, loggers: Sequence[Any] = ()
                       ) -> None:
         """Files beside metrics.json after `split` was evaluated (predictions, samples)."""
+
+
+class TaskModule:
+    """The LightningModule hooks every task's module shares (mixed in before pl.LightningModule): each stage's
+    metrics are logged by the module's `_log_epoch_metrics(stage)` at the epoch end, and its `backbone` and `head`
+    are optimized with lmlab's parameter groups (layer-wise lr decay, head lr, no decay on norms and biases)."""
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
+
+    def configure_optimizers(self) -> Any:
+        from lmlab.optim import lightning_optimizers
+
+        return lightning_optimizers(self.backbone, self.head, self.hparams.optimizer, self.hparams.scheduler,
+                                    int(self.trainer.estimated_stepping_batches))

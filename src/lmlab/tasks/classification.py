@@ -26,8 +26,8 @@ from lmlab.data.splits import label_names
 from lmlab.data.tokenizer import BPE, load_tokenizer, train_bpe
 from lmlab.models import peft as adapters
 from lmlab.models.backbone import load_backbone
-from lmlab.optim import find_layers, lightning_optimizers
-from lmlab.tasks.base import Task
+from lmlab.optim import find_layers
+from lmlab.tasks.base import Task, TaskModule
 
 
 def classification_metrics(problem_type: str, num_labels: int) -> torchmetrics.MetricCollection:
@@ -74,7 +74,7 @@ class PooledHead(nn.Module):
         return self.classifier(self.dropout(pooled))
 
 
-class TextClassifier(adapters.AdapterCheckpoints, pl.LightningModule):
+class TextClassifier(adapters.AdapterCheckpoints, TaskModule, pl.LightningModule):
     def __init__(
         self,
         name_or_path: str,
@@ -276,17 +276,6 @@ class TextClassifier(adapters.AdapterCheckpoints, pl.LightningModule):
         self.log_dict({f"{stage}/{name}": value for name, value in computed.items()},
                       prog_bar=False, sync_dist=True)
         self.log(f"{stage}/f1", computed["f1_macro"], prog_bar=True, sync_dist=True)
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch_metrics("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch_metrics("test")
-
-    # ---- optimization
-    def configure_optimizers(self) -> Any:
-        return lightning_optimizers(self.backbone, self.head, self.hparams.optimizer, self.hparams.scheduler,
-                                    int(self.trainer.estimated_stepping_batches))
 
     # ---- export
     def export_pretrained(self, directory: Path) -> None:

@@ -33,8 +33,7 @@ from lmlab.data.sources import Example
 from lmlab.data.tokenizer import token_byte_lengths
 from lmlab.models import peft as adapters
 from lmlab.models.backbone import load_backbone
-from lmlab.optim import lightning_optimizers
-from lmlab.tasks.base import Task
+from lmlab.tasks.base import Task, TaskModule
 from lmlab.tasks.classification import from_scratch_for, task_tokenizer
 
 log = logging.getLogger(__name__)
@@ -96,7 +95,7 @@ def lm_metrics() -> torchmetrics.MetricCollection:
     return torchmetrics.MetricCollection(sums, compute_groups=False)
 
 
-class CausalLM(adapters.AdapterCheckpoints, pl.LightningModule):
+class CausalLM(adapters.AdapterCheckpoints, TaskModule, pl.LightningModule):
     """An HF `AutoModelForCausalLM` (pretrained, GGUF, or random init) trained on next-token prediction."""
 
     def __init__(
@@ -195,17 +194,6 @@ class CausalLM(adapters.AdapterCheckpoints, pl.LightningModule):
         self.log_dict({f"{stage}/{name}": value for name, value in values.items()}, prog_bar=False)
         self.log(f"{stage}/ppl_bar", values["ppl"], prog_bar=True, logger=False)
 
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch_metrics("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch_metrics("test")
-
-    # ---- optimization
-    def configure_optimizers(self) -> Any:
-        return lightning_optimizers(self.backbone, self.head, self.hparams.optimizer, self.hparams.scheduler,
-                                    int(self.trainer.estimated_stepping_batches))
-
     # ---- samples and export
     @torch.no_grad()
     def complete(self, prompts: Sequence[str], max_new_tokens: int, sample: bool, temperature: float, top_k: int,
@@ -269,6 +257,14 @@ def causal_config(model_cfg: Mapping[str, Any]) -> Any:
     return config
 
 
+def lm_module(cls: type, model_cfg: Mapping[str, Any], tokenizer: Any, optimizer: Mapping[str, Any] | None,
+              scheduler: Mapping[str, Any] | None) -> Any:
+    """A language-model module (causal or masked) from the model config's LM keys and the connected tokenizer."""
+    kwargs = {k: model_cfg.get(k) for k in MODEL_KEYS if k in model_cfg}
+    kwargs["from_scratch"] = from_scratch_for(model_cfg, tokenizer)
+    return cls(**kwargs, optimizer=optimizer or {}, scheduler=scheduler or {}, tokenizer_object=tokenizer)
+
+
 class CausalLMTask(Task):
     """Next-token prediction on the dataset's text (labels ignored); monitor val/loss, minimized."""
 
@@ -329,9 +325,7 @@ class CausalLMTask(Task):
 
     def module(self, model_cfg: Mapping[str, Any], datamodule: Any, tokenizer: Any,
                optimizer: Mapping[str, Any] | None, scheduler: Mapping[str, Any] | None) -> CausalLM:
-        kwargs = {k: model_cfg.get(k) for k in MODEL_KEYS if k in model_cfg}
-        kwargs["from_scratch"] = from_scratch_for(model_cfg, tokenizer)
-        return CausalLM(**kwargs, optimizer=optimizer or {}, scheduler=scheduler or {}, tokenizer_object=tokenizer)
+        return lm_module(CausalLM, model_cfg, tokenizer, optimizer, scheduler)
 
     def load_kwargs(self, datamodule: Any, tokenizer: Any) -> dict[str, Any]:
         return {"tokenizer_object": tokenizer}

@@ -34,10 +34,9 @@ from lmlab.config import LmlabError
 from lmlab.data.datamodule import PadCollator
 from lmlab.data.sources import Example
 from lmlab.models.backbone import load_backbone
-from lmlab.optim import lightning_optimizers
-from lmlab.tasks.base import Task
-from lmlab.tasks.classification import from_scratch_for, task_tokenizer
-from lmlab.tasks.language_modeling import MODEL_KEYS, BlockDataset, lm_metrics
+from lmlab.tasks.base import Task, TaskModule
+from lmlab.tasks.classification import task_tokenizer
+from lmlab.tasks.language_modeling import BlockDataset, lm_metrics, lm_module
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +101,7 @@ class MaskingCollator:
         return batch
 
 
-class MaskedLM(pl.LightningModule):
+class MaskedLM(TaskModule, pl.LightningModule):
     """An HF `AutoModelForMaskedLM` (pretrained, or random init) trained on masked-token prediction."""
 
     def __init__(
@@ -198,16 +197,6 @@ class MaskedLM(pl.LightningModule):
         self.log_dict({f"{stage}/{name}": value for name, value in values.items()}, prog_bar=False)
         self.log(f"{stage}/ppl_bar", values["ppl"], prog_bar=True, logger=False)
 
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch_metrics("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch_metrics("test")
-
-    def configure_optimizers(self) -> Any:
-        return lightning_optimizers(self.backbone, self.head, self.hparams.optimizer, self.hparams.scheduler,
-                                    int(self.trainer.estimated_stepping_batches))
-
     def export_pretrained(self, directory: Path) -> None:
         """`save_pretrained` of the model and its tokenizer: loads as AutoModelForMaskedLM."""
         directory.mkdir(parents=True, exist_ok=True)
@@ -299,9 +288,7 @@ class MaskedLMTask(Task):
 
     def module(self, model_cfg: Mapping[str, Any], datamodule: Any, tokenizer: Any,
                optimizer: Mapping[str, Any] | None, scheduler: Mapping[str, Any] | None) -> MaskedLM:
-        kwargs = {k: model_cfg.get(k) for k in MODEL_KEYS if k in model_cfg}
-        kwargs["from_scratch"] = from_scratch_for(model_cfg, tokenizer)
-        return MaskedLM(**kwargs, optimizer=optimizer or {}, scheduler=scheduler or {}, tokenizer_object=tokenizer)
+        return lm_module(MaskedLM, model_cfg, tokenizer, optimizer, scheduler)
 
     def load_kwargs(self, datamodule: Any, tokenizer: Any) -> dict[str, Any]:
         return {"tokenizer_object": tokenizer}

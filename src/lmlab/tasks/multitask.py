@@ -24,8 +24,7 @@ from torch.nn import functional as F
 from lmlab import runfiles
 from lmlab.config import LmlabError
 from lmlab.models.backbone import load_backbone
-from lmlab.optim import lightning_optimizers
-from lmlab.tasks.base import Task
+from lmlab.tasks.base import Task, TaskModule
 from lmlab.tasks.classification import (
     ClassificationTask,
     PooledHead,
@@ -44,7 +43,7 @@ MODEL_KEYS = ("name_or_path", "tokenizer", "bpe_vocab_size", "gguf_file", "pooli
               "from_scratch")
 
 
-class MultiTaskClassifier(pl.LightningModule):
+class MultiTaskClassifier(TaskModule, pl.LightningModule):
     """An HF encoder (AutoModel) shared by every sub-task, and a pooled linear head per sub-task."""
 
     def __init__(
@@ -200,17 +199,6 @@ class MultiTaskClassifier(pl.LightningModule):
         self.log_dict(values, prog_bar=False, add_dataloader_idx=False)
         self.log(f"{stage}/mean", values[f"{stage}/mean_primary"], prog_bar=True, logger=False,
                  add_dataloader_idx=False)
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch_metrics("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch_metrics("test")
-
-    # ---- optimization
-    def configure_optimizers(self) -> Any:
-        return lightning_optimizers(self.backbone, self.head, self.hparams.optimizer, self.hparams.scheduler,
-                                    int(self.trainer.estimated_stepping_batches))
 
     # ---- export
     def export_pretrained(self, directory: Path) -> None:
