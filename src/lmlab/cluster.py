@@ -6,7 +6,9 @@ Kept free of heavy imports: these run while Hydra composes, before anything is s
 from __future__ import annotations
 
 import os
+import signal
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from lmlab.config import LmlabError
@@ -14,6 +16,21 @@ from lmlab.config import LmlabError
 
 class RequeueExit(SystemExit):
     """Raised after the job was requeued: the attempt ends, but the job did not fail (status.json: requeued)."""
+
+
+class Interrupted(BaseException):
+    """Ctrl-C or SIGTERM ended the run; `checkpoint` is where it can resume from (None: the last epoch's).
+
+    A BaseException, like KeyboardInterrupt, so that no `except Exception` on the way can swallow it. Here, beside
+    RequeueExit, so that run_task can catch it before lmlab.requeue (torch) is imported."""
+
+    def __init__(self, signum: int, checkpoint: Path | None = None) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.checkpoint = signum, checkpoint
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
 
 
 def slurm_tasks(devices: Any) -> int:

@@ -39,7 +39,7 @@ import pytorch_lightning as pl
 import torch
 
 from lmlab import runfiles
-from lmlab.cluster import RequeueExit
+from lmlab.cluster import Interrupted, RequeueExit
 
 log = logging.getLogger("lmlab.requeue")
 
@@ -50,20 +50,6 @@ class RequeueLimitError(RuntimeError):
 def requeue_checkpoint(run_dir: Path) -> Path:
     """Where an interruption saves the exact position (`resume.ckpt`; removed when a fit ends normally)."""
     return Path(run_dir) / runfiles.CHECKPOINTS / runfiles.RESUME_CKPT
-
-
-class Interrupted(BaseException):
-    """Ctrl-C or SIGTERM ended the run; `checkpoint` is where it can resume from (None: the last epoch's).
-
-    A BaseException, like KeyboardInterrupt, so that no `except Exception` on the way can swallow it."""
-
-    def __init__(self, signum: int, checkpoint: Path | None = None) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum, self.checkpoint = signum, checkpoint
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum
 
 
 class Interrupts:

@@ -306,7 +306,7 @@ def run_task(task: Any, cfg: DictConfig) -> dict[str, Any] | None:
     from hydra.types import RunMode
 
     from lmlab import runfiles
-    from lmlab.cluster import RequeueExit
+    from lmlab.cluster import Interrupted, RequeueExit
     from lmlab.distributed import is_primary_process
     from lmlab.utils import mark_job_start
 
@@ -332,10 +332,9 @@ def run_task(task: Any, cfg: DictConfig) -> dict[str, Any] | None:
     with lock:
         runfiles.update_status(run_dir, "running")
         runfiles.write_resolved(run_dir, config)
-        Interrupted = RequeueExit  # noqa: N806 - matches nothing new until lmlab.requeue is imported below
         try:
             validate(cfg)  # before torch is imported (lmlab.requeue imports it): a bad config fails in ~1 s
-            from lmlab.requeue import Interrupted, Interrupts
+            from lmlab.requeue import Interrupts
 
             with runfiles.Heartbeat(run_dir), Interrupts():
                 result = task(cfg)
