@@ -138,14 +138,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from lmlab import distributed, manifest, requeue, runfiles
     from lmlab.callbacks import perf_summary
     from lmlab.callbacks.throughput import peak_rss_mb
+    from lmlab.console import quiet_libraries
     from lmlab.loggers import finish_run
     from lmlab.models.peft import param_counts
     from lmlab.utils import print_config
 
     run_dir = Path(cfg.paths.output_dir)
     check_accelerator(cfg.trainer.get("accelerator"))
-    from lmlab.console import quiet_libraries
-
     quiet_libraries()
     if distributed.is_primary_process():
         print_config(cfg, save_to=run_dir / "config_tree.log")
