@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import warnings
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
@@ -48,6 +49,9 @@ def quiet_libraries() -> None:
         target = logging.getLogger(name)
         if not any(isinstance(f, _DropTips) for f in target.filters):
             target.addFilter(_DropTips())
+    # Lightning's SLURMEnvironment hint, printed twice per run wherever `srun` is on PATH: lmlab's SLURM launcher
+    # starts jobs under srun itself, and a run started by hand on a login node is meant to run there.
+    warnings.filterwarnings("ignore", message="The `srun` command is available on your system but is not used")
     import transformers
 
     # "Loading weights: 100%|####|" per model load and the bars of save_pretrained: one line of noise each.
