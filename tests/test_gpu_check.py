@@ -136,7 +136,9 @@ def test_the_full_mode_cells_compose_as_the_device_would_run_them(tmp_path: Path
     gpu_check = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = gpu_check
     spec.loader.exec_module(gpu_check)
-    cells = {c.id: c for c in gpu_check.plan(False, tmp_path / "bundle", 40, cuda=True)}
+    # The bundle the device run reads (model dirs must exist: lmlab's checks refuse a missing path).
+    bundle = gpu_check.prepare_bundle(tmp_path / "bundle")
+    cells = {c.id: c for c in gpu_check.plan(False, bundle, 40, cuda=True)}
     assert list(cells) == CELLS
     cfgs = {}
     for cid, cell in cells.items():

@@ -120,7 +120,8 @@ def test_interrupted_lora_run_resumes_exactly(tmp_path: Path, train_tiny: Any) -
     optimizer state and metrics, bit for bit; checkpoints hold only the trainable tensors (+ optimizer)."""
     from lmlab.train import run_task, train
 
-    overrides = [*CASES["classification"], "trainer.max_epochs=2"]
+    # keep: the completed runs' last.ckpt (adapters + AdamW state) is what the two runs are compared on
+    overrides = [*CASES["classification"], "trainer.max_epochs=2", "checkpoint_policy=keep"]
     reference, ref_dir = train_tiny(base=overrides)
     run_dir = tmp_path / "interrupted"
     first = run_cli("train.py", *overrides, f"hydra.run.dir={run_dir}",
