@@ -95,7 +95,25 @@ def lm_metrics() -> torchmetrics.MetricCollection:
     return torchmetrics.MetricCollection(sums, compute_groups=False)
 
 
-class CausalLM(adapters.AdapterCheckpoints, TaskModule, pl.LightningModule):
+class LMParts:
+    """The parts of an HF `*ForCausalLM` / `*ForMaskedLM` in `self.net` (peft-wrapped or not) that optimizer groups
+    and the throughput callback work on: the base model, and the head modules around it."""
+
+    @property
+    def backbone(self) -> torch.nn.Module:
+        return adapters.unwrap(self.net).base_model
+
+    @property
+    def head(self) -> torch.nn.Module:
+        net = adapters.unwrap(self.net)
+        return torch.nn.ModuleList(m for m in net.children() if m is not net.base_model)
+
+    @property
+    def attn_implementation(self) -> str:
+        return str(adapters.unwrap(self.net).config._attn_implementation)
+
+
+class CausalLM(adapters.AdapterCheckpoints, LMParts, TaskModule, pl.LightningModule):
     """An HF `AutoModelForCausalLM` (pretrained, GGUF, or random init) trained on next-token prediction."""
 
     def __init__(
@@ -135,19 +153,6 @@ class CausalLM(adapters.AdapterCheckpoints, TaskModule, pl.LightningModule):
         self.metrics = torch.nn.ModuleDict({stage: lm_metrics() for stage in ("val", "test")})
         self.train()  # from_pretrained returns eval mode, and Lightning keeps each module's mode as found
 
-    # ---- the parts optimizer groups and the throughput callback work on
-    @property
-    def backbone(self) -> torch.nn.Module:
-        return adapters.unwrap(self.net).base_model
-
-    @property
-    def head(self) -> torch.nn.Module:
-        net = adapters.unwrap(self.net)
-        return torch.nn.ModuleList(m for m in net.children() if m is not net.base_model)
-
-    @property
-    def attn_implementation(self) -> str:
-        return str(adapters.unwrap(self.net).config._attn_implementation)
 
     # ---- loss
     def token_losses(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -36,7 +36,7 @@ from lmlab.data.sources import Example
 from lmlab.models.backbone import load_backbone
 from lmlab.tasks.base import Task, TaskModule
 from lmlab.tasks.classification import task_tokenizer
-from lmlab.tasks.language_modeling import BlockDataset, lm_metrics, lm_module
+from lmlab.tasks.language_modeling import BlockDataset, LMParts, lm_metrics, lm_module
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class MaskingCollator:
         return batch
 
 
-class MaskedLM(TaskModule, pl.LightningModule):
+class MaskedLM(LMParts, TaskModule, pl.LightningModule):
     """An HF `AutoModelForMaskedLM` (pretrained, or random init) trained on masked-token prediction."""
 
     def __init__(
@@ -134,19 +134,6 @@ class MaskedLM(TaskModule, pl.LightningModule):
             self.net.compile(dynamic=compile_dynamic)
         self.metrics = torch.nn.ModuleDict({stage: lm_metrics() for stage in ("val", "test")})
         self.train()  # from_pretrained returns eval mode, and Lightning keeps each module's mode as found
-
-    @property
-    def backbone(self) -> torch.nn.Module:
-        return self.net.base_model
-
-    @property
-    def head(self) -> torch.nn.Module:
-        base = self.net.base_model
-        return torch.nn.ModuleList(m for m in self.net.children() if m is not base)
-
-    @property
-    def attn_implementation(self) -> str:
-        return str(self.net.config._attn_implementation)
 
     def token_losses(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Nats, targets and argmax predictions of the masked positions only (flat).
