@@ -44,3 +44,41 @@ live_pid() {
   [[ "$comm" == "$name" ]] || return 1
   echo "$pid"
 }
+
+# start NAME CMD...: run CMD detached (own session, no terminal, output to the log dir) and record its PID.
+# The daemons run in the foreground (-D/-F) and every launcher in front of them (setsid, setpriv) execs, so
+# $! ends up being the daemon itself, not a launcher that forks away. A marker line opens this start's part of
+# the log, so a failure shows this attempt's output rather than an earlier instance's.
+start() {
+  local name="$1"; shift
+  rm -f "$PID_DIR/$name.pid"
+  printf -- '--- %s: up.sh starting %s\n' "$(date '+%F %T')" "$name" >>"$LOG_DIR/$name.out"
+  setsid "$@" </dev/null >>"$LOG_DIR/$name.out" 2>&1 &
+  echo $! >"$PID_DIR/$name.pid"
+}
+
+# The last 20 lines NAME logged since its latest start.
+show_this_start() {
+  local log="$LOG_DIR/$1.out" from
+  from="$(grep -n -- "^--- .*: up.sh starting $1\$" "$log" 2>/dev/null | tail -1 | cut -d: -f1)"
+  tail -n +"${from:-1}" "$log" 2>/dev/null | tail -20 >&2 || true
+}
+
+# wait_for NAME SECONDS CHECK...: poll CHECK until it succeeds; fail early, with the log, if NAME died.
+# Liveness is the recorded PID running, not live_pid's name check: until the exec chain bash → setsid →
+# setpriv → daemon has finished, /proc/PID/comm still names a launcher, and checking the name then reported a
+# healthy munged as "exited during startup" (a CI run failed that way). The PID is ours, just recorded, so
+# PID reuse (what the name check guards against) cannot apply here.
+wait_for() {
+  local name="$1" limit="$2"; shift 2
+  local end=$((SECONDS + limit)) pid
+  pid="$(<"$PID_DIR/$name.pid")"
+  until "$@" >/dev/null 2>&1; do
+    if ! running "$pid"; then
+      show_this_start "$name"
+      die "$name exited during startup; logs in $LOG_DIR"
+    fi
+    ((SECONDS < end)) || { show_this_start "$name"; die "$name not ready after ${limit}s; logs in $LOG_DIR"; }
+    sleep 0.5
+  done
+}

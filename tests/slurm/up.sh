@@ -197,30 +197,6 @@ if [[ ! -e /etc/slurm/slurm.conf && ! -L /etc/slurm/slurm.conf ]] \
   mkdir -p /etc/slurm && ln -sfn "$CONF" /etc/slurm/slurm.conf
 fi
 
-# ---- starting and waiting -------------------------------------------------------------------------------
-# start NAME CMD...: run CMD detached (own session, no terminal, output to the log dir) and record its PID.
-# The daemons run in the foreground (-D/-F), so $! is the daemon itself, not a launcher that forks away.
-start() {
-  local name="$1"; shift
-  rm -f "$PID_DIR/$name.pid"
-  setsid "$@" </dev/null >>"$LOG_DIR/$name.out" 2>&1 &
-  echo $! >"$PID_DIR/$name.pid"
-}
-
-# wait_for NAME SECONDS CHECK...: poll CHECK until it succeeds; fail early, with the log, if NAME died.
-wait_for() {
-  local name="$1" limit="$2"; shift 2
-  local end=$((SECONDS + limit))
-  until "$@" >/dev/null 2>&1; do
-    if ! live_pid "$name" >/dev/null; then
-      tail -20 "$LOG_DIR/$name.out" >&2 || true
-      die "$name exited during startup; logs in $LOG_DIR"
-    fi
-    ((SECONDS < end)) || { tail -20 "$LOG_DIR/$name.out" >&2 || true; die "$name not ready after ${limit}s; logs in $LOG_DIR"; }
-    sleep 0.5
-  done
-}
-
 # munge: reuse a munged that already answers on the default socket (a laptop with a real munge install);
 # all daemons are on this one host, so its key is as good as ours. Otherwise run our own with our own key.
 rm -f "$STATE_DIR/munge-external"
