@@ -52,6 +52,9 @@ def quiet_libraries() -> None:
     # Lightning's SLURMEnvironment hint, printed twice per run wherever `srun` is on PATH: lmlab's SLURM launcher
     # starts jobs under srun itself, and a run started by hand on a login node is meant to run there.
     warnings.filterwarnings("ignore", message="The `srun` command is available on your system but is not used")
+    # Lightning 2.x's pytree helper still uses torch's deprecated LeafSpec check: a library-to-library notice
+    # nothing in lmlab or the user's config can act on, printed once per run.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     import transformers
 
     # "Loading weights: 100%|####|" per model load and the bars of save_pretrained: one line of noise each.

@@ -88,10 +88,10 @@ def lm_blocks(flat: np.ndarray, offsets: np.ndarray, length: int, packing: bool,
                         np.concatenate(lengths) if lengths else np.zeros(0, np.int64))
 
 
-def lm_metrics() -> torchmetrics.MetricCollection:
-    """Split totals (summed over every batch, synced across ranks): nats, targets, correct, bytes."""
-    sums = {name: torchmetrics.SumMetric().set_dtype(torch.float64) for name in ("nats", "tokens", "correct",
-                                                                                "bytes")}
+def lm_metrics(names: Sequence[str] = ("nats", "tokens", "correct", "bytes")) -> torchmetrics.MetricCollection:
+    """Split totals (summed over every batch, synced across ranks): nats, targets, correct, bytes. Only the totals a
+    task updates: computing one that was never updated makes torchmetrics warn at every epoch end."""
+    sums = {name: torchmetrics.SumMetric().set_dtype(torch.float64) for name in names}
     return torchmetrics.MetricCollection(sums, compute_groups=False)
 
 

@@ -132,7 +132,9 @@ class MaskedLM(LMParts, TaskModule, pl.LightningModule):
             log_fresh_head(self.net, name_or_path)
         if compile:
             self.net.compile(dynamic=compile_dynamic)
-        self.metrics = torch.nn.ModuleDict({stage: lm_metrics() for stage in ("val", "test")})
+        # No bytes total: bits-per-byte is a causal-LM metric.
+        self.metrics = torch.nn.ModuleDict({stage: lm_metrics(("nats", "tokens", "correct"))
+                                            for stage in ("val", "test")})
         self.train()  # from_pretrained returns eval mode, and Lightning keeps each module's mode as found
 
     def token_losses(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
