@@ -87,7 +87,7 @@ bench-gpu: install  ## the GPU check (needs CUDA; BENCH_ARGS=--tiny for the CPU 
 # The LM targets (README, "Language models: measured"): the default recipe (python train.py task=causal_lm, timed) vs
 # byte/word Kneser-Ney n-gram LMs on the same split (~11 min); SmolLM2 zero-shot vs a 40-step fine-tune (~15 min).
 # LoRA vs full fine-tuning of SmolLM2 (README, "LoRA"): parameters, optimizer state, peak RSS, tokens/s, test ppl.
-bench-lora: install  ## LoRA vs full fine-tuning on model=smollm2, 10 steps each (~10 min on 2 CPU cores)
+bench-lora: install  ## LoRA vs full fine-tuning on model=smollm2, 10 steps each (~4 min on a quiet 2-core CPU)
 	$(PY) benchmarks/lora.py --steps 10 --max-length 128 --batch-size 4 --json logs/bench/lora.json $(BENCH_ARGS)
 
 bench-lm-quality: install  ## default LM recipe vs n-gram baselines in bpb, and SmolLM2 zero-shot vs fine-tuned
