@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -144,6 +147,29 @@ def test_shingles_and_containment() -> None:
     assert found == {("train", "val"): [0], ("train", "test"): [0], ("val", "test"): [2]}
     assert find_near_duplicates(splits, threshold=0.3)[("train", "test")] == [0, 1]  # test[1]: 23 of 63 shared
     assert find_near_duplicates(splits, threshold=1.0)[("train", "test")] == []
+
+
+def test_near_duplicate_cache_returns_the_computed_answer_and_never_a_stale_one(tmp_path: Path) -> None:
+    splits = _near_copy_splits()
+    want = find_near_duplicates(splits, threshold=0.5)
+    assert find_near_duplicates(splits, 0.5, cache_dir=tmp_path) == want  # computed, then written
+    (written,) = tmp_path.glob("near-*.json")
+    assert find_near_duplicates(splits, 0.5, cache_dir=tmp_path) == want  # read back: the same answer
+    # The second call reads the file: an edited (but valid) file is what comes back.
+    written.write_text(json.dumps({"train&val": [], "train&test": [3], "val&test": []}))
+    assert find_near_duplicates(splits, 0.5, cache_dir=tmp_path)[("train", "test")] == [3]
+    # Another threshold, one changed word, or a text moved to another split: another key, computed afresh.
+    assert find_near_duplicates(splits, 0.3, cache_dir=tmp_path)[("train", "test")] == [0, 1]
+    edited = {**splits, "test": [replace(splits["test"][0], text=splits["test"][0].text + " x"), *splits["test"][1:]]}
+    assert find_near_duplicates(edited, 0.5, cache_dir=tmp_path) == want
+    moved = {**splits, "val": splits["val"][:2], "test": [splits["val"][2], *splits["test"]]}
+    assert find_near_duplicates(moved, 0.5, cache_dir=tmp_path) == find_near_duplicates(moved, 0.5)
+    assert len(list(tmp_path.glob("near-*.json"))) == 4
+    # A broken or impossible file (an index past the split's end) is recomputed and rewritten.
+    for bad in ("{not json", json.dumps({"train&val": [99], "train&test": [], "val&test": []})):
+        written.write_text(bad)
+        assert find_near_duplicates(splits, 0.5, cache_dir=tmp_path) == want
+        assert json.loads(written.read_text()) == {"train&val": [0], "train&test": [0], "val&test": [2]}
 
 
 def test_dedupe_near_drops_near_copies_from_val_and_test() -> None:

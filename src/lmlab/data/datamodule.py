@@ -170,7 +170,7 @@ class TextDataModule(pl.LightningDataModule):
             self.base_splits, self.duplicates = split_examples(
                 output, fractions=self.fractions, split_seed=self.split_seed, dedupe=mode,
                 near_duplicate_threshold=self.near_duplicate_threshold, stratify=self.stratify,
-                max_samples=self.max_samples)
+                max_samples=self.max_samples, cache_dir=self.cache_dir)
         splits = relabel_one_vs_rest(self.base_splits, self.one_vs_rest)
         self.splits = splits
         self.data_fingerprint = fingerprint(splits)

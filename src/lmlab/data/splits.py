@@ -10,6 +10,7 @@ import random
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from lmlab.config import LmlabError
@@ -117,11 +118,11 @@ def relabel_one_vs_rest(splits: Mapping[str, Sequence[Example]], positive: str |
             for split, exs in splits.items()}
 
 
-def near_duplicate_report(splits: Mapping[str, Sequence[Example]], threshold: float
-                          ) -> tuple[dict[str, int], dict[str, set[int]]]:
+def near_duplicate_report(splits: Mapping[str, Sequence[Example]], threshold: float,
+                          cache_dir: str | Path | None = None) -> tuple[dict[str, int], dict[str, set[int]]]:
     """Counts of val/test texts that are near-copies of an earlier split (`near_train&test`, ...), and per split
     the indices `dedupe=near` drops: val near train; test near train or val."""
-    found = find_near_duplicates(splits, threshold)
+    found = find_near_duplicates(splits, threshold, cache_dir)
     report = {f"near_{a}&{b}": len(indices) for (a, b), indices in found.items()}
     drop = {"val": set(found[("train", "val")]), "test": set(found[("train", "test")]) | set(found[("val", "test")])}
     return report, drop
@@ -154,10 +155,12 @@ def split_examples(
     near_duplicate_threshold: float = 0.5,
     stratify: bool = True,
     max_samples: Mapping[str, int | None] | None = None,
+    cache_dir: str | Path | None = None,
 ) -> tuple[dict[str, list[Example]], dict[str, int]]:
     """The splits of a source with its own labels (stratified on them), and the duplicate report: exact duplicates
     measured before dedupe, near duplicates (`near_<a>&<b>`) in the split before near dedupe (with exact/near: what
-    dedupe=exact keeps), and how many val/test examples dedupe=near dropped (`near_dropped_<split>`)."""
+    dedupe=exact keeps), and how many val/test examples dedupe=near dropped (`near_dropped_<split>`). `cache_dir`:
+    where the near-duplicate search keeps its result (None: computed every time)."""
     mode = dedupe_mode(dedupe)
     threshold = check_threshold(near_duplicate_threshold)
     if isinstance(source_output, dict):
@@ -175,7 +178,7 @@ def split_examples(
         duplicates = duplicate_report(stratified_split(pool, fractions, split_seed, stratify))
         duplicates["in_pool"] = pool_dupes
         splits = stratified_split(_dedupe(pool) if mode != "none" else pool, fractions, split_seed, stratify)
-    near, drop = near_duplicate_report(splits, threshold)
+    near, drop = near_duplicate_report(splits, threshold, cache_dir)
     duplicates.update(near)
     if mode == "near":
         # Dropped, not moved to train: train already holds their content, and it stays the exact-dedupe training
