@@ -8,7 +8,7 @@ import json
 import re
 from pathlib import Path
 
-from tests.conftest import TINY, read_metrics, run_cli
+from tests.conftest import ROOT, TINY, read_metrics, run_cli
 
 NOISE = ["💡 Tip", "litlogger", "litmodels", "Total FLOPs", "Loading weights", "anonymous", "it/s]",
          "The `srun` command is available",  # Lightning's hint wherever SLURM is installed (CI)
@@ -53,3 +53,51 @@ def test_help_is_lmlabs(tmp_path: Path) -> None:
     assert "powered by Hydra" not in result.stdout
     result = run_cli("eval.py", "--help", cwd=tmp_path)
     assert result.returncode == 0 and "python eval.py ckpt_path=<run dir>" in result.stdout  # the same text
+
+
+def _in_a_terminal(args: list[str], columns: int = 120, timeout: float = 300) -> tuple[int, list[str]]:
+    """Run `python <args>` on a pseudo-terminal (so rich draws its live progress bar) and return the exit code and
+    the lines a terminal of `columns` columns shows at the end, scrollback included (pyte emulates it)."""
+    import fcntl
+    import os
+    import pty
+    import select
+    import struct
+    import sys
+    import termios
+    import time
+
+    import pyte
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: a terminal-sized session running the command
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))  # fd 0: the terminal
+        os.execve(sys.executable, [sys.executable, *args], {**os.environ, "COLUMNS": str(columns), "TERM": "xterm"})
+    chunks, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if select.select([fd], [], [], 1.0)[0]:
+            try:
+                data = os.read(fd, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+    _, status = os.waitpid(pid, 0)
+    screen = pyte.HistoryScreen(columns, 50, history=5000)
+    pyte.ByteStream(screen).feed(b"".join(chunks))
+    rows = ["".join(char.data for char in row.values()) for row in screen.history.top]
+    return os.waitstatus_to_exitcode(status), [r.rstrip() for r in [*rows, *screen.display] if r.strip()]
+
+
+def test_progress_bar_is_drawn_once_with_log_lines_above_it_in_a_terminal(tmp_path: Path) -> None:
+    # Lines logged while the bar is live (the fit loop's "stopped" line, the first-batch time) used to be written
+    # under the bar by Hydra's handler, and rich drew the last epoch's bar a second time below them.
+    code, lines = _in_a_terminal([str(ROOT / "train.py"), *TINY, "trainer.max_epochs=2", f"paths.log_dir={tmp_path}"])
+    assert code == 0, "\n".join(lines[-30:])
+    bars = [i for i, line in enumerate(lines) if line.startswith("Epoch 1/1")]
+    assert len(bars) == 1, "\n".join(lines[-30:])
+    stopped = next(i for i, line in enumerate(lines) if "`Trainer.fit` stopped" in line)
+    first_batch = next(i for i, line in enumerate(lines) if "first training batch" in line)
+    assert stopped < first_batch < bars[0]  # logged above the live bar, each on its own line
+    assert not any(line.startswith("Epoch 0/1") for line in lines[bars[0]:])

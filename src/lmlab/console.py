@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import warnings
+from typing import TextIO
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
@@ -31,6 +33,24 @@ class _PlainText(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return _ANSI.sub("", self.inner.format(record))
+
+
+class CurrentStdout(logging.StreamHandler):
+    """The console log handler (conf/hydra/default.yaml): writes to whatever `sys.stdout` is when a record is
+    emitted. While Lightning's rich progress bar is live, rich swaps `sys.stdout` for a proxy that prints above
+    the bar; Hydra's own handler keeps the stream it was given (`ext://sys.stdout`, the terminal) and writes
+    under the bar, so rich draws the bar again below the line and the last epoch's bar stays on screen twice."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:  # Hydra's config passes `stream`; not kept
+        super().__init__()
+
+    @property  # type: ignore[override]  # StreamHandler's is a plain attribute
+    def stream(self) -> TextIO:
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        pass  # StreamHandler.__init__ and setStream assign it; the current sys.stdout always wins
 
 
 def plain_log_files() -> None:
