@@ -123,9 +123,12 @@ class OptunaSweeper(Sweeper):
         pruner = optuna_search.pruner_config(self.pruner_spec)
         if optuna_search.storage_kind(self.storage_spec) == "journal":  # jobs (other cwd, other node) read it too
             self.storage_spec = str(Path(str(self.storage_spec)).expanduser().absolute())
-        study = optuna_search.open_study(optuna_search.open_storage(self.storage_spec), self.study_name,
-                                         self.direction, optuna_search.sampler_for(self.sampler_config, None),
-                                         optuna_search.build(pruner))
+        # Under the workers' lock: RDBStorage creates the schema with `create_all`, which two workers starting at
+        # once on a new SQLite file race on ("table study_directions already exists"), and create_study too.
+        with sweep.locked(sweep_dir, sweep.OPTUNA_LOCK):
+            study = optuna_search.open_study(optuna_search.open_storage(self.storage_spec), self.study_name,
+                                             self.direction, optuna_search.sampler_for(self.sampler_config, None),
+                                             optuna_search.build(pruner))
         existing = len(study.get_trials(deepcopy=False))
         if existing:
             log.info("continuing Optuna study %r (%d trials so far) in %s; n_trials=%d is the study's total",
