@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 NGRAM = 8  # words per shingle: long enough that shared shingles mean copied text, not shared phrases
 _WORD = re.compile(r"\w+")
 _CACHE_FORMAT = 1  # bump when the shingling or the containment rule changes: old cache files are then not read
-_PAIRS = (("train", "val"), ("train", "test"), ("val", "test"))
+_PAIRS = (("train", "val"), ("train", "test"), ("val", "test"))  # (reference, later split), in report order
 
 
 def shingles(text: str, n: int = NGRAM) -> set[int]:
@@ -97,10 +97,7 @@ def _read_cached(path: Path, sizes: Mapping[str, int]) -> dict[tuple[str, str], 
 
 def _find(texts: Mapping[str, Sequence[str]], threshold: float) -> dict[tuple[str, str], list[int]]:
     grams = {split: [shingles(text) for text in items] for split, items in texts.items()}
-    out: dict[tuple[str, str], list[int]] = {}
-    for reference, later in (("train", ("val", "test")), ("val", ("test",))):
-        union: set[int] = set().union(*grams[reference])
-        for split in later:
-            out[(reference, split)] = [i for i, share in enumerate(containment(grams[split], union))
-                                       if share >= threshold]
-    return out
+    unions = {reference: set().union(*grams[reference]) for reference in dict.fromkeys(a for a, _ in _PAIRS)}
+    return {(reference, split): [i for i, share in enumerate(containment(grams[split], unions[reference]))
+                                 if share >= threshold]
+            for reference, split in _PAIRS}
