@@ -62,6 +62,7 @@ def _in_a_terminal(args: list[str], columns: int = 120, timeout: float = 300) ->
     import os
     import pty
     import select
+    import signal
     import struct
     import sys
     import termios
@@ -70,11 +71,18 @@ def _in_a_terminal(args: list[str], columns: int = 120, timeout: float = 300) ->
     import pyte
 
     pid, fd = pty.fork()
-    if pid == 0:  # the child: a terminal-sized session running the command
-        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))  # fd 0: the terminal
-        os.execve(sys.executable, [sys.executable, *args], {**os.environ, "COLUMNS": str(columns), "TERM": "xterm"})
+    if pid == 0:  # the child: a terminal-sized session running the command; never returns into pytest
+        try:
+            fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))  # fd 0: the terminal
+            os.execve(sys.executable, [sys.executable, *args],
+                      {**os.environ, "COLUMNS": str(columns), "TERM": "xterm"})
+        finally:
+            os._exit(127)
     chunks, deadline = [], time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)  # waitpid below then returns, and the exit code says it was killed
+            break
         if select.select([fd], [], [], 1.0)[0]:
             try:
                 data = os.read(fd, 65536)
@@ -84,6 +92,7 @@ def _in_a_terminal(args: list[str], columns: int = 120, timeout: float = 300) ->
                 break
             chunks.append(data)
     _, status = os.waitpid(pid, 0)
+    os.close(fd)
     screen = pyte.HistoryScreen(columns, 50, history=5000)
     pyte.ByteStream(screen).feed(b"".join(chunks))
     rows = ["".join(char.data for char in row.values()) for row in screen.history.top]
