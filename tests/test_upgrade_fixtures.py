@@ -1,0 +1,58 @@
+"""Run dirs written by an older lmlab still evaluate and resume after the code moved.
+
+`tests/fixtures/c6b7eea/` holds two tiny run dirs made at commit c6b7eea, the last commit before the package
+restructure (issue 21): `cls` (tiny_bert + BPE-500 classification, 1 epoch) and `clm` (llama_tiny causal LM,
+1 epoch), both with `checkpoint_policy=keep`, and `cls_resumed_to_2_epochs.metrics.json`: what that commit wrote
+when `cls`'s last.ckpt was resumed to 2 epochs. The checkpoints pickle lmlab's metadata and callback states, so a
+module path baked into them would break here.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import read_metrics, run_cli
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "c6b7eea"
+CLS_OVERRIDES = [
+    "model=tiny_bert", "model.tokenizer=bpe", "model.bpe_vocab_size=500", "dataset.max_length=32",
+    "dataset.batch_size=16", "dataset.eval_batch_size=32", "dataset.max_samples.train=96",
+    "dataset.max_samples.val=48", "dataset.max_samples.test=48", "trainer.num_sanity_val_steps=0",
+    "export_model=false", "checkpoint_policy=keep",
+]
+
+
+def _copy(name: str, tmp_path: Path) -> Path:
+    run = tmp_path / name
+    shutil.copytree(FIXTURES / name, run)
+    return run
+
+
+def _floats(metrics: dict, prefix: str) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if k.startswith(prefix) and isinstance(v, float)}
+
+
+@pytest.mark.parametrize("name", ["cls", "clm"])
+def test_an_old_run_dir_evaluates_to_its_recorded_test_metrics(name: str, tmp_path: Path) -> None:
+    run = _copy(name, tmp_path)
+    result = run_cli("eval.py", f"ckpt_path={run}", f"hydra.run.dir={tmp_path / 'eval'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    recorded = _floats(read_metrics(run), "test/")
+    assert len(recorded) >= 4
+    assert _floats(read_metrics(tmp_path / "eval"), "test/") == recorded
+
+
+def test_an_old_checkpoint_resumes_to_what_the_old_code_resumed_it_to(tmp_path: Path) -> None:
+    run = _copy("cls", tmp_path)
+    result = run_cli("train.py", *CLS_OVERRIDES, "trainer.max_epochs=2", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+                     f"hydra.run.dir={tmp_path / 'resumed'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = json.loads((FIXTURES / "cls_resumed_to_2_epochs.metrics.json").read_text())
+    got = read_metrics(tmp_path / "resumed")
+    assert _floats(got, "test/") == _floats(expected, "test/")
+    assert _floats(got, "val/") == _floats(expected, "val/")
+    assert got["best/epoch"] == expected["best/epoch"]
