@@ -39,8 +39,7 @@ def _package_dir(name: str) -> Path:
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
         sys.exit(
-            f"error: package {name!r} is not installed in {sys.executable}; "
-            "install it (see benchmarks/README.md)."
+            f"error: package {name!r} is not installed in {sys.executable}; install it (see benchmarks/README.md)."
         )
     return Path(spec.submodule_search_locations[0])
 
@@ -131,15 +130,11 @@ class StepRecorder:
 
 
 def tokenize(tokenizer, texts: list[str], labels: list[int], max_length: int, pad_to_max: bool) -> list[dict]:
-    enc = tokenizer(
-        texts, truncation=True, max_length=max_length, padding="max_length" if pad_to_max else False
-    )
+    enc = tokenizer(texts, truncation=True, max_length=max_length, padding="max_length" if pad_to_max else False)
     return [{**{k: v[i] for k, v in enc.items()}, "labels": labels[i]} for i in range(len(texts))]
 
 
-def run_raw(
-    args: argparse.Namespace, dynamic: bool, features: list[dict], model, tokenizer, rec: StepRecorder
-):
+def run_raw(args: argparse.Namespace, dynamic: bool, features: list[dict], model, tokenizer, rec: StepRecorder):
     import torch
     from torch.utils.data import DataLoader
     from transformers import DataCollatorWithPadding, default_data_collator, get_linear_schedule_with_warmup
@@ -170,9 +165,7 @@ def run_raw(
                 break
 
 
-def run_hf(
-    args: argparse.Namespace, grouped: bool, features: list[dict], model, tokenizer, rec: StepRecorder
-):
+def run_hf(args: argparse.Namespace, grouped: bool, features: list[dict], model, tokenizer, rec: StepRecorder):
     from transformers import (
         DataCollatorWithPadding,
         Trainer,
@@ -238,9 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON line (otherwise a short text summary)")
     args = p.parse_args(argv)
     if args.steps <= WARMUP_STEPS:
-        p.error(
-            f"--steps must be > {WARMUP_STEPS} (timing starts after step {WARMUP_STEPS}); got {args.steps}"
-        )
+        p.error(f"--steps must be > {WARMUP_STEPS} (timing starts after step {WARMUP_STEPS}); got {args.steps}")
     for flag, value in (("--max-length", args.max_length), ("--batch-size", args.batch_size)):
         if value < 1:
             p.error(f"{flag} must be positive, got {value}")

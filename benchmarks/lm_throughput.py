@@ -73,8 +73,16 @@ COMPARISONS: list[tuple[str, str, float | None]] = [
     ("lmlab_nobar", "raw", 0.97),
     ("lmlab", "lmlab_nobar", None),
 ]
-TINY = {"model": "llama_tiny", "max_length": 64, "batch_size": 8, "steps": 6, "repeats": 1, "repeats_slow": 1,
-        "max_train_docs": 200, "variants": "raw,lmlab,hf_trainer"}
+TINY = {
+    "model": "llama_tiny",
+    "max_length": 64,
+    "batch_size": 8,
+    "steps": 6,
+    "repeats": 1,
+    "repeats_slow": 1,
+    "max_train_docs": 200,
+    "variants": "raw,lmlab,hf_trainer",
+}
 
 
 def bench_module(name: str) -> ModuleType:
@@ -155,11 +163,16 @@ def optimizer_settings(cfg: Any, steps: int) -> dict[str, Any]:
     from lmlab.optim import warmup_steps
 
     if cfg.optimizer._target_ != "torch.optim.AdamW" or cfg.scheduler.name != "linear":
-        raise SystemExit(f"the benchmark assumes AdamW + linear schedule, got {cfg.optimizer._target_} + "
-                         f"{cfg.scheduler.name}")
-    return {"lr": float(cfg.optimizer.lr), "weight_decay": float(cfg.optimizer.weight_decay),
-            "betas": tuple(float(b) for b in cfg.optimizer.betas), "eps": float(cfg.optimizer.eps),
-            "warmup_steps": warmup_steps(cfg.scheduler.warmup, steps)}
+        raise SystemExit(
+            f"the benchmark assumes AdamW + linear schedule, got {cfg.optimizer._target_} + {cfg.scheduler.name}"
+        )
+    return {
+        "lr": float(cfg.optimizer.lr),
+        "weight_decay": float(cfg.optimizer.weight_decay),
+        "betas": tuple(float(b) for b in cfg.optimizer.betas),
+        "eps": float(cfg.optimizer.eps),
+        "warmup_steps": warmup_steps(cfg.scheduler.warmup, steps),
+    }
 
 
 # ---------------------------------------------------------------- FLOPs and the CPU peak
@@ -191,8 +204,9 @@ def _cpu_flash_forward(query: Any, key: Any, value: Any, *args: Any, out_shape: 
     return sdpa_flop_count(query, key, value)
 
 
-def _cpu_flash_backward(grad_out: Any, query: Any, key: Any, value: Any, *args: Any, out_shape: Any = None,
-                        **kwargs: Any) -> int:
+def _cpu_flash_backward(
+    grad_out: Any, query: Any, key: Any, value: Any, *args: Any, out_shape: Any = None, **kwargs: Any
+) -> int:
     from torch.utils.flop_counter import sdpa_backward_flop_count
 
     return sdpa_backward_flop_count(grad_out, query, key, value)
@@ -217,8 +231,10 @@ def counted_flops_per_token(net: Any, input_ids: Any) -> dict[str, Any]:
     from torch.utils.flop_counter import FlopCounterMode
 
     aten = torch.ops.aten
-    mapping = {aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_forward,
-               aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_flash_backward}
+    mapping = {
+        aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_forward,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_flash_backward,
+    }
     was_training = net.training
     net.train()
     with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
@@ -246,8 +262,13 @@ def gemm_peak(n: int = 2048, repeats: int = 8, threads: int | None = None) -> di
             t0 = time.perf_counter()
             torch.mm(a, b)
             best = min(best, time.perf_counter() - t0)
-        return {"flops": 2 * n**3 / best, "n": n, "best_s": best, "threads": torch.get_num_threads(),
-                "repeats": repeats}
+        return {
+            "flops": 2 * n**3 / best,
+            "n": n,
+            "best_s": best,
+            "threads": torch.get_num_threads(),
+            "repeats": repeats,
+        }
     finally:
         torch.set_num_threads(old)
 
@@ -281,16 +302,26 @@ def warmup_stats(step_ends: Sequence[float]) -> dict[str, float]:
         return {}
     warm = step_ends[WARMUP_STEPS - 1]
     step = (step_ends[-1] - warm) / (len(step_ends) - WARMUP_STEPS)
-    return {"warmup_s": warm, "warmup_excess_s": warm - WARMUP_STEPS * step, "max_timed_step_s": max(
-        b - a for a, b in zip(step_ends[WARMUP_STEPS - 1:-1], step_ends[WARMUP_STEPS:]))}
+    return {
+        "warmup_s": warm,
+        "warmup_excess_s": warm - WARMUP_STEPS * step,
+        "max_timed_step_s": max(b - a for a, b in zip(step_ends[WARMUP_STEPS - 1 : -1], step_ends[WARMUP_STEPS:])),
+    }
 
 
 # ---------------------------------------------------------------- workers: each prints one JSON line
 def _result(args: argparse.Namespace, rec: Any, start: float, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     import torch
 
-    out = {"variant": args.worker, "model": args.model, "max_length": args.max_length, "batch_size": args.batch_size,
-           **rec.result(), **warmup_stats([t - start for t in rec.ends]), "torch_threads": torch.get_num_threads()}
+    out = {
+        "variant": args.worker,
+        "model": args.model,
+        "max_length": args.max_length,
+        "batch_size": args.batch_size,
+        **rec.result(),
+        **warmup_stats([t - start for t in rec.ends]),
+        "torch_threads": torch.get_num_threads(),
+    }
     return {**out, **(extra or {})}
 
 
@@ -306,8 +337,10 @@ def worker_raw(args: argparse.Namespace) -> dict[str, Any]:
         opt = optimizer_settings(cfg, args.steps)
         # nanoGPT's groups: matrices decay, biases and norm weights do not (lmlab's param_groups does the same).
         params = list(model.parameters())
-        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": opt["weight_decay"]},
-                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+        groups = [
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": opt["weight_decay"]},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ]
         optimizer = torch.optim.AdamW(groups, lr=opt["lr"], betas=opt["betas"], eps=opt["eps"])
         scheduler = get_linear_schedule_with_warmup(optimizer, opt["warmup_steps"], args.steps)
         # FLOPs of one fwd+bwd of a batch, before any timing (its gradients are dropped, the optimizer is untouched).
@@ -321,8 +354,9 @@ def worker_raw(args: argparse.Namespace) -> dict[str, Any]:
                 rec.record_batch(batch)
                 input_ids = batch["input_ids"]
                 logits = model(input_ids).logits
-                loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, vocab),
-                                                         input_ids[:, 1:].reshape(-1))
+                loss = torch.nn.functional.cross_entropy(
+                    logits[:, :-1].float().reshape(-1, vocab), input_ids[:, 1:].reshape(-1)
+                )
                 loss.backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -339,7 +373,7 @@ def group_texts(examples: dict[str, list], block_size: int) -> dict[str, list]:
     """run_clm.py's group_texts: concatenate, drop the remainder, cut blocks of block_size, labels = input_ids."""
     concatenated = {k: [t for seq in examples[k] for t in seq] for k in examples}
     total = (len(concatenated[next(iter(examples))]) // block_size) * block_size
-    result = {k: [t[i:i + block_size] for i in range(0, total, block_size)] for k, t in concatenated.items()}
+    result = {k: [t[i : i + block_size] for i in range(0, total, block_size)] for k, t in concatenated.items()}
     result["labels"] = result["input_ids"].copy()
     return result
 
@@ -377,25 +411,40 @@ def worker_hf_trainer(args: argparse.Namespace) -> dict[str, Any]:
         def tokenize(batch: dict[str, list]) -> dict[str, list]:
             enc = tokenizer(batch["text"], add_special_tokens=False)
             eos = tokenizer.eos_token_id
-            return {"input_ids": [ids + [eos] for ids in enc["input_ids"]],
-                    "attention_mask": [m + [1] for m in enc["attention_mask"]]}
+            return {
+                "input_ids": [ids + [eos] for ids in enc["input_ids"]],
+                "attention_mask": [m + [1] for m in enc["attention_mask"]],
+            }
 
         tokenized = raw.map(tokenize, batched=True, remove_columns=["text"])
         blocks = tokenized.map(group_texts, batched=True, batch_size=1000, fn_kwargs={"block_size": args.max_length})
         opt = optimizer_settings(cfg, args.steps)
         targs = TrainingArguments(
-            output_dir=str(Path(log_dir) / "hf"), use_cpu=True, report_to=[], save_strategy="no", eval_strategy="no",
-            per_device_train_batch_size=args.batch_size, learning_rate=opt["lr"], weight_decay=opt["weight_decay"],
-            adam_beta1=opt["betas"][0], adam_beta2=opt["betas"][1], adam_epsilon=opt["eps"],
-            lr_scheduler_type="linear", warmup_steps=opt["warmup_steps"], max_steps=args.steps, seed=args.seed,
+            output_dir=str(Path(log_dir) / "hf"),
+            use_cpu=True,
+            report_to=[],
+            save_strategy="no",
+            eval_strategy="no",
+            per_device_train_batch_size=args.batch_size,
+            learning_rate=opt["lr"],
+            weight_decay=opt["weight_decay"],
+            adam_beta1=opt["betas"][0],
+            adam_beta2=opt["betas"][1],
+            adam_epsilon=opt["eps"],
+            lr_scheduler_type="linear",
+            warmup_steps=opt["warmup_steps"],
+            max_steps=args.steps,
+            seed=args.seed,
             max_grad_norm=0.0,  # no clipping, like the raw loop and the benchmark's lmlab runs
-            disable_tqdm=True, logging_strategy="no")
-        trainer = RecordingTrainer(model=model, args=targs, train_dataset=blocks, data_collator=default_data_collator,
-                                   callbacks=[TimeSteps()])
+            disable_tqdm=True,
+            logging_strategy="no",
+        )
+        trainer = RecordingTrainer(
+            model=model, args=targs, train_dataset=blocks, data_collator=default_data_collator, callbacks=[TimeSteps()]
+        )
         with contextlib.redirect_stdout(sys.stderr):  # Trainer prints its metrics; stdout is for the JSON line
             out = trainer.train()
-        return _result(args, rec, marks["start"], {"final_loss": float(out.training_loss),
-                                                   "train_blocks": len(blocks)})
+        return _result(args, rec, marks["start"], {"final_loss": float(out.training_loss), "train_blocks": len(blocks)})
 
 
 def worker_lmlab(args: argparse.Namespace) -> dict[str, Any]:
@@ -406,11 +455,16 @@ def worker_lmlab(args: argparse.Namespace) -> dict[str, Any]:
     lmlab_run = bench_module("lmlab_run")
     with tempfile.TemporaryDirectory(prefix="lmlab-bench-lm-") as log_dir:
         times = Path(log_dir) / "step_times.json"
-        cmd = [sys.executable, str(ROOT / "train.py"), *lmlab_overrides(args, log_dir),
-               f"model.compile={str(args.worker == 'lmlab_compile').lower()}",
-               "+callbacks.step_times._target_=benchmarks.lm_throughput.step_times_callback",
-               f"+callbacks.step_times.path={times}", *([NOBAR] if args.worker == "lmlab_nobar" else []),
-               *args.train_override]
+        cmd = [
+            sys.executable,
+            str(ROOT / "train.py"),
+            *lmlab_overrides(args, log_dir),
+            f"model.compile={str(args.worker == 'lmlab_compile').lower()}",
+            "+callbacks.step_times._target_=benchmarks.lm_throughput.step_times_callback",
+            f"+callbacks.step_times.path={times}",
+            *([NOBAR] if args.worker == "lmlab_nobar" else []),
+            *args.train_override,
+        ]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, cwd=ROOT, env=lmlab_run.TRAIN_ENV, stdout=sys.stderr, stderr=sys.stderr)
         wall = time.perf_counter() - t0
@@ -421,12 +475,22 @@ def worker_lmlab(args: argparse.Namespace) -> dict[str, Any]:
     if metrics.get("perf/train_tokens_per_sec") is None:
         raise SystemExit("metrics.json has no perf/train_tokens_per_sec (is the throughput callback on?)")
     timed = int(metrics["perf/train_timed_steps"])
-    return {"variant": args.worker, "model": args.model, "max_length": args.max_length, "batch_size": args.batch_size,
-            "samples_per_sec": metrics["perf/train_samples_per_sec"],
-            "tokens_per_sec": metrics["perf/train_tokens_per_sec"], "pad_fraction": metrics["perf/train_pad_fraction"],
-            "steps": timed + WARMUP_STEPS, "timed_steps": timed, "step_time_s": metrics["perf/train_step_time_s"],
-            **warmup_stats(ends), "time_to_first_batch_s": metrics.get("perf/time_to_first_batch_s"),
-            "attn_implementation": metrics.get("perf/attn_implementation"), "total_seconds": wall}
+    return {
+        "variant": args.worker,
+        "model": args.model,
+        "max_length": args.max_length,
+        "batch_size": args.batch_size,
+        "samples_per_sec": metrics["perf/train_samples_per_sec"],
+        "tokens_per_sec": metrics["perf/train_tokens_per_sec"],
+        "pad_fraction": metrics["perf/train_pad_fraction"],
+        "steps": timed + WARMUP_STEPS,
+        "timed_steps": timed,
+        "step_time_s": metrics["perf/train_step_time_s"],
+        **warmup_stats(ends),
+        "time_to_first_batch_s": metrics.get("perf/time_to_first_batch_s"),
+        "attn_implementation": metrics.get("perf/attn_implementation"),
+        "total_seconds": wall,
+    }
 
 
 def flops_info(net: Any, input_ids: Any) -> dict[str, Any]:
@@ -436,11 +500,20 @@ def flops_info(net: Any, input_ids: Any) -> dict[str, Any]:
     formula = flops_per_token_formula(net, seq_len)
     counted = counted_flops_per_token(net, input_ids)
     config = net.config
-    return {"formula": formula, "counted": counted["total"], "counted_by_op": counted["by_op"],
-            "counted_over_formula": counted["total"] / formula, "non_embedding_params": non_embedding,
-            "tied_lm_head_params": tied_head, "layers": int(config.num_hidden_layers),
-            "hidden": int(config.hidden_size), "seq_len": seq_len, "vocab_size": int(config.vocab_size),
-            "model_class": type(net).__name__, "attn_implementation": str(config._attn_implementation)}
+    return {
+        "formula": formula,
+        "counted": counted["total"],
+        "counted_by_op": counted["by_op"],
+        "counted_over_formula": counted["total"] / formula,
+        "non_embedding_params": non_embedding,
+        "tied_lm_head_params": tied_head,
+        "layers": int(config.num_hidden_layers),
+        "hidden": int(config.hidden_size),
+        "seq_len": seq_len,
+        "vocab_size": int(config.vocab_size),
+        "model_class": type(net).__name__,
+        "attn_implementation": str(config._attn_implementation),
+    }
 
 
 def worker_flops(args: argparse.Namespace) -> dict[str, Any]:
@@ -452,19 +525,30 @@ def worker_flops(args: argparse.Namespace) -> dict[str, Any]:
 
 
 WORKERS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
-    "raw": worker_raw, "lmlab": worker_lmlab, "hf_trainer": worker_hf_trainer, "lmlab_compile": worker_lmlab,
-    "lmlab_nobar": worker_lmlab, "flops": worker_flops}
+    "raw": worker_raw,
+    "lmlab": worker_lmlab,
+    "hf_trainer": worker_hf_trainer,
+    "lmlab_compile": worker_lmlab,
+    "lmlab_nobar": worker_lmlab,
+    "flops": worker_flops,
+}
 
 
 # ---------------------------------------------------------------- driver
 def worker_command(args: argparse.Namespace, which: str, count_flops: bool = False) -> str:
     """A run.py-style command template (fresh process per run; run.run_one formats and executes it)."""
-    cmd = (f"{{python}} {BENCH_DIR / 'lm_throughput.py'} --worker {which} --model {args.model} "
-           f"--max-length {args.max_length} --batch-size {args.batch_size} --steps {args.steps} --seed {args.seed}")
-    cmd += "".join(f" --train-override {shlex.quote(o)}" for o in args.train_override) if which.startswith(
-        "lmlab") else ""
-    return cmd + (f" --max-train-docs {args.max_train_docs}" if args.max_train_docs else "") + (
-        " --count-flops" if count_flops else "")
+    cmd = (
+        f"{{python}} {BENCH_DIR / 'lm_throughput.py'} --worker {which} --model {args.model} "
+        f"--max-length {args.max_length} --batch-size {args.batch_size} --steps {args.steps} --seed {args.seed}"
+    )
+    cmd += (
+        "".join(f" --train-override {shlex.quote(o)}" for o in args.train_override) if which.startswith("lmlab") else ""
+    )
+    return (
+        cmd
+        + (f" --max-train-docs {args.max_train_docs}" if args.max_train_docs else "")
+        + (" --count-flops" if count_flops else "")
+    )
 
 
 def cpu_busy_s() -> float:
@@ -523,12 +607,18 @@ def _geomean_row(ratios: list[float], target: float | None) -> dict[str, Any]:
     if not ratios:
         return {"per_round": []}
     gm, low, high = bench_run.geomean_ci(ratios)
-    return {"per_round": ratios, "geomean": gm, "ci_low": low, "ci_high": high,
-            "verdict": bench_run.verdict(gm, low if len(ratios) > 1 else -math.inf, target)}
+    return {
+        "per_round": ratios,
+        "geomean": gm,
+        "ci_low": low,
+        "ci_high": high,
+        "verdict": bench_run.verdict(gm, low if len(ratios) > 1 else -math.inf, target),
+    }
 
 
-def ratio_rows(runs: list[dict[str, Any]], summary: dict[str, dict[str, Any]], max_others: float = math.inf
-               ) -> list[dict[str, Any]]:
+def ratio_rows(
+    runs: list[dict[str, Any]], summary: dict[str, dict[str, Any]], max_others: float = math.inf
+) -> list[dict[str, Any]]:
     """Each comparison: ratio of medians, per-round ratios and their geometric mean with its 95 % CI (run.py), over
     all rounds and over the clean rounds only (see clean_rounds)."""
     bench_run = bench_module("run")
@@ -538,26 +628,31 @@ def ratio_rows(runs: list[dict[str, Any]], summary: dict[str, dict[str, Any]], m
         if num not in summary or den not in summary:
             continue
         # Samples/s ratios = tokens/s ratios here: every block is max_length real tokens in every variant.
-        row: dict[str, Any] = {"numerator": num, "denominator": den, "target": target,
-                               "of_medians": summary[num]["tokens_per_sec_median"]
-                               / summary[den]["tokens_per_sec_median"],
-                               **_geomean_row(bench_run.per_round_ratios(runs, num, den), target)}
+        row: dict[str, Any] = {
+            "numerator": num,
+            "denominator": den,
+            "target": target,
+            "of_medians": summary[num]["tokens_per_sec_median"] / summary[den]["tokens_per_sec_median"],
+            **_geomean_row(bench_run.per_round_ratios(runs, num, den), target),
+        }
         clean_ratios = bench_run.per_round_ratios([x for x in runs if x["round"] in clean], num, den)
         row["clean"] = {"max_others_cores": max_others, **_geomean_row(clean_ratios, target)}
         rows.append(row)
     return rows
 
 
-def summarize(runs: list[dict[str, Any]], variants: Sequence[str], flops: float | None, peak: float | None
-              ) -> dict[str, dict[str, Any]]:
+def summarize(
+    runs: list[dict[str, Any]], variants: Sequence[str], flops: float | None, peak: float | None
+) -> dict[str, dict[str, Any]]:
     """run.py's per-variant medians, plus MFU, median step time and warm-up time."""
     summary = bench_module("run").summarize(runs, list(variants))
     for name, s in summary.items():
         ok = [x for x in runs if x["variant"] == name and "error" not in x]
         s["tokens_per_sec_min"] = min(x["tokens_per_sec"] for x in ok)
         s["tokens_per_sec_max"] = max(x["tokens_per_sec"] for x in ok)
-        s["step_time_s_median"] = statistics.median(x["timed_seconds"] / x["timed_steps"] if "timed_seconds" in x
-                                                    else x["step_time_s"] for x in ok)
+        s["step_time_s_median"] = statistics.median(
+            x["timed_seconds"] / x["timed_steps"] if "timed_seconds" in x else x["step_time_s"] for x in ok
+        )
         others = [x.get("others_cores", 0.0) for x in ok]
         s["others_cores_median"], s["others_cores_max"] = statistics.median(others), max(others)
         for key in ("warmup_s", "warmup_excess_s"):
@@ -575,17 +670,26 @@ def summarize(runs: list[dict[str, Any]], variants: Sequence[str], flops: float 
 def report(result: dict[str, Any]) -> str:
     """The printed tables: per variant, ratios with verdicts, the peak and the FLOPs cross-check."""
     summary, flops, peak = result["summary"], result.get("flops") or {}, result["gemm_peak"]
-    lines = ["| variant | runs | tokens/s median | min-max | step s | MFU | warm-up s (first 3 steps) | excess s | "
-             "others' cores (median) |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| variant | runs | tokens/s median | min-max | step s | MFU | warm-up s (first 3 steps) | excess s | "
+        "others' cores (median) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, s in summary.items():
         mfu = f"{s['mfu']:.1%}" if "mfu" in s else "-"
         warm = f"{s['warmup_s_median']:.1f}" if "warmup_s_median" in s else "-"
         excess = f"{s['warmup_excess_s_median']:.1f}" if "warmup_excess_s_median" in s else "-"
-        lines.append(f"| {name} | {s['runs']} | {s['tokens_per_sec_median']:.0f} | {s['tokens_per_sec_min']:.0f}-"
-                     f"{s['tokens_per_sec_max']:.0f} | {s['step_time_s_median']:.3f} | {mfu} | {warm} | {excess} | "
-                     f"{s['others_cores_median']:.2f} |")
-    lines += ["", "| comparison | ratio of medians | per-round: geometric mean [95% CI] (n, min-max) | target | "
-              "clean rounds only | target (clean) |", "|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {name} | {s['runs']} | {s['tokens_per_sec_median']:.0f} | {s['tokens_per_sec_min']:.0f}-"
+            f"{s['tokens_per_sec_max']:.0f} | {s['step_time_s_median']:.3f} | {mfu} | {warm} | {excess} | "
+            f"{s['others_cores_median']:.2f} |"
+        )
+    lines += [
+        "",
+        "| comparison | ratio of medians | per-round: geometric mean [95% CI] (n, min-max) | target | "
+        "clean rounds only | target (clean) |",
+        "|---|---|---|---|---|---|",
+    ]
 
     def cell(row: dict[str, Any]) -> tuple[str, str]:
         r = row["per_round"]
@@ -593,31 +697,45 @@ def report(result: dict[str, Any]) -> str:
             return "-", "-"
         if len(r) == 1:
             return f"{row['geomean']:.3f} (n=1)", row["verdict"]
-        return (f"{row['geomean']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}] (n={len(r)}, {min(r):.3f}-"
-                f"{max(r):.3f})", row["verdict"])
+        return (
+            f"{row['geomean']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}] (n={len(r)}, {min(r):.3f}-{max(r):.3f})",
+            row["verdict"],
+        )
 
     for row in result["ratios"]:
         per_round, judged = cell(row)
         clean, clean_judged = cell(row["clean"])
-        lines.append(f"| {row['numerator']} / {row['denominator']} | {row['of_medians']:.3f} | {per_round} | "
-                     f"{judged} | {clean} | {clean_judged} |")
+        lines.append(
+            f"| {row['numerator']} / {row['denominator']} | {row['of_medians']:.3f} | {per_round} | "
+            f"{judged} | {clean} | {clean_judged} |"
+        )
     others = [x.get("others_cores", 0.0) for x in result["runs"] if "error" not in x]
     if others:
-        lines += ["", f"other processes' CPU during the runs: median {statistics.median(others):.2f} cores, max "
-                  f"{max(others):.2f} (clean round: every run under {result['params']['clean_cores']} cores; "
-                  f"{len(clean_rounds(result['runs'], result['params']['clean_cores']))} of "
-                  f"{len({x['round'] for x in result['runs']})} rounds)"]
-    lines += ["", f"fp32 GEMM peak ({peak['n']}x{peak['n']} torch.mm, {peak['threads']} threads, best of "
-              f"{peak['repeats']}): {peak['flops'] / 1e9:.1f} GFLOP/s (before {peak['before'] / 1e9:.1f}, after "
-              f"{peak['after'] / 1e9:.1f})"]
+        lines += [
+            "",
+            f"other processes' CPU during the runs: median {statistics.median(others):.2f} cores, max "
+            f"{max(others):.2f} (clean round: every run under {result['params']['clean_cores']} cores; "
+            f"{len(clean_rounds(result['runs'], result['params']['clean_cores']))} of "
+            f"{len({x['round'] for x in result['runs']})} rounds)",
+        ]
+    lines += [
+        "",
+        f"fp32 GEMM peak ({peak['n']}x{peak['n']} torch.mm, {peak['threads']} threads, best of "
+        f"{peak['repeats']}): {peak['flops'] / 1e9:.1f} GFLOP/s (before {peak['before'] / 1e9:.1f}, after "
+        f"{peak['after'] / 1e9:.1f})",
+    ]
     if flops:
-        lines.append(f"FLOPs/token = 6 x (non-embedding {flops['non_embedding_params']:,} + tied lm_head "
-                     f"{flops['tied_lm_head_params']:,}) + 12 x {flops['layers']} layers x {flops['hidden']} hidden x "
-                     f"{flops['seq_len']} tokens = {flops['formula'] / 1e6:.3f} MFLOP; FlopCounterMode (1 fwd+bwd): "
-                     f"{flops['counted'] / 1e6:.3f} MFLOP ({flops['counted_over_formula']:.4f}x the formula)")
+        lines.append(
+            f"FLOPs/token = 6 x (non-embedding {flops['non_embedding_params']:,} + tied lm_head "
+            f"{flops['tied_lm_head_params']:,}) + 12 x {flops['layers']} layers x {flops['hidden']} hidden x "
+            f"{flops['seq_len']} tokens = {flops['formula'] / 1e6:.3f} MFLOP; FlopCounterMode (1 fwd+bwd): "
+            f"{flops['counted'] / 1e6:.3f} MFLOP ({flops['counted_over_formula']:.4f}x the formula)"
+        )
     if "compile_s" in summary.get("lmlab_compile", {}):
-        lines.append(f"torch.compile time (lmlab_compile's first-3-steps excess minus eager lmlab's): "
-                     f"{summary['lmlab_compile']['compile_s']:.1f} s")
+        lines.append(
+            f"torch.compile time (lmlab_compile's first-3-steps excess minus eager lmlab's): "
+            f"{summary['lmlab_compile']['compile_s']:.1f} s"
+        )
     return "\n".join(lines)
 
 
@@ -630,8 +748,11 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     flops: dict[str, Any] | None = None
     if "raw" not in variants:  # otherwise the first raw run counts them
         flops_run = bench_run.run_one("flops", worker_command(args, "flops"), params, args.timeout_s)
-        flops = None if "error" in flops_run else {k: v for k, v in flops_run.items()
-                                                   if k not in ("cmd", "wall_s", "variant")}
+        flops = (
+            None
+            if "error" in flops_run
+            else {k: v for k, v in flops_run.items() if k not in ("cmd", "wall_s", "variant")}
+        )
         if flops is None:
             print(f"FAILED flops: {flops_run['error']}", file=sys.stderr)
     runs = []
@@ -648,47 +769,96 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
         if count and "flops" in rec:
             flops = rec.pop("flops")
         status = rec.get("error") or f"{rec['tokens_per_sec']:.0f} tokens/s"
-        print(f"[round {r}] {name}: {status} ({rec.get('wall_s', 0):.0f} s; other processes {rec['others_cores']:.2f}"
-              f" cores; waited {waited:.0f} s)", file=sys.stderr, flush=True)
+        print(
+            f"[round {r}] {name}: {status} ({rec.get('wall_s', 0):.0f} s; other processes {rec['others_cores']:.2f}"
+            f" cores; waited {waited:.0f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
     after = gemm_peak(threads=args.threads)
-    peak = {**before, "flops": max(before["flops"], after["flops"]), "before": before["flops"],
-            "after": after["flops"]}
+    peak = {**before, "flops": max(before["flops"], after["flops"]), "before": before["flops"], "after": after["flops"]}
     summary = summarize(runs, variants, flops["formula"] if flops else None, peak["flops"])
-    params = {"model": args.model, "max_length": args.max_length, "batch_size": args.batch_size, "steps": args.steps,
-              "seed": args.seed, "repeats": args.repeats, "repeats_slow": args.repeats_slow, "variants": variants,
-              "max_train_docs": args.max_train_docs, "warmup_steps": WARMUP_STEPS, "python": sys.executable,
-              "quiet_wait_s": args.quiet_wait_s, "quiet_cores": args.quiet_cores, "clean_cores": args.clean_cores}
-    return {"params": params, "gemm_peak": peak, "flops": flops, "runs": runs, "summary": summary,
-            "ratios": ratio_rows(runs, summary, args.clean_cores),
-            "mfu": {name: s.get("mfu") for name, s in summary.items()},
-            "mfu_formula": "tokens/s x (6 x (non-embedding + tied lm_head params) + 12 x layers x hidden x seq_len) "
-                           "/ fp32 GEMM peak"}
+    params = {
+        "model": args.model,
+        "max_length": args.max_length,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "seed": args.seed,
+        "repeats": args.repeats,
+        "repeats_slow": args.repeats_slow,
+        "variants": variants,
+        "max_train_docs": args.max_train_docs,
+        "warmup_steps": WARMUP_STEPS,
+        "python": sys.executable,
+        "quiet_wait_s": args.quiet_wait_s,
+        "quiet_cores": args.quiet_cores,
+        "clean_cores": args.clean_cores,
+    }
+    return {
+        "params": params,
+        "gemm_peak": peak,
+        "flops": flops,
+        "runs": runs,
+        "summary": summary,
+        "ratios": ratio_rows(runs, summary, args.clean_cores),
+        "mfu": {name: s.get("mfu") for name, s in summary.items()},
+        "mfu_formula": "tokens/s x (6 x (non-embedding + tied lm_head params) + 12 x layers x hidden x seq_len) "
+        "/ fp32 GEMM peak",
+    }
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
-                   help=f"comma-separated, in run order, of {VARIANTS} (default: all but lmlab_nobar)")
+    p.add_argument(
+        "--variants",
+        default=",".join(DEFAULT_VARIANTS),
+        help=f"comma-separated, in run order, of {VARIANTS} (default: all but lmlab_nobar)",
+    )
     p.add_argument("--model", default="llama_small", choices=MODELS)
-    p.add_argument("--max-length", type=int, default=None,
-                   help="tokens per packed block (default: lmlab's task=causal_lm dataset.max_length)")
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="tokens per packed block (default: lmlab's task=causal_lm dataset.max_length)",
+    )
     p.add_argument("--batch-size", type=int, default=None, help="blocks per step (default: lmlab's dataset.batch_size)")
     p.add_argument("--steps", type=int, default=30, help=f"optimizer steps per run (> {WARMUP_STEPS})")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--repeats", type=int, default=5, help="rounds of raw and lmlab")
-    p.add_argument("--repeats-slow", type=int, default=None,
-                   help=f"rounds of {' and '.join(SLOW_VARIANTS)} (the first ones; default min(2, --repeats))")
-    p.add_argument("--max-train-docs", type=int, default=None,
-                   help="dataset.max_samples.train (default: the whole train split; fewer = a faster BPE/set-up)")
+    p.add_argument(
+        "--repeats-slow",
+        type=int,
+        default=None,
+        help=f"rounds of {' and '.join(SLOW_VARIANTS)} (the first ones; default min(2, --repeats))",
+    )
+    p.add_argument(
+        "--max-train-docs",
+        type=int,
+        default=None,
+        help="dataset.max_samples.train (default: the whole train split; fewer = a faster BPE/set-up)",
+    )
     p.add_argument("--threads", type=int, default=None, help="GEMM-peak threads (default: torch's, as the workers)")
     p.add_argument("--timeout-s", type=float, default=900.0, help="per run")
-    p.add_argument("--quiet-wait-s", type=float, default=0.0,
-                   help="before each run, wait up to this long for other processes to use < --quiet-cores cores")
+    p.add_argument(
+        "--quiet-wait-s",
+        type=float,
+        default=0.0,
+        help="before each run, wait up to this long for other processes to use < --quiet-cores cores",
+    )
     p.add_argument("--quiet-cores", type=float, default=0.3)
-    p.add_argument("--clean-cores", type=float, default=0.25,
-                   help="a round is clean when other processes used under this many cores in each of its runs")
-    p.add_argument("--train-override", action="append", default=[], metavar="KEY=VALUE",
-                   help="an extra train.py override for the lmlab variants (e.g. callbacks.progress_bar=null)")
+    p.add_argument(
+        "--clean-cores",
+        type=float,
+        default=0.25,
+        help="a round is clean when other processes used under this many cores in each of its runs",
+    )
+    p.add_argument(
+        "--train-override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an extra train.py override for the lmlab variants (e.g. callbacks.progress_bar=null)",
+    )
     p.add_argument("--tiny", action="store_true", help=f"a < 60 s end-to-end check: {TINY}")
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write everything here")
     p.add_argument("--worker", choices=tuple(WORKERS), default=None, help=argparse.SUPPRESS)

@@ -32,10 +32,18 @@ WARMUP_STEPS = 3
 
 
 def overrides(args: argparse.Namespace, log_dir: str) -> list[str]:
-    model = ["model=minilm"] if args.model == "minilm" else [
-        # benchmarks/baselines.py's "tiny": BERT, hidden 64, 2 layers, 2 heads, intermediate 128, MiniLM vocab.
-        "model=tiny_bert", "model.from_scratch.hidden_size=64", "model.from_scratch.num_hidden_layers=2",
-        "model.from_scratch.num_attention_heads=2", "model.from_scratch.intermediate_size=128"]
+    model = (
+        ["model=minilm"]
+        if args.model == "minilm"
+        else [
+            # benchmarks/baselines.py's "tiny": BERT, hidden 64, 2 layers, 2 heads, intermediate 128, MiniLM vocab.
+            "model=tiny_bert",
+            "model.from_scratch.hidden_size=64",
+            "model.from_scratch.num_hidden_layers=2",
+            "model.from_scratch.num_attention_heads=2",
+            "model.from_scratch.intermediate_size=128",
+        ]
+    )
     out = [
         *model,
         f"dataset.max_length={args.max_length}",
@@ -116,8 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 1
     if metrics.get("perf/train_samples_per_sec") is None:
-        print("error: metrics.json has no perf/train_samples_per_sec (is the throughput callback on?)",
-              file=sys.stderr)
+        print("error: metrics.json has no perf/train_samples_per_sec (is the throughput callback on?)", file=sys.stderr)
         return 1
     result = {
         "variant": "lmlab" + ("_grouped" if args.group_by_length else "_fixed" if args.fixed else "_dynamic"),
@@ -137,8 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result), flush=True)
     else:
-        print(f"{result['variant']} {args.model}: {result['samples_per_sec']:.2f} samples/s, "
-              f"{result['tokens_per_sec']:.0f} tokens/s, pad {result['pad_fraction']:.1%}")
+        print(
+            f"{result['variant']} {args.model}: {result['samples_per_sec']:.2f} samples/s, "
+            f"{result['tokens_per_sec']:.0f} tokens/s, pad {result['pad_fraction']:.1%}"
+        )
     return 0
 
 

@@ -43,13 +43,19 @@ def arm(name: str, log_dir: Path, overrides: list[str]) -> dict[str, Any]:
     m, run_dir = out["metrics"], Path(out["run_dir"])
     ckpt = max((run_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)  # each holds the optimizer
     result = {
-        "trainable": m["params/trainable"], "total": m["params/total"],
+        "trainable": m["params/trainable"],
+        "total": m["params/total"],
         "trainable_pct": 100 * m["params/trainable"] / m["params/total"],
         "optimizer_state_mb": optimizer_state_bytes(ckpt) / 2**20,
         "checkpoint_mb": ckpt.stat().st_size / 2**20,
-        "peak_rss_mb": m["perf/peak_rss_mb"], "tokens_per_sec": m["perf/train_tokens_per_sec"],
-        "step_time_s": m["perf/train_step_time_s"], "test_ppl": m["test/ppl"], "test_loss": m["test/loss"],
-        "val_ppl": m["val/ppl"], "minutes": out["minutes"], "run_dir": str(run_dir),
+        "peak_rss_mb": m["perf/peak_rss_mb"],
+        "tokens_per_sec": m["perf/train_tokens_per_sec"],
+        "step_time_s": m["perf/train_step_time_s"],
+        "test_ppl": m["test/ppl"],
+        "test_loss": m["test/loss"],
+        "val_ppl": m["val/ppl"],
+        "minutes": out["minutes"],
+        "run_dir": str(run_dir),
     }
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # a full fine-tune's are ~1.6 GB each
     return result
@@ -70,26 +76,62 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="extra train.py overrides for both arms (e.g. peft.r=16)")
     args = parser.parse_intermixed_args(argv)
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="lmlab-bench-lora-"))
-    common = ["task=causal_lm", "model=smollm2", f"trainer.max_steps={args.steps}", "trainer.val_check_interval=null",
-              f"dataset.max_length={args.max_length}", f"dataset.batch_size={args.batch_size}",
-              "dataset.eval_batch_size=8", f"dataset.max_samples.train={args.train_docs}",
-              f"dataset.max_samples.val={args.val_docs}", f"dataset.max_samples.test={args.test_docs}",
-              "export_model=false", "task.samples.prompts=[]", "callbacks.progress_bar=null", "logger=csv"]
+    common = [
+        "task=causal_lm",
+        "model=smollm2",
+        f"trainer.max_steps={args.steps}",
+        "trainer.val_check_interval=null",
+        f"dataset.max_length={args.max_length}",
+        f"dataset.batch_size={args.batch_size}",
+        "dataset.eval_batch_size=8",
+        f"dataset.max_samples.train={args.train_docs}",
+        f"dataset.max_samples.val={args.val_docs}",
+        f"dataset.max_samples.test={args.test_docs}",
+        "export_model=false",
+        "task.samples.prompts=[]",
+        "callbacks.progress_bar=null",
+        "logger=csv",
+    ]
     full = arm("full", log_dir, [*common, "peft=none", f"optimizer.lr={args.lr_full}", *args.overrides])
     lora = arm("lora", log_dir, [*common, "peft=lora", f"optimizer.lr={args.lr_lora}", *args.overrides])
-    ratios = {k: lora[k] / full[k] for k in ("trainable", "optimizer_state_mb", "checkpoint_mb", "peak_rss_mb",
-                                             "tokens_per_sec", "step_time_s") if full[k]}
-    print(f"\nSmolLM2-135M, {args.steps} steps of {args.batch_size} x {args.max_length} tokens, BBC subset "
-          f"({args.train_docs}/{args.val_docs}/{args.test_docs} docs)")
+    ratios = {
+        k: lora[k] / full[k]
+        for k in ("trainable", "optimizer_state_mb", "checkpoint_mb", "peak_rss_mb", "tokens_per_sec", "step_time_s")
+        if full[k]
+    }
+    print(
+        f"\nSmolLM2-135M, {args.steps} steps of {args.batch_size} x {args.max_length} tokens, BBC subset "
+        f"({args.train_docs}/{args.val_docs}/{args.test_docs} docs)"
+    )
     print(f"{'':22}{'full':>14}{'lora':>14}{'lora/full':>11}")
-    for key in ("trainable", "total", "trainable_pct", "optimizer_state_mb", "checkpoint_mb", "peak_rss_mb",
-                "tokens_per_sec", "step_time_s", "test_ppl", "val_ppl", "minutes"):
+    for key in (
+        "trainable",
+        "total",
+        "trainable_pct",
+        "optimizer_state_mb",
+        "checkpoint_mb",
+        "peak_rss_mb",
+        "tokens_per_sec",
+        "step_time_s",
+        "test_ppl",
+        "val_ppl",
+        "minutes",
+    ):
         ratio = f"{ratios[key]:.3f}" if key in ratios else ""
         print(f"{key:22}{full[key]:>14.4g}{lora[key]:>14.4g}{ratio:>11}")
     ok = lora["trainable_pct"] < 2.0
-    result = {"full": full, "lora": lora, "ratios": ratios, "steps": args.steps, "max_length": args.max_length,
-              "batch_size": args.batch_size, "lr": {"full": args.lr_full, "lora": args.lr_lora},
-              "overrides": args.overrides, "date": time.strftime("%Y-%m-%d"), "ok": ok}
+    result = {
+        "full": full,
+        "lora": lora,
+        "ratios": ratios,
+        "steps": args.steps,
+        "max_length": args.max_length,
+        "batch_size": args.batch_size,
+        "lr": {"full": args.lr_full, "lora": args.lr_lora},
+        "overrides": args.overrides,
+        "date": time.strftime("%Y-%m-%d"),
+        "ok": ok,
+    }
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2))

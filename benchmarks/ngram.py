@@ -64,11 +64,11 @@ CONVENTION = {
     "contexts": "cross document boundaries (like a packed LM)",
     "bpb": "total bits of every val/test symbol (EOD included) / (UTF-8 bytes + documents)",
     "byte_model": "interpolated modified Kneser-Ney (Chen & Goodman 1998), D1/D2/D3+ per order, continuation counts "
-                  "below the top order, interpolated down to uniform over 257 symbols",
+    "below the top order, interpolated down to uniform over 257 symbols",
     "word_tokens": r"regex \w+|\s+|[^\w\s] (reconstructs the text exactly) + one EOD token per document",
     "word_vocab": "train tokens seen >= min_count times (default 2) + <unk> + <eod>",
     "word_oov": "P_KN(<unk>|h) * P_spell(token bytes + end-of-word marker 256); P_spell = byte KN trained on the train "
-                "tokens mapped to <unk> + one copy of every train token type, order chosen on val",
+    "tokens mapped to <unk> + one copy of every train token type, order chosen on val",
 }
 
 
@@ -159,18 +159,19 @@ def _grams(seq: np.ndarray, prev_ids: np.ndarray, k: int, vocab: int) -> tuple[n
     if k == 1:
         keys = seq
     else:
-        keys = prev_ids[k - 2:len(seq) - 1] * vocab + seq[k - 1:]
+        keys = prev_ids[k - 2 : len(seq) - 1] * vocab + seq[k - 1 :]
     uniq, inv, cnt = np.unique(keys, return_inverse=True, return_counts=True)
     inv = inv.reshape(-1)
     if k == 1:  # the start symbol at position 0 is context only, not an occurrence (it may then count 0)
         cnt = np.bincount(inv[1:], minlength=len(uniq))
     ids = np.full(len(seq), -1, dtype=np.int64)
-    ids[k - 1:] = inv
+    ids[k - 1 :] = inv
     return uniq, cnt.astype(np.int64), ids
 
 
-def _levels(train: np.ndarray, vocab: int, max_order: int, start: int,
-            timings: list[float] | None = None) -> Iterator[_Level]:
+def _levels(
+    train: np.ndarray, vocab: int, max_order: int, start: int, timings: list[float] | None = None
+) -> Iterator[_Level]:
     """Orders 1..max_order built from the train stream only, one at a time (two orders in memory at once).
 
     The continuation count of a k-gram is the number of distinct (k+1)-grams that end with it, so order k is
@@ -182,7 +183,7 @@ def _levels(train: np.ndarray, vocab: int, max_order: int, start: int,
     n_prev = 1
     keys, cnt, ids = _grams(seq, np.zeros(len(seq), dtype=np.int64), 1, vocab)
     for k in range(1, max_order + 1):
-        if len(keys) * vocab >= 2 ** 62:
+        if len(keys) * vocab >= 2**62:
             raise OverflowError(f"order {k + 1} keys would overflow int64 ({len(keys)} contexts x {vocab})")
         raw = _Counts.build(keys, cnt, vocab, n_prev)
         cont = None
@@ -227,11 +228,11 @@ class _StreamScorer:
         if k == 1:
             query, valid = seq, np.ones(len(seq), dtype=bool)
         else:
-            prev = self.ids[k - 2:len(seq) - 1]
+            prev = self.ids[k - 2 : len(seq) - 1]
             valid = prev >= 0
-            query = np.where(valid, prev, 0) * self.vocab + seq[k - 1:]
+            query = np.where(valid, prev, 0) * self.vocab + seq[k - 1 :]
         ids = np.full(len(seq), -1, dtype=np.int64)
-        ids[k - 1:] = _lookup(level.keys, query, valid)
+        ids[k - 1 :] = _lookup(level.keys, query, valid)
         ctx, gram = self.ids[:-1], ids[1:]  # predicting position j: context = (k-1)-gram ending at j-1
         a, g = level.raw.terms(ctx, gram)
         p = a + g * self.chain
@@ -255,8 +256,9 @@ class KNResult:
     probs: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
 
 
-def kn_bits(train: np.ndarray, evals: Mapping[str, np.ndarray], vocab: int, max_order: int, start: int,
-            keep_probs: bool = False) -> KNResult:
+def kn_bits(
+    train: np.ndarray, evals: Mapping[str, np.ndarray], vocab: int, max_order: int, start: int, keep_probs: bool = False
+) -> KNResult:
     """Interpolated modified KN of every order 1..max_order, fitted on `train` only, scored on every eval stream
     in one pass. Each stream is preceded by `start` as context. Only the count tables of two orders are in memory."""
     scorers = {name: _StreamScorer(s, vocab, start, keep_probs) for name, s in evals.items()}
@@ -267,10 +269,13 @@ def kn_bits(train: np.ndarray, evals: Mapping[str, np.ndarray], vocab: int, max_
         for scorer in scorers.values():
             scorer.step(level)
         eval_s += time.perf_counter() - t0
-    return KNResult(bits={n: s.bits for n, s in scorers.items()},
-                    symbols={n: len(s.seq) - 1 for n, s in scorers.items()},
-                    train_s={k + 1: t for k, t in enumerate(timings)}, eval_s=eval_s,
-                    probs={n: s.probs for n, s in scorers.items()} if keep_probs else {})
+    return KNResult(
+        bits={n: s.bits for n, s in scorers.items()},
+        symbols={n: len(s.seq) - 1 for n, s in scorers.items()},
+        train_s={k + 1: t for k, t in enumerate(timings)},
+        eval_s=eval_s,
+        probs={n: s.probs for n, s in scorers.items()} if keep_probs else {},
+    )
 
 
 class KNModel:
@@ -298,7 +303,7 @@ class KNModel:
         chain = np.full(self.vocab, 1.0 / self.vocab)
         for k in range(1, order + 1):
             level = self.levels[k - 1]
-            ctx_id = self._gram_id(full[len(full) - (k - 1):]) if k - 1 <= len(full) else -1
+            ctx_id = self._gram_id(full[len(full) - (k - 1) :]) if k - 1 <= len(full) else -1
             if k == 1:
                 ctx_id = 0
             ctx = np.full(self.vocab, ctx_id, dtype=np.int64)
@@ -337,8 +342,9 @@ class WordData:
     n_bytes: dict[str, int]  # UTF-8 bytes + one per document: the bpb denominator, identical to the byte streams'
 
 
-def word_data(texts_by_split: Mapping[str, Sequence[str]], min_count: int = 2, train: str = "train",
-              pattern: str = TOKEN_PATTERN) -> WordData:
+def word_data(
+    texts_by_split: Mapping[str, Sequence[str]], min_count: int = 2, train: str = "train", pattern: str = TOKEN_PATTERN
+) -> WordData:
     """Vocabulary from the train split only (tokens seen >= min_count times, ordered by count then text), then
     every split mapped onto it; tokens outside it become <unk> and are kept, in order, for the spelling model."""
     tokens = {split: [tokenize(doc, pattern) for doc in docs] for split, docs in texts_by_split.items()}
@@ -362,9 +368,16 @@ def word_data(texts_by_split: Mapping[str, Sequence[str]], min_count: int = 2, t
     return WordData(vocab=vocab, ids=ids, oov=oov, spell_train=oov[train] + sorted(freq), n_bytes=n_bytes)
 
 
-def word_kn(texts_by_split: Mapping[str, Sequence[str]], orders: Sequence[int], eval_splits: Sequence[str],
-            min_count: int = 2, spell_max_order: int = 12, spell_order: int | None = None,
-            select_on: str | None = None, pattern: str = TOKEN_PATTERN) -> dict[str, Any]:
+def word_kn(
+    texts_by_split: Mapping[str, Sequence[str]],
+    orders: Sequence[int],
+    eval_splits: Sequence[str],
+    min_count: int = 2,
+    spell_max_order: int = 12,
+    spell_order: int | None = None,
+    select_on: str | None = None,
+    pattern: str = TOKEN_PATTERN,
+) -> dict[str, Any]:
     """Word KN total bits (token bits, with -log2 P(<unk>) for each OOV token, plus the OOV spellings' bits) per
     eval split and order. The spelling model's order is `spell_order`, or else the best of 1..spell_max_order on
     `select_on` (the first eval split by default). Returns bits, bytes, the spelling order and the timings."""
@@ -373,22 +386,33 @@ def word_kn(texts_by_split: Mapping[str, Sequence[str]], orders: Sequence[int], 
     prep_s = time.perf_counter() - t0
     select_on = select_on or eval_splits[0]
     words = kn_bits(data.ids["train"], {s: data.ids[s] for s in eval_splits}, len(data.vocab), max(orders), WORD_EOD)
-    spell = kn_bits(byte_stream(data.spell_train), {s: byte_stream(data.oov[s]) for s in eval_splits},
-                    BYTE_VOCAB, spell_order or spell_max_order, EOD)
+    spell = kn_bits(
+        byte_stream(data.spell_train),
+        {s: byte_stream(data.oov[s]) for s in eval_splits},
+        BYTE_VOCAB,
+        spell_order or spell_max_order,
+        EOD,
+    )
     if spell_order is None:
         spell_order = min(spell.bits[select_on], key=lambda k: (spell.bits[select_on][k], k))
     bits = {s: {k: words.bits[s][k] + spell.bits[s][spell_order] for k in orders} for s in eval_splits}
-    return {"bits": bits, "n_bytes": {s: data.n_bytes[s] for s in eval_splits}, "vocab_size": len(data.vocab),
-            "min_count": min_count, "spell_order": spell_order,
-            "spell_bits": {s: spell.bits[s][spell_order] for s in eval_splits},
-            "oov_tokens": {s: len(data.oov[s]) for s in data.oov},
-            "tokens": {s: len(data.ids[s]) for s in data.ids},
-            "train_s": {k: prep_s + words.train_s[k] + spell.train_s[spell_order] for k in orders},
-            "eval_s": words.eval_s + spell.eval_s}
+    return {
+        "bits": bits,
+        "n_bytes": {s: data.n_bytes[s] for s in eval_splits},
+        "vocab_size": len(data.vocab),
+        "min_count": min_count,
+        "spell_order": spell_order,
+        "spell_bits": {s: spell.bits[s][spell_order] for s in eval_splits},
+        "oov_tokens": {s: len(data.oov[s]) for s in data.oov},
+        "tokens": {s: len(data.ids[s]) for s in data.ids},
+        "train_s": {k: prep_s + words.train_s[k] + spell.train_s[spell_order] for k in orders},
+        "eval_s": words.eval_s + spell.eval_s,
+    }
 
 
-def word_kn_bpb(train_docs: Sequence[str], eval_docs: Sequence[str], order: int, min_count: int = 2,
-                spell_order: int = 5) -> float:
+def word_kn_bpb(
+    train_docs: Sequence[str], eval_docs: Sequence[str], order: int, min_count: int = 2, spell_order: int = 5
+) -> float:
     """Bits per byte of `eval_docs` under the order-`order` word KN fitted on `train_docs` (fixed spelling order)."""
     res = word_kn({"train": train_docs, "eval": eval_docs}, [order], ["eval"], min_count, spell_order=spell_order)
     return res["bits"]["eval"][order] / res["n_bytes"]["eval"]
@@ -416,32 +440,55 @@ def _best(by_order: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
     return {"order": int(order), **by_order[order]}
 
 
-def best_baselines(texts_by_split: Mapping[str, Sequence[str]], max_order: int = 24,
-                   orders: Sequence[int] | None = None, word_orders: Sequence[int] | None = None,
-                   min_count: int = 2, spell_max_order: int = 12, pattern: str = TOKEN_PATTERN) -> dict[str, Any]:
+def best_baselines(
+    texts_by_split: Mapping[str, Sequence[str]],
+    max_order: int = 24,
+    orders: Sequence[int] | None = None,
+    word_orders: Sequence[int] | None = None,
+    min_count: int = 2,
+    spell_max_order: int = 12,
+    pattern: str = TOKEN_PATTERN,
+) -> dict[str, Any]:
     """Byte KN and word KN fitted on texts_by_split["train"], each order scored on val and test; "best" is the
     order with the lowest val bpb (its test bpb is the number to quote). by_order keys are str(order) (JSON)."""
     byte_orders = sorted(set(orders)) if orders else list(range(1, max_order + 1))
     word_orders = sorted(set(word_orders)) if word_orders else list(range(1, 11))
     streams = {s: byte_stream(texts_by_split[s]) for s in ("train", "val", "test")}
     res = kn_bits(streams["train"], {"val": streams["val"], "test": streams["test"]}, BYTE_VOCAB, max(byte_orders), EOD)
-    byte_by_order = {str(k): {"val_bpb": res.bits["val"][k] / res.symbols["val"],
-                              "test_bpb": res.bits["test"][k] / res.symbols["test"],
-                              "train_s": round(res.train_s[k], 2)} for k in byte_orders}
+    byte_by_order = {
+        str(k): {
+            "val_bpb": res.bits["val"][k] / res.symbols["val"],
+            "test_bpb": res.bits["test"][k] / res.symbols["test"],
+            "train_s": round(res.train_s[k], 2),
+        }
+        for k in byte_orders
+    }
     word = word_kn(texts_by_split, word_orders, ["val", "test"], min_count, spell_max_order, pattern=pattern)
-    word_by_order = {str(k): {"val_bpb": word["bits"]["val"][k] / word["n_bytes"]["val"],
-                              "test_bpb": word["bits"]["test"][k] / word["n_bytes"]["test"],
-                              "train_s": round(word["train_s"][k], 2)} for k in word_orders}
+    word_by_order = {
+        str(k): {
+            "val_bpb": word["bits"]["val"][k] / word["n_bytes"]["val"],
+            "test_bpb": word["bits"]["test"][k] / word["n_bytes"]["test"],
+            "train_s": round(word["train_s"][k], 2),
+        }
+        for k in word_orders
+    }
     assert word["n_bytes"] == {s: res.symbols[s] for s in ("val", "test")}, "word and byte bpb denominators differ"
     return {
         "convention": CONVENTION,
         "data": {s: {"docs": len(texts_by_split[s]), "symbols": int(len(streams[s]))} for s in streams},
         "byte_kn": {"by_order": byte_by_order, "best": _best(byte_by_order), "eval_s": round(res.eval_s, 2)},
-        "word_kn": {"by_order": word_by_order, "best": _best(word_by_order), "eval_s": round(word["eval_s"], 2),
-                    "vocab_size": word["vocab_size"], "min_count": min_count, "spell_order": word["spell_order"],
-                    "oov_tokens": word["oov_tokens"], "tokens": word["tokens"],
-                    "token_pattern": pattern,
-                    "spell_bpb": {s: v / word["n_bytes"][s] for s, v in word["spell_bits"].items()}},
+        "word_kn": {
+            "by_order": word_by_order,
+            "best": _best(word_by_order),
+            "eval_s": round(word["eval_s"], 2),
+            "vocab_size": word["vocab_size"],
+            "min_count": min_count,
+            "spell_order": word["spell_order"],
+            "oov_tokens": word["oov_tokens"],
+            "tokens": word["tokens"],
+            "token_pattern": pattern,
+            "spell_bpb": {s: v / word["n_bytes"][s] for s, v in word["spell_bits"].items()},
+        },
     }
 
 
@@ -463,12 +510,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     texts = bbc_texts(args.split_seed, dict(zip(("train", "val", "test"), args.fractions)))
-    out = best_baselines(texts, args.max_order, args.orders, args.word_orders, args.min_count, args.spell_max_order,
-                         args.word_regex)
+    out = best_baselines(
+        texts, args.max_order, args.orders, args.word_orders, args.min_count, args.spell_max_order, args.word_regex
+    )
     total_s = time.perf_counter() - t0
     d = out["data"]
-    print(f"BBC News, split_seed={args.split_seed}, fractions={tuple(args.fractions)}: "
-          + ", ".join(f"{s} {d[s]['docs']} docs / {d[s]['symbols']:,} symbols" for s in d))
+    print(
+        f"BBC News, split_seed={args.split_seed}, fractions={tuple(args.fractions)}: "
+        + ", ".join(f"{s} {d[s]['docs']} docs / {d[s]['symbols']:,} symbols" for s in d)
+    )
     print(f"\n{'model':<30} {'order':>5} {'val bpb':>8} {'test bpb':>9} {'train s':>8}")
     for name, key in (("byte KN", "byte_kn"), ("word KN + byte spelling", "word_kn")):
         best = out[key]["best"]["order"]
@@ -476,14 +526,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             mark = "  <- best on val" if int(order) == best else ""
             print(f"{name:<30} {order:>5} {v['val_bpb']:>8.4f} {v['test_bpb']:>9.4f} {v['train_s']:>8.2f}{mark}")
     w = out["word_kn"]
-    print(f"\nword KN: vocabulary {w['vocab_size']:,} (train tokens seen >= {w['min_count']}x, + <unk>, <eod>); "
-          f"OOV tokens val {w['oov_tokens']['val']:,} / {w['tokens']['val']:,}, test {w['oov_tokens']['test']:,} / "
-          f"{w['tokens']['test']:,}; spelling: byte KN order {w['spell_order']} (chosen on val), "
-          f"{w['spell_bpb']['val']:.4f} / {w['spell_bpb']['test']:.4f} of the val / test bpb")
-    print(f"train s: cumulative count-building time for orders 1..N (one streaming pass); eval "
-          f"{out['byte_kn']['eval_s']:.1f} s (byte), {w['eval_s']:.1f} s (word); total {total_s:.1f} s")
-    out.update(date=time.strftime("%Y-%m-%d"), split_seed=args.split_seed, fractions=list(args.fractions),
-               total_s=round(total_s, 1))
+    print(
+        f"\nword KN: vocabulary {w['vocab_size']:,} (train tokens seen >= {w['min_count']}x, + <unk>, <eod>); "
+        f"OOV tokens val {w['oov_tokens']['val']:,} / {w['tokens']['val']:,}, test {w['oov_tokens']['test']:,} / "
+        f"{w['tokens']['test']:,}; spelling: byte KN order {w['spell_order']} (chosen on val), "
+        f"{w['spell_bpb']['val']:.4f} / {w['spell_bpb']['test']:.4f} of the val / test bpb"
+    )
+    print(
+        f"train s: cumulative count-building time for orders 1..N (one streaming pass); eval "
+        f"{out['byte_kn']['eval_s']:.1f} s (byte), {w['eval_s']:.1f} s (word); total {total_s:.1f} s"
+    )
+    out.update(
+        date=time.strftime("%Y-%m-%d"),
+        split_seed=args.split_seed,
+        fractions=list(args.fractions),
+        total_s=round(total_s, 1),
+    )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=2))

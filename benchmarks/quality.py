@@ -37,10 +37,21 @@ def main(argv: list[str] | None = None) -> int:
     metrics = json.loads(metrics_file.read_text())
     f1 = metrics["test/f1_macro"]
     ok = f1 >= args.min_f1 and minutes <= args.max_minutes
-    print(json.dumps({"overrides": args.overrides, "minutes": round(minutes, 2), "test/f1_macro": round(f1, 4),
-                      "test/acc": round(metrics["test/acc"], 4), "best/epoch": metrics["best/epoch"],
-                      "min_f1": args.min_f1, "max_minutes": args.max_minutes, "ok": ok,
-                      "metrics": str(metrics_file)}))
+    print(
+        json.dumps(
+            {
+                "overrides": args.overrides,
+                "minutes": round(minutes, 2),
+                "test/f1_macro": round(f1, 4),
+                "test/acc": round(metrics["test/acc"], 4),
+                "best/epoch": metrics["best/epoch"],
+                "min_f1": args.min_f1,
+                "max_minutes": args.max_minutes,
+                "ok": ok,
+                "metrics": str(metrics_file),
+            }
+        )
+    )
     return 0 if ok else 1
 
 

@@ -122,8 +122,9 @@ def summarize(runs: list[dict[str, Any]], names: list[str]) -> dict[str, dict[st
             "tokens_per_sec_median": statistics.median(x["tokens_per_sec"] for x in ok),
             # Real + padding tokens: the work actually computed. Two variants with the same padding rule can still
             # draw batches of different widths (different examples), which samples/s alone does not show.
-            "padded_tokens_per_sec_median": statistics.median(x["tokens_per_sec"] / (1 - x["pad_fraction"])
-                                                              for x in ok),
+            "padded_tokens_per_sec_median": statistics.median(
+                x["tokens_per_sec"] / (1 - x["pad_fraction"]) for x in ok
+            ),
             "pad_fraction_median": statistics.median(x["pad_fraction"] for x in ok),
         }
     return summary
@@ -142,9 +143,7 @@ def load_runs(paths: list[Path]) -> list[dict[str, Any]]:
 def markdown_table(summary: dict[str, dict[str, float]], reference: str | None) -> str:
     ref = summary.get(reference or "", {}).get("samples_per_sec_median")
     rows = [
-        "| variant | samples/s (median) | min-max | tokens/s | pad fraction | vs "
-        + (reference or "-")
-        + " |",
+        "| variant | samples/s (median) | min-max | tokens/s | pad fraction | vs " + (reference or "-") + " |",
         "|---|---|---|---|---|---|",
     ]
     for name, s in summary.items():
@@ -194,8 +193,11 @@ def ratio_table(runs: list[dict[str, Any]], summary: dict[str, dict[str, float]]
     estimate the target is judged on: each round runs both variants back to back). Then the ratios of real
     tokens/s and of padded tokens/s: for two variants with the same padding rule, the padded-token ratio corrects
     for one of them having drawn wider batches."""
-    rows = ["| comparison | samples/s: ratio of medians | per-round ratios: geometric mean [95% CI] (n, min-max) | "
-            "real tokens/s | padded tokens/s | target |", "|---|---|---|---|---|---|"]
+    rows = [
+        "| comparison | samples/s: ratio of medians | per-round ratios: geometric mean [95% CI] (n, min-max) | "
+        "real tokens/s | padded tokens/s | target |",
+        "|---|---|---|---|---|---|",
+    ]
     for num, den, target, at_length in COMPARISONS:
         if num not in summary or den not in summary:
             continue
@@ -206,8 +208,11 @@ def ratio_table(runs: list[dict[str, Any]], summary: dict[str, dict[str, float]]
         ratios = per_round_ratios(runs, num, den)
         if ratios:
             gm, low, high = geomean_ci(ratios)
-            per_round = (f"{gm:.3f} [{low:.3f}, {high:.3f}] (n={len(ratios)}, {min(ratios):.3f}-{max(ratios):.3f})"
-                         if len(ratios) > 1 else f"{gm:.3f} (n=1)")
+            per_round = (
+                f"{gm:.3f} [{low:.3f}, {high:.3f}] (n={len(ratios)}, {min(ratios):.3f}-{max(ratios):.3f})"
+                if len(ratios) > 1
+                else f"{gm:.3f} (n=1)"
+            )
             judged = verdict(gm, low if len(ratios) > 1 else -math.inf, target)
         else:
             per_round, judged = "-", verdict(of_medians, -math.inf, target)
@@ -219,8 +224,12 @@ def ratio_table(runs: list[dict[str, Any]], summary: dict[str, dict[str, float]]
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names to run, in order "
-                   "(default: all; the hf_* ones need the `bench` extra: accelerate, psutil)")
+    p.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help="comma-separated names to run, in order "
+        "(default: all; the hf_* ones need the `bench` extra: accelerate, psutil)",
+    )
     p.add_argument("--add", action="append", default=[], metavar="NAME=TEMPLATE", help="extra variant")
     p.add_argument("--model", default="tiny", choices=("tiny", "minilm"))
     p.add_argument("--max-length", type=int, default=128)
@@ -231,8 +240,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout-s", type=float, default=900.0, help="per run")
     p.add_argument("--reference", default="raw_fixed", help="variant the table's ratio column divides by")
     p.add_argument("--out", type=Path, default=None, help="write {params, runs, summary} JSON here")
-    p.add_argument("--from-json", type=Path, nargs="+", default=None, metavar="FILE",
-                   help="run nothing: print the tables of earlier --out files (several: their runs pooled)")
+    p.add_argument(
+        "--from-json",
+        type=Path,
+        nargs="+",
+        default=None,
+        metavar="FILE",
+        help="run nothing: print the tables of earlier --out files (several: their runs pooled)",
+    )
     args = p.parse_args(argv)
     if args.from_json:
         runs = load_runs(args.from_json)

@@ -46,8 +46,9 @@ ENV = {**TRAIN_ENV, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ
 
 
 def baseline_s() -> float:
-    proc = subprocess.run([sys.executable, "-c", BASELINE, str(minilm_dir())], capture_output=True, text=True,
-                          env=ENV, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", BASELINE, str(minilm_dir())], capture_output=True, text=True, env=ENV, check=True
+    )
     return float(json.loads(proc.stdout.strip().splitlines()[-1])["s"])
 
 
@@ -66,8 +67,13 @@ def lmlab_first_batch(log_dir: Path, cache_dir: Path) -> dict[str, Any]:
 
 def bad_config_s(log_dir: Path) -> float:
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), BAD_OVERRIDE, f"paths.log_dir={log_dir}"],
-                          cwd=ROOT, env=ENV, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), BAD_OVERRIDE, f"paths.log_dir={log_dir}"],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
     elapsed = time.perf_counter() - t0
     if proc.returncode == 0 or BAD_MESSAGE not in proc.stdout + proc.stderr:
         raise RuntimeError(f"a bad config did not fail as expected (exit {proc.returncode}): {proc.stderr[-1000:]}")
@@ -100,9 +106,12 @@ def main(argv: list[str] | None = None) -> int:
             runs["lmlab_first_batch_s"].append(first["s"])
             runs["cache_hit"].append(first["cache_hit"])
             runs["bad_config_s"].append(bad_config_s(tmp_path / f"bad{r}"))
-            print(f"[round {r}] baseline {base:.2f} s, lmlab first batch {first['s']:.2f} s "
-                  f"(cache hit: {first['cache_hit']}), bad config {runs['bad_config_s'][-1]:.2f} s",
-                  file=sys.stderr, flush=True)
+            print(
+                f"[round {r}] baseline {base:.2f} s, lmlab first batch {first['s']:.2f} s "
+                f"(cache hit: {first['cache_hit']}), bad config {runs['bad_config_s'][-1]:.2f} s",
+                file=sys.stderr,
+                flush=True,
+            )
 
     med = {k: statistics.median(v) for k, v in runs.items() if k != "cache_hit"}
     per_round = [a / b for a, b in zip(runs["lmlab_first_batch_s"], runs["baseline_s"])]
@@ -125,9 +134,18 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(rows))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"runs": runs, "medians": med, "per_round_ratios": per_round,
-                                             "ratio_geomean": ratio,
-                                             "ratio_ci95": [low, high] if len(per_round) > 1 else None}, indent=2))
+        args.out.write_text(
+            json.dumps(
+                {
+                    "runs": runs,
+                    "medians": med,
+                    "per_round_ratios": per_round,
+                    "ratio_geomean": ratio,
+                    "ratio_ci95": [low, high] if len(per_round) > 1 else None,
+                },
+                indent=2,
+            )
+        )
     return 0 if all(runs["cache_hit"]) else 1
 
 

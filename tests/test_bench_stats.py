@@ -16,8 +16,17 @@ def _runs(pairs: list[tuple[float, float]], max_length: int = 128) -> list[dict]
     runs = []
     for r, (num, den) in enumerate(pairs):
         for variant, sps in (("lmlab_fixed", num), ("raw_fixed", den)):
-            runs.append({"variant": variant, "round": r, "samples_per_sec": sps, "tokens_per_sec": sps * 100,
-                         "pad_fraction": 0.0, "steps": 20, "max_length": max_length})
+            runs.append(
+                {
+                    "variant": variant,
+                    "round": r,
+                    "samples_per_sec": sps,
+                    "tokens_per_sec": sps * 100,
+                    "pad_fraction": 0.0,
+                    "steps": 20,
+                    "max_length": max_length,
+                }
+            )
     return runs
 
 
@@ -40,21 +49,28 @@ def test_per_round_ratios_pair_runs_of_the_same_round_and_skip_failures() -> Non
 
 
 def test_verdict_is_judged_on_the_geometric_mean_and_reports_the_interval() -> None:
-    table = bench.ratio_table(runs := _runs([(0.99, 1.0), (1.01, 1.0), (1.0, 1.0)]),
-                              bench.summarize(runs, ["lmlab_fixed", "raw_fixed"]))
+    table = bench.ratio_table(
+        runs := _runs([(0.99, 1.0), (1.01, 1.0), (1.0, 1.0)]), bench.summarize(runs, ["lmlab_fixed", "raw_fixed"])
+    )
     assert ">= 0.97: met (95% CI above it)" in table
     runs = _runs([(0.8, 1.0), (1.2, 1.0)])
-    assert ">= 0.97: met (95% CI reaches below it)" in bench.ratio_table(runs, bench.summarize(runs, ["lmlab_fixed",
-                                                                                                   "raw_fixed"]))
+    assert ">= 0.97: met (95% CI reaches below it)" in bench.ratio_table(
+        runs, bench.summarize(runs, ["lmlab_fixed", "raw_fixed"])
+    )
     runs = _runs([(0.9, 1.0), (0.95, 1.0)])
     assert ">= 0.97: NOT met" in bench.ratio_table(runs, bench.summarize(runs, ["lmlab_fixed", "raw_fixed"]))
 
 
 @pytest.mark.parametrize(("max_length", "judged"), [(512, True), (256, False)])
 def test_grouping_target_only_applies_at_512(max_length: int, judged: bool) -> None:
-    runs = [{**r, "variant": {"lmlab_fixed": "lmlab_grouped", "raw_fixed": "hf_default"}[r["variant"]]}
-            for r in _runs([(1.4, 1.0), (1.35, 1.0)], max_length)]
-    row = [line for line in bench.ratio_table(runs, bench.summarize(runs, ["lmlab_grouped", "hf_default"]))
-           .splitlines() if line.startswith("| lmlab_grouped / hf_default")][0]
+    runs = [
+        {**r, "variant": {"lmlab_fixed": "lmlab_grouped", "raw_fixed": "hf_default"}[r["variant"]]}
+        for r in _runs([(1.4, 1.0), (1.35, 1.0)], max_length)
+    ]
+    row = [
+        line
+        for line in bench.ratio_table(runs, bench.summarize(runs, ["lmlab_grouped", "hf_default"])).splitlines()
+        if line.startswith("| lmlab_grouped / hf_default")
+    ][0]
     assert (">= 1.3: met" in row) is judged
     assert row.endswith("| - |") is not judged

@@ -201,11 +201,7 @@ def test_hit_miss_per_key_component_never_reuses_old_cache(
 
     lines = [r.getMessage() for r in caplog.records if r.name == "lmlab.data.cache"]
     assert len(lines) == 2 + 2 * len(variants)  # exactly one line per call
-    assert (
-        "tokenization cache miss" in lines[0]
-        and base in lines[0]
-        and str(cache_path(cache_dir, base)) in lines[0]
-    )
+    assert "tokenization cache miss" in lines[0] and base in lines[0] and str(cache_path(cache_dir, base)) in lines[0]
     assert "tokenization cache hit" in lines[1] and base in lines[1]
     assert sum("tokenization cache miss" in m for m in lines) == 6
 
@@ -256,9 +252,7 @@ CHILD = textwrap.dedent(
 ).format(src=SRC)
 
 
-def spawn_child(
-    cache_dir: Path, key: str, counter: Path, start_at: float, build_sleep: float
-) -> subprocess.Popen:
+def spawn_child(cache_dir: Path, key: str, counter: Path, start_at: float, build_sleep: float) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-c", CHILD, str(cache_dir), key, str(counter), str(start_at), str(build_sleep)],
         stdout=subprocess.PIPE,

@@ -44,8 +44,9 @@ def tiny_fs(tmp_path: Path) -> Iterator[Path]:
     mnt = tmp_path / "full"
     mnt.mkdir()
     try:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True,
-                              text=True)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True
+        )
     except FileNotFoundError:
         pytest.skip("no mount command")
     if done.returncode:
@@ -80,10 +81,12 @@ def test_kill_during_checkpoint_write_keeps_previous_last_ckpt_and_resumes(shm_d
     assert runfiles.read_json(latest)["status"] == "completed"
 
 
-@pytest.mark.parametrize("error", [OSError(errno.EIO, "Input/output error"), KeyboardInterrupt()],
-                         ids=["io-error", "ctrl-c"])
-def test_error_during_write_leaves_old_checkpoint_byte_identical(tmp_path: Path, monkeypatch: Any,
-                                                                 error: BaseException) -> None:
+@pytest.mark.parametrize(
+    "error", [OSError(errno.EIO, "Input/output error"), KeyboardInterrupt()], ids=["io-error", "ctrl-c"]
+)
+def test_error_during_write_leaves_old_checkpoint_byte_identical(
+    tmp_path: Path, monkeypatch: Any, error: BaseException
+) -> None:
     io = AtomicCheckpointIO()
     target = tmp_path / "last.ckpt"
     io.save_checkpoint({"state_dict": {"w": torch.arange(10)}}, target)
@@ -138,8 +141,12 @@ def test_readable_names_a_truncated_checkpoint(tmp_path: Path) -> None:
     io.save_checkpoint({"state_dict": {"w": torch.randn(1000)}, "epoch": 0}, good)
     assert readable(good) is None
     data = good.read_bytes()
-    for name, content in {"half.ckpt": data[: len(data) // 2], "empty.ckpt": b"", "cut.ckpt": data[:-10],
-                          "junk.ckpt": b"not a checkpoint" * 100}.items():
+    for name, content in {
+        "half.ckpt": data[: len(data) // 2],
+        "empty.ckpt": b"",
+        "cut.ckpt": data[:-10],
+        "junk.ckpt": b"not a checkpoint" * 100,
+    }.items():
         bad = tmp_path / name
         bad.write_bytes(content)
         message = readable(bad)
@@ -161,15 +168,22 @@ def test_trainer_gets_the_atomic_checkpoint_io_on_each_strategy(tmp_path: Path, 
 
     cfg = OmegaConf.create({"_target_": "pytorch_lightning.Trainer"})
     for strategy, devices in (("auto", 1), ("ddp", 2)):
-        trainer = pl.Trainer(accelerator="cpu", devices=devices, strategy=strategy, logger=False,
-                             enable_progress_bar=False, **trainer_plugins(cfg))
+        trainer = pl.Trainer(
+            accelerator="cpu",
+            devices=devices,
+            strategy=strategy,
+            logger=False,
+            enable_progress_bar=False,
+            **trainer_plugins(cfg),
+        )
         assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO), strategy
 
     from lmlab import checkpoint_io
 
     saved: list[Path] = []
-    monkeypatch.setattr(checkpoint_io, "atomic_save",
-                        lambda obj, target: (saved.append(target), torch.save(obj, target)))
+    monkeypatch.setattr(
+        checkpoint_io, "atomic_save", lambda obj, target: (saved.append(target), torch.save(obj, target))
+    )
     fsdp = FSDPStrategy(state_dict_type="full", checkpoint_io=trainer_plugins(cfg)["plugins"][0])
     fsdp.save_checkpoint({"state_dict": {"w": torch.arange(3)}}, tmp_path / "full.ckpt")
     assert saved == [tmp_path / "full.ckpt"]

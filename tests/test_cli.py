@@ -24,8 +24,13 @@ def test_tiny_bert_fast_dev_run_from_any_directory(tmp_path: Path) -> None:
     result = run_cli("train.py", "model=tiny_bert", "debug=fdr", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = single_run_dir(tmp_path / "logs", task="debug")  # logs/ under the working directory
-    assert set(read_metrics(run_dir)["test/f1_per_class"]) == {"business", "entertainment", "politics", "sports",
-                                                               "tech"}
+    assert set(read_metrics(run_dir)["test/f1_per_class"]) == {
+        "business",
+        "entertainment",
+        "politics",
+        "sports",
+        "tech",
+    }
     assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     tree = (run_dir / "config_tree.log").read_text()  # the tree printed to the terminal, as plain text
@@ -33,9 +38,17 @@ def test_tiny_bert_fast_dev_run_from_any_directory(tmp_path: Path) -> None:
 
 
 def test_local_bert_trains_offline_and_eval_reproduces(tmp_path: Path, tiny_checkpoints) -> None:
-    args = ["model=bert", f"model.name_or_path={tiny_checkpoints['bert']}", "optimizer=adamw",
-            "dataset.max_length=32", "dataset.max_samples.train=64", "dataset.max_samples.val=32",
-            "dataset.max_samples.test=32", "trainer.max_epochs=1", "export_model=false"]
+    args = [
+        "model=bert",
+        f"model.name_or_path={tiny_checkpoints['bert']}",
+        "optimizer=adamw",
+        "dataset.max_length=32",
+        "dataset.max_samples.train=64",
+        "dataset.max_samples.val=32",
+        "dataset.max_samples.test=32",
+        "trainer.max_epochs=1",
+        "export_model=false",
+    ]
     result = run_cli("train.py", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = single_run_dir(tmp_path / "logs")
@@ -55,20 +68,30 @@ def _data_files(tmp_path: Path) -> dict[str, Path]:
     (tmp_path / "train.csv").write_text(rows)
     (tmp_path / "val.csv").write_text("text,label\nsome text,a\n")
     (tmp_path / "test.csv").write_text("text,label\nother text,zebra\n")
-    return {"ok": tmp_path / "ok.csv", "train": tmp_path / "train.csv", "val": tmp_path / "val.csv",
-            "test": tmp_path / "test.csv"}
+    return {
+        "ok": tmp_path / "ok.csv",
+        "train": tmp_path / "train.csv",
+        "val": tmp_path / "val.csv",
+        "test": tmp_path / "test.csv",
+    }
 
 
 BAD_INPUTS = {
     "unknown_option": (["model=bertt"], [r"Could not find 'model/bertt'", "Available options", "minilm"]),
     "missing_file": (["dataset=files", "dataset.source.path=missing.csv"], ["Data file not found", "missing.csv"]),
-    "missing_column": (["dataset=files", "dataset.source.path={ok}", "dataset.source.text_column=body"],
-                       ["Column 'body'", "Columns found: ['text', 'label']"]),
-    "unseen_label": (["dataset=files", "dataset.source.train={train}", "dataset.source.val={val}",
-                      "dataset.source.test={test}"], ["test split has labels not in the training set: ['zebra']"]),
+    "missing_column": (
+        ["dataset=files", "dataset.source.path={ok}", "dataset.source.text_column=body"],
+        ["Column 'body'", "Columns found: ['text', 'label']"],
+    ),
+    "unseen_label": (
+        ["dataset=files", "dataset.source.train={train}", "dataset.source.val={val}", "dataset.source.test={test}"],
+        ["test split has labels not in the training set: ['zebra']"],
+    ),
     "empty_split": (["dataset.max_samples.val=0"], ["The val split is empty", "dataset.max_samples.val"]),
-    "unknown_model": (["model.name_or_path=no-such-org/no-such-model"],
-                      ["'no-such-org/no-such-model'", "offline", "model=minilm"]),
+    "unknown_model": (
+        ["model.name_or_path=no-such-org/no-such-model"],
+        ["'no-such-org/no-such-model'", "offline", "model=minilm"],
+    ),
     "wrong_type": (["optimizer.lr=abc"], ["optimizer.lr='abc' is not a number", "optimizer.lr=3e-5"]),
     "zero_batch": (["dataset.batch_size=0"], ["dataset.batch_size=0 is out of range", "> 0"]),
     "negative_batch": (["dataset.batch_size=-8"], ["dataset.batch_size=-8 is out of range"]),
@@ -94,8 +117,12 @@ def test_bad_input_fails_clearly(case: str, tmp_path: Path) -> None:
 
 def test_wheel_ships_configs_and_runs_outside_the_repo(tmp_path: Path) -> None:
     """A non-editable install (the wheel) finds its configs without the repo checkout."""
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
-                           capture_output=True, text=True, timeout=600)
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert build.returncode == 0, build.stderr[-2000:]
     wheel = next(tmp_path.glob("lmlab-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
@@ -104,8 +131,13 @@ def test_wheel_ships_configs_and_runs_outside_the_repo(tmp_path: Path) -> None:
     zipfile.ZipFile(wheel).extractall(site)
     work = tmp_path / "elsewhere"
     work.mkdir()
-    result = subprocess.run([sys.executable, "-c", "from lmlab.train import main; main()", "model=tiny_bert",
-                             "--cfg", "job"], cwd=work, capture_output=True, text=True, timeout=300,
-                            env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    result = subprocess.run(
+        [sys.executable, "-c", "from lmlab.train import main; main()", "model=tiny_bert", "--cfg", "job"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "lmlab.tasks.ClassificationTask" in result.stdout

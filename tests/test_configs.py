@@ -14,8 +14,19 @@ from lmlab.train import build
 from tests.conftest import TINY, compose_train
 
 CONF = Path(config_dir())
-GROUPS = ["dataset", "model", "optimizer", "scheduler", "trainer", "logger", "callbacks", "debug", "experiment",
-          "hparams_search", "peft"]
+GROUPS = [
+    "dataset",
+    "model",
+    "optimizer",
+    "scheduler",
+    "trainer",
+    "logger",
+    "callbacks",
+    "debug",
+    "experiment",
+    "hparams_search",
+    "peft",
+]
 HUB_MODELS = {"bert", "distilbert", "roberta", "gpt2"}
 GPU_TRAINERS = {"gpu", "ddp", "fsdp"}
 
@@ -28,8 +39,17 @@ ALL = [(group, option) for group in GROUPS for option in options(group)]
 
 
 def test_every_group_has_options() -> None:
-    for group in ["dataset", "model", "optimizer", "scheduler", "trainer", "logger", "callbacks", "debug",
-                  "experiment"]:
+    for group in [
+        "dataset",
+        "model",
+        "optimizer",
+        "scheduler",
+        "trainer",
+        "logger",
+        "callbacks",
+        "debug",
+        "experiment",
+    ]:
         assert options(group), f"conf/{group} is empty"
     assert {"bbc_news", "files", "hf"} <= set(options("dataset"))
     assert {"minilm", "bert", "distilbert", "roberta", "gpt2", "tiny_bert"} <= set(options("model"))
@@ -58,8 +78,11 @@ def test_config_composes(group: str, option: str, tmp_path: Path) -> None:
         assert cfg[group] is not None
 
 
-@pytest.mark.parametrize(("group", "option"), [(g, o) for g, o in ALL if g != "hparams_search"],
-                         ids=[f"{g}={o}" for g, o in ALL if g != "hparams_search"])
+@pytest.mark.parametrize(
+    ("group", "option"),
+    [(g, o) for g, o in ALL if g != "hparams_search"],
+    ids=[f"{g}={o}" for g, o in ALL if g != "hparams_search"],
+)
 def test_config_instantiates(group: str, option: str, tmp_path: Path, tiny_checkpoints: dict) -> None:
     overrides = [*TINY, f"{group}={option}"]
     if group == "model" and option in HUB_MODELS:
@@ -73,8 +96,9 @@ def test_config_instantiates(group: str, option: str, tmp_path: Path, tiny_check
     if group == "dataset" and option in ("files", "hf"):
         pytest.skip(f"dataset={option} needs data files; covered by test_train.py::test_fast_dev_run_sources")
     if group == "experiment":  # experiments pick their models; keep them tiny here
-        overrides += ["model.from_scratch={hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, "
-                      "intermediate_size: 64}"]
+        overrides += [
+            "model.from_scratch={hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 64}"
+        ]
     cfg = compose_train(overrides, tmp_path)
     objects = build(cfg)
     assert cfg.task.name != "classification" or objects["datamodule"].labels  # LM tasks ignore labels

@@ -10,15 +10,25 @@ from pathlib import Path
 
 from tests.conftest import ROOT, TINY, read_metrics, run_cli
 
-NOISE = ["💡 Tip", "litlogger", "litmodels", "Total FLOPs", "Loading weights", "anonymous", "it/s]",
-         "The `srun` command is available",  # Lightning's hint wherever SLURM is installed (CI)
-         "LeafSpec", "was called before the ``update`` method"]  # torch/Lightning pytree notice; an unused metric
+NOISE = [
+    "💡 Tip",
+    "litlogger",
+    "litmodels",
+    "Total FLOPs",
+    "Loading weights",
+    "anonymous",
+    "it/s]",
+    "The `srun` command is available",  # Lightning's hint wherever SLURM is installed (CI)
+    "LeafSpec",
+    "was called before the ``update`` method",
+]  # torch/Lightning pytree notice; an unused metric
 
 
 def test_multirun_console_tree_noise_and_time_to_first_batch_per_job(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    result = run_cli("train.py", "-m", *TINY, "seed=1,2", f"hydra.sweep.dir={sweep}", f"paths.log_dir={tmp_path}",
-                     timeout=600)
+    result = run_cli(
+        "train.py", "-m", *TINY, "seed=1,2", f"hydra.sweep.dir={sweep}", f"paths.log_dir={tmp_path}", timeout=600
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and (p / "metrics.json").is_file())
@@ -47,8 +57,15 @@ def test_multirun_console_tree_noise_and_time_to_first_batch_per_job(tmp_path: P
 def test_help_is_lmlabs(tmp_path: Path) -> None:
     result = run_cli("train.py", "--help", cwd=tmp_path)
     assert result.returncode == 0
-    for text in ["python train.py -m key=a,b seed=1,2,3", "lmlab-report", "debug=fdr", "model: bert, distilbert",
-                 "trainer: cpu, ddp", "logs/train/runs/<date>_<time>/", "no `+` is needed"]:
+    for text in [
+        "python train.py -m key=a,b seed=1,2,3",
+        "lmlab-report",
+        "debug=fdr",
+        "model: bert, distilbert",
+        "trainer: cpu, ddp",
+        "logs/train/runs/<date>_<time>/",
+        "no `+` is needed",
+    ]:
         assert text in result.stdout, text
     assert "powered by Hydra" not in result.stdout
     result = run_cli("eval.py", "--help", cwd=tmp_path)
@@ -74,8 +91,7 @@ def _in_a_terminal(args: list[str], columns: int = 120, timeout: float = 300) ->
     if pid == 0:  # the child: a terminal-sized session running the command; never returns into pytest
         try:
             fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))  # fd 0: the terminal
-            os.execve(sys.executable, [sys.executable, *args],
-                      {**os.environ, "COLUMNS": str(columns), "TERM": "xterm"})
+            os.execve(sys.executable, [sys.executable, *args], {**os.environ, "COLUMNS": str(columns), "TERM": "xterm"})
         finally:
             os._exit(127)
     chunks, deadline = [], time.monotonic() + timeout
@@ -109,4 +125,4 @@ def test_progress_bar_is_drawn_once_with_log_lines_above_it_in_a_terminal(tmp_pa
     stopped = next(i for i, line in enumerate(lines) if "`Trainer.fit` stopped" in line)
     first_batch = next(i for i, line in enumerate(lines) if "first training batch" in line)
     assert stopped < first_batch < bars[0]  # logged above the live bar, each on its own line
-    assert not any(line.startswith("Epoch 0/1") for line in lines[bars[0]:])
+    assert not any(line.startswith("Epoch 0/1") for line in lines[bars[0] :])

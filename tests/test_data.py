@@ -33,8 +33,13 @@ def bbc() -> list[Example]:
 
 def test_bbc_news_is_complete(bbc: list[Example]) -> None:
     assert len(bbc) == 2225
-    assert Counter(ex.label for ex in bbc) == {"business": 510, "entertainment": 386, "politics": 417,
-                                               "sports": 511, "tech": 401}
+    assert Counter(ex.label for ex in bbc) == {
+        "business": 510,
+        "entertainment": 386,
+        "politics": 417,
+        "sports": 511,
+        "tech": 401,
+    }
     assert len({ex.id for ex in bbc}) == 2225
     assert all(ex.text for ex in bbc)
 
@@ -80,8 +85,11 @@ def test_one_vs_rest_makes_a_binary_task(bbc: list[Example]) -> None:
 
 def test_unseen_label_in_test_is_an_error() -> None:
     make = lambda label, i: Example(id=f"{label}{i}", text=f"{label} text {i}", label=label)  # noqa: E731
-    splits = {"train": [make("a", i) for i in range(3)], "val": [make("a", 9)],
-              "test": [make("a", 8), make("zebra", 1)]}
+    splits = {
+        "train": [make("a", i) for i in range(3)],
+        "val": [make("a", 9)],
+        "test": [make("a", 8), make("zebra", 1)],
+    }
     with pytest.raises(LmlabError, match=r"test split has labels not in the training set: \['zebra'\]"):
         label_names(splits)
 
@@ -133,8 +141,10 @@ def _near_copy_splits() -> dict[str, list[Example]]:
     val = [train[2] + _words(rng, 5), val1, _words(rng, 60)]
     test = [copy0, train[1][:30] + _words(rng, 40), val1[:59] + ["changed"], _words(rng, 60)]
     make = lambda split, i, words: Example(f"{split}{i}", " ".join(words), "ab"[i % 2])  # noqa: E731
-    return {name: [make(name, i, w) for i, w in enumerate(docs)]
-            for name, docs in (("train", train), ("val", val), ("test", test))}
+    return {
+        name: [make(name, i, w) for i, w in enumerate(docs)]
+        for name, docs in (("train", train), ("val", val), ("test", test))
+    }
 
 
 def test_shingles_and_containment() -> None:
@@ -177,7 +187,10 @@ def test_dedupe_near_drops_near_copies_from_val_and_test() -> None:
     exact, report = build_splits(source, fractions=FRACTIONS, split_seed=0, dedupe="exact")
     assert [len(exact[s]) for s in SPLITS] == [10, 3, 4]  # exact dedupe keeps them all, but reports them
     assert {k: v for k, v in report.items() if k.startswith("near")} == {
-        "near_train&val": 1, "near_train&test": 1, "near_val&test": 1}
+        "near_train&val": 1,
+        "near_train&test": 1,
+        "near_val&test": 1,
+    }
     near, report = build_splits(source, fractions=FRACTIONS, split_seed=0, dedupe="near")
     assert [ex.id for ex in near["val"]] == ["val1", "val2"]
     assert [ex.id for ex in near["test"]] == ["test1", "test3"]
@@ -198,8 +211,13 @@ def test_bbc_near_duplicates_in_the_default_split(bbc: list[Example]) -> None:
 
 
 def test_dedupe_values() -> None:
-    assert [dedupe_mode(v) for v in (True, False, "near", "EXACT", "none")] == ["exact", "none", "near", "exact",
-                                                                             "none"]
+    assert [dedupe_mode(v) for v in (True, False, "near", "EXACT", "none")] == [
+        "exact",
+        "none",
+        "near",
+        "exact",
+        "none",
+    ]
     with pytest.raises(LmlabError, match=r"dataset.dedupe='fuzzy' is not one of \['near', 'exact', 'none'\]"):
         dedupe_mode("fuzzy")
     for bad in (0, 1.5, -0.1, float("nan"), "half", True):
@@ -228,25 +246,37 @@ def test_missing_labels_are_kept_as_none(tmp_path) -> None:
     csv_path, jsonl = tmp_path / "d.csv", tmp_path / "d.jsonl"
     csv_path.write_text("text,label\na,x\nb,\nc,  \nd,nan\ne,NaN\nf,null\n")
     assert [ex.label for ex in files(path=str(csv_path))] == ["x", None, None, None, None, None]
-    jsonl.write_text('{"text": "a", "label": 1}\n{"text": "b", "label": null}\n{"text": "c", "label": NaN}\n'
-                     '{"text": "d"}\n{"text": null, "label": 2}\n')
+    jsonl.write_text(
+        '{"text": "a", "label": 1}\n{"text": "b", "label": null}\n{"text": "c", "label": NaN}\n'
+        '{"text": "d"}\n{"text": null, "label": 2}\n'
+    )
     examples = files(path=str(jsonl))
     assert [ex.label for ex in examples] == ["1", None, None, None, "2"]
     assert examples[4].text == ""  # a null text is empty (the classification task refuses it), not "None"
     assert examples[2].origin == f"{jsonl} row 3 (line 3)"
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("fields.csv", "text,label\na,x\nb,with, comma\n", r"fields.csv, line 3: 3 fields, but the header has 2"),
-    ("fields.tsv", "text\tlabel\na\tx\n\tb\tc\n", r"fields.tsv, line 3: 3 fields.*quote a text that contains a tab"),
-    ("bad.jsonl", '{"text": "a", "label": "x"}\n\n{"text": "b", "label": x}\n',
-     r"bad.jsonl, line 3: not valid JSON \(Expecting value, column 24\).*one JSON object"),
-    ("list.jsonl", '["a", "x"]\n', r"list.jsonl, line 1: a JSON list, not an object"),
-    ("bad.json", '[{"text": "a",\n "label": }]', r"bad.json, line 2: not valid JSON"),
-    ("empty.csv", "", r"empty.csv is empty"),
-    ("blank.jsonl", "\n \n", r"blank.jsonl is empty"),
-    ("header.csv", "text,label\n", r"header.csv has a header \['text', 'label'\] but no data rows"),
-])
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("fields.csv", "text,label\na,x\nb,with, comma\n", r"fields.csv, line 3: 3 fields, but the header has 2"),
+        (
+            "fields.tsv",
+            "text\tlabel\na\tx\n\tb\tc\n",
+            r"fields.tsv, line 3: 3 fields.*quote a text that contains a tab",
+        ),
+        (
+            "bad.jsonl",
+            '{"text": "a", "label": "x"}\n\n{"text": "b", "label": x}\n',
+            r"bad.jsonl, line 3: not valid JSON \(Expecting value, column 24\).*one JSON object",
+        ),
+        ("list.jsonl", '["a", "x"]\n', r"list.jsonl, line 1: a JSON list, not an object"),
+        ("bad.json", '[{"text": "a",\n "label": }]', r"bad.json, line 2: not valid JSON"),
+        ("empty.csv", "", r"empty.csv is empty"),
+        ("blank.jsonl", "\n \n", r"blank.jsonl is empty"),
+        ("header.csv", "text,label\n", r"header.csv has a header \['text', 'label'\] but no data rows"),
+    ],
+)
 def test_bad_data_files_name_the_file_and_line(tmp_path, name: str, content: str, message: str) -> None:
     (tmp_path / name).write_text(content)
     with pytest.raises(LmlabError, match=message):
@@ -256,8 +286,11 @@ def test_bad_data_files_name_the_file_and_line(tmp_path, name: str, content: str
 def test_undecodable_bytes_name_the_offset(tmp_path) -> None:
     path = tmp_path / "latin.csv"
     path.write_bytes("text,label\ngood,a\nco\u00fbt,b\n".encode("latin-1"))
-    with pytest.raises(LmlabError, match=r"latin.csv: not UTF-8 at byte offset 20 \(line 3.*Re-encode the file as "
-                                         r"UTF-8"):
+    with pytest.raises(
+        LmlabError,
+        match=r"latin.csv: not UTF-8 at byte offset 20 \(line 3.*Re-encode the file as "
+        r"UTF-8",
+    ):
         files(path=str(path))
     (tmp_path / "latin.txt").write_bytes("co\u00fbt\n".encode("latin-1"))  # plain text keeps the Latin-1 fallback
     assert [ex.text for ex in files(path=str(tmp_path / "latin.txt"))] == ["co\u00fbt"]
@@ -272,8 +305,12 @@ def _prepare(examples: list[Example], **splits: list[Example]):
 
     from lmlab.tasks import ClassificationTask
 
-    datamodule = SimpleNamespace(splits=splits or {"train": examples, "val": examples, "test": examples},
-                                 source_examples=examples, label_order=None, one_vs_rest=None)
+    datamodule = SimpleNamespace(
+        splits=splits or {"train": examples, "val": examples, "test": examples},
+        source_examples=examples,
+        label_order=None,
+        one_vs_rest=None,
+    )
     task = ClassificationTask("classification", "val/f1_macro", "max", "best/val_f1_macro")
     task.prepare(datamodule)
     return task
@@ -282,9 +319,12 @@ def _prepare(examples: list[Example], **splits: list[Example]):
 def test_classification_refuses_missing_labels_empty_texts_and_one_class(tmp_path) -> None:
     path = tmp_path / "d.csv"
     path.write_text("text,label\n" + "".join(f"t{i},{'' if i % 3 == 0 else 'ab'[i % 2]}\n" for i in range(30)))
-    with pytest.raises(LmlabError, match=rf"10 of 30 rows have no label \(null, NaN or empty\): {path}: row 1 "
-                                         rf"\(line 2\), row 4 \(line 5\), .*row 13 \(line 14\) and 5 more\. .*"
-                                         rf"fill them in or remove"):
+    with pytest.raises(
+        LmlabError,
+        match=rf"10 of 30 rows have no label \(null, NaN or empty\): {path}: row 1 "
+        rf"\(line 2\), row 4 \(line 5\), .*row 13 \(line 14\) and 5 more\. .*"
+        rf"fill them in or remove",
+    ):
         _prepare(files(path=str(path)))
     path.write_text("text,label\n" + "".join(f"{'  ' if i % 3 else f't{i}'},{'ab'[i % 2]}\n" for i in range(9)))
     with pytest.raises(LmlabError, match=r"6 of 9 rows have an empty text: .*row 2 \(line 3\).*Fill in the text"):
@@ -301,8 +341,9 @@ def test_causal_lm_ignores_null_labels(tmp_path) -> None:
     from tests.conftest import compose_train
 
     path = tmp_path / "corpus.csv"
-    path.write_text("text,label\n" + "".join(f"document number {i} about things,{'' if i % 2 else 'x'}\n"
-                                             for i in range(40)))
+    path.write_text(
+        "text,label\n" + "".join(f"document number {i} about things,{'' if i % 2 else 'x'}\n" for i in range(40))
+    )
     for task, ok in (("causal_lm", True), ("classification", False)):
         cfg = compose_train([f"task={task}", "dataset=files", f"dataset.source.path={path}"], tmp_path / task)
         datamodule = instantiate(cfg.dataset)
@@ -317,8 +358,11 @@ def test_causal_lm_ignores_null_labels(tmp_path) -> None:
 
 def test_labels_order_mismatch_names_the_difference() -> None:
     splits = {s: [Example(f"{s}{i}", f"t{i}", "ab"[i % 2]) for i in range(4)] for s in SPLITS}
-    with pytest.raises(LmlabError, match=r"not training labels: \['zebra'\]; training labels missing: \['b'\].*"
-                                         r"dataset.labels=null"):
+    with pytest.raises(
+        LmlabError,
+        match=r"not training labels: \['zebra'\]; training labels missing: \['b'\].*"
+        r"dataset.labels=null",
+    ):
         label_names(splits, ["a", "zebra"])
     with pytest.raises(LmlabError, match=r"repeated: \['a'\]"):
         label_names(splits, ["a", "b", "a"])
@@ -329,8 +373,8 @@ def test_hf_unlabelled_rows_are_missing_not_the_last_class(tmp_path) -> None:
 
     from lmlab.data.sources import hf
 
-    features = datasets.Features({"text": datasets.Value("string"),
-                                  "label": datasets.ClassLabel(names=["neg", "pos"])})
-    datasets.Dataset.from_dict({"text": ["a", "b", "c"], "label": [0, 1, -1]}, features=features
-                               ).save_to_disk(str(tmp_path / "d"))
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])})
+    datasets.Dataset.from_dict({"text": ["a", "b", "c"], "label": [0, 1, -1]}, features=features).save_to_disk(
+        str(tmp_path / "d")
+    )
     assert [ex.label for ex in hf(load_from_disk=str(tmp_path / "d"))] == ["neg", "pos", None]  # -1 = unlabelled

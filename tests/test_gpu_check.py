@@ -18,17 +18,31 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
-CELLS = ["bert_short", "bert_long", "llama_small", "lm_125m", "bert_long_fp32", "bert_long_eager", "bert_long_compile",
-         "parity_lmlab", "parity_raw", "fsdp_smoke"]
+CELLS = [
+    "bert_short",
+    "bert_long",
+    "llama_small",
+    "lm_125m",
+    "bert_long_fp32",
+    "bert_long_eager",
+    "bert_long_compile",
+    "parity_lmlab",
+    "parity_raw",
+    "fsdp_smoke",
+]
 GPU_ONLY = {"bert_long_compile", "fsdp_smoke"}
 MODEL_CELLS = ["bert_short", "bert_long", "llama_small", "lm_125m"]
 
 
 def run_script(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": os.pathsep.join(
-        [str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    env = {
+        **os.environ,
+        "CUDA_VISIBLE_DEVICES": "",
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    }
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +91,10 @@ def test_gpu_only_parts_are_skipped_with_the_reason_never_a_number(tiny: tuple[d
         assert cell["skipped_fields"] == {"peak_gpu_mem_mb": "no CUDA device", "logged_mfu": "no CUDA device"}
         assert cell["mfu_dense_peak"] == {"skipped": "no CUDA device"}
     assert result["device"]["dense_bf16_peak"] is None
-    assert "compile" in next(r for r in result["comparisons"] if r["comparison"].startswith("bert_long_compile"))[
-        "skipped"]
+    assert (
+        "compile"
+        in next(r for r in result["comparisons"] if r["comparison"].startswith("bert_long_compile"))["skipped"]
+    )
     assert "| bert_short |" in md and "skipped: no CUDA device" in md
 
 
@@ -89,8 +105,9 @@ def test_mfu_formula_against_the_flop_counter(tiny: tuple[dict[str, Any], str]) 
         flops = cells[cid]["flops"]
         assert finite_positive(flops["counter_flops_per_token"]) and finite_positive(flops["lmlab_flops_per_token"])
         assert flops["real_tokens"] == flops["rows"] * flops["seq_len"]  # unpadded rows only
-        assert math.isclose(flops["counter_over_lmlab"],
-                            flops["counter_flops_per_token"] / flops["lmlab_flops_per_token"])
+        assert math.isclose(
+            flops["counter_over_lmlab"], flops["counter_flops_per_token"] / flops["lmlab_flops_per_token"]
+        )
         # The counter saw attention (a CPU flash op mapped to torch's SDPA formulas, or the math path's bmm).
         assert any("attention" in op or op == "aten.bmm" for op in flops["counted_by_op"]), flops["counted_by_op"]
         # Agreement: the callback's formula itself, or (for a tied lm_head, which the callback leaves out, see
@@ -102,8 +119,11 @@ def test_mfu_formula_against_the_flop_counter(tiny: tuple[dict[str, Any], str]) 
         assert abs(cells[cid]["flops"]["counter_over_lmlab"] - 1) <= 0.05
     # the factor cells take their base's FLOPs per token: same work, so MFU scales with tokens/s
     fp32, base = cells["bert_long_fp32"], cells["bert_long"]
-    assert math.isclose(fp32["mfu_measured_matmul"]["counter"] / base["mfu_measured_matmul"]["counter"],
-                        fp32["tokens_per_sec"] / base["tokens_per_sec"], rel_tol=1e-9)
+    assert math.isclose(
+        fp32["mfu_measured_matmul"]["counter"] / base["mfu_measured_matmul"]["counter"],
+        fp32["tokens_per_sec"] / base["tokens_per_sec"],
+        rel_tol=1e-9,
+    )
     assert finite_positive(result["matmul"]["flops"])
     assert "| bert_short (sdpa) |" in md
 
@@ -147,8 +167,12 @@ def test_the_full_mode_cells_compose_as_the_device_would_run_them(tmp_path: Path
     long = cfgs["bert_long"]
     assert long.trainer.accelerator == "gpu" and long.trainer.precision == "bf16-mixed"
     assert (long.dataset.max_length, long.dataset.pad_to_multiple_of, long.dataset.batch_size) == (512, 512, 32)
-    assert OmegaConf.to_container(long.model.from_scratch) == {"hidden_size": 768, "num_hidden_layers": 12,
-                                                               "num_attention_heads": 12, "intermediate_size": 3072}
+    assert OmegaConf.to_container(long.model.from_scratch) == {
+        "hidden_size": 768,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "intermediate_size": 3072,
+    }
     assert cfgs["bert_short"].dataset.max_length == 128 and long.model.compile is False
     assert cfgs["bert_long_fp32"].trainer.precision == "32-true"
     assert cfgs["bert_long_eager"].model.attn_implementation == "eager"

@@ -16,17 +16,35 @@ from lmlab.hub import check_loadable, in_hf_cache
 from tests.conftest import ROOT
 
 
-@pytest.mark.parametrize(("env", "reason"), [
-    ({"HF_HUB_OFFLINE": "1"}, "HF_HUB_OFFLINE=1"),
-    ({"HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"},
-     "the Hugging Face hub (http://127.0.0.1:9) cannot be reached"),
-], ids=["HF_HUB_OFFLINE", "unreachable_endpoint"])
-def test_offline_model_fails_before_torch_with_the_message_in_status(tmp_path: Path, env: dict[str, str],
-                                                                     reason: str) -> None:
-    proc = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "train.py"), "model=bert",
-                           f"paths.log_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}"],
-                          capture_output=True, text=True, cwd=tmp_path,
-                          env={**os.environ, **env, "PYTHONPATH": str(ROOT / "src")})
+@pytest.mark.parametrize(
+    ("env", "reason"),
+    [
+        ({"HF_HUB_OFFLINE": "1"}, "HF_HUB_OFFLINE=1"),
+        (
+            {"HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"},
+            "the Hugging Face hub (http://127.0.0.1:9) cannot be reached",
+        ),
+    ],
+    ids=["HF_HUB_OFFLINE", "unreachable_endpoint"],
+)
+def test_offline_model_fails_before_torch_with_the_message_in_status(
+    tmp_path: Path, env: dict[str, str], reason: str
+) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-X",
+            "importtime",
+            str(ROOT / "train.py"),
+            "model=bert",
+            f"paths.log_dir={tmp_path}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, **env, "PYTHONPATH": str(ROOT / "src")},
+    )
     assert proc.returncode == 1, proc.stderr[-2000:]
     imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time")}
     assert "torch" not in imported and "transformers" not in imported  # what takes the seconds it fails within

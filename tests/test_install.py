@@ -18,8 +18,10 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # pip check's problem lines: "<dist> <version> requires <req>, which is not installed." and
 # "<dist> <version> has requirement <req>, but you have <dist> <version>."
-PROBLEM = re.compile(r"^(?P<dist>\S+) \S+ (?:requires (?P<missing>.+), which is not installed"
-                     r"|has requirement (?P<wrong>.+), but you have .+)\.$")
+PROBLEM = re.compile(
+    r"^(?P<dist>\S+) \S+ (?:requires (?P<missing>.+), which is not installed"
+    r"|has requirement (?P<wrong>.+), but you have .+)\.$"
+)
 
 
 def canonical(name: str) -> str:

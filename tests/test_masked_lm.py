@@ -61,8 +61,9 @@ def test_val_and_test_masks_are_fixed_per_block_whatever_the_seed_and_batch_size
 def test_masking_follows_the_80_10_10_rule_and_never_targets_special_tokens(tmp_path: Path) -> None:
     from lmlab.train import build
 
-    dm = build(compose_train([*MLM_TINY, "dataset.max_samples.val=200", "dataset.max_length=128"],
-                             tmp_path))["datamodule"]
+    dm = build(compose_train([*MLM_TINY, "dataset.max_samples.val=200", "dataset.max_length=128"], tmp_path))[
+        "datamodule"
+    ]
     tok = dm.tokenizer
     masked = replaced = kept = targets = candidates = 0
     specials = torch.tensor(tok.all_special_ids)
@@ -70,10 +71,16 @@ def test_masking_follows_the_80_10_10_rule_and_never_targets_special_tokens(tmp_
     for batch in dm.loader("val"):
         idx = batch["idx"]
         width = batch["input_ids"].shape[1]
-        original = torch.stack([torch.nn.functional.pad(torch.as_tensor(dataset[int(i)]["input_ids"],
-                                                                        dtype=torch.long),
-                                                        (0, width - int(dataset.lengths[int(i)])),
-                                                        value=tok.pad_token_id) for i in idx])
+        original = torch.stack(
+            [
+                torch.nn.functional.pad(
+                    torch.as_tensor(dataset[int(i)]["input_ids"], dtype=torch.long),
+                    (0, width - int(dataset.lengths[int(i)])),
+                    value=tok.pad_token_id,
+                )
+                for i in idx
+            ]
+        )
         target = batch["labels"] != -100
         assert torch.equal(batch["labels"][target], original[target])  # labels are the original tokens
         assert not torch.isin(original[target], specials).any()  # never [CLS]/[SEP]/[PAD]
@@ -130,16 +137,18 @@ def _parent_tensors(export: Path) -> dict[str, torch.Tensor]:
     return load_file(str(export / "model.safetensors"))
 
 
-def test_init_from_copies_exactly_the_parents_backbone(mlm_run, tmp_path: Path,
-                                                       caplog: pytest.LogCaptureFixture) -> None:
+def test_init_from_copies_exactly_the_parents_backbone(
+    mlm_run, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     from lmlab.train import build
 
     _, parent = mlm_run
     stored = _parent_tensors(parent / "model")
     for pooling, prefix in (("native", "bert."), ("mean", "")):
         with caplog.at_level(logging.INFO, logger="lmlab.models.init_from"):
-            module = build(compose_train([*TINY, f"model.pooling={pooling}", f"model.init_from={parent}"],
-                                         tmp_path / pooling))["model"]
+            module = build(
+                compose_train([*TINY, f"model.pooling={pooling}", f"model.init_from={parent}"], tmp_path / pooling)
+            )["model"]
         backbone = module.backbone.state_dict()
         copied = [k for k in backbone if f"bert.{k}" in stored]
         assert len(copied) == len(backbone) - 2  # all but the pooler, which an MLM model does not have
@@ -154,13 +163,18 @@ def test_init_from_copies_exactly_the_parents_backbone(mlm_run, tmp_path: Path,
     assert not torch.equal(plain[key], stored[f"bert.{key}"])
 
 
-def test_init_from_clm_parent_copies_backbone_and_head_for_clm_and_backbone_for_classification(
-        tmp_path: Path) -> None:
+def test_init_from_clm_parent_copies_backbone_and_head_for_clm_and_backbone_for_classification(tmp_path: Path) -> None:
     """CLM->CLM copies everything (same class); CLM->classification the backbone only, from an exported dir."""
     from lmlab.train import build
 
-    lm = ["task=causal_lm", "model=llama_tiny", "dataset.max_length=32", "dataset.max_samples.train=40",
-          "dataset.max_samples.val=8", "dataset.max_samples.test=8"]
+    lm = [
+        "task=causal_lm",
+        "model=llama_tiny",
+        "dataset.max_length=32",
+        "dataset.max_samples.train=40",
+        "dataset.max_samples.val=8",
+        "dataset.max_samples.test=8",
+    ]
     parent = build(compose_train(lm, tmp_path / "parent"))["model"]
     parent.export_pretrained(tmp_path / "export")
     stored = _parent_tensors(tmp_path / "export")
@@ -168,22 +182,38 @@ def test_init_from_clm_parent_copies_backbone_and_head_for_clm_and_backbone_for_
     state = child["model"].net.state_dict()
     assert set(stored) <= set(state)
     assert all(torch.equal(state[k], stored[k]) for k in stored)
-    cls = build(compose_train(["model=llama_tiny", "dataset.max_length=32", "dataset.max_samples.train=40",
-                               "dataset.max_samples.val=8", "dataset.max_samples.test=8",
-                               f"model.init_from={tmp_path / 'export'}"], tmp_path / "cls"))["model"]
+    cls = build(
+        compose_train(
+            [
+                "model=llama_tiny",
+                "dataset.max_length=32",
+                "dataset.max_samples.train=40",
+                "dataset.max_samples.val=8",
+                "dataset.max_samples.test=8",
+                f"model.init_from={tmp_path / 'export'}",
+            ],
+            tmp_path / "cls",
+        )
+    )["model"]
     backbone = cls.backbone.state_dict()
     assert all(torch.equal(backbone[k], stored[f"model.{k}"]) for k in backbone)
     assert cls.net.score.weight.shape[0] == 5  # the classification head: new, 5 BBC classes
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    (["model.from_scratch.hidden_size=64", "model.from_scratch.intermediate_size=128"],
-     "another architecture than this run's model: hidden_size: 32 (parent) vs 64 (this run)"),
-    (["model.from_scratch.num_hidden_layers=3"], "num_hidden_layers: 2 (parent) vs 3 (this run)"),
-    (["model=llama_tiny"], "was trained with another tokenizer than this run's model.tokenizer"),
-])
-def test_init_from_refuses_an_architecture_or_tokenizer_mismatch(mlm_run, tmp_path: Path, overrides: list[str],
-                                                                 message: str) -> None:
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["model.from_scratch.hidden_size=64", "model.from_scratch.intermediate_size=128"],
+            "another architecture than this run's model: hidden_size: 32 (parent) vs 64 (this run)",
+        ),
+        (["model.from_scratch.num_hidden_layers=3"], "num_hidden_layers: 2 (parent) vs 3 (this run)"),
+        (["model=llama_tiny"], "was trained with another tokenizer than this run's model.tokenizer"),
+    ],
+)
+def test_init_from_refuses_an_architecture_or_tokenizer_mismatch(
+    mlm_run, tmp_path: Path, overrides: list[str], message: str
+) -> None:
     from lmlab.train import build
 
     _, parent = mlm_run
@@ -194,8 +224,10 @@ def test_init_from_refuses_an_architecture_or_tokenizer_mismatch(mlm_run, tmp_pa
 def test_init_from_a_bad_path_fails_the_run_with_a_clear_message(tmp_path: Path) -> None:
     (tmp_path / "unfinished").mkdir()
     (tmp_path / "unfinished" / "status.json").write_text('{"status": "failed"}')
-    for target, message in ((tmp_path / "nope", "no such run dir or model dir"),
-                            (tmp_path / "unfinished", "with no exported model (model/config.json)")):
+    for target, message in (
+        (tmp_path / "nope", "no such run dir or model dir"),
+        (tmp_path / "unfinished", "with no exported model (model/config.json)"),
+    ):
         run = tmp_path / f"run-{target.name}"
         result = run_cli("train.py", *TINY, f"model.init_from={target}", f"hydra.run.dir={run}")
         assert result.returncode == 1 and message in result.stderr + result.stdout, result.stderr[-2000:]
@@ -203,8 +235,9 @@ def test_init_from_a_bad_path_fails_the_run_with_a_clear_message(tmp_path: Path)
         assert status["status"] == "failed" and not (run / "metrics.json").exists()
 
 
-def test_lineage_counts_the_parents_training_texts_in_this_test_split(mlm_run, tmp_path: Path,
-                                                                      caplog: pytest.LogCaptureFixture) -> None:
+def test_lineage_counts_the_parents_training_texts_in_this_test_split(
+    mlm_run, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     from hydra.utils import instantiate
 
     from lmlab import lineage
@@ -216,8 +249,11 @@ def test_lineage_counts_the_parents_training_texts_in_this_test_split(mlm_run, t
     assert manifest["data"]["example_hashes"]["file"] == "example_hashes.json" and manifest["lineage"] is None
     splits = {}
     for seed in (0, 1):  # the parent's split, and another split whose test set holds parent training texts
-        dm = instantiate(compose_train([*TINY, f"dataset.split_seed={seed}", "dataset.max_samples.test=null"],
-                                       tmp_path / str(seed)).dataset)
+        dm = instantiate(
+            compose_train(
+                [*TINY, f"dataset.split_seed={seed}", "dataset.max_samples.test=null"], tmp_path / str(seed)
+            ).dataset
+        )
         splits[seed] = dm.load()
     same = lineage.lineage(str(parent), splits[0])
     assert same["parent_train_in_test"] == 0 and same["parent_task"] == "masked_lm"
@@ -225,8 +261,9 @@ def test_lineage_counts_the_parents_training_texts_in_this_test_split(mlm_run, t
         other = lineage.lineage(str(parent), splits[1])
     expected = len({lineage.example_hash(ex.text) for ex in splits[1]["test"]} & set(hashes["train"]))
     assert other["parent_train_in_test"] == expected > 0
-    assert f"{expected} of this run's {len(splits[1]['test'])} test examples were in the parent's training" \
-        in caplog.text
+    assert (
+        f"{expected} of this run's {len(splits[1]['test'])} test examples were in the parent's training" in caplog.text
+    )
 
 
 def test_dapt_presets_compose(tmp_path: Path) -> None:
@@ -252,16 +289,26 @@ def test_dapt_presets_compose(tmp_path: Path) -> None:
 
 def test_tiny_dapt_chain_as_a_multirun_then_report_gives_the_dapt_row(tmp_path: Path) -> None:
     dapt = tmp_path / "dapt"
-    tiny = ["model=tiny_bert", "dataset.max_length=32", "dataset.batch_size=16", "dataset.eval_batch_size=32",
-            "dataset.max_samples.train=48", "dataset.max_samples.val=16", "dataset.max_samples.test=16",
-            "trainer.num_sanity_val_steps=0", f"dapt_dir={dapt}", "seed=1,2"]
+    tiny = [
+        "model=tiny_bert",
+        "dataset.max_length=32",
+        "dataset.batch_size=16",
+        "dataset.eval_batch_size=32",
+        "dataset.max_samples.train=48",
+        "dataset.max_samples.val=16",
+        "dataset.max_samples.test=16",
+        "trainer.num_sanity_val_steps=0",
+        f"dapt_dir={dapt}",
+        "seed=1,2",
+    ]
     stage1 = run_cli("train.py", "-m", "experiment=dapt_pretrain", *tiny, "trainer.max_steps=2", timeout=600)
     assert stage1.returncode == 0, stage1.stderr[-3000:]
     # Masked LM keeps no bytes total (bits-per-byte is causal LM's): nothing computed that was never updated.
     assert "was called before the ``update`` method" not in stage1.stdout + stage1.stderr
     assert sorted(p.name for p in (dapt / "pretrain").iterdir() if p.is_dir()) == ["seed=1", "seed=2"]
-    stage2 = run_cli("train.py", "-m", "experiment=dapt", *tiny, "trainer.max_epochs=-1", "trainer.max_steps=2",
-                     timeout=600)
+    stage2 = run_cli(
+        "train.py", "-m", "experiment=dapt", *tiny, "trainer.max_epochs=-1", "trainer.max_steps=2", timeout=600
+    )
     assert stage2.returncode == 0, stage2.stderr[-3000:]
     jobs = sorted(p for p in dapt.iterdir() if (p / "metrics.json").is_file())
     assert len(jobs) == 4
@@ -278,13 +325,20 @@ def test_tiny_dapt_chain_as_a_multirun_then_report_gives_the_dapt_row(tmp_path: 
         assert lineage["parent_run_dir"] == str(parent.resolve())
         assert lineage["parent_data_fingerprint"] == parent_manifest["data"]["fingerprint"]
         assert lineage["parent_commit"] == parent_manifest["git"]["commit"]
-        assert lineage["parent_optimized_metric"] == {"name": "best/val_loss",
-                                                      "value": read_metrics(parent)["best/val_loss"]}
+        assert lineage["parent_optimized_metric"] == {
+            "name": "best/val_loss",
+            "value": read_metrics(parent)["best/val_loss"],
+        }
         assert lineage["parent_train_in_test"] == 0 and lineage["parent_task"] == "masked_lm"
         assert f"model.init_from={parent.resolve()}: loaded 37 tensors" in (job / "train.log").read_text()
-    report = subprocess.run([sys.executable, "-m", "lmlab.report", str(dapt), "--baseline", "model.init_from=null",
-                             "--no-plots"], capture_output=True, text=True, timeout=300, cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    report = subprocess.run(
+        [sys.executable, "-m", "lmlab.report", str(dapt), "--baseline", "model.init_from=null", "--no-plots"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
     assert report.returncode == 0, report.stderr[-3000:]
     data = json.loads((dapt / "report.json").read_text())
     assert data["baseline"] == "model.init_from=null"

@@ -55,17 +55,29 @@ def test_two_bbc_subtasks_share_one_split(tmp_path: Path) -> None:
 
     # Sub-tasks of one source that would split it differently are refused (one would see the other's test set).
     cfg = compose_train([*MT, "+dataset.subtasks.sport.split_seed=1"], tmp_path / "b")
-    with pytest.raises(LmlabError, match=r"'topic' and 'sport' read the same source but would split it differently "
-                                         r"\(split_seed: 0 vs 1\)"):
+    with pytest.raises(
+        LmlabError,
+        match=r"'topic' and 'sport' read the same source but would split it differently "
+        r"\(split_seed: 0 vs 1\)",
+    ):
         instantiate(cfg.dataset).load()
 
 
 def test_a_files_subtask_beside_two_bbc_ones(tmp_path: Path) -> None:
     path = tmp_path / "reviews.csv"
-    path.write_text("text,label\n" + "".join(f"review {i} was {'great fun' if i % 2 else 'dull'},{'pn'[i % 2]}\n"
-                                             for i in range(40)))
-    cfg = compose_train([*MT, "+dataset@dataset.subtasks.reviews=files", f"dataset.subtasks.reviews.source.path={path}",
-                         "dataset.subtasks.reviews.batch_size=8"], tmp_path / "run")
+    path.write_text(
+        "text,label\n"
+        + "".join(f"review {i} was {'great fun' if i % 2 else 'dull'},{'pn'[i % 2]}\n" for i in range(40))
+    )
+    cfg = compose_train(
+        [
+            *MT,
+            "+dataset@dataset.subtasks.reviews=files",
+            f"dataset.subtasks.reviews.source.path={path}",
+            "dataset.subtasks.reviews.batch_size=8",
+        ],
+        tmp_path / "run",
+    )
     datamodule = instantiate(cfg.dataset)
     datamodule.load()
     assert datamodule.names == ["topic", "sport", "reviews"]
@@ -105,7 +117,7 @@ def test_proportional_epoch_visits_every_example_of_every_subtask_once() -> None
 def test_temperature_shares_and_round_robin_passes() -> None:
     hot = SubtaskBatchSampler([160, 16], [16, 16], "temperature", temperature=2.0)
     # 11 batches (10 + 1); shares ~ sqrt(10) : sqrt(1) -> 8.36 : 2.64 -> 8 and 3 (largest remainder)
-    assert len(hot) == 11 and hot.quotas == largest_remainder(11, [10 ** 0.5, 1.0]) == [8, 3]
+    assert len(hot) == 11 and hot.quotas == largest_remainder(11, [10**0.5, 1.0]) == [8, 3]
     seen = _visits(hot)
     assert len(seen[0]) == 8 * 16 and set(seen[0].values()) == {1}  # 8 distinct batches of the large sub-task
     assert len(seen[1]) == 16 and set(seen[1].values()) == {3}  # the small one: 3 passes over its one batch
@@ -130,9 +142,11 @@ def test_sampler_skip_resumes_mid_epoch_and_bad_settings_are_refused() -> None:
     sampler.skip(2, 4)
     assert list(sampler) == full[4:]
     assert list(sampler) == full  # once
-    for kwargs, message in (({"strategy": "uniform"}, r"dataset.sampling='uniform' is not one of"),
-                            ({"strategy": "temperature", "temperature": 0}, r"dataset.temperature=0 must be"),
-                            ({"epoch_batches": 0}, r"dataset.epoch_batches=0 must be a positive")):
+    for kwargs, message in (
+        ({"strategy": "uniform"}, r"dataset.sampling='uniform' is not one of"),
+        ({"strategy": "temperature", "temperature": 0}, r"dataset.temperature=0 must be"),
+        ({"epoch_batches": 0}, r"dataset.epoch_batches=0 must be a positive"),
+    ):
         with pytest.raises(LmlabError, match=message):
             SubtaskBatchSampler([4], [2], **kwargs)
 
@@ -142,8 +156,7 @@ def _comparable(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if not k.startswith("perf/")}
 
 
-def test_multitask_trains_with_per_task_metrics_eval_reproduces_and_resume_is_exact(train_tiny, tmp_path: Path
-                                                                                    ) -> None:
+def test_multitask_trains_with_per_task_metrics_eval_reproduces_and_resume_is_exact(train_tiny, tmp_path: Path) -> None:
     from lmlab.eval import evaluate
 
     two_epochs = ("trainer.max_epochs=2", "dataset.sampling=round_robin", "+task.weights.sport=0.5")
@@ -153,11 +166,14 @@ def test_multitask_trains_with_per_task_metrics_eval_reproduces_and_resume_is_ex
             for name in ("f1_macro", "acc", "precision", "recall", "loss"):
                 value = metrics[f"{stage}/{sub}/{name}"]
                 assert isinstance(value, float) and value == value, (stage, sub, name)
-    assert metrics["val/mean_primary"] == pytest.approx((metrics["val/topic/f1_macro"]
-                                                         + metrics["val/sport/f1_macro"]) / 2)
+    assert metrics["val/mean_primary"] == pytest.approx(
+        (metrics["val/topic/f1_macro"] + metrics["val/sport/f1_macro"]) / 2
+    )
     assert metrics["best/val_mean_primary"] == metrics["val/mean_primary"]
     assert set(k.rsplit("/", 1)[1] for k in metrics if k.startswith("test/sport/f1_per_class/")) == {
-        "sports", "not_sports"}
+        "sports",
+        "not_sports",
+    }
     assert all(isinstance(v, (int, float, str, type(None))) for v in metrics.values())  # plain scalars only
     on_disk = read_metrics(run_dir)
     assert on_disk["test/topic/f1_macro"] == metrics["test/topic/f1_macro"]
@@ -171,7 +187,8 @@ def test_multitask_trains_with_per_task_metrics_eval_reproduces_and_resume_is_ex
     cfg = compose_train([f"ckpt_path={run_dir}"], tmp_path / "eval", config_name="eval")
     evaluated = evaluate(cfg)
     assert {k: v for k, v in evaluated.items() if k.startswith("test/")} == {
-        k: v for k, v in metrics.items() if k.startswith("test/")} | {"test/examples": 96}
+        k: v for k, v in metrics.items() if k.startswith("test/")
+    } | {"test/examples": 96}
 
     # Interrupted mid-epoch 1 (SIGTERM after step 10 of 2 x 8), then resumed in place: the same final metrics.
     os.environ["LMLAB_FAULT_SIGNAL"] = "step:10:SIGTERM"
@@ -216,5 +233,7 @@ def test_acceptance_train_py_two_bbc_subtasks_writes_per_task_test_metrics(tmp_p
     metrics = read_metrics(single_run_dir(tmp_path))
     assert metrics["meta/task"] == "multitask" and metrics["meta/subtasks"] == "topic,sport"
     assert {k for k in metrics if k.startswith("test/") and k.endswith("/f1_macro")} == {
-        "test/topic/f1_macro", "test/sport/f1_macro"}
+        "test/topic/f1_macro",
+        "test/sport/f1_macro",
+    }
     assert 0.0 <= metrics["test/mean_primary"] <= 1.0

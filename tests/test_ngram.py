@@ -35,7 +35,7 @@ def _reference_kn_bits(train: list[int], evals: list[int], vocab: int, order: in
     module's conventions: `start` precedes each stream as context only, contexts longer than the history back off,
     raw counts at the top order and continuation counts (distinct left extensions) below it."""
     s = [start, *train]
-    raw = {k: Counter(tuple(s[j - k + 1:j + 1]) for j in range(max(k - 1, 1), len(s))) for k in range(1, order + 1)}
+    raw = {k: Counter(tuple(s[j - k + 1 : j + 1]) for j in range(max(k - 1, 1), len(s))) for k in range(1, order + 1)}
     cont = {k: Counter(g[1:] for g in raw[k + 1]) for k in range(1, order)}
 
     def prob(hist: list[int], w: int, k: int) -> float:
@@ -45,7 +45,7 @@ def _reference_kn_bits(train: list[int], evals: list[int], vocab: int, order: in
             return prob(hist, w, k - 1)
         counts = raw[k] if k == order else cont[k]
         disc = modified_kn_discounts(np.array(list(counts.values())))
-        h = tuple(hist[len(hist) - (k - 1):]) if k > 1 else ()
+        h = tuple(hist[len(hist) - (k - 1) :]) if k > 1 else ()
         rows = [c for g, c in counts.items() if g[:-1] == h]
         total = sum(rows)
         if total == 0:

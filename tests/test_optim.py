@@ -11,8 +11,9 @@ from lmlab.optim import build_optimizer, build_scheduler, find_layers, layer_id,
 
 @pytest.fixture(scope="module")
 def bert() -> transformers.BertForSequenceClassification:
-    config = transformers.BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
-                                     intermediate_size=32, num_labels=3)
+    config = transformers.BertConfig(
+        vocab_size=100, hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32, num_labels=3
+    )
     return transformers.BertForSequenceClassification(config)
 
 
@@ -34,8 +35,7 @@ def test_layerwise_lr_decay_and_head_lr(bert) -> None:
     assert (prefix, count) == ("encoder.layer", 3)
     assert layer_id("encoder.layer.2.output.dense.weight", prefix, count) == 3
     assert layer_id("embeddings.word_embeddings.weight", prefix, count) == 0
-    groups = param_groups(bert.base_model, head_of(bert), lr=1.0, weight_decay=0.0, layerwise_lr_decay=0.5,
-                          head_lr=7.0)
+    groups = param_groups(bert.base_model, head_of(bert), lr=1.0, weight_decay=0.0, layerwise_lr_decay=0.5, head_lr=7.0)
     lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
     named = dict(bert.named_parameters())
     assert lr_of[id(named["classifier.weight"])] == 7.0
@@ -45,8 +45,15 @@ def test_layerwise_lr_decay_and_head_lr(bert) -> None:
 
 
 def test_build_optimizer_uses_the_target_and_its_arguments(bert) -> None:
-    cfg = {"_target_": "torch.optim.SGD", "lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01,
-           "layerwise_lr_decay": None, "head_lr": None}
+    cfg = {
+        "_target_": "torch.optim.SGD",
+        "lr": 0.05,
+        "momentum": 0.9,
+        "nesterov": True,
+        "weight_decay": 0.01,
+        "layerwise_lr_decay": None,
+        "head_lr": None,
+    }
     optimizer = build_optimizer(bert.base_model, head_of(bert), cfg)
     assert isinstance(optimizer, torch.optim.SGD)
     assert optimizer.defaults["nesterov"] is True and optimizer.defaults["momentum"] == 0.9

@@ -51,9 +51,17 @@ def search(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     # (0.05, 0.1), (1e-5, 0.1) for trials 0-3, then (1e-5, -1), (1e-5, 0.1). dropout=-1 fails its config check;
     # lr=0.05 blows the first epoch's val loss up, and the median pruner stops it (trial 3 equals trial 0: kept).
     # The monitor is val/loss, so the direction comes from the task: minimize.
-    args = [*SEARCH, "task.monitor=val/loss", "task.mode=min", "task.optimized_metric=best/val_loss",
-            "hydra.sweeper.params=null", "hydra.sweeper.sampler.seed=2", "optimizer.lr=choice(1e-5,0.05)",
-            "model.dropout=choice(0.1,-1)", PRUNE]
+    args = [
+        *SEARCH,
+        "task.monitor=val/loss",
+        "task.mode=min",
+        "task.optimized_metric=best/val_loss",
+        "hydra.sweeper.params=null",
+        "hydra.sweeper.sampler.seed=2",
+        "optimizer.lr=choice(1e-5,0.05)",
+        "model.dropout=choice(0.1,-1)",
+        PRUNE,
+    ]
     rc, out = run_sweep(sweep_dir, *args, "hydra.sweeper.n_trials=4", env=env)
     return {"dir": sweep_dir, "env": env, "args": args, "rc": rc, "out": out}
 
@@ -65,7 +73,11 @@ def test_four_trials_one_failed_one_pruned(search: dict[str, Any]) -> None:
     assert [t.number for t in trials] == [0, 1, 2, 3]
     assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "PRUNED", "COMPLETE"]
     assert [(t.params["optimizer.lr"], t.params["model.dropout"]) for t in trials] == [
-        (1e-5, 0.1), (1e-5, -1), (0.05, 0.1), (1e-5, 0.1)]
+        (1e-5, 0.1),
+        (1e-5, -1),
+        (0.05, 0.1),
+        (1e-5, 0.1),
+    ]
     assert load_study(sweep_dir).direction.name == "MINIMIZE"
     first_epoch = {t.number: t.intermediate_values[0] for t in trials if t.state.name == "COMPLETE"}
     for trial in trials:
@@ -112,7 +124,8 @@ def test_continued_to_six_trials(search: dict[str, Any]) -> None:
     # long as the study and the job dir agree.
     as_status = {"COMPLETE": "completed", "FAIL": "failed", "PRUNED": "pruned"}
     assert [status(sweep_dir / f"trial_{t.number}")["status"] for t in trials[4:]] == [
-        as_status[t.state.name] for t in trials[4:]]
+        as_status[t.state.name] for t in trials[4:]
+    ]
     assert {n: mtimes(sweep_dir / f"trial_{n}") for n in range(4)} == first
     assert sweep_json(sweep_dir)["invocations"][-1]["launched"] == ["trial_4", "trial_5"]
     # n_trials is the study's total: asking for 6 again runs nothing.
@@ -124,8 +137,9 @@ def test_continued_to_six_trials(search: dict[str, Any]) -> None:
 def test_continuation_with_another_fixed_config_is_refused(search: dict[str, Any]) -> None:
     sweep_dir = search["dir"]
     before = len(load_study(sweep_dir).trials)
-    rc, out = run_sweep(sweep_dir, *search["args"], "hydra.sweeper.n_trials=9", "dataset.max_length=24",
-                        env=search["env"])
+    rc, out = run_sweep(
+        sweep_dir, *search["args"], "hydra.sweeper.n_trials=9", "dataset.max_length=24", env=search["env"]
+    )
     assert rc == 1
     assert "was run with a different fixed configuration: dataset.max_length: 32 -> 24" in out, out[-3000:]
     assert "Traceback" not in out and len(load_study(sweep_dir).trials) == before
@@ -134,12 +148,15 @@ def test_continuation_with_another_fixed_config_is_refused(search: dict[str, Any
 # ---------------------------------------------------------------- parallel workers on one study
 
 
-@pytest.mark.parametrize("storage", [
-    pytest.param(None, id="journal"),
-    # In make test: two workers opening a new SQLite study at once raced on its schema ("table study_directions
-    # already exists") until the study was opened under the workers' lock.
-    pytest.param("sqlite", id="sqlite"),
-])
+@pytest.mark.parametrize(
+    "storage",
+    [
+        pytest.param(None, id="journal"),
+        # In make test: two workers opening a new SQLite study at once raced on its schema ("table study_directions
+        # already exists") until the study was opened under the workers' lock.
+        pytest.param("sqlite", id="sqlite"),
+    ],
+)
 def test_two_workers_share_one_study(tmp_path: Path, storage: str | None) -> None:
     sweep_dir = tmp_path / "sweep"
     url = f"sqlite:///{sweep_dir / 'optuna.db'}" if storage else None
@@ -172,16 +189,23 @@ def test_two_workers_share_one_study(tmp_path: Path, storage: str | None) -> Non
 @pytest.mark.slow  # two tiny trainings (~55 s under load); the layout is also what lmlab-report reads
 def test_seeds_per_trial_tells_the_mean(tmp_path: Path) -> None:
     sweep_dir = tmp_path / "sweep"
-    rc, out = run_sweep(sweep_dir, "hparams_search=optuna", "hydra.sweeper.n_trials=1",
-                        "hydra.sweeper.seeds_per_trial=2", "seed=7", env=sweep_env(tmp_path / "home"))
+    rc, out = run_sweep(
+        sweep_dir,
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=1",
+        "hydra.sweeper.seeds_per_trial=2",
+        "seed=7",
+        env=sweep_env(tmp_path / "home"),
+    )
     assert rc == 0, out[-3000:]
     (trial,) = load_study(sweep_dir).trials
     jobs = {s: sweep_dir / "trial_0" / f"seed={s}" for s in (7, 8)}
     values = {}
     for seed, job in jobs.items():
         assert status(job)["status"] == "completed"
-        assert [o for o in yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
-                if o.startswith("seed=")] == [f"seed={seed}"]
+        assert [
+            o for o in yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) if o.startswith("seed=")
+        ] == [f"seed={seed}"]
         assert json.loads((job / "resolved_config.json").read_text())["config"]["seed"] == seed
         values[seed] = best_metric(job)
     assert trial.state.name == "COMPLETE"
@@ -193,13 +217,20 @@ def test_seeds_per_trial_tells_the_mean(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- refused before any trial
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["hydra.sweeper.storage=null", "hydra.sweeper.pruner=median"],
-     "hydra.sweeper.pruner needs a storage the jobs can reach"),
-    (["hydra.sweeper.seeds_per_trial=3", "hydra.sweeper.pruner=hyperband"],
-     "hydra.sweeper.pruner with seeds_per_trial=3 is not supported"),
-    (["hydra.sweeper.pruner=mediam"], "hydra.sweeper.pruner='mediam' is not known"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["hydra.sweeper.storage=null", "hydra.sweeper.pruner=median"],
+            "hydra.sweeper.pruner needs a storage the jobs can reach",
+        ),
+        (
+            ["hydra.sweeper.seeds_per_trial=3", "hydra.sweeper.pruner=hyperband"],
+            "hydra.sweeper.pruner with seeds_per_trial=3 is not supported",
+        ),
+        (["hydra.sweeper.pruner=mediam"], "hydra.sweeper.pruner='mediam' is not known"),
+    ],
+)
 def test_refused_settings(tmp_path: Path, args: list[str], message: str) -> None:
     sweep_dir = tmp_path / "sweep"
     rc, out = run_sweep(sweep_dir, "hparams_search=optuna", *args, env=sweep_env(tmp_path / "home"))

@@ -17,9 +17,10 @@ from tests.test_language_modeling import LM_TINY
 # something), two epochs of 6 steps.
 LORA = ["peft=lora", "optimizer.lr=5e-3", "callbacks.progress_bar=null", "callbacks.early_stopping=null"]
 # causal_lm: 6 of the ~100 packed blocks' steps, validated every 3 (a best checkpoint to export).
-CASES = {"classification": [*TINY, *LORA],
-         "causal_lm": [*LM_TINY, *LORA, "task.samples.prompts=[]", "trainer.max_steps=6",
-                       "trainer.val_check_interval=3"]}
+CASES = {
+    "classification": [*TINY, *LORA],
+    "causal_lm": [*LM_TINY, *LORA, "task.samples.prompts=[]", "trainer.max_steps=6", "trainer.val_check_interval=3"],
+}
 
 
 def _build(overrides: list[str], run_dir: Path) -> dict[str, Any]:
@@ -78,8 +79,9 @@ def _plain_peft(export: Path) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("task", ["classification", "causal_lm"])
-def test_exported_adapter_reloads_in_plain_peft_with_the_same_logits(task: str, train_tiny: Any, tmp_path: Path
-                                                                     ) -> None:
+def test_exported_adapter_reloads_in_plain_peft_with_the_same_logits(
+    task: str, train_tiny: Any, tmp_path: Path
+) -> None:
     import transformers
 
     from lmlab.models import peft as adapters
@@ -90,13 +92,19 @@ def test_exported_adapter_reloads_in_plain_peft_with_the_same_logits(task: str, 
     export = run_dir / "model"
     assert (export / "adapter_model.safetensors").is_file() and not (export / "model.safetensors").exists()
     cls = TextClassifier if task == "classification" else CausalLM
-    module = cls.load_from_checkpoint(run_dir / metrics["best/ckpt_path"], map_location="cpu",
-                                      tokenizer_object=transformers.AutoTokenizer.from_pretrained(export)).eval()
+    module = cls.load_from_checkpoint(
+        run_dir / metrics["best/ckpt_path"],
+        map_location="cpu",
+        tokenizer_object=transformers.AutoTokenizer.from_pretrained(export),
+    ).eval()
     ids = torch.randint(5, 500, (2, 16), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids)
     with torch.no_grad():
-        ours = module({"input_ids": ids, "attention_mask": mask}) if task == "classification" else \
-            module.net(input_ids=ids, attention_mask=mask).logits
+        ours = (
+            module({"input_ids": ids, "attention_mask": mask})
+            if task == "classification"
+            else module.net(input_ids=ids, attention_mask=mask).logits
+        )
         plain = _plain_peft(export)(input_ids=ids, attention_mask=mask).logits
     torch.testing.assert_close(plain, ours, rtol=0, atol=1e-5)
     assert not torch.allclose(ours, torch.zeros_like(ours))
@@ -124,8 +132,7 @@ def test_interrupted_lora_run_resumes_exactly(tmp_path: Path, train_tiny: Any) -
     overrides = [*CASES["classification"], "trainer.max_epochs=2", "checkpoint_policy=keep"]
     reference, ref_dir = train_tiny(base=overrides)
     run_dir = tmp_path / "interrupted"
-    first = run_cli("train.py", *overrides, f"hydra.run.dir={run_dir}",
-                    env={"LMLAB_FAULT_SIGNAL": "step:8:SIGTERM"})
+    first = run_cli("train.py", *overrides, f"hydra.run.dir={run_dir}", env={"LMLAB_FAULT_SIGNAL": "step:8:SIGTERM"})
     assert first.returncode == 128 + 15, first.stderr[-3000:]
     status = json.loads((run_dir / "status.json").read_text())
     assert status["status"] == "interrupted" and status["resume"].endswith(f"ckpt_path={run_dir}")
@@ -136,8 +143,9 @@ def test_interrupted_lora_run_resumes_exactly(tmp_path: Path, train_tiny: Any) -
     same = {k: v for k, v in reference.items() if k.startswith(("val/", "test/", "best/val", "params/"))}
     assert same and {k: resumed[k] for k in same} == same
 
-    ref_ckpt, new_ckpt = (torch.load(d / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-                          for d in (ref_dir, run_dir))
+    ref_ckpt, new_ckpt = (
+        torch.load(d / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False) for d in (ref_dir, run_dir)
+    )
     assert ref_ckpt["state_dict"].keys() == new_ckpt["state_dict"].keys()
     for key, value in ref_ckpt["state_dict"].items():
         assert torch.equal(value, new_ckpt["state_dict"][key]), key
@@ -167,12 +175,15 @@ def test_lora_under_ddp_cpu_and_eval_reproduces(tmp_path: Path) -> None:
         assert evaluated[key] == pytest.approx(metrics[key], abs=1e-6), key
 
 
-@pytest.mark.parametrize("setting,words", [
-    ("optimizer.layerwise_lr_decay=0.9", "optimizer.layerwise_lr_decay=0.9 with peft=lora"),
-    ("model.freeze_layers=1", "model.freeze_layers=1 with peft=lora"),
-    ("model.freeze_embeddings=true", "model.freeze_embeddings=True with peft=lora"),
-    ("peft.r=0", "peft.r=0 must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "setting,words",
+    [
+        ("optimizer.layerwise_lr_decay=0.9", "optimizer.layerwise_lr_decay=0.9 with peft=lora"),
+        ("model.freeze_layers=1", "model.freeze_layers=1 with peft=lora"),
+        ("model.freeze_embeddings=true", "model.freeze_embeddings=True with peft=lora"),
+        ("peft.r=0", "peft.r=0 must be a positive integer"),
+    ],
+)
 def test_lora_refuses_settings_it_would_make_meaningless(setting: str, words: str, tmp_path: Path) -> None:
     from omegaconf import OmegaConf
 
@@ -181,8 +192,12 @@ def test_lora_refuses_settings_it_would_make_meaningless(setting: str, words: st
 
     cfg = compose_train([*TINY, "peft=lora", setting], tmp_path)
     with pytest.raises(LmlabError, match="") as err:
-        peft_settings(cfg, instantiate(cfg.task), OmegaConf.to_container(cfg.model, resolve=True),
-                      OmegaConf.to_container(cfg.optimizer, resolve=True))
+        peft_settings(
+            cfg,
+            instantiate(cfg.task),
+            OmegaConf.to_container(cfg.model, resolve=True),
+            OmegaConf.to_container(cfg.optimizer, resolve=True),
+        )
     assert words in str(err.value)
 
 
@@ -205,10 +220,24 @@ def test_smollm2_lora_adapter_reproduces_the_logged_test_loss(tmp_path: Path) ->
     from lmlab.config import package_path
     from lmlab.train import instantiate
 
-    subset = ["dataset.max_samples.train=16", "dataset.max_samples.val=4", "dataset.max_samples.test=4",
-              "dataset.max_length=64", "dataset.batch_size=4", "dataset.eval_batch_size=8"]
-    args = ["task=causal_lm", "model=smollm2", "peft=lora", "trainer.max_steps=5", "optimizer.lr=1e-3",
-            "task.samples.prompts=[]", "callbacks.progress_bar=null", *subset]
+    subset = [
+        "dataset.max_samples.train=16",
+        "dataset.max_samples.val=4",
+        "dataset.max_samples.test=4",
+        "dataset.max_length=64",
+        "dataset.batch_size=4",
+        "dataset.eval_batch_size=8",
+    ]
+    args = [
+        "task=causal_lm",
+        "model=smollm2",
+        "peft=lora",
+        "trainer.max_steps=5",
+        "optimizer.lr=1e-3",
+        "task.samples.prompts=[]",
+        "callbacks.progress_bar=null",
+        *subset,
+    ]
     res = run_cli("train.py", *args, f"paths.log_dir={tmp_path}", timeout=1800)
     assert res.returncode == 0, res.stderr[-3000:]
     run_dir = single_run_dir(tmp_path)
@@ -229,8 +258,11 @@ def test_smollm2_lora_adapter_reproduces_the_logged_test_loss(tmp_path: Path) ->
         for batch in datamodule.loader("test"):
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
             target = batch["labels"][:, 1:]
-            nats += float(torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
-                                                            target.reshape(-1), ignore_index=-100, reduction="sum"))
+            nats += float(
+                torch.nn.functional.cross_entropy(
+                    logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="sum"
+                )
+            )
             tokens += float((target != -100).sum())
     assert tokens == metrics["test/tokens"]
     assert nats / tokens == pytest.approx(metrics["test/loss"], abs=1e-4)

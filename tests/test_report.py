@@ -34,8 +34,13 @@ BASELINE = "optimizer=adamw optimizer.lr=3e-5"
 G = {k: f"optimizer={k[0]} optimizer.lr={k[1]}" for k in GRID}
 
 
-def write_job(job: Path, overrides: list[str], metrics: dict | None, status: str | None = "completed",
-              manifest: dict | None = None) -> None:
+def write_job(
+    job: Path,
+    overrides: list[str],
+    metrics: dict | None,
+    status: str | None = "completed",
+    manifest: dict | None = None,
+) -> None:
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     if status is not None:
@@ -52,17 +57,35 @@ def make_grid_sweep(root: Path, commits: dict[int, str] | None = None) -> Path:
     for (opt, lr), vals in GRID.items():
         for seed in range(3):
             v, t = vals["val"][seed], vals["test"][seed]
-            metrics = None if v is None else {
-                "val/f1_macro": v, "test/f1_macro": t, "val/loss": 1 - v, "test/acc": t + 0.01,
-                "test/f1_per_class": {"a": t}, "best/epoch": 2,
-                "meta/task": "classification", "meta/monitor": "val/f1_macro", "meta/mode": "max",
-            }
+            metrics = (
+                None
+                if v is None
+                else {
+                    "val/f1_macro": v,
+                    "test/f1_macro": t,
+                    "val/loss": 1 - v,
+                    "test/acc": t + 0.01,
+                    "test/f1_per_class": {"a": t},
+                    "best/epoch": 2,
+                    "meta/task": "classification",
+                    "meta/monitor": "val/f1_macro",
+                    "meta/mode": "max",
+                }
+            )
             commit = (commits or {}).get(i, "abc123")
             # Half the jobs use the nested manifest form, half the flat one: both must be read.
-            manifest = ({"git": {"commit": commit}, "data": {"fingerprint": "fp1"}} if i % 2 == 0
-                        else {"git.commit": commit, "data.fingerprint": "fp1"})
-            write_job(sweep / str(i), [f"optimizer={opt}", f"optimizer.lr={lr}", f"seed={seed}"], metrics,
-                      "completed" if v is not None else "failed", manifest)
+            manifest = (
+                {"git": {"commit": commit}, "data": {"fingerprint": "fp1"}}
+                if i % 2 == 0
+                else {"git.commit": commit, "data.fingerprint": "fp1"}
+            )
+            write_job(
+                sweep / str(i),
+                [f"optimizer={opt}", f"optimizer.lr={lr}", f"seed={seed}"],
+                metrics,
+                "completed" if v is not None else "failed",
+                manifest,
+            )
             i += 1
     return sweep
 
@@ -124,8 +147,11 @@ def test_grid_report_numbers(grid: Path, capsys: pytest.CaptureFixture[str]) -> 
         assert (row["min"], row["max"]) == (x.min(), x.max())
 
     base = values(("adamw", "3e-5"))
-    assert df.loc[BASELINE, ["diff", "diff_ci95_low", "diff_ci95_high", "p_paired_t", "p_permutation",
-                             "p_holm"]].isna().all()
+    assert (
+        df.loc[BASELINE, ["diff", "diff_ci95_low", "diff_ci95_high", "p_paired_t", "p_permutation", "p_holm"]]
+        .isna()
+        .all()
+    )
     p_t = {}
     # Same seeds as the baseline: paired t on the differences, sign-flip permutation.
     for key in [("adamw", "1e-4"), ("sgd", "3e-5")]:
@@ -172,9 +198,14 @@ def test_grid_report_numbers(grid: Path, capsys: pytest.CaptureFixture[str]) -> 
                 assert r[c] == want
             else:
                 assert r[c] == pytest.approx(want, abs=1e-15)
-    assert rep["warnings"] == [f"group {G[key]!r} vs baseline on 'test/f1_macro': paired on the 2 shared seeds; "
-                               "seed(s) 2 have no partner and are left out of the comparison",
-                               ] and rep["notes"] == []
+    assert (
+        rep["warnings"]
+        == [
+            f"group {G[key]!r} vs baseline on 'test/f1_macro': paired on the 2 shared seeds; "
+            "seed(s) 2 have no partner and are left out of the comparison",
+        ]
+        and rep["notes"] == []
+    )
 
 
 def test_selection_on_val_reports_test(grid: Path) -> None:
@@ -273,8 +304,7 @@ def _preds(n: int, acc: float, rng: np.random.Generator, labels: np.ndarray) -> 
 
 def write_predictions(job: Path, labels: np.ndarray, preds: np.ndarray, order: np.ndarray) -> None:
     names = np.array(["business", "sport", "tech"])
-    df = pd.DataFrame({"id": [f"ex{i:04d}" for i in order], "label": names[labels[order]],
-                       "pred": names[preds[order]]})
+    df = pd.DataFrame({"id": [f"ex{i:04d}" for i in order], "label": names[labels[order]], "pred": names[preds[order]]})
     for k, name in enumerate(names):
         df[f"score_{name}"] = (preds[order] == k).astype(float)
     df.to_csv(job / "test_predictions.csv", index=False)
@@ -366,8 +396,9 @@ def test_optuna_style_sweep(tmp_path: Path) -> None:
         metrics = {"val/f1_macro": v, "test/f1_macro": v - 0.02}
         # No status.json: metrics.json alone marks a finished run.
         write_job(sweep / str(i), [f"optimizer.lr={lr}", "seed=0"], metrics, status=None)
-    (sweep / "optimization_results.yaml").write_text(yaml.safe_dump(
-        {"name": "optuna", "best_params": {"optimizer.lr": 1e-4}, "best_value": 0.8}))
+    (sweep / "optimization_results.yaml").write_text(
+        yaml.safe_dump({"name": "optuna", "best_params": {"optimizer.lr": 1e-4}, "best_value": 0.8})
+    )
     assert main([str(sweep), "--no-plots"]) == 0
     rep = json.loads((sweep / "report.json").read_text())
     assert len(rep["groups"]) == 5 and all(g["n"] == 1 for g in rep["groups"])
@@ -383,8 +414,11 @@ def test_two_groups_skip_curve(tmp_path: Path, capsys: pytest.CaptureFixture[str
     sweep = tmp_path / "two"
     for i, (lr, seed) in enumerate(itertools.product(["1e-4", "3e-5"], range(2))):
         v = 0.8 if lr == "1e-4" else 0.7
-        write_job(sweep / str(i), [f"optimizer.lr={lr}", f"+seed={seed}"],
-                  {"val/f1_macro": v + seed / 100, "test/f1_macro": v})
+        write_job(
+            sweep / str(i),
+            [f"optimizer.lr={lr}", f"+seed={seed}"],
+            {"val/f1_macro": v + seed / 100, "test/f1_macro": v},
+        )
     assert main([str(sweep), "--baseline", "optimizer.lr=3e-5", "--no-plots"]) == 0
     # Runs without meta/mode: today's name rule, with a warning.
     err = capsys.readouterr().err
@@ -441,8 +475,9 @@ def test_bad_inputs(tmp_path: Path, grid: Path, capsys: pytest.CaptureFixture[st
 
 def _run(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, "PYTHONPATH": str(SRC), **env}
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=full_env, timeout=120,
-                          check=False)
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, env=full_env, timeout=120, check=False
+    )
 
 
 def test_console_module(grid: Path) -> None:
@@ -479,8 +514,7 @@ run.finish()
 
 
 def test_wandb_offline(grid: Path, tmp_path: Path) -> None:
-    r = _run(["-c", WANDB_SCRIPT, str(grid)], WANDB_MODE="offline", WANDB_DIR=str(tmp_path),
-             WANDB_SILENT="true")
+    r = _run(["-c", WANDB_SCRIPT, str(grid)], WANDB_MODE="offline", WANDB_DIR=str(tmp_path), WANDB_SILENT="true")
     assert r.returncode == 0, r.stderr
     own_id = r.stdout.split("logged to W&B run ")[1].split()[0]
     active_id = r.stdout.split("active run ")[1].split()[0]

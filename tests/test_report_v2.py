@@ -24,8 +24,13 @@ from lmlab.report import stats as S
 META = {"meta/task": "classification", "meta/monitor": "val/f1_macro", "meta/mode": "max"}
 
 
-def write_job(job: Path, overrides: list[str], metrics: dict | None, status: str | dict | None = "completed",
-              manifest: dict | None = None) -> None:
+def write_job(
+    job: Path,
+    overrides: list[str],
+    metrics: dict | None,
+    status: str | dict | None = "completed",
+    manifest: dict | None = None,
+) -> None:
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     if status is not None:
@@ -89,10 +94,13 @@ def exact_indep_p(x: list[Fraction], y: list[Fraction]) -> float:
 def test_nan_selection_and_statistics(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # Old: max() with a NaN key kept group A (val [0.70, NaN, 0.71]) over B (0.91); NaN test values gave a blank
     # row with p_permutation = 0 and n counting the NaN seed.
-    sweep = sweep_of(tmp_path / "s", {
-        "optimizer.lr=1e-4": {"val": [0.70, float("nan"), 0.71], "test": [0.70, float("nan"), 0.72]},
-        "optimizer.lr=3e-4": {"val": [0.91, 0.90, 0.92], "test": [0.90, 0.91, 0.93]},
-    })
+    sweep = sweep_of(
+        tmp_path / "s",
+        {
+            "optimizer.lr=1e-4": {"val": [0.70, float("nan"), 0.71], "test": [0.70, float("nan"), 0.72]},
+            "optimizer.lr=3e-4": {"val": [0.91, 0.90, 0.92], "test": [0.90, 0.91, 0.93]},
+        },
+    )
     rep = report(sweep, "--baseline", "optimizer.lr=3e-4")
     assert rep["selection"]["group"] == "optimizer.lr=3e-4"
     a = row_of(rep, "optimizer.lr=1e-4")
@@ -169,18 +177,35 @@ def test_constant_differences(tmp_path: Path) -> None:
 
 
 def test_selection_ties_failed_winner_and_states(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    sweep = sweep_of(tmp_path / "s", {
-        "optimizer.lr=3e-4": {"val": [0.9, 0.8, None], "test": [0.9, 0.8, None],
-                              "status": ["completed", "completed", "failed"]},
-        "optimizer.lr=1e-4": {"val": [0.85, 0.85, 0.85], "test": [0.8, 0.8, 0.8]},
-        "optimizer.lr=1e-3": {"val": [0.1, None, None], "test": [0.1, None, None],
-                              "status": ["completed", "interrupted", "pruned"]},
-    })
+    sweep = sweep_of(
+        tmp_path / "s",
+        {
+            "optimizer.lr=3e-4": {
+                "val": [0.9, 0.8, None],
+                "test": [0.9, 0.8, None],
+                "status": ["completed", "completed", "failed"],
+            },
+            "optimizer.lr=1e-4": {"val": [0.85, 0.85, 0.85], "test": [0.8, 0.8, 0.8]},
+            "optimizer.lr=1e-3": {
+                "val": [0.1, None, None],
+                "test": [0.1, None, None],
+                "status": ["completed", "interrupted", "pruned"],
+            },
+        },
+    )
     write_job(sweep / "9", ["optimizer.lr=1e-3", "seed=3"], None, "running")
     # A `running` job whose process is gone (this host, a pid that does not exist) is dead.
-    write_job(sweep / "10", ["optimizer.lr=1e-3", "seed=4"], None,
-              {"status": "running", "pid": 2**22 + 12345, "host": socket.gethostname(),
-               "heartbeat": "2020-01-01T00:00:00+00:00"})
+    write_job(
+        sweep / "10",
+        ["optimizer.lr=1e-3", "seed=4"],
+        None,
+        {
+            "status": "running",
+            "pid": 2**22 + 12345,
+            "host": socket.gethostname(),
+            "heartbeat": "2020-01-01T00:00:00+00:00",
+        },
+    )
     rep = report(sweep)
     sel = rep["selection"]
     # Tie: 3e-4 (mean of 0.9, 0.8 = 0.85) and 1e-4 (0.85): the first in value order (1e-4) is taken, and said.
@@ -206,8 +231,11 @@ def test_baseline_matched_by_value_in_any_order(tmp_path: Path) -> None:
     i = 0
     for opt, lr in itertools.product(["adamw", "sgd"], ["0.0001", "3e-05", "0.001"]):
         for seed in range(2):
-            write_job(sweep / str(i), [f"optimizer.lr={lr}", f"optimizer={opt}", f"seed={seed}"],
-                      {"val/f1_macro": 0.5 + i / 100, "test/f1_macro": 0.5 + i / 100, **META})
+            write_job(
+                sweep / str(i),
+                [f"optimizer.lr={lr}", f"optimizer={opt}", f"seed={seed}"],
+                {"val/f1_macro": 0.5 + i / 100, "test/f1_macro": 0.5 + i / 100, **META},
+            )
             i += 1
     rep = report(sweep, "--baseline", "optimizer=adamw optimizer.lr=3e-5")
     assert rep["baseline"] == "optimizer.lr=3e-05 optimizer=adamw"
@@ -215,12 +243,17 @@ def test_baseline_matched_by_value_in_any_order(tmp_path: Path) -> None:
     assert rep["baseline"] == "optimizer.lr=3e-05 optimizer=adamw"
     # Sorted by value: lr numerically (3e-05 < 0.0001 < 0.001) within optimizer.
     assert [r["group"] for r in rep["groups"]][:3] == [
-        "optimizer.lr=3e-05 optimizer=adamw", "optimizer.lr=3e-05 optimizer=sgd",
-        "optimizer.lr=0.0001 optimizer=adamw"]
+        "optimizer.lr=3e-05 optimizer=adamw",
+        "optimizer.lr=3e-05 optimizer=sgd",
+        "optimizer.lr=0.0001 optimizer=adamw",
+    ]
     lr_only = tmp_path / "lr"
     for i, lr in enumerate(["0.0001", "3e-05", "0.0003"] * 2):
-        write_job(lr_only / str(i), [f"optimizer.lr={lr}", f"seed={i // 3}"],
-                  {"val/f1_macro": 0.5 + i / 100, "test/f1_macro": 0.6 + i / 100, **META})
+        write_job(
+            lr_only / str(i),
+            [f"optimizer.lr={lr}", f"seed={i // 3}"],
+            {"val/f1_macro": 0.5 + i / 100, "test/f1_macro": 0.6 + i / 100, **META},
+        )
     rep = report(lr_only, "--baseline", "optimizer.lr=1e-4")
     assert rep["baseline"] == "optimizer.lr=0.0001"
     assert [r["group"] for r in rep["groups"]] == ["optimizer.lr=3e-05", "optimizer.lr=0.0001", "optimizer.lr=0.0003"]
@@ -231,12 +264,18 @@ def test_trials_with_seeds_and_dapt_layout(tmp_path: Path) -> None:
     # Optuna multi-seed trials: trial_<n>/seed=<s>/ (overrides carry the sampled values and the seed).
     for t, lr in enumerate([1e-4, 3e-4]):
         for s in range(3):
-            write_job(sweep / f"trial_{t}" / f"seed={s}", [f"optimizer.lr={lr}", f"seed={s}"],
-                      {"val/f1_macro": 0.7 + t / 10 + s / 100, "test/f1_macro": 0.7 + t / 10, **META})
+            write_job(
+                sweep / f"trial_{t}" / f"seed={s}",
+                [f"optimizer.lr={lr}", f"seed={s}"],
+                {"val/f1_macro": 0.7 + t / 10 + s / 100, "test/f1_macro": 0.7 + t / 10, **META},
+            )
     # Two trials that sampled the same value stay two groups.
     for s in range(3):
-        write_job(sweep / "trial_2" / f"seed={s}", ["optimizer.lr=0.0001", f"seed={s}"],
-                  {"val/f1_macro": 0.5, "test/f1_macro": 0.5, **META})
+        write_job(
+            sweep / "trial_2" / f"seed={s}",
+            ["optimizer.lr=0.0001", f"seed={s}"],
+            {"val/f1_macro": 0.5, "test/f1_macro": 0.5, **META},
+        )
     # Stage-1 runs of experiment=dapt: not part of the stage-2 comparison.
     for s in range(2):
         write_job(sweep / "pretrain" / f"seed={s}", ["task=masked_lm", f"seed={s}"], {"val/loss": 1.0})
@@ -250,9 +289,15 @@ def test_trials_with_seeds_and_dapt_layout(tmp_path: Path) -> None:
     # dapt stage 2: groups differ by model.init_from (a path vs null); the baseline is named by parsed value.
     dapt = tmp_path / "dapt"
     for i, (init, s) in enumerate(itertools.product(["null", "/runs/pretrain/seed=0/model"], range(3))):
-        write_job(dapt / str(i), [f"model.init_from={init}", f"seed={s}"],
-                  {"val/f1_macro": 0.7 + (init != "null") * 0.05 + s / 100,
-                   "test/f1_macro": 0.7 + (init != "null") * (0.05 + s / 1000) + s / 1000, **META})
+        write_job(
+            dapt / str(i),
+            [f"model.init_from={init}", f"seed={s}"],
+            {
+                "val/f1_macro": 0.7 + (init != "null") * 0.05 + s / 100,
+                "test/f1_macro": 0.7 + (init != "null") * (0.05 + s / 1000) + s / 1000,
+                **META,
+            },
+        )
     for s in range(2):
         write_job(dapt / "pretrain" / f"seed={s}", ["task=masked_lm", f"seed={s}"], {"val/loss": 1.0})
     rep = report(dapt, "--baseline", "model.init_from=null")
@@ -266,11 +311,22 @@ def test_language_model_direction(tmp_path: Path, capsys: pytest.CaptureFixture[
     meta = {"meta/task": "causal_lm", "meta/monitor": "val/loss", "meta/mode": "min"}
     for i, (lr, s) in enumerate(itertools.product(["1e-4", "3e-4"], range(3))):
         loss = 3.0 - (lr == "3e-4") * 0.2 + s / 100
-        write_job(sweep / str(i), [f"optimizer.lr={lr}", f"seed={s}"],
-                  {"val/loss": loss, "test/loss": loss, "test/ppl": math.exp(loss), "test/bpb": loss / math.log(2),
-                   **meta})
-    rep = report(sweep, "--baseline", "optimizer.lr=1e-4", "--metric", "test/loss", "--metric", "test/ppl",
-                 "--metric", "test/bpb")
+        write_job(
+            sweep / str(i),
+            [f"optimizer.lr={lr}", f"seed={s}"],
+            {"val/loss": loss, "test/loss": loss, "test/ppl": math.exp(loss), "test/bpb": loss / math.log(2), **meta},
+        )
+    rep = report(
+        sweep,
+        "--baseline",
+        "optimizer.lr=1e-4",
+        "--metric",
+        "test/loss",
+        "--metric",
+        "test/ppl",
+        "--metric",
+        "test/bpb",
+    )
     assert rep["selection"]["group"] == "optimizer.lr=3e-4" and rep["selection"]["select_mode"] == "min"
     assert rep["metric"] == "test/loss" and rep["metric_mode"] == "min"
     row = row_of(rep, "optimizer.lr=3e-4")
@@ -324,24 +380,32 @@ def test_power_against_statsmodels(tmp_path: Path) -> None:
 
     for n, alpha in ((3, 0.05), (5, 0.05 / 3), (10, 0.01)):
         assert S.min_detectable_effect(n, alpha, True) == pytest.approx(
-            TTestPower().solve_power(nobs=n, alpha=alpha, power=0.8), rel=1e-6)
+            TTestPower().solve_power(nobs=n, alpha=alpha, power=0.8), rel=1e-6
+        )
         assert S.min_detectable_effect(n, alpha, False) == pytest.approx(
-            TTestIndPower().solve_power(nobs1=n, alpha=alpha, power=0.8), rel=1e-6)
+            TTestIndPower().solve_power(nobs1=n, alpha=alpha, power=0.8), rel=1e-6
+        )
     for e, alpha in ((0.5, 0.05), (1.2, 0.05 / 4), (3.0, 0.01)):
         for paired, solver in ((True, TTestPower()), (False, TTestIndPower())):
-            assert S.seeds_needed(e, alpha, paired) == math.ceil(solver.solve_power(effect_size=e, alpha=alpha,
-                                                                                   power=0.8))
+            assert S.seeds_needed(e, alpha, paired) == math.ceil(
+                solver.solve_power(effect_size=e, alpha=alpha, power=0.8)
+            )
     # The 3-seed report says what it can detect: d_z >= 3.26 at alpha = 0.05 with one comparison.
-    sweep = sweep_of(tmp_path / "s", {
-        "optimizer.lr=1e-4": {"val": [0.8, 0.81, 0.82], "test": [0.80, 0.82, 0.81]},
-        "optimizer.lr=3e-4": {"val": [0.7, 0.71, 0.72], "test": [0.81, 0.84, 0.82]},
-    })
+    sweep = sweep_of(
+        tmp_path / "s",
+        {
+            "optimizer.lr=1e-4": {"val": [0.8, 0.81, 0.82], "test": [0.80, 0.82, 0.81]},
+            "optimizer.lr=3e-4": {"val": [0.7, 0.71, 0.72], "test": [0.81, 0.84, 0.82]},
+        },
+    )
     assert main([str(sweep), "--no-plots", "--baseline", "optimizer.lr=1e-4"]) == 0
     rep = json.loads((sweep / "report.json").read_text())
     assert rep["power"]["mde_effect"] == pytest.approx(3.264, abs=1e-3) and rep["power"]["m"] == 1
     md = (sweep / "report.md").read_text()
-    assert "With 3 seeds (paired) and 1 comparison(s), this design detects at 80% power only standardized " \
-           "effects of d_z ≥ 3.264" in md
+    assert (
+        "With 3 seeds (paired) and 1 comparison(s), this design detects at 80% power only standardized "
+        "effects of d_z ≥ 3.264" in md
+    )
     row = row_of(rep, "optimizer.lr=3e-4")
     d = np.array([0.01, 0.02, 0.01])
     assert row["effect"] == pytest.approx(d.mean() / d.std(ddof=1))
@@ -376,29 +440,41 @@ def test_two_level_bootstrap_brute_force() -> None:
             exact.append(np.mean([acc(a[s], idx)[0] - acc(b[s], idx)[0] for s in seeds]))
     exact = np.array(exact)
     res = S.two_level_bootstrap(acc, a, b, 4, n_resamples=20000)
-    assert res.diff == pytest.approx(np.mean([acc(p, np.arange(4)[None])[0] - acc(q, np.arange(4)[None])[0]
-                                              for p, q in zip(a, b, strict=True)]))
+    assert res.diff == pytest.approx(
+        np.mean([acc(p, np.arange(4)[None])[0] - acc(q, np.arange(4)[None])[0] for p, q in zip(a, b, strict=True)])
+    )
     assert res.std == pytest.approx(exact.std(), rel=0.03)
     lo, hi = np.percentile(exact, [2.5, 97.5])
     assert res.ci_low == pytest.approx(lo, abs=0.07) and res.ci_high == pytest.approx(hi, abs=0.07)
     # The example-only bootstrap (one seed pair resampled on examples) is narrower: it misses seed variance.
-    only_ex = np.array([np.mean([acc(a[s], np.array(ex)[None])[0] - acc(b[s], np.array(ex)[None])[0]
-                                 for s in range(2)]) for ex in itertools.product(range(4), repeat=4)])
+    only_ex = np.array(
+        [
+            np.mean([acc(a[s], np.array(ex)[None])[0] - acc(b[s], np.array(ex)[None])[0] for s in range(2)])
+            for ex in itertools.product(range(4), repeat=4)
+        ]
+    )
     assert only_ex.std() < exact.std()
 
 
 def test_several_sweep_dirs_and_learning_curves(tmp_path: Path) -> None:
     a = sweep_of(tmp_path / "a", {"optimizer.lr=1e-4": {"val": [0.8, 0.81], "test": [0.8, 0.81]}})
-    b = sweep_of(tmp_path / "b", {"optimizer.lr=3e-4": {"val": [0.7, 0.71], "test": [0.7, 0.72]},
-                                  "optimizer.lr=1e-3": {"val": [0.6, 0.61], "test": [0.6, 0.62]}})
+    b = sweep_of(
+        tmp_path / "b",
+        {
+            "optimizer.lr=3e-4": {"val": [0.7, 0.71], "test": [0.7, 0.72]},
+            "optimizer.lr=1e-3": {"val": [0.6, 0.61], "test": [0.6, 0.62]},
+        },
+    )
     # Budget axis in hours: manifest start/end (30 min per run, 2 seeds = 1 h per configuration).
     for job in [*a.iterdir(), *b.iterdir()]:
-        (job / "manifest.json").write_text(json.dumps({"start_time": "2026-01-01T10:00:00+00:00",
-                                                       "end_time": "2026-01-01T10:30:00+00:00"}))
+        (job / "manifest.json").write_text(
+            json.dumps({"start_time": "2026-01-01T10:00:00+00:00", "end_time": "2026-01-01T10:30:00+00:00"})
+        )
     for job in (a / "0", a / "1"):
         (job / "csv").mkdir()
-        pd.DataFrame({"epoch": [0, 0, 1, 1], "step": [1, 2, 3, 4],
-                      "val/f1_macro": [np.nan, 0.6, np.nan, 0.8]}).to_csv(job / "csv" / "metrics.csv", index=False)
+        pd.DataFrame({"epoch": [0, 0, 1, 1], "step": [1, 2, 3, 4], "val/f1_macro": [np.nan, 0.6, np.nan, 0.8]}).to_csv(
+            job / "csv" / "metrics.csv", index=False
+        )
     out = tmp_path / "out"
     assert main([str(a), str(b), "--out", str(out), "--baseline", "optimizer.lr=1e-4"]) == 0
     rep = json.loads((out / "report.json").read_text())
@@ -434,11 +510,14 @@ def test_html_report_in_chromium(tmp_path: Path) -> None:
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
-    sweep = sweep_of(tmp_path / "s", {
-        "optimizer.lr=1e-4": {"val": [0.8, 0.81, 0.82], "test": [0.80, 0.82, 0.81]},
-        "optimizer.lr=3e-4": {"val": [0.7, 0.71, 0.72], "test": [0.81, 0.84, 0.82]},
-        "optimizer.lr=1e-3": {"val": [0.6, 0.61, 0.62], "test": [0.70, 0.74, 0.72]},
-    })
+    sweep = sweep_of(
+        tmp_path / "s",
+        {
+            "optimizer.lr=1e-4": {"val": [0.8, 0.81, 0.82], "test": [0.80, 0.82, 0.81]},
+            "optimizer.lr=3e-4": {"val": [0.7, 0.71, 0.72], "test": [0.81, 0.84, 0.82]},
+            "optimizer.lr=1e-3": {"val": [0.6, 0.61, 0.62], "test": [0.70, 0.74, 0.72]},
+        },
+    )
     assert main([str(sweep), "--baseline", "optimizer.lr=1e-4"]) == 0
     page = (sweep / "report.html").read_text()
     assert "http://" not in page and "https://" not in page  # nothing from the network
@@ -446,8 +525,13 @@ def test_html_report_in_chromium(tmp_path: Path) -> None:
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = found[0]
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1400,1000"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+    ):
         opts.add_argument(arg)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(found[1]), options=opts)
@@ -456,8 +540,9 @@ def test_html_report_in_chromium(tmp_path: Path) -> None:
         assert driver.title.startswith("lmlab report")
         imgs = driver.find_elements(By.TAG_NAME, "img")
         assert len(imgs) == 4
-        assert all(driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", i) > 100
-                   for i in imgs)
+        assert all(
+            driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", i) > 100 for i in imgs
+        )
         table = driver.find_element(By.ID, "groups")
         first = lambda: table.find_elements(By.CSS_SELECTOR, "tbody tr")[0].find_elements(By.TAG_NAME, "td")[0].text  # noqa: E731
         assert first() == "optimizer.lr=1e-4"
@@ -504,11 +589,14 @@ def test_aso_via_deepsig(tmp_path: Path) -> None:
     # deepsig imports torch, so ASO is opt-in (slow). Clearly better group: ε_min near 0; clearly worse: near 1.
     rng = np.random.default_rng(4)
     base = rng.normal(0.80, 0.01, 5)
-    sweep = sweep_of(tmp_path / "s", {
-        "optimizer.lr=1e-4": {"val": list(base), "test": list(base)},
-        "optimizer.lr=3e-4": {"val": list(base + 0.05), "test": list(base + 0.05 + rng.normal(0, 0.005, 5))},
-        "optimizer.lr=1e-3": {"val": list(base - 0.05), "test": list(base - 0.05 + rng.normal(0, 0.005, 5))},
-    })
+    sweep = sweep_of(
+        tmp_path / "s",
+        {
+            "optimizer.lr=1e-4": {"val": list(base), "test": list(base)},
+            "optimizer.lr=3e-4": {"val": list(base + 0.05), "test": list(base + 0.05 + rng.normal(0, 0.005, 5))},
+            "optimizer.lr=1e-3": {"val": list(base - 0.05), "test": list(base - 0.05 + rng.normal(0, 0.005, 5))},
+        },
+    )
     rep = report(sweep, "--baseline", "optimizer.lr=1e-4", "--aso")
     assert rep["aso"]["optimizer.lr=3e-4"] < 0.2 and rep["aso"]["optimizer.lr=1e-3"] > 0.8
     assert "ε_min = " in (sweep / "report.md").read_text()

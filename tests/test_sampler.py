@@ -55,10 +55,7 @@ def test_two_ranks_cover_all_with_equal_sizes(n: int) -> None:
 
 def test_two_ranks_drop_last_disjoint_and_equal() -> None:
     lengths = skewed_lengths(1001)
-    per_rank = [
-        list(LengthGroupedSampler(lengths, 16, seed=1, num_replicas=2, rank=r, drop_last=True))
-        for r in (0, 1)
-    ]
+    per_rank = [list(LengthGroupedSampler(lengths, 16, seed=1, num_replicas=2, rank=r, drop_last=True)) for r in (0, 1)]
     assert len(per_rank[0]) == len(per_rank[1]) == 500
     assert not set(per_rank[0]) & set(per_rank[1])
 

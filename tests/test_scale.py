@@ -50,8 +50,16 @@ def test_ddp_cpu_single_run_one_dir_rank0_outputs_and_eval_reproduces(tmp_path: 
 def test_ddp_cpu_inside_a_multirun_runs_each_job_in_its_own_dir(tmp_path: Path) -> None:
     """Lightning #11300: DDP children must re-run their own job (not the whole `-m` sweep) in its dir."""
     sweep = tmp_path / "sweep"
-    res = run_cli("train.py", "-m", *DDP_TINY, "trainer=ddp_cpu", "dataset.batch_size=8", "seed=1,2",
-                  f"hydra.sweep.dir={sweep}", f"paths.log_dir={tmp_path}")
+    res = run_cli(
+        "train.py",
+        "-m",
+        *DDP_TINY,
+        "trainer=ddp_cpu",
+        "dataset.batch_size=8",
+        "seed=1,2",
+        f"hydra.sweep.dir={sweep}",
+        f"paths.log_dir={tmp_path}",
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     jobs = _finished_dirs(tmp_path)
     assert len(jobs) == 2 and all(j.parent == sweep for j in jobs), jobs
@@ -70,8 +78,7 @@ class _StopAt(pl.Callback):
         self.step = step
         self.losses: dict[int, float] = {}
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.losses[trainer.global_step] = float(outputs["loss"])
         if trainer.global_step == self.step:
             from lmlab.requeue import requeue_checkpoint
@@ -87,9 +94,13 @@ def test_mid_epoch_resume_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     from lmlab import train as train_module
 
     overrides = [o for o in TINY if not o.startswith(("trainer.max_epochs", "dataset.max_samples.train"))]
-    overrides += ["trainer.max_epochs=2", "dataset.max_samples.train=96", "callbacks.early_stopping=null",
-                  "callbacks.model_checkpoint.monitor=null",  # the final weights are the evaluated ones
-                  f"dataset.group_by_length={str(grouped).lower()}"]
+    overrides += [
+        "trainer.max_epochs=2",
+        "dataset.max_samples.train=96",
+        "callbacks.early_stopping=null",
+        "callbacks.model_checkpoint.monitor=null",  # the final weights are the evaluated ones
+        f"dataset.group_by_length={str(grouped).lower()}",
+    ]
     recorder: list[_StopAt] = []
     build = train_module.build
 
@@ -123,8 +134,15 @@ def test_mid_epoch_resume_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 def test_slurm_launcher_refuses_sweeping_resources(tmp_path: Path) -> None:
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    res = run_cli("train.py", "-m", *TINY, "hydra/launcher=slurm", "trainer.devices=1,2",
-                  f"hydra.sweep.dir={tmp_path / 'sweep'}", timeout=120)
+    res = run_cli(
+        "train.py",
+        "-m",
+        *TINY,
+        "hydra/launcher=slurm",
+        "trainer.devices=1,2",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        timeout=120,
+    )
     assert res.returncode != 0
     assert "varies trainer.devices over ['1', '2']" in res.stderr
     assert "Run one multirun per value" in res.stderr

@@ -178,9 +178,7 @@ def test_impossible_request_fails_at_submit(args: list[str], message: str) -> No
 def test_submitit_impossible_request_raises_with_sbatch_message(tmp_path: Path) -> None:
     executor = _executor(tmp_path)
     executor.update_parameters(mem_gb=100_000)
-    with pytest.raises(
-        submitit.core.utils.FailedJobError, match="Requested node configuration is not available"
-    ):
+    with pytest.raises(submitit.core.utils.FailedJobError, match="Requested node configuration is not available"):
         executor.submit(add, 1, 1)
 
 

@@ -19,17 +19,26 @@ pytestmark = [pytest.mark.slurm, pytest.mark.skipif(_CONF is None, reason=_SKIP_
 
 # Long enough (3 epochs of 20 steps) to be signalled mid-training; final weights are the evaluated ones.
 SLURM_TINY = [o for o in TINY if not o.startswith(("trainer.max_epochs", "dataset.max_samples.train"))] + [
-    "trainer.max_epochs=3", "dataset.max_samples.train=320", "callbacks.early_stopping=null",
-    "callbacks.model_checkpoint.monitor=null", "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1",
+    "trainer.max_epochs=3",
+    "dataset.max_samples.train=320",
+    "callbacks.early_stopping=null",
+    "callbacks.model_checkpoint.monitor=null",
+    "hydra/launcher=slurm",
+    "hydra.launcher.cpus_per_task=1",
     "hydra.launcher.mem_gb=2",
 ]
 
 
 def _sweep(sweep: Path, *overrides: str) -> subprocess.Popen[str]:
     env = {**os.environ, "SLURM_CONF": str(_CONF), "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
-    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-m", *SLURM_TINY, *overrides,
-                             f"hydra.sweep.dir={sweep}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), "-m", *SLURM_TINY, *overrides, f"hydra.sweep.dir={sweep}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _job_dir(sweep: Path, override: str, timeout: float = 120) -> Path:
@@ -45,8 +54,9 @@ def _job_dir(sweep: Path, override: str, timeout: float = 120) -> Path:
 
 def _slurm_id(job_dir: Path) -> str:
     hydra_yaml = (job_dir / ".hydra" / "hydra.yaml").read_text()
-    return next(line.split(":", 1)[1].strip().strip("'") for line in hydra_yaml.splitlines()
-                if line.strip().startswith("id:"))
+    return next(
+        line.split(":", 1)[1].strip().strip("'") for line in hydra_yaml.splitlines() if line.strip().startswith("id:")
+    )
 
 
 def _wait_file(path: Path, timeout: float) -> None:
@@ -61,8 +71,13 @@ def _status(job_dir: Path) -> dict:
 
 
 def _signal(job_id: str, sig: str) -> None:
-    res = subprocess.run(["scancel", f"--signal={sig}", *(["--full"] if sig == "KILL" else []), job_id],
-                         env={**os.environ, "SLURM_CONF": str(_CONF)}, capture_output=True, text=True, timeout=30)
+    res = subprocess.run(
+        ["scancel", f"--signal={sig}", *(["--full"] if sig == "KILL" else []), job_id],
+        env={**os.environ, "SLURM_CONF": str(_CONF)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert res.returncode == 0, res.stderr
 
 
@@ -71,8 +86,9 @@ def _kill_job_processes(job_id: str) -> None:
     import signal
 
     env = {**os.environ, "SLURM_CONF": str(_CONF)}
-    raw = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%A"], env=env, capture_output=True, text=True,
-                         timeout=30).stdout.strip()  # listpids wants the raw id, not <array>_<task>
+    raw = subprocess.run(
+        ["squeue", "-h", "-j", job_id, "-o", "%A"], env=env, capture_output=True, text=True, timeout=30
+    ).stdout.strip()  # listpids wants the raw id, not <array>_<task>
     res = subprocess.run(["scontrol", "listpids", raw], env=env, capture_output=True, text=True, timeout=30)
     assert res.returncode == 0, res.stderr
     pids = [int(line.split()[0]) for line in res.stdout.splitlines()[1:] if line.split()[0].isdigit()]
@@ -102,10 +118,14 @@ def test_sweep_with_a_preempted_job_resumes_exactly(tmp_path: Path) -> None:
     assert not (preempted / "checkpoints" / "resume.ckpt").exists()
     ref = json.loads((reference / "metrics.json").read_text())
     got = json.loads((preempted / "metrics.json").read_text())
+
     def model_metrics(metrics: dict) -> dict:  # perf/*: timings and memory, which no two runs share
         # (meta/config_digest differs by design: the two jobs differ in `+variant`)
-        return {k: v for k, v in metrics.items()
-                if k not in ("best/ckpt_path", "meta/config_digest") and not k.startswith("perf/")}
+        return {
+            k: v
+            for k, v in metrics.items()
+            if k not in ("best/ckpt_path", "meta/config_digest") and not k.startswith("perf/")
+        }
 
     assert model_metrics(got) == model_metrics(ref)  # exact, on CPU with num_workers=0
     assert "test/f1_macro" in model_metrics(got)

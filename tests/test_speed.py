@@ -22,12 +22,17 @@ from tests.conftest import MINILM_DIR, connect_classification
 from tests.test_cache import TOKENIZER_FILES, rename_vocab_entry
 
 
-def make_dm(cache_dir: Path | None, tokenizer: str = MINILM_DIR, max_length: int = 48, train: int = 40,
-            **kwargs) -> TextDataModule:
+def make_dm(
+    cache_dir: Path | None, tokenizer: str = MINILM_DIR, max_length: int = 48, train: int = 40, **kwargs
+) -> TextDataModule:
     dm = TextDataModule(
-        source=bbc_news, max_length=max_length, batch_size=8,
-        cache_dir=str(cache_dir) if cache_dir else None, max_samples={"train": train, "val": 12, "test": 12},
-        **kwargs)
+        source=bbc_news,
+        max_length=max_length,
+        batch_size=8,
+        cache_dir=str(cache_dir) if cache_dir else None,
+        max_samples={"train": train, "val": 12, "test": 12},
+        **kwargs,
+    )
     connect_classification(dm, str(tokenizer))
     dm.setup()
     return dm
@@ -56,8 +61,10 @@ def test_cache_hit_miss_per_key_and_no_reuse_across_tokenizers(tmp_path: Path, c
     # The cached features are exactly what the tokenizer produces (special tokens, truncation).
     texts = [ex.text for ex in first.splits["train"]]
     assert input_ids(first) == first.tokenizer(texts, truncation=True, max_length=48)["input_ids"]
-    assert input_ids(first, "test") == first.tokenizer(
-        [ex.text for ex in first.splits["test"]], truncation=True, max_length=48)["input_ids"]
+    assert (
+        input_ids(first, "test")
+        == first.tokenizer([ex.text for ex in first.splits["test"]], truncation=True, max_length=48)["input_ids"]
+    )
 
     make_dm(cache, max_length=49)
     assert cache_events(caplog) == ["tokenization cache miss"]
@@ -97,8 +104,10 @@ def test_pad_collator_pads_to_batch_max_or_multiple_like_hf(tmp_path: Path) -> N
     assert batch["labels"].dtype == torch.int64 and batch["idx"].tolist() == list(range(8))
 
     tokenizer = AutoTokenizer.from_pretrained(MINILM_DIR)  # a private copy: padding_side is changed below
-    as_lists = [{k: (v.tolist() if k in ("input_ids", "token_type_ids") else v) for k, v in x.items()
-                 if k != "idx"} for x in items]
+    as_lists = [
+        {k: (v.tolist() if k in ("input_ids", "token_type_ids") else v) for k, v in x.items() if k != "idx"}
+        for x in items
+    ]
     for side, multiple in (("right", None), ("right", 24), ("left", 8)):
         tokenizer.padding_side = side
         ours = PadCollator(tokenizer.pad_token_id, side, multiple)(items)
@@ -134,8 +143,10 @@ def test_group_by_length_sampler_is_wired_seeded_and_left_alone_by_ddp(tmp_path:
     assert epochs[0] != epochs[1]
     # Grouped batches carry less padding than random ones.
     lengths = dm.datasets["train"].lengths
+
     def padded(order: list[int]) -> int:
-        return sum(8 * max(lengths[order[i:i + 8]]) for i in range(0, len(order), 8))
+        return sum(8 * max(lengths[order[i : i + 8]]) for i in range(0, len(order), 8))
+
     random_order = torch.randperm(200, generator=torch.Generator().manual_seed(0)).tolist()
     assert padded(epochs[0]) < 0.95 * padded(random_order)
 
@@ -165,8 +176,9 @@ def test_throughput_in_metrics_and_second_run_is_a_cache_hit(train_tiny, tmp_pat
     assert "perf/attn_implementation: sdpa" in (run_dir / "csv" / "hparams.yaml").read_text()
 
     # With padding: short texts, long max_length, length grouping on; pad fraction is measured, not assumed.
-    grouped, _ = train_tiny(cache, "dataset.max_length=512", "dataset.group_by_length=true",
-                            "model.attn_implementation=eager")
+    grouped, _ = train_tiny(
+        cache, "dataset.max_length=512", "dataset.group_by_length=true", "model.attn_implementation=eager"
+    )
     assert grouped["perf/attn_implementation"] == "eager"
     assert 0.0 < grouped["perf/train_pad_fraction"] < 1.0
     ratio = grouped["perf/train_tokens_per_sec"] / grouped["perf/train_samples_per_sec"]
@@ -180,17 +192,22 @@ def _has_cxx() -> bool:
 
 
 @pytest.mark.slow  # inductor compiles forward+backward and an eval graph: minutes on a busy 2-core machine
-@pytest.mark.skipif(not _has_cxx(), reason="torch.compile on CPU needs a C++ compiler (g++/clang++; set CXX); "
-                                           "none found on PATH")
+@pytest.mark.skipif(
+    not _has_cxx(), reason="torch.compile on CPU needs a C++ compiler (g++/clang++; set CXX); none found on PATH"
+)
 def test_compile_trains_and_keeps_checkpoint_names(train_tiny) -> None:
     import torch._dynamo
 
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     # pad_to_multiple_of = max_length and one eval batch per split: one shape per graph, no recompiles.
-    metrics, run_dir = train_tiny("model.compile=true", "dataset.pad_to_multiple_of=32",
-                                  "dataset.max_samples.train=64", "dataset.eval_batch_size=48",
-                                  "callbacks.early_stopping=null")
+    metrics, run_dir = train_tiny(
+        "model.compile=true",
+        "dataset.pad_to_multiple_of=32",
+        "dataset.max_samples.train=64",
+        "dataset.eval_batch_size=48",
+        "callbacks.early_stopping=null",
+    )
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
     assert math.isfinite(metrics["test/loss"]) and metrics["perf/train_samples_per_sec"] > 0
     state = torch.load(run_dir / metrics["best/ckpt_path"], map_location="cpu", weights_only=False)["state_dict"]
@@ -203,8 +220,10 @@ def test_pad_collator_not_slower_than_hf(tmp_path: Path) -> None:
 
     dm = make_dm(tmp_path, max_length=512, train=64)
     items = [dm.datasets["train"][i] for i in range(32)]
-    as_lists = [{k: (v.tolist() if k in ("input_ids", "token_type_ids") else v) for k, v in x.items()
-                 if k != "idx"} for x in items]
+    as_lists = [
+        {k: (v.tolist() if k in ("input_ids", "token_type_ids") else v) for k, v in x.items() if k != "idx"}
+        for x in items
+    ]
     hf = DataCollatorWithPadding(dm.tokenizer)
 
     def best_of(fn, n: int = 5) -> float:

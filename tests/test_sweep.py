@@ -28,8 +28,10 @@ from tests.wandb_offline import offline_runs
 
 GRID = ["optimizer=adamw,sgd", "optimizer.lr=1e-3,1e-2", "seed=1,2,3"]
 # Hydra's override_dirname sorts the overrides: `optimizer.lr=` sorts before `optimizer=`.
-JOBS = [",".join(sorted([f"optimizer={o}", f"optimizer.lr={lr}", f"seed={s}"]))
-        for o, lr, s in product(["adamw", "sgd"], ["0.001", "0.01"], [1, 2, 3])]
+JOBS = [
+    ",".join(sorted([f"optimizer={o}", f"optimizer.lr={lr}", f"seed={s}"]))
+    for o, lr, s in product(["adamw", "sgd"], ["0.001", "0.01"], [1, 2, 3])
+]
 BASELINE = "optimizer=adamw optimizer.lr=0.001"
 
 
@@ -44,8 +46,16 @@ def sweep_env(home: Path) -> dict[str, str]:
 def start_sweep(sweep_dir: Path, *args: str, env: dict[str, str]) -> subprocess.Popen:
     cmd = [sys.executable, str(ROOT / "train.py"), "-m", *TINY, *args, f"hydra.sweep.dir={sweep_dir}"]
     # stdin from /dev/null and a session of its own: nothing can prompt, and a kill reaches every child.
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def run_sweep(sweep_dir: Path, *args: str, env: dict[str, str], timeout: int = 900) -> tuple[int, str]:
@@ -104,8 +114,11 @@ def test_grid_jobs_named_by_overrides_and_summarized(grid: dict[str, Any]) -> No
 def test_manifests(grid: dict[str, Any]) -> None:
     sweep_dir = grid["dir"]
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                                capture_output=True, text=True).stdout.strip())
+    dirty = bool(
+        subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+    )
     manifests = [json.loads((sweep_dir / d / "manifest.json").read_text()) for d in JOBS]
     assert {m["git"]["commit"] for m in manifests} == {commit}
     assert {m["git"]["dirty"] for m in manifests} == {dirty}
@@ -303,8 +316,7 @@ def test_reissue_reruns_only_failed_jobs(failing: dict[str, Any]) -> None:
     before = {d: mtimes(sweep_dir / d) for d in good}
     rc, out = run_sweep(sweep_dir, *failing["args"], env=failing["env"])
     assert rc == 1
-    assert sweep_json(sweep_dir)["invocations"][-1]["launched"] == ["optimizer.lr=-1,seed=1",
-                                                                     "optimizer.lr=-1,seed=2"]
+    assert sweep_json(sweep_dir)["invocations"][-1]["launched"] == ["optimizer.lr=-1,seed=1", "optimizer.lr=-1,seed=2"]
     for s in (1, 2):
         assert status(sweep_dir / f"optimizer.lr=-1,seed={s}")["attempts"] == 2
         assert status(sweep_dir / f"optimizer.lr=0.001,seed={s}")["attempts"] == 1

@@ -13,8 +13,11 @@ import torch
 from lmlab.data.sources import bbc_news
 from tests.conftest import compose_train, read_metrics
 
-METRIC_KEYS = [f"{stage}/{name}" for stage in ("val", "test")
-               for name in ("loss", "acc", "precision", "recall", "f1_macro", "f1_micro", "f1_weighted")]
+METRIC_KEYS = [
+    f"{stage}/{name}"
+    for stage in ("val", "test")
+    for name in ("loss", "acc", "precision", "recall", "f1_macro", "f1_micro", "f1_weighted")
+]
 
 
 def test_run_writes_metrics_predictions_checkpoints_and_export(train_tiny) -> None:
@@ -48,8 +51,9 @@ def test_run_writes_metrics_predictions_checkpoints_and_export(train_tiny) -> No
     tokenizer = transformers.AutoTokenizer.from_pretrained(run_dir / "model")
     assert exported.config.id2label == dict(enumerate(labels))
     texts = {ex.id: ex.text for ex in bbc_news()}
-    batch = tokenizer([texts[r["id"]] for r in rows[:8]], truncation=True, max_length=32, padding=True,
-                      return_tensors="pt")
+    batch = tokenizer(
+        [texts[r["id"]] for r in rows[:8]], truncation=True, max_length=32, padding=True, return_tensors="pt"
+    )
     with torch.no_grad():
         preds = exported(**batch).logits.argmax(-1).tolist()
     assert [labels[p] for p in preds] == [r["pred"] for r in rows[:8]]
@@ -57,8 +61,14 @@ def test_run_writes_metrics_predictions_checkpoints_and_export(train_tiny) -> No
 
 def test_val_loss_falls(train_tiny) -> None:
     # Mean pooling over a from-scratch tiny BERT learns BBC topics within a few epochs.
-    _, run_dir = train_tiny("trainer.max_epochs=4", "optimizer.lr=5e-3", "dataset.max_samples.train=320",
-                            "dataset.max_length=64", "model.pooling=mean", "callbacks.early_stopping=null")
+    _, run_dir = train_tiny(
+        "trainer.max_epochs=4",
+        "optimizer.lr=5e-3",
+        "dataset.max_samples.train=320",
+        "dataset.max_length=64",
+        "model.pooling=mean",
+        "callbacks.early_stopping=null",
+    )
     log = pd.read_csv(run_dir / "csv" / "metrics.csv")
     val = log.dropna(subset=["val/loss"])["val/loss"].tolist()[:4]  # per epoch (the 5th row is the final eval)
     assert len(val) == 4
@@ -104,8 +114,9 @@ def test_resume_from_last_checkpoint_continues_at_the_right_epoch(train_tiny) ->
     _, first = train_tiny("trainer.max_epochs=1", "callbacks.early_stopping=null", "checkpoint_policy=keep")
     state = torch.load(first / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert state["epoch"] == 0
-    _, resumed = train_tiny("trainer.max_epochs=3", f"ckpt_path={first}", "callbacks.early_stopping=null",
-                            "checkpoint_policy=keep")
+    _, resumed = train_tiny(
+        "trainer.max_epochs=3", f"ckpt_path={first}", "callbacks.early_stopping=null", "checkpoint_policy=keep"
+    )
     log = pd.read_csv(resumed / "csv" / "metrics.csv")
     trained_epochs = log.dropna(subset=["train/loss_epoch"])["epoch"].astype(int).tolist()
     assert trained_epochs == [1, 2]  # epoch 0 is not trained again
@@ -116,14 +127,20 @@ def test_resume_from_last_checkpoint_continues_at_the_right_epoch(train_tiny) ->
 
 def _write_split_files(tmp_path: Path, kind: str, multi: bool = False) -> list[str]:
     examples = bbc_news()[::20]  # ~110 articles, all classes
-    rows = [{"id": ex.id, "text": ex.text[:300],
-             "label": ([ex.label, "long"] if len(ex.text) > 2000 else [ex.label]) if multi else ex.label}
-            for ex in examples]
+    rows = [
+        {
+            "id": ex.id,
+            "text": ex.text[:300],
+            "label": ([ex.label, "long"] if len(ex.text) > 2000 else [ex.label]) if multi else ex.label,
+        }
+        for ex in examples
+    ]
     frame = pd.DataFrame(rows)
     if kind == "csv":
         frame.assign(label=frame.label.map("|".join) if multi else frame.label).to_csv(tmp_path / "d.csv", index=False)
         return [f"dataset.source.path={tmp_path / 'd.csv'}", "dataset.source.id_column=id"] + (
-            ["dataset.source.label_separator=|"] if multi else [])
+            ["dataset.source.label_separator=|"] if multi else []
+        )
     if kind == "tsv":
         frame.to_csv(tmp_path / "d.tsv", sep="\t", index=False)
         return [f"dataset.source.path={tmp_path / 'd.tsv'}"]
@@ -148,8 +165,9 @@ def test_fast_dev_run_sources(kind: str, train_tiny, tmp_path: Path) -> None:
         import datasets
 
         examples = bbc_news()[::20]
-        datasets.Dataset.from_dict({"text": [ex.text for ex in examples], "label": [ex.label for ex in examples]}
-                                   ).save_to_disk(str(tmp_path / "hfdata"))
+        datasets.Dataset.from_dict(
+            {"text": [ex.text for ex in examples], "label": [ex.label for ex in examples]}
+        ).save_to_disk(str(tmp_path / "hfdata"))
         overrides = ["dataset=hf", f"dataset.source.load_from_disk={tmp_path / 'hfdata'}"]
     else:
         overrides = ["dataset=files", *_write_split_files(tmp_path, kind)]
@@ -166,9 +184,10 @@ def test_fast_dev_run_problem_types(problem: str, train_tiny, tmp_path: Path) ->
     if problem == "multi_label":
         overrides += ["dataset=files", *_write_split_files(tmp_path, "csv", multi=True), "model.class_weights=auto"]
     metrics, run_dir = train_tiny(*overrides)
-    expected = {"binary": ["not_sports", "sports"],
-                "multi_label": ["business", "entertainment", "long", "politics", "sports", "tech"]}.get(
-        problem, ["business", "entertainment", "politics", "sports", "tech"])
+    expected = {
+        "binary": ["not_sports", "sports"],
+        "multi_label": ["business", "entertainment", "long", "politics", "sports", "tech"],
+    }.get(problem, ["business", "entertainment", "politics", "sports", "tech"])
     assert list(metrics["test/f1_per_class"]) == expected
     rows = list(csv.DictReader((run_dir / "test_predictions.csv").open()))
     assert rows and all(f"score_{label}" in rows[0] for label in expected)
@@ -176,8 +195,14 @@ def test_fast_dev_run_problem_types(problem: str, train_tiny, tmp_path: Path) ->
 
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
 def test_pooled_heads_train_and_export(pooling: str, train_tiny) -> None:
-    metrics, run_dir = train_tiny(f"model.pooling={pooling}", "model.freeze_layers=1", "model.freeze_embeddings=true",
-                                  "optimizer.layerwise_lr_decay=0.8", "export_model=true", "debug=fdr")
+    metrics, run_dir = train_tiny(
+        f"model.pooling={pooling}",
+        "model.freeze_layers=1",
+        "model.freeze_embeddings=true",
+        "optimizer.layerwise_lr_decay=0.8",
+        "export_model=true",
+        "debug=fdr",
+    )
     assert (run_dir / "model" / "head.pt").is_file() and (run_dir / "model" / "config.json").is_file()
     assert 0.0 <= metrics["test/f1_macro"] <= 1.0
 

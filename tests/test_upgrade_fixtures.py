@@ -19,10 +19,18 @@ from tests.conftest import read_metrics, run_cli
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "c6b7eea"
 CLS_OVERRIDES = [
-    "model=tiny_bert", "model.tokenizer=bpe", "model.bpe_vocab_size=500", "dataset.max_length=32",
-    "dataset.batch_size=16", "dataset.eval_batch_size=32", "dataset.max_samples.train=96",
-    "dataset.max_samples.val=48", "dataset.max_samples.test=48", "trainer.num_sanity_val_steps=0",
-    "export_model=false", "checkpoint_policy=keep",
+    "model=tiny_bert",
+    "model.tokenizer=bpe",
+    "model.bpe_vocab_size=500",
+    "dataset.max_length=32",
+    "dataset.batch_size=16",
+    "dataset.eval_batch_size=32",
+    "dataset.max_samples.train=96",
+    "dataset.max_samples.val=48",
+    "dataset.max_samples.test=48",
+    "trainer.num_sanity_val_steps=0",
+    "export_model=false",
+    "checkpoint_policy=keep",
 ]
 
 
@@ -48,8 +56,13 @@ def test_an_old_run_dir_evaluates_to_its_recorded_test_metrics(name: str, tmp_pa
 
 def test_an_old_checkpoint_resumes_to_what_the_old_code_resumed_it_to(tmp_path: Path) -> None:
     run = _copy("cls", tmp_path)
-    result = run_cli("train.py", *CLS_OVERRIDES, "trainer.max_epochs=2", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
-                     f"hydra.run.dir={tmp_path / 'resumed'}")
+    result = run_cli(
+        "train.py",
+        *CLS_OVERRIDES,
+        "trainer.max_epochs=2",
+        f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+        f"hydra.run.dir={tmp_path / 'resumed'}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     expected = json.loads((FIXTURES / "cls_resumed_to_2_epochs.metrics.json").read_text())
     got = read_metrics(tmp_path / "resumed")

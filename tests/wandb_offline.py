@@ -28,11 +28,11 @@ def records(path: Path) -> Iterator[Any]:
         if left < 7:  # block trailer too small for a header: zero padding
             pos += left
             continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         if kind == 0 and length == 0:
             pos += left
             continue
-        chunk = data[pos + 7:pos + 7 + length]
+        chunk = data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         buf = chunk if kind in (_FULL, _FIRST) else buf + chunk
         if kind in (_FULL, _LAST):
@@ -53,8 +53,13 @@ def read_run(run_file: Path) -> dict[str, Any]:
     for r in records(run_file):
         kind = r.WhichOneof("record_type")
         if kind == "run":
-            out.update(id=r.run.run_id, name=r.run.display_name, group=r.run.run_group, job_type=r.run.job_type,
-                       tags=list(r.run.tags))
+            out.update(
+                id=r.run.run_id,
+                name=r.run.display_name,
+                group=r.run.run_group,
+                job_type=r.run.job_type,
+                tags=list(r.run.tags),
+            )
             out["config"].update(_items(r.run.config.update))
         elif kind == "config":
             out["config"].update(_items(r.config.update))

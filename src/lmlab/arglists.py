@@ -15,14 +15,47 @@ from lmlab.config import LmlabError
 
 # pytorch_lightning.Trainer.__init__ (2.6), in signature order.
 TRAINER_ARGS: tuple[str, ...] = (
-    "accelerator", "strategy", "devices", "num_nodes", "precision", "logger", "callbacks", "fast_dev_run",
-    "max_epochs", "min_epochs", "max_steps", "min_steps", "max_time", "limit_train_batches", "limit_val_batches",
-    "limit_test_batches", "limit_predict_batches", "overfit_batches", "val_check_interval",
-    "check_val_every_n_epoch", "num_sanity_val_steps", "log_every_n_steps", "enable_checkpointing",
-    "enable_progress_bar", "enable_model_summary", "accumulate_grad_batches", "gradient_clip_val",
-    "gradient_clip_algorithm", "deterministic", "benchmark", "inference_mode", "use_distributed_sampler",
-    "profiler", "detect_anomaly", "barebones", "plugins", "sync_batchnorm", "reload_dataloaders_every_n_epochs",
-    "default_root_dir", "enable_autolog_hparams", "model_registry",
+    "accelerator",
+    "strategy",
+    "devices",
+    "num_nodes",
+    "precision",
+    "logger",
+    "callbacks",
+    "fast_dev_run",
+    "max_epochs",
+    "min_epochs",
+    "max_steps",
+    "min_steps",
+    "max_time",
+    "limit_train_batches",
+    "limit_val_batches",
+    "limit_test_batches",
+    "limit_predict_batches",
+    "overfit_batches",
+    "val_check_interval",
+    "check_val_every_n_epoch",
+    "num_sanity_val_steps",
+    "log_every_n_steps",
+    "enable_checkpointing",
+    "enable_progress_bar",
+    "enable_model_summary",
+    "accumulate_grad_batches",
+    "gradient_clip_val",
+    "gradient_clip_algorithm",
+    "deterministic",
+    "benchmark",
+    "inference_mode",
+    "use_distributed_sampler",
+    "profiler",
+    "detect_anomaly",
+    "barebones",
+    "plugins",
+    "sync_batchnorm",
+    "reload_dataloaders_every_n_epochs",
+    "default_root_dir",
+    "enable_autolog_hparams",
+    "model_registry",
 )
 # Trainer arguments lmlab fills from other config groups: setting them under trainer.* would be ignored or clash.
 TRAINER_SET_ELSEWHERE: dict[str, str] = {
@@ -33,33 +66,90 @@ TRAINER_SET_ELSEWHERE: dict[str, str] = {
 _TRAINER_RENAMED: dict[str, str] = {
     "gpus": "devices (with trainer.accelerator=gpu, or trainer=gpu)",
     "tpu_cores": "devices (with trainer.accelerator=tpu)",
-    "epochs": "max_epochs", "steps": "max_steps",
+    "epochs": "max_epochs",
+    "steps": "max_steps",
     "resume_from_checkpoint": "the top-level ckpt_path=<run dir | .ckpt>",
-    "checkpoint_callback": "enable_checkpointing", "weights_summary": "enable_model_summary",
+    "checkpoint_callback": "enable_checkpointing",
+    "weights_summary": "enable_model_summary",
     "progress_bar_refresh_rate": "enable_progress_bar (or callbacks.progress_bar.refresh_rate)",
-    "amp_backend": "precision", "grad_clip": "gradient_clip_val", "clip_grad_norm": "gradient_clip_val",
+    "amp_backend": "precision",
+    "grad_clip": "gradient_clip_val",
+    "clip_grad_norm": "gradient_clip_val",
 }
 
 # The shipped optimizers' arguments (their __init__ minus `params`), by `_target_`.
 OPTIMIZER_ARGS: dict[str, tuple[str, ...]] = {
-    "torch.optim.AdamW": ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize", "foreach", "capturable",
-                          "differentiable", "fused"),
-    "torch.optim.Adam": ("lr", "betas", "eps", "weight_decay", "amsgrad", "foreach", "maximize", "capturable",
-                         "differentiable", "fused", "decoupled_weight_decay"),
-    "torch.optim.SGD": ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize", "foreach",
-                        "differentiable", "fused"),
-    "transformers.optimization.Adafactor": ("lr", "eps", "clip_threshold", "decay_rate", "beta1", "weight_decay",
-                                            "scale_parameter", "relative_step", "warmup_init"),
+    "torch.optim.AdamW": (
+        "lr",
+        "betas",
+        "eps",
+        "weight_decay",
+        "amsgrad",
+        "maximize",
+        "foreach",
+        "capturable",
+        "differentiable",
+        "fused",
+    ),
+    "torch.optim.Adam": (
+        "lr",
+        "betas",
+        "eps",
+        "weight_decay",
+        "amsgrad",
+        "foreach",
+        "maximize",
+        "capturable",
+        "differentiable",
+        "fused",
+        "decoupled_weight_decay",
+    ),
+    "torch.optim.SGD": (
+        "lr",
+        "momentum",
+        "dampening",
+        "weight_decay",
+        "nesterov",
+        "maximize",
+        "foreach",
+        "differentiable",
+        "fused",
+    ),
+    "transformers.optimization.Adafactor": (
+        "lr",
+        "eps",
+        "clip_threshold",
+        "decay_rate",
+        "beta1",
+        "weight_decay",
+        "scale_parameter",
+        "relative_step",
+        "warmup_init",
+    ),
 }
 # conf/optimizer/<name>.yaml -> its _target_ (tests check this against the YAML files).
-OPTIMIZER_TARGETS: dict[str, str] = {"adamw": "torch.optim.AdamW", "adam": "torch.optim.Adam",
-                                     "sgd": "torch.optim.SGD", "adafactor": "transformers.optimization.Adafactor"}
+OPTIMIZER_TARGETS: dict[str, str] = {
+    "adamw": "torch.optim.AdamW",
+    "adam": "torch.optim.Adam",
+    "sgd": "torch.optim.SGD",
+    "adafactor": "transformers.optimization.Adafactor",
+}
 # lmlab's own optimizer keys (parameter groups), = lmlab.optim.GROUP_KEYS (which imports torch).
 OPTIMIZER_GROUP_KEYS: tuple[str, ...] = ("layerwise_lr_decay", "head_lr", "name")
 _OPTIMIZER_RENAMED: dict[str, str] = {
-    "learning_rate": "lr", "learningrate": "lr", "lr_rate": "lr", "wd": "weight_decay", "decay": "weight_decay",
-    "epsilon": "eps", "beta": "betas", "beta2": "betas", "adam_beta1": "betas", "adam_beta2": "betas",
-    "adam_epsilon": "eps", "llrd": "layerwise_lr_decay", "layer_decay": "layerwise_lr_decay",
+    "learning_rate": "lr",
+    "learningrate": "lr",
+    "lr_rate": "lr",
+    "wd": "weight_decay",
+    "decay": "weight_decay",
+    "epsilon": "eps",
+    "beta": "betas",
+    "beta2": "betas",
+    "adam_beta1": "betas",
+    "adam_beta2": "betas",
+    "adam_epsilon": "eps",
+    "llrd": "layerwise_lr_decay",
+    "layer_decay": "layerwise_lr_decay",
     "classifier_lr": "head_lr",
 }
 
@@ -80,7 +170,8 @@ def check_trainer_arg(name: str) -> None:
         hint = suggest(name, TRAINER_ARGS, _TRAINER_RENAMED)
         raise LmlabError(
             f"trainer.{name} is not an argument of pytorch_lightning.Trainer{hint}."
-            f" Every Trainer argument can be set as trainer.<arg>=...; they are listed in conf/trainer/default.yaml.")
+            f" Every Trainer argument can be set as trainer.<arg>=...; they are listed in conf/trainer/default.yaml."
+        )
 
 
 def optimizer_keys(target: str) -> tuple[str, ...] | None:
@@ -97,14 +188,17 @@ def check_optimizer_arg(name: str, target: str | None) -> None:
     if keys is None:  # the optimizer is not known here: only names no shipped optimizer has are refused
         keys = tuple(dict.fromkeys(a for args in OPTIMIZER_ARGS.values() for a in args)) + OPTIMIZER_GROUP_KEYS
         if name not in keys:
-            raise LmlabError(f"optimizer.{name} is not an argument of any shipped optimizer"
-                             f"{suggest(name, keys, _OPTIMIZER_RENAMED)}.")
+            raise LmlabError(
+                f"optimizer.{name} is not an argument of any shipped optimizer"
+                f"{suggest(name, keys, _OPTIMIZER_RENAMED)}."
+            )
         return
     if name not in keys:
         args = ", ".join(OPTIMIZER_ARGS[target])
         raise LmlabError(
             f"optimizer.{name} is not an argument of {target}{suggest(name, keys, _OPTIMIZER_RENAMED)}. Its "
-            f"arguments: {args}; lmlab adds {', '.join(OPTIMIZER_GROUP_KEYS[:2])}.")
+            f"arguments: {args}; lmlab adds {', '.join(OPTIMIZER_GROUP_KEYS[:2])}."
+        )
 
 
 _OVERRIDE = re.compile(r"^(\+{0,2})(trainer|optimizer)\.([A-Za-z_]\w*)([.\[=].*)$", re.S)

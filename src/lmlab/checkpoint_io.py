@@ -49,8 +49,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options=storage_options)
         atomic_save(checkpoint, Path(path))
 
-    def load_checkpoint(self, path: _PATH, map_location: Callable | None = lambda storage, loc: storage,
-                        weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self,
+        path: _PATH,
+        map_location: Callable | None = lambda storage, loc: storage,
+        weights_only: bool | None = None,
+    ) -> dict[str, Any]:
         if not _is_remote(path):
             local = Path(path)
             remove_stale_temps(local.parent)
@@ -113,9 +117,11 @@ def readable(path: str | Path) -> str | None:
         reason = f"{type(err).__name__}: {err}"
     if reason is None:
         return None
-    return (f"checkpoint {path} is truncated or unreadable ({reason}): its write was probably cut short (a crash, "
-            f"kill or full disk). Use the previous good checkpoint instead, if there is one (another .ckpt in "
-            f"{path.parent}), or start the run afresh; delete this file once you no longer need it.")
+    return (
+        f"checkpoint {path} is truncated or unreadable ({reason}): its write was probably cut short (a crash, "
+        f"kill or full disk). Use the previous good checkpoint instead, if there is one (another .ckpt in "
+        f"{path.parent}), or start the run afresh; delete this file once you no longer need it."
+    )
 
 
 def remove_stale_temps(directory: Path) -> list[Path]:
@@ -186,8 +192,9 @@ def _fault_signal(name: str) -> signal.Signals | None:
     try:
         nth, sig = int(count), signal.Signals[signame if signame.startswith("SIG") else f"SIG{signame}"]
     except (ValueError, KeyError) as err:
-        raise ValueError(f"{FAULT_ENV}={spec!r}: expected <n>[:<SIGNAL>[:<file name>]], e.g. "
-                         f"2:SIGKILL:last.ckpt") from err
+        raise ValueError(
+            f"{FAULT_ENV}={spec!r}: expected <n>[:<SIGNAL>[:<file name>]], e.g. 2:SIGKILL:last.ckpt"
+        ) from err
     _fault_saves += 1
     return sig if _fault_saves == nth else None
 

@@ -84,8 +84,19 @@ def preparse(argv: list[str], entry: str = "train") -> list[str]:
                 if _NEEDS_QUOTES.search(raw) and raw == value:
                     args[i] = f"{key}={quote(raw)}"
     flags = [a for a in args if a.startswith("-")]
-    info_only = ("-m", "--multirun", "--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i",
-                 "--shell-completion", "-sc")
+    info_only = (
+        "-m",
+        "--multirun",
+        "--cfg",
+        "-c",
+        "--help",
+        "-h",
+        "--hydra-help",
+        "--info",
+        "-i",
+        "--shell-completion",
+        "-sc",
+    )
     ddp_child = os.environ.get("LOCAL_RANK", "0") != "0"  # rank 0 already checked and locked the dir
     if entry != "train" or ddp_child or any(f in info_only or f.startswith("--cfg") for f in flags):
         return [argv[0], *args]

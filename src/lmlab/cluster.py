@@ -39,8 +39,10 @@ def slurm_tasks(devices: Any) -> int:
         return devices
     if isinstance(devices, str) and devices.isdigit() and int(devices) > 0:
         return int(devices)
-    raise LmlabError(f"trainer.devices={devices!r}: with hydra/launcher=slurm give the number of devices per node "
-                     f"(one SLURM task each), e.g. trainer.devices=4.")
+    raise LmlabError(
+        f"trainer.devices={devices!r}: with hydra/launcher=slurm give the number of devices per node "
+        f"(one SLURM task each), e.g. trainer.devices=4."
+    )
 
 
 def slurm_gpus(accelerator: Any, devices: Any) -> int | None:

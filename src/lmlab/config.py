@@ -65,9 +65,11 @@ def check_accelerator(accelerator: Any, key: str = "trainer.accelerator") -> Non
     if torch.cuda.is_available():
         return
     build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "no CUDA (a CPU-only build)"
-    raise LmlabError(f"{key}={accelerator} (e.g. trainer=gpu), but this machine has no GPU that torch can use "
-                     f"(torch {torch.__version__}, built with {build}; torch.cuda.is_available() is False). "
-                     f"Use trainer=cpu here, or run on a GPU node (hydra/launcher=slurm; the check runs in the job).")
+    raise LmlabError(
+        f"{key}={accelerator} (e.g. trainer=gpu), but this machine has no GPU that torch can use "
+        f"(torch {torch.__version__}, built with {build}; torch.cuda.is_available() is False). "
+        f"Use trainer=cpu here, or run on a GPU node (hydra/launcher=slurm; the check runs in the job)."
+    )
 
 
 def _job_dir(override_dirname: str) -> str:
@@ -93,10 +95,13 @@ def register_resolvers() -> None:
     from lmlab import cluster
 
     for name, resolver, cache in (
-        ("pkg_path", package_path, False), ("lmlab_gpu_precision", gpu_precision, False),
-        ("lmlab_slurm_tasks", cluster.slurm_tasks, False), ("lmlab_slurm_gpus", cluster.slurm_gpus, False),
+        ("pkg_path", package_path, False),
+        ("lmlab_gpu_precision", gpu_precision, False),
+        ("lmlab_slurm_tasks", cluster.slurm_tasks, False),
+        ("lmlab_slurm_gpus", cluster.slurm_gpus, False),
         ("lmlab_run_stamp", cluster.run_stamp, True),  # cached like ${now:}: one value per process
-        ("lmlab_job_dir", _job_dir, False), ("lmlab_sqlite", _sqlite, False),
+        ("lmlab_job_dir", _job_dir, False),
+        ("lmlab_sqlite", _sqlite, False),
         ("lmlab_direction", optuna_direction, False),
     ):
         if not OmegaConf.has_resolver(name):
@@ -142,7 +147,7 @@ _NUMERIC_FIELDS: list[tuple[str, type, float, float, str]] = [
     ("dataset.max_samples.val", int, 0, INF, "[)"),
     ("dataset.max_samples.test", int, 0, INF, "[)"),
     ("batch_size", int, 0, INF, "()"),  # eval.py
-    ("seed", int, 0, 2**32, "[)"),      # what seed_everything accepts
+    ("seed", int, 0, 2**32, "[)"),  # what seed_everything accepts
 ]
 # -1 = no limit; 0 would train nothing and score the random-init model as if it were a result.
 _LIMIT_FIELDS = ("trainer.max_epochs", "trainer.max_steps")
@@ -157,8 +162,7 @@ def _check_number(key: str, value: Any, kind: type, low: float, high: float = IN
     if not ok_type or (isinstance(value, float) and math.isnan(value)):
         example = "3e-5" if kind is float else "32"
         raise LmlabError(
-            f"{key}={value!r} is not a{'n integer' if kind is int else ' number'}; "
-            f"set it like `{key}={example}`."
+            f"{key}={value!r} is not a{'n integer' if kind is int else ' number'}; set it like `{key}={example}`."
         )
     too_low = value <= low if ends[0] == "(" else value < low
     too_high = value >= high if ends[1] == ")" else value > high
@@ -173,8 +177,10 @@ def _check_limit(key: str, value: Any) -> None:
         return
     _check_number(key, value, int, -1, INF, "[)")
     if value == 0:
-        raise LmlabError(f"{key}=0 trains nothing: the run would score the untrained model as its result. Use "
-                         f"{key}=1 or more (or -1 for no limit, with the other of trainer.max_epochs/max_steps set).")
+        raise LmlabError(
+            f"{key}=0 trains nothing: the run would score the untrained model as its result. Use "
+            f"{key}=1 or more (or -1 for no limit, with the other of trainer.max_epochs/max_steps set)."
+        )
 
 
 def command_line_keys() -> list[str]:
@@ -200,7 +206,8 @@ def check_task_keys(cfg: DictConfig, keys: list[str]) -> None:
                     f"{key} is not used by task={task.get('name')}: it is a setting of another task and would "
                     f"silently do nothing here. Remove {key}=... from the command line, or pick the task that "
                     f"uses it (e.g. task=classification for model.* head and dataset label settings, "
-                    f"task=causal_lm for dataset.packing).")
+                    f"task=causal_lm for dataset.packing)."
+                )
 
 
 def check_argument_names(cfg: DictConfig) -> None:
@@ -209,8 +216,10 @@ def check_argument_names(cfg: DictConfig) -> None:
     from lmlab import arglists
 
     trainer = cfg.get("trainer")
-    if isinstance(trainer, DictConfig) and trainer.get("_target_") in ("pytorch_lightning.Trainer",
-                                                                        "lightning.pytorch.Trainer"):
+    if isinstance(trainer, DictConfig) and trainer.get("_target_") in (
+        "pytorch_lightning.Trainer",
+        "lightning.pytorch.Trainer",
+    ):
         for name in trainer:
             if name != "_target_":
                 arglists.check_trainer_arg(str(name))
@@ -253,19 +262,39 @@ def validate(cfg: DictConfig) -> None:
             _check_number(f"optimizer.betas[{i}]", beta, float, 0.0, 1.0, "[)")
     policy = cfg.get("checkpoint_policy")
     if policy is not None and policy not in ("compact", "keep"):
-        raise LmlabError(f"checkpoint_policy={policy!r} is not one of ['compact', 'keep'] (compact: optimizer state "
-                         f"only in last.ckpt, removed when the run completes; keep: every checkpoint complete).")
+        raise LmlabError(
+            f"checkpoint_policy={policy!r} is not one of ['compact', 'keep'] (compact: optimizer state "
+            f"only in last.ckpt, removed when the run completes; keep: every checkpoint complete)."
+        )
     trainer = cfg.get("trainer")
-    if trainer is not None and trainer.get("max_epochs") == -1 and trainer.get("max_steps", -1) == -1 \
-            and not trainer.get("max_time"):
-        raise LmlabError("trainer.max_epochs=-1 with trainer.max_steps=-1 never ends; set one of them "
-                         "(e.g. trainer.max_steps=1000).")
+    if (
+        trainer is not None
+        and trainer.get("max_epochs") == -1
+        and trainer.get("max_steps", -1) == -1
+        and not trainer.get("max_time")
+    ):
+        raise LmlabError(
+            "trainer.max_epochs=-1 with trainer.max_steps=-1 never ends; set one of them (e.g. trainer.max_steps=1000)."
+        )
     if trainer is not None and trainer.get("precision") is not None:
-        known = ("64-true", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "transformer-engine",
-                 "64", "32", "16", "bf16")
+        known = (
+            "64-true",
+            "32-true",
+            "16-mixed",
+            "bf16-mixed",
+            "16-true",
+            "bf16-true",
+            "transformer-engine",
+            "64",
+            "32",
+            "16",
+            "bf16",
+        )
         if str(trainer.precision) not in known:
-            raise LmlabError(f"trainer.precision={trainer.precision!r} is not one of {list(known[:6])}; "
-                             f"e.g. trainer.precision=bf16-mixed.")
+            raise LmlabError(
+                f"trainer.precision={trainer.precision!r} is not one of {list(known[:6])}; "
+                f"e.g. trainer.precision=bf16-mixed."
+            )
 
     dataset = cfg.get("dataset")
     if dataset is not None and dataset.get("fractions") is not None:

@@ -55,8 +55,10 @@ class CurrentStdout(logging.StreamHandler):
 
 def plain_log_files() -> None:
     """Strip ANSI codes from what Hydra's file handlers (`<run dir>/<job>.log`) write."""
-    for logger in [logging.getLogger(), *(v for v in logging.Logger.manager.loggerDict.values()
-                                          if isinstance(v, logging.Logger))]:
+    for logger in [
+        logging.getLogger(),
+        *(v for v in logging.Logger.manager.loggerDict.values() if isinstance(v, logging.Logger)),
+    ]:
         for handler in logger.handlers:
             if isinstance(handler, logging.FileHandler) and not isinstance(handler.formatter, _PlainText):
                 handler.setFormatter(_PlainText(handler.formatter or logging.Formatter()))
@@ -77,8 +79,11 @@ def quiet_gguf_reader() -> None:
 
 def quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # download bars (read at huggingface_hub import)
-    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero",
-                 "lightning.pytorch.utilities.rank_zero"):
+    for name in (
+        "pytorch_lightning.utilities.rank_zero",
+        "lightning_fabric.utilities.rank_zero",
+        "lightning.pytorch.utilities.rank_zero",
+    ):
         target = logging.getLogger(name)
         if not any(isinstance(f, _DropTips) for f in target.filters):
             target.addFilter(_DropTips())

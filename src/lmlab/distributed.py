@@ -26,8 +26,19 @@ log = logging.getLogger("lmlab.distributed")
 # Hydra's command-line flags that select the config; they must reach the children, `-m` must not.
 _CONFIG_FLAGS = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")
 # Hydra overrides that only make sense for the parent multirun.
-_PARENT_ONLY = ("hydra.mode", "hydra.sweep", "hydra.sweeper", "hydra/sweeper", "hydra.launcher", "hydra/launcher",
-                "hydra.run.dir", "hydra.job.name", "hydra.output_subdir", "hydra.callbacks", "hydra/callbacks")
+_PARENT_ONLY = (
+    "hydra.mode",
+    "hydra.sweep",
+    "hydra.sweeper",
+    "hydra/sweeper",
+    "hydra.launcher",
+    "hydra/launcher",
+    "hydra.run.dir",
+    "hydra.job.name",
+    "hydra.output_subdir",
+    "hydra.callbacks",
+    "hydra/callbacks",
+)
 
 
 def env_rank() -> int:
@@ -154,6 +165,13 @@ def eval_trainer(cfg: DictConfig, trainer: Any) -> Any:
     if not is_zero:
         return None
     # One process, no cluster environment (under SLURM the job still says ntasks>1).
-    return instantiate(cfg.trainer, devices=1, num_nodes=1, strategy="auto",
-                       plugins=[LightningEnvironment()], callbacks=[], logger=trainer.loggers or False,
-                       enable_progress_bar=False)
+    return instantiate(
+        cfg.trainer,
+        devices=1,
+        num_nodes=1,
+        strategy="auto",
+        plugins=[LightningEnvironment()],
+        callbacks=[],
+        logger=trainer.loggers or False,
+        enable_progress_bar=False,
+    )

@@ -43,8 +43,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             raise LmlabError(f"{ckpt} has no lmlab run config; it was not written by lmlab-train.")
         task_cfg, dataset_cfg, model_cfg = (OmegaConf.create(run_config[k]) for k in ("task", "dataset", "model"))
     elif cfg.get("task") is None:
-        raise LmlabError("eval.py needs ckpt_path=<run dir | .ckpt>, or task=... with model=... (and dataset=...) to "
-                         "evaluate a model as it is, e.g. `python eval.py task=causal_lm model=smollm2`.")
+        raise LmlabError(
+            "eval.py needs ckpt_path=<run dir | .ckpt>, or task=... with model=... (and dataset=...) to "
+            "evaluate a model as it is, e.g. `python eval.py task=causal_lm model=smollm2`."
+        )
     else:
         task_cfg, dataset_cfg, model_cfg = cfg.task, cfg.dataset, cfg.model
     if cfg.batch_size:
@@ -58,8 +60,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     else:
         model = task.build(datamodule, model_dict)
     datamodule.setup("test")
-    trainer = pl.Trainer(accelerator=cfg.accelerator, devices=1, logger=False, callbacks=[RichProgressBar()],
-                         enable_model_summary=False, default_root_dir=cfg.paths.output_dir)
+    trainer = pl.Trainer(
+        accelerator=cfg.accelerator,
+        devices=1,
+        logger=False,
+        callbacks=[RichProgressBar()],
+        enable_model_summary=False,
+        default_root_dir=cfg.paths.output_dir,
+    )
     # The test loop runs on any split; its metric names are re-keyed to the split.
     result = trainer.test(model, dataloaders=datamodule.loader(split), verbose=False)[0]
     metrics: dict[str, Any] = task.meta()
@@ -73,8 +81,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.paths.output_dir)
     runfiles.write_json(out / runfiles.METRICS, metrics)
     task.write_outputs(out, model, datamodule, split)
-    log.info("%s -> %s", "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()
-                                   if k.startswith(f"{split}/") and isinstance(v, float)), out / runfiles.METRICS)
+    log.info(
+        "%s -> %s",
+        "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith(f"{split}/") and isinstance(v, float)),
+        out / runfiles.METRICS,
+    )
     return metrics
 
 
@@ -86,9 +97,17 @@ def _compare_coverage(run_config: dict[str, Any], split: str, examples: int) -> 
     if limit is not None and not (isinstance(limit, float) and limit == 1.0):
         batch = int((run_config.get("dataset") or {}).get("eval_batch_size") or 1)
         covered = min(examples, int(limit * examples) if isinstance(limit, float) else int(limit) * batch)
-        log.warning("the training run's %s metrics covered about %d of the %d %s examples (trainer.%s=%s); this "
-                    "evaluation covers all %d, so its numbers differ from the run's metrics.json",
-                    split, covered, examples, split, key, limit, examples)
+        log.warning(
+            "the training run's %s metrics covered about %d of the %d %s examples (trainer.%s=%s); this "
+            "evaluation covers all %d, so its numbers differ from the run's metrics.json",
+            split,
+            covered,
+            examples,
+            split,
+            key,
+            limit,
+            examples,
+        )
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")

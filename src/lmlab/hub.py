@@ -16,8 +16,7 @@ from pathlib import Path
 
 from lmlab.config import LmlabError
 
-FIX = ("Use model=minilm (bundled, works offline) or model.name_or_path=<a local directory saved with "
-       "save_pretrained>.")
+FIX = "Use model=minilm (bundled, works offline) or model.name_or_path=<a local directory saved with save_pretrained>."
 
 
 def _truthy(name: str) -> bool:
@@ -70,8 +69,10 @@ def check_loadable(name_or_path: str, key: str = "model.name_or_path") -> None:
     if path.exists():
         return
     if looks_like_path(name_or_path):
-        raise LmlabError(f"{key}={name_or_path}: the directory {path} does not exist. Give a directory saved with "
-                         f"save_pretrained (it holds config.json), a hub id (e.g. bert-base-uncased), or model=minilm.")
+        raise LmlabError(
+            f"{key}={name_or_path}: the directory {path} does not exist. Give a directory saved with "
+            f"save_pretrained (it holds config.json), a hub id (e.g. bert-base-uncased), or model=minilm."
+        )
     if in_hf_cache(name_or_path):
         return
     if _truthy("HF_HUB_OFFLINE") or _truthy("TRANSFORMERS_OFFLINE"):
@@ -80,5 +81,7 @@ def check_loadable(name_or_path: str, key: str = "model.name_or_path") -> None:
         reason = _hub_error(name_or_path)
         if reason is None:
             return
-    raise LmlabError(f"Model '{name_or_path}' ({key}) is not a local directory and is not in the local Hugging Face "
-                     f"cache, and {reason}. {FIX}")
+    raise LmlabError(
+        f"Model '{name_or_path}' ({key}) is not a local directory and is not in the local Hugging Face "
+        f"cache, and {reason}. {FIX}"
+    )

@@ -27,17 +27,19 @@ def example_hash(text: str, text_pair: str | None = None) -> str:
 
 
 def split_hashes(splits: Mapping[str, Sequence[Any]]) -> dict[str, list[str]]:
-    return {split: sorted(example_hash(ex.text, ex.text_pair) for ex in examples) for split, examples in
-            splits.items()}
+    return {split: sorted(example_hash(ex.text, ex.text_pair) for ex in examples) for split, examples in splits.items()}
 
 
 def write_example_hashes(run_dir: Path, splits: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
     """`example_hashes.json` in the run dir; returns the manifest's summary (file + per-split digests)."""
     hashes = split_hashes(splits)
-    runfiles.write_json(Path(run_dir) / runfiles.EXAMPLE_HASHES,
-                        {"hash": "sha256(text[\\0text_pair])[:12], sorted", **hashes})
-    return {"file": runfiles.EXAMPLE_HASHES,
-            "digest": {split: hashlib.sha256("\n".join(h).encode()).hexdigest()[:16] for split, h in hashes.items()}}
+    runfiles.write_json(
+        Path(run_dir) / runfiles.EXAMPLE_HASHES, {"hash": "sha256(text[\\0text_pair])[:12], sorted", **hashes}
+    )
+    return {
+        "file": runfiles.EXAMPLE_HASHES,
+        "digest": {split: hashlib.sha256("\n".join(h).encode()).hexdigest()[:16] for split, h in hashes.items()},
+    }
 
 
 def read_example_hashes(run_dir: Path) -> dict[str, list[str]] | None:
@@ -54,35 +56,52 @@ def lineage(init_from: str | None, splits: Mapping[str, Sequence[Any]]) -> dict[
     from lmlab.models.init_from import resolve
 
     parent = resolve(init_from)
-    out: dict[str, Any] = {"init_from": str(init_from), "export": str(parent.export),
-                           "parent_run_dir": str(parent.run_dir) if parent.run_dir else None}
+    out: dict[str, Any] = {
+        "init_from": str(init_from),
+        "export": str(parent.export),
+        "parent_run_dir": str(parent.run_dir) if parent.run_dir else None,
+    }
     if parent.run_dir is None:
-        log.warning("model.init_from=%s is a model dir outside any run dir: its lineage (data, commit) and training "
-                    "data are unknown, so test-set overlap cannot be checked", init_from)
+        log.warning(
+            "model.init_from=%s is a model dir outside any run dir: its lineage (data, commit) and training "
+            "data are unknown, so test-set overlap cannot be checked",
+            init_from,
+        )
         return out
     manifest = _read(parent.run_dir / runfiles.MANIFEST)
     metrics = _read(parent.run_dir / runfiles.METRICS)
     name = ((runfiles.read_resolved(parent.run_dir) or {}).get("config") or {}).get("optimized_metric")
-    out.update({
-        "parent_data_fingerprint": (manifest.get("data") or {}).get("fingerprint"),
-        "parent_commit": (manifest.get("git") or {}).get("commit"),
-        "parent_task": metrics.get("meta/task"),
-        "parent_optimized_metric": {"name": name, "value": metrics.get(name) if name else None},
-        "parent_status": runfiles.read_status(parent.run_dir).get("status"),
-    })
+    out.update(
+        {
+            "parent_data_fingerprint": (manifest.get("data") or {}).get("fingerprint"),
+            "parent_commit": (manifest.get("git") or {}).get("commit"),
+            "parent_task": metrics.get("meta/task"),
+            "parent_optimized_metric": {"name": name, "value": metrics.get(name) if name else None},
+            "parent_status": runfiles.read_status(parent.run_dir).get("status"),
+        }
+    )
     theirs = read_example_hashes(parent.run_dir)
     if theirs is None:
         out["parent_train_in_test"] = None
-        log.warning("model.init_from=%s: the parent run recorded no %s, so whether its training data holds this "
-                    "run's test examples cannot be checked", init_from, runfiles.EXAMPLE_HASHES)
+        log.warning(
+            "model.init_from=%s: the parent run recorded no %s, so whether its training data holds this "
+            "run's test examples cannot be checked",
+            init_from,
+            runfiles.EXAMPLE_HASHES,
+        )
         return out
     test = split_hashes({"test": splits["test"]})["test"]
     overlap = len(set(test) & set(theirs.get("train") or []))
     out["parent_train_in_test"] = overlap
     if overlap:
-        log.warning("model.init_from=%s: %d of this run's %d test examples were in the parent's training data: the "
-                    "parent saw them, so this run's test numbers are optimistic. Use the same split for both "
-                    "stages (dataset.split_seed, dataset.fractions, the same source).", init_from, overlap, len(test))
+        log.warning(
+            "model.init_from=%s: %d of this run's %d test examples were in the parent's training data: the "
+            "parent saw them, so this run's test numbers are optimistic. Use the same split for both "
+            "stages (dataset.split_seed, dataset.fractions, the same source).",
+            init_from,
+            overlap,
+            len(test),
+        )
     return out
 
 

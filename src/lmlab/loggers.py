@@ -42,17 +42,22 @@ def wandb_mode(mode: str | None = None) -> str:
     API key fails at once (wandb would prompt on a terminal and block forever)."""
     chosen = mode or os.environ.get("WANDB_MODE")
     if chosen and chosen not in WANDB_MODES:
-        raise LmlabError(f"W&B mode {chosen!r} (logger.wandb.mode or WANDB_MODE) is not one of "
-                         f"{list(WANDB_MODES[:3])}.")
+        raise LmlabError(
+            f"W&B mode {chosen!r} (logger.wandb.mode or WANDB_MODE) is not one of {list(WANDB_MODES[:3])}."
+        )
     if chosen in ("online", "shared") and not wandb_api_key_configured():
-        raise LmlabError(f"W&B mode {chosen!r} needs an API key, and none is configured: run `wandb login` (or set "
-                         f"WANDB_API_KEY), or log locally with logger.wandb.mode=offline and `wandb sync` later.")
+        raise LmlabError(
+            f"W&B mode {chosen!r} needs an API key, and none is configured: run `wandb login` (or set "
+            f"WANDB_API_KEY), or log locally with logger.wandb.mode=offline and `wandb sync` later."
+        )
     if chosen:
         return "offline" if chosen == "dryrun" else chosen
     if wandb_api_key_configured():
         return "online"
-    log.warning("W&B: no API key configured (WANDB_API_KEY or ~/.netrc) -> offline mode; the run is saved "
-                "locally, upload it later with `wandb sync <run dir>/wandb/offline-run-*`")
+    log.warning(
+        "W&B: no API key configured (WANDB_API_KEY or ~/.netrc) -> offline mode; the run is saved "
+        "locally, upload it later with `wandb sync <run dir>/wandb/offline-run-*`"
+    )
     return "offline"
 
 
@@ -69,17 +74,26 @@ def _hydra_names() -> tuple[str | None, str | None]:
     return name, group
 
 
-def wandb_logger(project: str = "lmlab", save_dir: str | None = None, name: str | None = None,
-                 group: str | None = None, tags: Sequence[str] | None = None, job_type: str = "train",
-                 log_model: bool | str = False, mode: str | None = None, **kwargs: Any) -> Any:
+def wandb_logger(
+    project: str = "lmlab",
+    save_dir: str | None = None,
+    name: str | None = None,
+    group: str | None = None,
+    tags: Sequence[str] | None = None,
+    job_type: str = "train",
+    log_model: bool | str = False,
+    mode: str | None = None,
+    **kwargs: Any,
+) -> Any:
     """A pytorch_lightning WandbLogger (the `_target_` of conf/logger/wandb.yaml)."""
     from pytorch_lightning.loggers import WandbLogger
 
     default_name, default_group = _hydra_names()
     resolved_mode = wandb_mode(mode)
     if resolved_mode != "online" and log_model:
-        log.warning("W&B: log_model=%s needs online mode (mode=%s); checkpoints are not uploaded", log_model,
-                    resolved_mode)
+        log.warning(
+            "W&B: log_model=%s needs online mode (mode=%s); checkpoints are not uploaded", log_model, resolved_mode
+        )
         log_model = False
     if save_dir:
         Path(save_dir).mkdir(parents=True, exist_ok=True)
@@ -88,17 +102,29 @@ def wandb_logger(project: str = "lmlab", save_dir: str | None = None, name: str 
 
         # A key but no network: fail after INIT_TIMEOUT_S with wandb's own message, not after 90 s.
         kwargs["settings"] = wandb.Settings(init_timeout=INIT_TIMEOUT_S)
-    logger = WandbLogger(project=project, save_dir=save_dir, name=name or default_name,
-                         group=group or default_group, tags=list(tags or []), job_type=job_type,
-                         log_model=log_model, mode=resolved_mode, **kwargs)
+    logger = WandbLogger(
+        project=project,
+        save_dir=save_dir,
+        name=name or default_name,
+        group=group or default_group,
+        tags=list(tags or []),
+        job_type=job_type,
+        log_model=log_model,
+        mode=resolved_mode,
+        **kwargs,
+    )
     # Lightning always passes anonymous=None to wandb.init, and wandb warns that the setting is deprecated.
     if "anonymous" not in kwargs:
         logger._wandb_init.pop("anonymous", None)
     return logger
 
 
-def finish_run(loggers: Sequence[Any], metrics: Mapping[str, Any], run_dir: Path,
-               files: Sequence[str] = ("metrics.json", "manifest.json")) -> None:
+def finish_run(
+    loggers: Sequence[Any],
+    metrics: Mapping[str, Any],
+    run_dir: Path,
+    files: Sequence[str] = ("metrics.json", "manifest.json"),
+) -> None:
     """Final metrics into each W&B run's summary, the run files attached, then the run finished (so the next
     job of a multirun starts its own run)."""
     from pytorch_lightning.loggers import WandbLogger
@@ -107,9 +133,15 @@ def finish_run(loggers: Sequence[Any], metrics: Mapping[str, Any], run_dir: Path
         if not isinstance(logger, WandbLogger):
             continue
         run = logger.experiment
-        run.summary.update({k: v for k, v in metrics.items()
-                            if isinstance(v, (int, float)) and not isinstance(v, bool)
-                            and not (isinstance(v, float) and math.isnan(v))})
+        run.summary.update(
+            {
+                k: v
+                for k, v in metrics.items()
+                if isinstance(v, (int, float))
+                and not isinstance(v, bool)
+                and not (isinstance(v, float) and math.isnan(v))
+            }
+        )
         for name in files:
             if (Path(run_dir) / name).is_file():
                 run.save(str(Path(run_dir) / name), base_path=str(run_dir), policy="now")

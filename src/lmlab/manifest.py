@@ -24,8 +24,18 @@ from lmlab.models.init_from import parent_path
 MANIFEST = runfiles.MANIFEST
 PIP_FREEZE = "pip_freeze.txt"
 GIT_DIFF = "git.diff"
-_PACKAGES = ("torch", "transformers", "pytorch-lightning", "lightning", "torchmetrics", "hydra-core", "omegaconf",
-             "wandb", "optuna", "lmlab")
+_PACKAGES = (
+    "torch",
+    "transformers",
+    "pytorch-lightning",
+    "lightning",
+    "torchmetrics",
+    "hydra-core",
+    "omegaconf",
+    "wandb",
+    "optuna",
+    "lmlab",
+)
 
 
 def _git(*args: str, cwd: Path) -> str | None:
@@ -98,12 +108,18 @@ def _cpu_model() -> str:
 def _hardware() -> dict[str, Any]:
     import torch
 
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() \
-        else []
-    return {"cpu": _cpu_model(), "cpu_count": os.cpu_count(),
-            "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-            "gpu": gpus, "gpu_count": len(gpus), "torch_threads": torch.get_num_threads(),
-            "platform": platform.platform()}
+    gpus = (
+        [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    )
+    return {
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "gpu": gpus,
+        "gpu_count": len(gpus),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+    }
 
 
 def _torch_deterministic() -> bool:
@@ -130,35 +146,44 @@ def write_start(run_dir: Path, cfg: DictConfig, datamodule: Any, trainer: Any, e
         (run_dir / GIT_DIFF).write_text(git["diff"])
     splits = getattr(datamodule, "splits", {}) or {}
     hashes = lineage.write_example_hashes(run_dir, splits) if splits else None
-    runfiles.write_json(run_dir / MANIFEST, {
-        "git": {"commit": git["commit"], "dirty": git["dirty"], "root": git["root"],
-                "diff_file": GIT_DIFF if git["dirty"] else None},
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "cwd": os.getcwd(),
-        "overrides": _overrides(),
-        "seed": cfg.get("seed"),
-        "versions": _versions(),
-        "pip_freeze_file": PIP_FREEZE,
-        "hardware": _hardware(),
-        "hostname": socket.gethostname(),
-        # What was asked for, and what torch actually enforces (Lightning turns it on for deterministic=True).
-        "deterministic": {"trainer": cfg.trainer.get("deterministic"),
-                          "torch_enforced": _torch_deterministic()},
-        "precision": str(getattr(trainer, "precision", cfg.trainer.get("precision"))),
-        "world_size": int(getattr(trainer, "world_size", 1)),
-        "effective_batch_size": effective_batch_size,
-        "data": {"fingerprint": getattr(datamodule, "data_fingerprint", None),
-                 "labels": list(getattr(datamodule, "labels", []) or []),
-                 "sizes": {name: len(split) for name, split in splits.items()},
-                 # exact and near-duplicate counts within/across splits (dataset.dedupe, near_duplicate_threshold)
-                 "duplicates": dict(getattr(datamodule, "duplicates", None) or {}),
-                 "example_hashes": hashes},
-        # model.init_from: the parent run, its data, commit and optimized_metric, test-set overlap (lmlab.lineage)
-        "lineage": lineage.lineage(parent_path(cfg.model.get("init_from"), cfg.get("seed")) if cfg.get("model")
-                                   else None, splits),
-        "start_time": runfiles.now(),
-        "end_time": None,
-    })
+    runfiles.write_json(
+        run_dir / MANIFEST,
+        {
+            "git": {
+                "commit": git["commit"],
+                "dirty": git["dirty"],
+                "root": git["root"],
+                "diff_file": GIT_DIFF if git["dirty"] else None,
+            },
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "cwd": os.getcwd(),
+            "overrides": _overrides(),
+            "seed": cfg.get("seed"),
+            "versions": _versions(),
+            "pip_freeze_file": PIP_FREEZE,
+            "hardware": _hardware(),
+            "hostname": socket.gethostname(),
+            # What was asked for, and what torch actually enforces (Lightning turns it on for deterministic=True).
+            "deterministic": {"trainer": cfg.trainer.get("deterministic"), "torch_enforced": _torch_deterministic()},
+            "precision": str(getattr(trainer, "precision", cfg.trainer.get("precision"))),
+            "world_size": int(getattr(trainer, "world_size", 1)),
+            "effective_batch_size": effective_batch_size,
+            "data": {
+                "fingerprint": getattr(datamodule, "data_fingerprint", None),
+                "labels": list(getattr(datamodule, "labels", []) or []),
+                "sizes": {name: len(split) for name, split in splits.items()},
+                # exact and near-duplicate counts within/across splits (dataset.dedupe, near_duplicate_threshold)
+                "duplicates": dict(getattr(datamodule, "duplicates", None) or {}),
+                "example_hashes": hashes,
+            },
+            # model.init_from: the parent run, its data, commit and optimized_metric, test-set overlap (lmlab.lineage)
+            "lineage": lineage.lineage(
+                parent_path(cfg.model.get("init_from"), cfg.get("seed")) if cfg.get("model") else None, splits
+            ),
+            "start_time": runfiles.now(),
+            "end_time": None,
+        },
+    )
 
 
 def write_end(run_dir: Path) -> None:

@@ -24,8 +24,10 @@ def find_layers(base_model: nn.Module) -> tuple[str, int]:
     for name, module in base_model.named_modules():
         if isinstance(module, nn.ModuleList) and len(module) == wanted:
             return name, len(module)
-    raise LmlabError(f"Could not find the {wanted} transformer layers of {type(base_model).__name__}; "
-                     f"layer-wise lr decay and freeze_layers need them.")
+    raise LmlabError(
+        f"Could not find the {wanted} transformer layers of {type(base_model).__name__}; "
+        f"layer-wise lr decay and freeze_layers need them."
+    )
 
 
 def layer_id(param_name: str, layers_prefix: str, num_layers: int) -> int:
@@ -36,8 +38,15 @@ def layer_id(param_name: str, layers_prefix: str, num_layers: int) -> int:
     return 0 if "embed" in param_name or param_name.startswith(("wte", "wpe")) else num_layers
 
 
-def param_groups(backbone: nn.Module, head: nn.Module, *, lr: float, weight_decay: float,
-                 layerwise_lr_decay: float | None = None, head_lr: float | None = None) -> list[dict[str, Any]]:
+def param_groups(
+    backbone: nn.Module,
+    head: nn.Module,
+    *,
+    lr: float,
+    weight_decay: float,
+    layerwise_lr_decay: float | None = None,
+    head_lr: float | None = None,
+) -> list[dict[str, Any]]:
     """Groups keyed by (lr, decay): 1-D tensors (biases, LayerNorm) get no weight decay."""
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     seen: set[int] = set()
@@ -59,15 +68,20 @@ def param_groups(backbone: nn.Module, head: nn.Module, *, lr: float, weight_deca
         add(param, lr * scale)
     for param in head.parameters():
         add(param, head_lr if head_lr is not None else lr)
-    return [{"params": params, "lr": group_lr, "weight_decay": decay}
-            for (group_lr, decay), params in groups.items()]
+    return [{"params": params, "lr": group_lr, "weight_decay": decay} for (group_lr, decay), params in groups.items()]
 
 
 def build_optimizer(backbone: nn.Module, head: nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
     """Instantiate `cfg['_target_']` with the parameter groups; other keys are the optimizer's arguments."""
     args = {k: v for k, v in cfg.items() if k not in GROUP_KEYS and k != "_target_"}
-    groups = param_groups(backbone, head, lr=args["lr"], weight_decay=args.get("weight_decay", 0.0),
-                          layerwise_lr_decay=cfg.get("layerwise_lr_decay"), head_lr=cfg.get("head_lr"))
+    groups = param_groups(
+        backbone,
+        head,
+        lr=args["lr"],
+        weight_decay=args.get("weight_decay", 0.0),
+        layerwise_lr_decay=cfg.get("layerwise_lr_decay"),
+        head_lr=cfg.get("head_lr"),
+    )
     if "betas" in args:
         args["betas"] = tuple(args["betas"])
     return get_class(cfg["_target_"])(groups, **args)
@@ -78,15 +92,17 @@ def warmup_steps(warmup: float | int, total_steps: int) -> int:
     return math.ceil(warmup * total_steps) if warmup < 1 else int(warmup)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any],
-                    total_steps: int) -> dict[str, Any] | None:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any], total_steps: int
+) -> dict[str, Any] | None:
     """The Lightning lr_scheduler dict: stepped every optimizer step (plateau: every validation)."""
     name = cfg.get("name", "none")
     if name == "none":
         return None
     if name == "plateau":
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode=cfg.get("mode", "min"), factor=cfg.get("factor", 0.5), patience=cfg.get("patience", 1))
+            optimizer, mode=cfg.get("mode", "min"), factor=cfg.get("factor", 0.5), patience=cfg.get("patience", 1)
+        )
         return {"scheduler": scheduler, "interval": "epoch", "monitor": cfg.get("monitor", "val/loss")}
     from transformers import get_scheduler
 
@@ -96,15 +112,18 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any],
     warmup = warmup_steps(cfg.get("warmup", 0), total_steps)
     if cfg.get("warmup", 0) >= 1 and warmup >= total_steps:
         # The lr would still be climbing when the run ends: the configured peak lr is never used.
-        raise LmlabError(f"scheduler.warmup={cfg.get('warmup')} is {warmup} warmup steps, but the whole run has "
-                         f"{total_steps} optimizer steps: the lr never reaches optimizer.lr. Use a fraction "
-                         f"(e.g. scheduler.warmup=0.1) or fewer than {total_steps} steps, or train longer.")
+        raise LmlabError(
+            f"scheduler.warmup={cfg.get('warmup')} is {warmup} warmup steps, but the whole run has "
+            f"{total_steps} optimizer steps: the lr never reaches optimizer.lr. Use a fraction "
+            f"(e.g. scheduler.warmup=0.1) or fewer than {total_steps} steps, or train longer."
+        )
     scheduler = get_scheduler(hf_names[name], optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
     return {"scheduler": scheduler, "interval": "step", "frequency": 1}
 
 
-def lightning_optimizers(backbone: nn.Module, head: nn.Module, optimizer: Mapping[str, Any],
-                         scheduler: Mapping[str, Any], total_steps: int) -> Any:
+def lightning_optimizers(
+    backbone: nn.Module, head: nn.Module, optimizer: Mapping[str, Any], scheduler: Mapping[str, Any], total_steps: int
+) -> Any:
     """What a LightningModule's `configure_optimizers` returns: the optimizer, with its step-wise scheduler."""
     built = build_optimizer(backbone, head, optimizer)
     schedule = build_scheduler(built, scheduler, total_steps)

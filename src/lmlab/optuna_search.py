@@ -85,8 +85,10 @@ def distribution(override: Any) -> Any:
         if isinstance(value.start, int) and isinstance(value.end, int):
             return d.IntDistribution(value.start, value.end, log=log_scale)
         return d.FloatDistribution(float(value.start), float(value.end), log=log_scale)
-    raise LmlabError(f"{where}: the Optuna search understands choice(...), range(...), interval(...) and "
-                     f"tag(log, interval(...)), not this sweep (glob?).")
+    raise LmlabError(
+        f"{where}: the Optuna search understands choice(...), range(...), interval(...) and "
+        f"tag(log, interval(...)), not this sweep (glob?)."
+    )
 
 
 def suggest(trial: Any, space: Mapping[str, tuple[str, Any]]) -> list[str]:
@@ -145,14 +147,18 @@ def pruner_config(pruner: Any) -> dict[str, Any] | None:
         return None
     if isinstance(pruner, str):
         if pruner not in PRUNERS:
-            raise LmlabError(f"hydra.sweeper.pruner={pruner!r} is not known: use one of {sorted(PRUNERS)}, none, or "
-                             f"a dict with _target_ (e.g. {{_target_: optuna.pruners.PercentilePruner, "
-                             f"percentile: 25.0}}).")
+            raise LmlabError(
+                f"hydra.sweeper.pruner={pruner!r} is not known: use one of {sorted(PRUNERS)}, none, or "
+                f"a dict with _target_ (e.g. {{_target_: optuna.pruners.PercentilePruner, "
+                f"percentile: 25.0}})."
+            )
         return {"_target_": PRUNERS[pruner]}
     config = dict(pruner)
     if "_target_" not in config:
-        raise LmlabError(f"hydra.sweeper.pruner={config} needs a _target_ (an optuna.pruners class) or a "
-                         f"shorthand: {sorted(PRUNERS)}.")
+        raise LmlabError(
+            f"hydra.sweeper.pruner={config} needs a _target_ (an optuna.pruners class) or a "
+            f"shorthand: {sorted(PRUNERS)}."
+        )
     return config
 
 
@@ -182,11 +188,14 @@ def open_study(storage: Any, study_name: str, direction: str, sampler: Any, prun
     """Create the study or load it (a continuation, or another worker); a direction that differs is refused."""
     import optuna
 
-    study = optuna.create_study(storage=storage, study_name=study_name, direction=direction, sampler=sampler,
-                                pruner=pruner, load_if_exists=True)
+    study = optuna.create_study(
+        storage=storage, study_name=study_name, direction=direction, sampler=sampler, pruner=pruner, load_if_exists=True
+    )
     if study.direction.name.lower() != direction:
-        raise LmlabError(f"the Optuna study {study_name!r} was created to {study.direction.name.lower()} and this "
-                         f"command asks to {direction} (another task or task.mode?): use a new hydra.sweep.dir.")
+        raise LmlabError(
+            f"the Optuna study {study_name!r} was created to {study.direction.name.lower()} and this "
+            f"command asks to {direction} (another task or task.mode?): use a new hydra.sweep.dir."
+        )
     return study
 
 
@@ -247,8 +256,12 @@ def load_trial(path: Path) -> tuple[Any, dict[str, Any]]:
     import optuna
 
     info = json.loads(Path(path).read_text())
-    study = optuna.load_study(study_name=info["study_name"], storage=open_storage(info["storage"]),
-                              sampler=optuna.samplers.RandomSampler(), pruner=build(info.get("pruner")))
+    study = optuna.load_study(
+        study_name=info["study_name"],
+        storage=open_storage(info["storage"]),
+        sampler=optuna.samplers.RandomSampler(),
+        pruner=build(info.get("pruner")),
+    )
     return optuna.trial.Trial(study, int(info["trial_id"])), info
 
 
@@ -268,8 +281,15 @@ def write_results(sweep_dir: Path, study: Any, extra: Mapping[str, Any]) -> dict
         best_info = {"best_trial": best.number, "best_params": dict(best.params), "best_value": best.value}
     except ValueError:  # no completed trial yet
         best_info = {"best_trial": None, "best_params": None, "best_value": None}
-    data = {"name": "optuna", "study_name": study.study_name, "direction": study.direction.name.lower(),
-            **best_info, "n_trials": len(study.get_trials(deepcopy=False)), "states": counts(study), **extra}
+    data = {
+        "name": "optuna",
+        "study_name": study.study_name,
+        "direction": study.direction.name.lower(),
+        **best_info,
+        "n_trials": len(study.get_trials(deepcopy=False)),
+        "states": counts(study),
+        **extra,
+    }
     path = Path(sweep_dir) / RESULTS
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     tmp.write_text(yaml.safe_dump(data, sort_keys=False))

@@ -43,6 +43,7 @@ from lmlab.cluster import Interrupted, RequeueExit
 
 log = logging.getLogger("lmlab.requeue")
 
+
 class RequeueLimitError(RuntimeError):
     """The job timed out once more than `max_num_timeout` allows."""
 
@@ -66,8 +67,10 @@ class Interrupts:
         if self.pending is not None or not self.in_fit:
             raise Interrupted(signum)  # a second signal, or nothing to checkpoint mid-way: stop now
         self.pending = signum
-        log.warning("got %s: saving the current position at the end of this batch (send it again to stop now)",
-                    signal.Signals(signum).name)
+        log.warning(
+            "got %s: saving the current position at the end of this batch (send it again to stop now)",
+            signal.Signals(signum).name,
+        )
 
     def install(self) -> None:
         """(Re)install the handlers; also at train start, after Lightning registered its own SIGTERM handler."""
@@ -107,8 +110,11 @@ def _fault(where: str, n: int) -> None:
 def _rng_states() -> dict[str, Any]:
     # Plain types and tensors only: checkpoints are loaded with torch.load(weights_only=True).
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    states: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate(),
-                              "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+    }
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
@@ -147,15 +153,21 @@ def wandb_resume_kwargs(run_dir: Path, logger_cfg: Any) -> dict[str, Any]:
     """Extra WandbLogger kwargs for a requeued attempt: the same run id online; offline runs cannot be resumed
     (wandb #2423), so a new offline run (same group, as configured) and a warning saying so."""
     status_path = Path(run_dir) / runfiles.STATUS
-    if "wandb" not in str(logger_cfg.get("_target_", "")).lower() or runfiles.resume_checkpoint(run_dir) is None \
-            or not status_path.exists():
+    if (
+        "wandb" not in str(logger_cfg.get("_target_", "")).lower()
+        or runfiles.resume_checkpoint(run_dir) is None
+        or not status_path.exists()
+    ):
         return {}
     previous = runfiles.read_json(status_path)
     if not previous.get("wandb_id"):
         return {}
     if previous.get("wandb_offline") or os.environ.get("WANDB_MODE") in ("offline", "disabled"):
-        log.warning("W&B: offline runs cannot be resumed (wandb #2423); this attempt logs a new offline run in "
-                    "the same group (previous attempt: %s)", previous["wandb_id"])
+        log.warning(
+            "W&B: offline runs cannot be resumed (wandb #2423); this attempt logs a new offline run in "
+            "the same group (previous attempt: %s)",
+            previous["wandb_id"],
+        )
         return {}
     return {"id": previous["wandb_id"], "resume": "allow"}
 
@@ -178,8 +190,11 @@ class RequeueOnSignal(pl.Callback):
         self._submitit = _submitit_handler(self._signum)
         if self._submitit is not None:
             signal.signal(self._signum, self._on_signal)
-            log.info("requeue: %s deferred to the next batch boundary (checkpoint %s)",
-                     signal.Signals(self._signum).name, requeue_checkpoint(self.run_dir))
+            log.info(
+                "requeue: %s deferred to the next batch boundary (checkpoint %s)",
+                signal.Signals(self._signum).name,
+                requeue_checkpoint(self.run_dir),
+            )
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if self._in_fit:
@@ -202,9 +217,16 @@ class RequeueOnSignal(pl.Callback):
                 raise RequeueLimitError(
                     f"the job timed out and its max_num_timeout requeues are used up; its state is saved in "
                     f"{resume}: resume it with ckpt_path={self.run_dir} (or raise hydra.launcher.timeout_min / "
-                    f"hydra.launcher.max_num_timeout)")
-            runfiles.update_status(self.run_dir, "requeued", reason="timeout" if timed_out else "preempted",
-                                   checkpoint=resume, requeues_left=countdown, **_wandb_run(trainer))
+                    f"hydra.launcher.max_num_timeout)"
+                )
+            runfiles.update_status(
+                self.run_dir,
+                "requeued",
+                reason="timeout" if timed_out else "preempted",
+                checkpoint=resume,
+                requeues_left=countdown,
+                **_wandb_run(trainer),
+            )
             try:
                 handler(self._signum, None)  # dumps the resubmission, `scontrol requeue`, sys.exit(-1)
             except SystemExit:
@@ -235,13 +257,21 @@ class RequeueOnSignal(pl.Callback):
             _set_rng_states(self._restore_rng)
             self._restore_rng = None
 
-    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
-                                batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         if trainer.state.fn == "fit":
             _fault("val", batch_idx)
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         _fault("step", trainer.global_step)
         interrupted = ACTIVE is not None and ACTIVE.pending is not None
         if self._submitit is None and ACTIVE is None:
@@ -251,8 +281,9 @@ class RequeueOnSignal(pl.Callback):
             trainer.save_checkpoint(requeue_checkpoint(self.run_dir))
             if self._pending and self._submitit is not None:
                 self._requeue(trainer)
-            raise Interrupted(ACTIVE.pending if ACTIVE and ACTIVE.pending else signal.SIGTERM,
-                              requeue_checkpoint(self.run_dir))
+            raise Interrupted(
+                ACTIVE.pending if ACTIVE and ACTIVE.pending else signal.SIGTERM, requeue_checkpoint(self.run_dir)
+            )
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._in_fit = False
@@ -262,14 +293,16 @@ class RequeueOnSignal(pl.Callback):
             raise Interrupted(ACTIVE.pending)
 
     # ---- what Lightning's checkpoint lacks
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                           checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         # `processed` counts this epoch's batches whose step is done, whichever hook saves (batch or epoch end).
         done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
         checkpoint["lmlab_resume"] = {"rng": _rng_states(), "epoch": trainer.current_epoch, "batches_done": done}
 
-    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                           checkpoint: dict[str, Any]) -> None:
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         state = checkpoint.get("lmlab_resume")
         if not state or trainer.state.fn != "fit":
             return

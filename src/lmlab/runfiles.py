@@ -33,7 +33,7 @@ EXPORT = "model"
 MANIFEST = "manifest.json"
 EXAMPLE_HASHES = "example_hashes.json"  # per-split content hashes of the examples (lmlab.lineage)
 RESOLVED = "resolved_config.json"  # the config as the run used it + its digest: what "the same job" means
-RESUME_CKPT = "resume.ckpt"        # the exact position where an interrupted attempt stopped
+RESUME_CKPT = "resume.ckpt"  # the exact position where an interrupted attempt stopped
 LAST_CKPT = "last.ckpt"
 LOCK = ".lock"
 HEARTBEAT_S = float(os.environ.get("LMLAB_HEARTBEAT_S", "30"))  # status.json `heartbeat` refresh interval
@@ -65,8 +65,10 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise LmlabError(f"no space left on {path.parent} (writing {path.name}): free some space, or write "
-                             f"runs elsewhere with paths.log_dir=<dir>.") from err
+            raise LmlabError(
+                f"no space left on {path.parent} (writing {path.name}): free some space, or write "
+                f"runs elsewhere with paths.log_dir=<dir>."
+            ) from err
         raise
 
 
@@ -96,9 +98,17 @@ def update_status(run_dir: Path, status: str | None, **fields: Any) -> dict[str,
     with _status_lock:
         current = read_status(run_dir) or {"attempts": 0}
         if status == "running":
-            current.update(attempts=current.get("attempts", 0) + 1, started=now(), ended=None, error=None,
-                           traceback_file=None, pid=os.getpid(), host=socket.gethostname(), heartbeat=now(),
-                           heartbeat_interval_s=HEARTBEAT_S)
+            current.update(
+                attempts=current.get("attempts", 0) + 1,
+                started=now(),
+                ended=None,
+                error=None,
+                traceback_file=None,
+                pid=os.getpid(),
+                host=socket.gethostname(),
+                heartbeat=now(),
+                heartbeat_interval_s=HEARTBEAT_S,
+            )
         elif status is not None:
             current["ended"] = now()
         if status is not None:
@@ -177,12 +187,23 @@ def lock_run_dir(run_dir: Path) -> IO[str]:
 # Keys that cannot change a result: where things are written, what is logged and shown, how data is fed. Two
 # runs whose resolved configs differ only here are the same job (tests/test_integrity.py lists why each is safe).
 NON_RESULT_KEYS = (
-    "paths", "logger", "tags", "task_name", "ckpt_path", "export_model",
-    "dataset.num_workers", "dataset.cache_dir",
-    "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps",
+    "paths",
+    "logger",
+    "tags",
+    "task_name",
+    "ckpt_path",
+    "export_model",
+    "dataset.num_workers",
+    "dataset.cache_dir",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.log_every_n_steps",
     "trainer.default_root_dir",
-    "callbacks.progress_bar", "callbacks.model_summary", "callbacks.lr_monitor",
-    "checkpoint_policy", "callbacks.model_checkpoint.policy",  # what is kept on disk, not what is learnt
+    "callbacks.progress_bar",
+    "callbacks.model_summary",
+    "callbacks.lr_monitor",
+    "checkpoint_policy",
+    "callbacks.model_checkpoint.policy",  # what is kept on disk, not what is learnt
 )
 
 
@@ -207,8 +228,11 @@ def result_config(cfg: Any) -> dict[str, Any]:
         if cfg.get("paths") is not None:
             cfg.paths.output_dir, cfg.paths.log_dir = "<run dir>", "<log dir>"
     flat = _flatten(OmegaConf.to_container(cfg, resolve=True))
-    return {k: json.loads(json.dumps(v, default=str)) for k, v in sorted(flat.items())
-            if not any(k == n or k.startswith(n + ".") for n in NON_RESULT_KEYS)}
+    return {
+        k: json.loads(json.dumps(v, default=str))
+        for k, v in sorted(flat.items())
+        if not any(k == n or k.startswith(n + ".") for n in NON_RESULT_KEYS)
+    }
 
 
 def digest(flat: Mapping[str, Any]) -> str:
@@ -219,7 +243,7 @@ def differing_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """`key: old -> new` for every key whose value differs: changed values first, then keys on one side only."""
     missing = "<unset>"
     keys = [k for k in sorted(set(old) | set(new)) if old.get(k, missing) != new.get(k, missing)]
-    keys.sort(key=lambda k: (k not in old or k not in new))
+    keys.sort(key=lambda k: k not in old or k not in new)
     return [f"{k}: {old.get(k, missing)!r} -> {new.get(k, missing)!r}" for k in keys]
 
 
@@ -250,13 +274,14 @@ def config_changes(run_dir: Path, config: Mapping[str, Any]) -> list[str] | None
 def holds_results(run_dir: Path) -> bool:
     """Whether a dir holds (part of) a run: its status, metrics or checkpoints."""
     run_dir = Path(run_dir)
-    return any((run_dir / name).exists() for name in (STATUS, METRICS, RESOLVED)) or \
-        any((run_dir / CHECKPOINTS).glob("*.ckpt"))
+    return any((run_dir / name).exists() for name in (STATUS, METRICS, RESOLVED)) or any(
+        (run_dir / CHECKPOINTS).glob("*.ckpt")
+    )
 
 
-def write_predictions(path: Path, ids: Sequence[str], labels: Sequence[str],
-                      rows: Sequence[Mapping[str, Any]]) -> None:
+def write_predictions(path: Path, ids: Sequence[str], labels: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> None:
     """test_predictions.csv: id, label, pred, score_<label>... (multi-label: labels joined by '|')."""
+
     def names(value: Any) -> str:
         if isinstance(value, list):  # multi-hot
             return "|".join(label for label, on in zip(labels, value) if on)
@@ -266,8 +291,9 @@ def write_predictions(path: Path, ids: Sequence[str], labels: Sequence[str],
         writer = csv.writer(out)
         writer.writerow(["id", "label", "pred", *[f"score_{label}" for label in labels]])
         for row in sorted(rows, key=lambda r: r["idx"]):
-            writer.writerow([ids[row["idx"]], names(row["label"]), names(row["pred"]),
-                             *[f"{s:.6f}" for s in row["scores"]]])
+            writer.writerow(
+                [ids[row["idx"]], names(row["label"]), names(row["pred"]), *[f"{s:.6f}" for s in row["scores"]]]
+            )
 
 
 def resume_checkpoint(run_dir: Path) -> Path | None:
@@ -307,12 +333,16 @@ def find_checkpoint(ckpt_path: str | Path, purpose: str) -> Path:
             best = read_json(path / METRICS).get("best/ckpt_path")
             found = path / best if best and (path / best).is_file() else None
         if found is None:
-            raise LmlabError(f"ckpt_path={str(ckpt_path)!r}: this run dir has no checkpoint ({path / CHECKPOINTS} "
-                             f"holds no {RESUME_CKPT} or {LAST_CKPT}). Give a .ckpt file or a run dir that has one.")
+            raise LmlabError(
+                f"ckpt_path={str(ckpt_path)!r}: this run dir has no checkpoint ({path / CHECKPOINTS} "
+                f"holds no {RESUME_CKPT} or {LAST_CKPT}). Give a .ckpt file or a run dir that has one."
+            )
         path = found
     if not path.is_file():
-        raise LmlabError(f"ckpt_path={str(ckpt_path)!r}: no checkpoint at {path}. Give a .ckpt file or a run dir "
-                         f"that has checkpoints/{LAST_CKPT}.")
+        raise LmlabError(
+            f"ckpt_path={str(ckpt_path)!r}: no checkpoint at {path}. Give a .ckpt file or a run dir "
+            f"that has checkpoints/{LAST_CKPT}."
+        )
     return path
 
 

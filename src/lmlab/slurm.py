@@ -42,7 +42,8 @@ def refuse_resource_sweeps(job_overrides: Sequence[Sequence[str]]) -> None:
         raise LmlabError(
             f"hydra/launcher=slurm requests one set of resources per multirun (an sbatch array), but this sweep "
             f"varies {detail}. Run one multirun per value, e.g. `python train.py -m hydra/launcher=slurm "
-            f"{next(iter(varying))}={next(iter(varying.values()))[0]} ...`.")
+            f"{next(iter(varying))}={next(iter(varying.values()))[0]} ...`."
+        )
 
 
 def _refresh_sweep_json(sweep_dir: Path) -> None:
@@ -64,8 +65,11 @@ class SlurmLauncher(_SubmititSlurmLauncher):
         from omegaconf import OmegaConf
 
         params = dict(self.params)
-        executor = submitit.AutoExecutor(folder=params.pop("submitit_folder"), cluster=self._EXECUTOR,
-                                         slurm_max_num_timeout=params.pop("max_num_timeout"))
+        executor = submitit.AutoExecutor(
+            folder=params.pop("submitit_folder"),
+            cluster=self._EXECUTOR,
+            slurm_max_num_timeout=params.pop("max_num_timeout"),
+        )
         base = set(OmegaConf.structured(BaseQueueConf).keys())
         executor.update_parameters(**{k if k in base else f"{self._EXECUTOR}_{k}": v for k, v in params.items()})
         return executor
@@ -109,15 +113,19 @@ class SlurmLauncher(_SubmititSlurmLauncher):
         numbered = [(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
         for num, overrides in numbered:
             log.info("\t#%d : %s", num, " ".join(filter_overrides(overrides)))
-        params = [(overrides, "hydra.sweep.dir", num, f"job_id_for_{num}", Singleton.get_state())
-                  for num, overrides in numbered]
+        params = [
+            (overrides, "hydra.sweep.dir", num, f"job_id_for_{num}", Singleton.get_state())
+            for num, overrides in numbered
+        ]
         try:
             jobs = executor.map_array(self, *zip(*params))
         except submitit.core.utils.FailedJobError as err:
             # submitit's message ends with sbatch's own ("Batch job submission failed: ...").
             message = str(err).strip().splitlines()
-            sbatch = next((line for line in reversed(message) if "sbatch" in line or "error" in line.lower()),
-                          message[-1] if message else "sbatch failed")
+            sbatch = next(
+                (line for line in reversed(message) if "sbatch" in line or "error" in line.lower()),
+                message[-1] if message else "sbatch failed",
+            )
             for num, overrides in numbered:
                 self._record_failure(overrides, num, f"SLURM refused the job at submit: {sbatch}")
             _refresh_sweep_json(sweep_dir)
@@ -136,8 +144,12 @@ class SlurmLauncher(_SubmititSlurmLauncher):
                 error = f"SLURM job {job.job_id} ended {state} without a result: {str(err).strip().splitlines()[0]}"
                 log.error("job #%d (%s): %s", num, " ".join(overrides), error)
                 self._record_failure(overrides, num, error)
-                ret = JobReturn(overrides=overrides, status=JobStatus.FAILED, _return_value=RuntimeError(error),
-                                task_name=str(self.config.hydra.job.name))
+                ret = JobReturn(
+                    overrides=overrides,
+                    status=JobStatus.FAILED,
+                    _return_value=RuntimeError(error),
+                    task_name=str(self.config.hydra.job.name),
+                )
                 ret.working_dir = str(self._job_dir(overrides, num) or "")
                 returns.append(ret)
         if any(ret.status == JobStatus.FAILED for ret in returns):

@@ -43,7 +43,7 @@ def job_dirname(override_dirname: str) -> str:
     name = re.sub(r"[^\w.,=+\-]", "_", override_dirname)
     if len(name) > MAX_DIRNAME:
         digest = hashlib.sha1(override_dirname.encode()).hexdigest()[:8]
-        name = f"{name[:MAX_DIRNAME - 9].rstrip('_,')}_{digest}"
+        name = f"{name[: MAX_DIRNAME - 9].rstrip('_,')}_{digest}"
     return name
 
 
@@ -78,12 +78,16 @@ def identity_mismatch(job_dir: Path, config: dict[str, Any], overrides: Sequence
 
 
 def mismatch_message(sweep_dir: Path, mismatched: dict[str, list[str]]) -> str:
-    lines = [f"{len(mismatched)} job dir(s) in {sweep_dir} hold runs of a different configuration than this "
-             f"command asks for; their results would be reused or mixed under the wrong label:"]
+    lines = [
+        f"{len(mismatched)} job dir(s) in {sweep_dir} hold runs of a different configuration than this "
+        f"command asks for; their results would be reused or mixed under the wrong label:"
+    ]
     for dirname, keys in list(mismatched.items())[:10]:
         lines.append(f"  {dirname}: " + "; ".join(keys[:8]) + (" ..." if len(keys) > 8 else ""))
-    lines.append("Choose: a new sweep dir (drop hydra.sweep.dir=..., or give another), or re-run these jobs with "
-                 "hydra.sweeper.resume=false (their old dirs are kept as <dir>.replaced-<time>).")
+    lines.append(
+        "Choose: a new sweep dir (drop hydra.sweep.dir=..., or give another), or re-run these jobs with "
+        "hydra.sweeper.resume=false (their old dirs are kept as <dir>.replaced-<time>)."
+    )
     return "\n".join(lines)
 
 
@@ -111,9 +115,11 @@ def check_fixed_config(sweep_dir: Path, config: dict[str, Any], what: str) -> No
     if recorded.get("digest") != runfiles.digest(config):
         keys = runfiles.differing_keys(recorded.get("config") or {}, config)
         raise runfiles.LmlabError(
-            f"{what} in {sweep_dir} was run with a different fixed configuration: " + "; ".join(keys[:10]) +
-            ". Its trials would mix two configurations. Use a new hydra.sweep.dir (a new study), or the same "
-            "settings as before.")
+            f"{what} in {sweep_dir} was run with a different fixed configuration: "
+            + "; ".join(keys[:10])
+            + ". Its trials would mix two configurations. Use a new hydra.sweep.dir (a new study), or the same "
+            "settings as before."
+        )
 
 
 def is_completed(job_dir: Path) -> bool:
@@ -193,18 +199,24 @@ def _upsert(data: dict[str, Any], dirname: str, overrides: Sequence[str], **fiel
     return entry
 
 
-def register_invocation(sweep_dir: Path, jobs: Sequence[tuple[str, Sequence[str]]], skipped: set[str],
-                        **info: Any) -> None:
+def register_invocation(
+    sweep_dir: Path, jobs: Sequence[tuple[str, Sequence[str]]], skipped: set[str], **info: Any
+) -> None:
     """Before launching: list every job of this invocation (so never-started ones show as `pending`) and
     record which were kept from an earlier run. `info` is stored with the invocation (an Optuna worker's id)."""
     with locked(sweep_dir):
         data = _load(sweep_dir)
         for dirname, overrides in jobs:
             _upsert(data, dirname, overrides, skipped=dirname in skipped)
-        data["invocations"].append({
-            "started": runfiles.now(), "command": " ".join(sys.argv),
-            "launched": [d for d, _ in jobs if d not in skipped], "skipped": sorted(skipped), **info,
-        })
+        data["invocations"].append(
+            {
+                "started": runfiles.now(),
+                "command": " ".join(sys.argv),
+                "launched": [d for d, _ in jobs if d not in skipped],
+                "skipped": sorted(skipped),
+                **info,
+            }
+        )
         _save(sweep_dir, data)
 
 
@@ -255,8 +267,12 @@ class SweepSummary(Callback):
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if _is_multirun(config):
-            record_job(Path(config.hydra.sweep.dir), Path(config.hydra.runtime.output_dir),
-                       list(config.hydra.overrides.task), status="running")
+            record_job(
+                Path(config.hydra.sweep.dir),
+                Path(config.hydra.runtime.output_dir),
+                list(config.hydra.overrides.task),
+                status="running",
+            )
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         from hydra.core.utils import JobStatus
@@ -264,8 +280,12 @@ class SweepSummary(Callback):
         failed = job_return.status != JobStatus.COMPLETED
         _finish_wandb(failed)
         if _is_multirun(config):
-            record_job(Path(config.hydra.sweep.dir), Path(config.hydra.runtime.output_dir),
-                       list(config.hydra.overrides.task), status="failed" if failed else "completed")
+            record_job(
+                Path(config.hydra.sweep.dir),
+                Path(config.hydra.runtime.output_dir),
+                list(config.hydra.overrides.task),
+                status="failed" if failed else "completed",
+            )
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)

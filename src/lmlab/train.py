@@ -37,8 +37,9 @@ def instantiate(node: Any, **kwargs: Any) -> Any:
             raise LmlabError(f"{err}: remove that key, or check its spelling.") from None
         if type(cause).__name__ == "MisconfigurationException":  # Lightning's word for a bad Trainer argument
             target = node.get("_target_", "") if hasattr(node, "get") else ""
-            raise LmlabError(f"{cause} (from {target}: check the trainer.* settings, e.g. trainer=cpu on a machine "
-                             f"without a GPU)") from None
+            raise LmlabError(
+                f"{cause} (from {target}: check the trainer.* settings, e.g. trainer=cpu on a machine without a GPU)"
+            ) from None
         raise
 
 
@@ -56,24 +57,33 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     model_cfg["init_from"] = parent_path(model_cfg.get("init_from"), cfg.get("seed"))  # {seed} -> this seed
     # After init_from: with a parent, the frozen base cannot be rebuilt from the config alone (peft keeps it all).
     model_cfg.update(peft_settings(cfg, task, model_cfg, optimizer))
-    model = task.build(datamodule, model_cfg, optimizer=optimizer,
-                       scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True))
+    model = task.build(
+        datamodule, model_cfg, optimizer=optimizer, scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True)
+    )
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     callbacks.append(RequeueOnSignal(cfg.paths.output_dir))  # RNG/epoch position in checkpoints; SLURM requeue
     callbacks.extend(optuna_pruning(task.monitor))  # an Optuna trial with hydra.sweeper.pruner on, else none
-    callbacks.append(RunInfo({"config": OmegaConf.to_container(cfg, resolve=True),
-                              "data_fingerprint": datamodule.data_fingerprint,
-                              "labels": list(getattr(datamodule, "labels", None) or []) or None}))
-    loggers = [instantiate(c, **wandb_resume_kwargs(cfg.paths.output_dir, c))
-               for c in (cfg.get("logger") or {}).values() if c and "_target_" in c]
+    callbacks.append(
+        RunInfo(
+            {
+                "config": OmegaConf.to_container(cfg, resolve=True),
+                "data_fingerprint": datamodule.data_fingerprint,
+                "labels": list(getattr(datamodule, "labels", None) or []) or None,
+            }
+        )
+    )
+    loggers = [
+        instantiate(c, **wandb_resume_kwargs(cfg.paths.output_dir, c))
+        for c in (cfg.get("logger") or {}).values()
+        if c and "_target_" in c
+    ]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **trainer_plugins(cfg.trainer))
     datamodule.setup("fit")  # the task may size the run from the data (task.max_tokens)
     task.configure_trainer(trainer, datamodule, effective_batch_size(cfg, trainer))
     return {"task": task, "datamodule": datamodule, "model": model, "trainer": trainer}
 
 
-def peft_settings(cfg: DictConfig, task: Any, model_cfg: dict[str, Any], optimizer: dict[str, Any]
-                  ) -> dict[str, Any]:
+def peft_settings(cfg: DictConfig, task: Any, model_cfg: dict[str, Any], optimizer: dict[str, Any]) -> dict[str, Any]:
     """`{"peft": ...}` for the task module when cfg.peft turns a method on (with the seed its frozen base is built
     from), else nothing: modules of runs without peft keep their hyperparameters as they were."""
     import inspect
@@ -85,8 +95,10 @@ def peft_settings(cfg: DictConfig, task: Any, model_cfg: dict[str, Any], optimiz
     if not adapters.enabled(peft_cfg):
         return {}
     if "peft" not in inspect.signature(task.module_class()).parameters:
-        raise LmlabError(f"peft={peft_cfg['method']} is not supported by task={task.name} (its module takes no "
-                         f"adapters); use it with task=classification or task=causal_lm, or peft=none.")
+        raise LmlabError(
+            f"peft={peft_cfg['method']} is not supported by task={task.name} (its module takes no "
+            f"adapters); use it with task=classification or task=causal_lm, or peft=none."
+        )
     # A base whose weights come from elsewhere (model.init_from, not a module hyperparameter) cannot be rebuilt from
     # the config: its checkpoints keep the frozen base too.
     return {"peft": {**peft_cfg, "base_seed": int(cfg.seed), "keep_base": bool(model_cfg.get("init_from"))}}
@@ -101,30 +113,40 @@ def check_resumable(ckpt: Path, datamodule: Any) -> None:
         return
     labels = info.get("labels")
     if labels is not None and list(labels) != list(getattr(datamodule, "labels", None) or []):
-        raise LmlabError(f"{ckpt} was trained with labels {labels} (in this order), but the data now gives "
-                         f"{list(datamodule.labels or [])}: the classifier's outputs would mean other classes. "
-                         f"Resume with the same data and dataset.labels (e.g. dataset.labels=[{','.join(labels)}]).")
+        raise LmlabError(
+            f"{ckpt} was trained with labels {labels} (in this order), but the data now gives "
+            f"{list(datamodule.labels or [])}: the classifier's outputs would mean other classes. "
+            f"Resume with the same data and dataset.labels (e.g. dataset.labels=[{','.join(labels)}])."
+        )
     if info.get("data_fingerprint"):
-        check_same_data(ckpt, info, datamodule, "Resume with the same dataset settings, or start a new run without "
-                                                "ckpt_path.")
+        check_same_data(
+            ckpt, info, datamodule, "Resume with the same dataset settings, or start a new run without ckpt_path."
+        )
 
 
 def check_same_data(ckpt: Path, info: dict[str, Any], datamodule: Any, fix: str = "") -> None:
     """The data split now must be the one the checkpoint was trained on (its fingerprint), for resume and eval."""
     if datamodule.data_fingerprint != info.get("data_fingerprint"):
-        raise LmlabError(f"The data differs from what {ckpt} was trained on (fingerprint {datamodule.data_fingerprint}"
-                         f" now, {info.get('data_fingerprint')} then): the source files or split settings changed."
-                         + (f" {fix}" if fix else ""))
+        raise LmlabError(
+            f"The data differs from what {ckpt} was trained on (fingerprint {datamodule.data_fingerprint}"
+            f" now, {info.get('data_fingerprint')} then): the source files or split settings changed."
+            + (f" {fix}" if fix else "")
+        )
 
 
 def check_finite(metrics: dict[str, Any], monitor: str) -> None:
     """A run whose selection or test numbers are NaN/inf is a failed run, never a completed one."""
     keys = [monitor, monitor.replace("val/", "test/", 1), "val/loss", "test/loss"]
-    bad = {k: metrics[k] for k in dict.fromkeys(keys)
-           if isinstance(metrics.get(k), float) and not math.isfinite(metrics[k])}
+    bad = {
+        k: metrics[k]
+        for k in dict.fromkeys(keys)
+        if isinstance(metrics.get(k), float) and not math.isfinite(metrics[k])
+    }
     if bad:
-        raise LmlabError(f"the final metrics are not finite ({', '.join(f'{k}={v}' for k, v in bad.items())}): "
-                         f"training diverged. Lower optimizer.lr (or add trainer.gradient_clip_val=1.0).")
+        raise LmlabError(
+            f"the final metrics are not finite ({', '.join(f'{k}={v}' for k, v in bad.items())}): "
+            f"training diverged. Lower optimizer.lr (or add trainer.gradient_clip_val=1.0)."
+        )
 
 
 def effective_batch_size(cfg: DictConfig, trainer: Any) -> int:
@@ -155,13 +177,23 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # Of the fit trainer: after DDP, the single-device eval trainer that replaces it has world size 1.
     global_batch = effective_batch_size(cfg, trainer)
     params = param_counts(model)  # comparisons can be matched on trainable parameters (peft=lora vs full)
-    log.info("parameters: %d trainable of %d (%.2f%%)", params["params/trainable"], params["params/total"],
-             100 * params["params/trainable"] / max(params["params/total"], 1))
+    log.info(
+        "parameters: %d trainable of %d (%.2f%%)",
+        params["params/trainable"],
+        params["params/total"],
+        100 * params["params/trainable"] / max(params["params/total"], 1),
+    )
     if trainer.is_global_zero:
         manifest.write_start(run_dir, cfg, datamodule, trainer, global_batch)
     for logger in trainer.loggers:
-        logger.log_hyperparams({**resolved, **params, "effective_batch_size": global_batch,
-                                "data_fingerprint": datamodule.data_fingerprint})
+        logger.log_hyperparams(
+            {
+                **resolved,
+                **params,
+                "effective_batch_size": global_batch,
+                "data_fingerprint": datamodule.data_fingerprint,
+            }
+        )
 
     # An earlier attempt of this same job (run_task checked: same config, unfinished) continues where it stopped,
     # in this dir; otherwise `ckpt_path=` resumes another run's checkpoint into this new dir.
@@ -196,11 +228,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     test = trainer.test(model, datamodule=datamodule, ckpt_path=best_path, verbose=False)[0]
     metrics: dict[str, Any] = task.meta()
     metrics.update(task.results(model, datamodule, {**val, **test}))
-    metrics.update({
-        "best/epoch": runfiles.checkpoint_meta(Path(best_path))[0] if best_path else fit_epoch,
-        "best/ckpt_path": os.path.relpath(best_path, run_dir) if best_path else None,
-        "effective_batch_size": global_batch, **params,
-    })
+    metrics.update(
+        {
+            "best/epoch": runfiles.checkpoint_meta(Path(best_path))[0] if best_path else fit_epoch,
+            "best/ckpt_path": os.path.relpath(best_path, run_dir) if best_path else None,
+            "effective_batch_size": global_batch,
+            **params,
+        }
+    )
     metrics.update(perf, **{"perf/peak_rss_mb": peak_rss_mb()})  # peak over the final eval too
     metrics["meta/config_digest"] = runfiles.digest(runfiles.result_config(cfg))
     check_finite(metrics, task.monitor)
@@ -209,9 +244,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         task.write_outputs(run_dir, model, datamodule, "test", trainer.loggers)
         if cfg.get("export_model"):
             model.export_pretrained(run_dir / runfiles.EXPORT)
-        log.info("%s=%.4f  test: %s  -> %s", task.monitor, metrics.get(task.monitor, math.nan),
-                 "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()
-                           if k.startswith("test/") and isinstance(v, float))[:300], run_dir / runfiles.METRICS)
+        log.info(
+            "%s=%.4f  test: %s  -> %s",
+            task.monitor,
+            metrics.get(task.monitor, math.nan),
+            "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith("test/") and isinstance(v, float))[
+                :300
+            ],
+            run_dir / runfiles.METRICS,
+        )
         manifest.write_end(run_dir)
         compact_run_dir(cfg, run_dir, best_path)
         metrics["perf/disk_bytes"] = sum(p.stat().st_size for p in run_dir.rglob("*") if p.is_file())
@@ -230,8 +271,11 @@ def start_from_weights(ckpt: Path, model: Any) -> bool:
     if "optimizer_states" in checkpoint:
         return False
     model.load_state_dict(checkpoint["state_dict"])
-    log.warning("%s holds weights but no optimizer state (checkpoint_policy=compact): training continues from these "
-                "weights with a fresh optimizer, lr schedule and epoch count", ckpt)
+    log.warning(
+        "%s holds weights but no optimizer state (checkpoint_policy=compact): training continues from these "
+        "weights with a fresh optimizer, lr schedule and epoch count",
+        ckpt,
+    )
     return True
 
 
@@ -241,8 +285,12 @@ def compact_run_dir(cfg: DictConfig, run_dir: Path, best_path: str | None) -> No
     from lmlab import runfiles
 
     last = run_dir / runfiles.CHECKPOINTS / runfiles.LAST_CKPT
-    if cfg.get("checkpoint_policy", "keep") == "compact" and best_path and last.is_file() \
-            and last.resolve() != Path(best_path).resolve():
+    if (
+        cfg.get("checkpoint_policy", "keep") == "compact"
+        and best_path
+        and last.is_file()
+        and last.resolve() != Path(best_path).resolve()
+    ):
         last.unlink()
 
 
@@ -257,14 +305,18 @@ def check_run_dir(run_dir: Path, config: dict[str, Any]) -> None:
     state = runfiles.effective_status(runfiles.read_status(run_dir))
     fix = "start it in a new dir (the default; or another hydra.run.dir / hydra.sweep.dir)"
     if state == "completed":
-        raise LmlabError(f"{run_dir} already holds a completed run (its metrics.json, checkpoints and status "
-                         f"would be overwritten): {fix}; to evaluate it, `python eval.py ckpt_path={run_dir}`.")
+        raise LmlabError(
+            f"{run_dir} already holds a completed run (its metrics.json, checkpoints and status "
+            f"would be overwritten): {fix}; to evaluate it, `python eval.py ckpt_path={run_dir}`."
+        )
     changes = runfiles.config_changes(run_dir, config)
     if changes is None:
         raise LmlabError(f"{run_dir} holds files of another run whose config is not recorded: {fix}.")
     if changes:
-        raise LmlabError(f"{run_dir} holds an unfinished run of a different configuration ({'; '.join(changes[:8])}): "
-                         f"{fix}; or resume that run with the same settings (`ckpt_path={run_dir}`).")
+        raise LmlabError(
+            f"{run_dir} holds an unfinished run of a different configuration ({'; '.join(changes[:8])}): "
+            f"{fix}; or resume that run with the same settings (`ckpt_path={run_dir}`)."
+        )
     log.info("%s holds an unfinished attempt of this run (status %s): continuing it there", run_dir, state)
 
 
@@ -276,8 +328,9 @@ def resume_command(run_dir: Path) -> str:
     from hydra.types import RunMode
 
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        return "re-issue the same command (the sweep skips completed jobs and resumes this one): " + \
-            " ".join(shlex.quote(a) for a in ["python", *sys.argv])
+        return "re-issue the same command (the sweep skips completed jobs and resumes this one): " + " ".join(
+            shlex.quote(a) for a in ["python", *sys.argv]
+        )
     args = [a for a in sys.argv[1:] if not a.lstrip("+").startswith("ckpt_path=")]
     return " ".join(shlex.quote(a) for a in ["python", Path(sys.argv[0]).name, *args, f"ckpt_path={run_dir}"])
 
@@ -287,11 +340,20 @@ def _record_interruption(run_dir: Path, err: Any) -> None:
     from lmlab import runfiles
 
     command = resume_command(run_dir)
-    runfiles.update_status(run_dir, "interrupted", signal=str(err), error=None,
-                           checkpoint=str(err.checkpoint or runfiles.resume_checkpoint(run_dir) or ""),
-                           resume=command)
-    log.error("interrupted by %s; %s. Resume with:\n  %s", err,
-              f"position saved in {err.checkpoint}" if err.checkpoint else "resumes from the last checkpoint", command)
+    runfiles.update_status(
+        run_dir,
+        "interrupted",
+        signal=str(err),
+        error=None,
+        checkpoint=str(err.checkpoint or runfiles.resume_checkpoint(run_dir) or ""),
+        resume=command,
+    )
+    log.error(
+        "interrupted by %s; %s. Resume with:\n  %s",
+        err,
+        f"position saved in {err.checkpoint}" if err.checkpoint else "resumes from the last checkpoint",
+        command,
+    )
     sys.exit(err.exit_code)
 
 
@@ -351,8 +413,9 @@ def run_task(task: Any, cfg: DictConfig) -> dict[str, Any] | None:
             message = str(err).splitlines()[0] if str(err) else type(err).__name__
             try:
                 (run_dir / runfiles.TRACEBACK).write_text(traceback.format_exc())
-                runfiles.update_status(run_dir, "failed", error=f"{type(err).__name__}: {message}",
-                                       traceback_file=runfiles.TRACEBACK)
+                runfiles.update_status(
+                    run_dir, "failed", error=f"{type(err).__name__}: {message}", traceback_file=runfiles.TRACEBACK
+                )
             except (OSError, LmlabError) as status_err:  # e.g. the disk is full: still say what went wrong
                 log.error("could not record the failure in %s: %s", run_dir, status_err)
             if isinstance(err, LmlabError) and single:

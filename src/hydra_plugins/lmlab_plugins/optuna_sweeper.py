@@ -38,9 +38,18 @@ def _quote(value: str) -> str:
 
 
 class OptunaSweeper(Sweeper):
-    def __init__(self, storage: str | None = None, study_name: str = "lmlab", direction: str = "maximize",
-                 n_trials: int = 20, n_jobs: int = 1, seeds_per_trial: int = 1, sampler: Any = None,
-                 pruner: Any = None, params: Any = None) -> None:
+    def __init__(
+        self,
+        storage: str | None = None,
+        study_name: str = "lmlab",
+        direction: str = "maximize",
+        n_trials: int = 20,
+        n_jobs: int = 1,
+        seeds_per_trial: int = 1,
+        sampler: Any = None,
+        pruner: Any = None,
+        params: Any = None,
+    ) -> None:
         self.storage_spec = None if storage is None else str(storage)
         self.study_name = str(study_name)
         self.direction = str(direction)
@@ -54,8 +63,9 @@ class OptunaSweeper(Sweeper):
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context = config, hydra_context
-        self.launcher = Plugins.instance().instantiate_launcher(config=config, hydra_context=hydra_context,
-                                                                task_function=task_function)
+        self.launcher = Plugins.instance().instantiate_launcher(
+            config=config, hydra_context=hydra_context, task_function=task_function
+        )
 
     # ------------------------------------------------------------ checks before any trial
 
@@ -80,20 +90,28 @@ class OptunaSweeper(Sweeper):
         from lmlab.config import LmlabError
 
         if self.n_trials < 1 or self.n_jobs < 1 or self.seeds_per_trial < 1:
-            raise LmlabError(f"hydra.sweeper.n_trials={self.n_trials}, n_jobs={self.n_jobs} and seeds_per_trial="
-                             f"{self.seeds_per_trial} must all be >= 1.")
+            raise LmlabError(
+                f"hydra.sweeper.n_trials={self.n_trials}, n_jobs={self.n_jobs} and seeds_per_trial="
+                f"{self.seeds_per_trial} must all be >= 1."
+            )
         if not space:
-            raise LmlabError("the Optuna search has nothing to search: give hydra.sweeper.params or a sweep "
-                             "override such as 'optimizer.lr=tag(log, interval(1e-5, 1e-3))'.")
+            raise LmlabError(
+                "the Optuna search has nothing to search: give hydra.sweeper.params or a sweep "
+                "override such as 'optimizer.lr=tag(log, interval(1e-5, 1e-3))'."
+            )
         pruning = optuna_search.pruner_config(self.pruner_spec) is not None
         if pruning and optuna_search.storage_kind(self.storage_spec) == "memory":
-            raise LmlabError("hydra.sweeper.pruner needs a storage the jobs can reach (they report each epoch to "
-                             "their trial through it): set hydra.sweeper.storage to a journal file or an RDB URL "
-                             "(the default is <sweep dir>/optuna.journal), not null.")
+            raise LmlabError(
+                "hydra.sweeper.pruner needs a storage the jobs can reach (they report each epoch to "
+                "their trial through it): set hydra.sweeper.storage to a journal file or an RDB URL "
+                "(the default is <sweep dir>/optuna.journal), not null."
+            )
         if pruning and self.seeds_per_trial > 1:
-            raise LmlabError(f"hydra.sweeper.pruner with seeds_per_trial={self.seeds_per_trial} is not supported: a "
-                             f"trial's {self.seeds_per_trial} seed runs would report the same epochs to one Optuna "
-                             f"trial. Use seeds_per_trial=1 with pruning, or pruner=none with several seeds.")
+            raise LmlabError(
+                f"hydra.sweeper.pruner with seeds_per_trial={self.seeds_per_trial} is not supported: a "
+                f"trial's {self.seeds_per_trial} seed runs would report the same epochs to one Optuna "
+                f"trial. Use seeds_per_trial=1 with pruning, or pruner=none with several seeds."
+            )
         if self.seeds_per_trial > 1 and "seed" in space:
             raise LmlabError("seed is searched and seeds_per_trial > 1 sets it too: use one of the two.")
 
@@ -118,21 +136,31 @@ class OptunaSweeper(Sweeper):
         if self.seeds_per_trial > 1:  # each job gets its own seed=<s>; the command's seed is the first of them
             fixed = [f for f in fixed if f.split("=", 1)[0].lstrip("+~") != "seed"]
         # A continued study or a second worker must search over the same fixed config.
-        sweep.check_fixed_config(sweep_dir, self._fixed_config(fixed, set(space)),
-                                 f"The Optuna study {self.study_name!r}")
+        sweep.check_fixed_config(
+            sweep_dir, self._fixed_config(fixed, set(space)), f"The Optuna study {self.study_name!r}"
+        )
         pruner = optuna_search.pruner_config(self.pruner_spec)
         if optuna_search.storage_kind(self.storage_spec) == "journal":  # jobs (other cwd, other node) read it too
             self.storage_spec = str(Path(str(self.storage_spec)).expanduser().absolute())
         # Under the workers' lock: RDBStorage creates the schema with `create_all`, which two workers starting at
         # once on a new SQLite file race on ("table study_directions already exists"), and create_study too.
         with sweep.locked(sweep_dir, sweep.OPTUNA_LOCK):
-            study = optuna_search.open_study(optuna_search.open_storage(self.storage_spec), self.study_name,
-                                             self.direction, optuna_search.sampler_for(self.sampler_config, None),
-                                             optuna_search.build(pruner))
+            study = optuna_search.open_study(
+                optuna_search.open_storage(self.storage_spec),
+                self.study_name,
+                self.direction,
+                optuna_search.sampler_for(self.sampler_config, None),
+                optuna_search.build(pruner),
+            )
         existing = len(study.get_trials(deepcopy=False))
         if existing:
-            log.info("continuing Optuna study %r (%d trials so far) in %s; n_trials=%d is the study's total",
-                     self.study_name, existing, self.storage_spec, self.n_trials)
+            log.info(
+                "continuing Optuna study %r (%d trials so far) in %s; n_trials=%d is the study's total",
+                self.study_name,
+                existing,
+                self.storage_spec,
+                self.n_trials,
+            )
         worker = optuna_search.worker_id()
         sweep.register_invocation(sweep_dir, [], set(), worker=worker, optuna_study=self.study_name)
         launched = 0
@@ -143,19 +171,30 @@ class OptunaSweeper(Sweeper):
                 batch = [self._ask(study, space, sweep_dir, pruner, worker) for _ in range(max(todo, 0))]
             if not batch:
                 break
-            jobs = [(trial, seed, [*fixed, *overrides, *hydra]) for trial, runs in batch
-                    for seed, overrides, hydra in runs]
-            sweep.add_launched(sweep_dir, worker, [str(self._job_dir(sweep_dir, t.number, s).relative_to(sweep_dir))
-                                                   for t, s, _ in jobs])
+            jobs = [
+                (trial, seed, [*fixed, *overrides, *hydra]) for trial, runs in batch for seed, overrides, hydra in runs
+            ]
+            sweep.add_launched(
+                sweep_dir,
+                worker,
+                [str(self._job_dir(sweep_dir, t.number, s).relative_to(sweep_dir)) for t, s, _ in jobs],
+            )
             returns = self.launcher.launch([ov for _, _, ov in jobs], initial_job_idx=launched)
             launched += len(jobs)
             for trial, _runs in batch:
                 mine = [(s, r) for (t, s, _), r in zip(jobs, returns) if t.number == trial.number]
                 self._tell(study, trial, mine, sweep_dir)
-        data = optuna_search.write_results(sweep_dir, study, {"storage": self.storage_spec,
-                                                              "seeds_per_trial": self.seeds_per_trial})
-        log.info("Optuna study %r: %s; best value %s (trial %s) %s", self.study_name, data["states"],
-                 data["best_value"], data["best_trial"], data["best_params"])
+        data = optuna_search.write_results(
+            sweep_dir, study, {"storage": self.storage_spec, "seeds_per_trial": self.seeds_per_trial}
+        )
+        log.info(
+            "Optuna study %r: %s; best value %s (trial %s) %s",
+            self.study_name,
+            data["states"],
+            data["best_value"],
+            data["best_trial"],
+            data["best_params"],
+        )
 
     def _seeds(self) -> list[int | None]:
         if self.seeds_per_trial == 1:
@@ -167,8 +206,9 @@ class OptunaSweeper(Sweeper):
     def _job_dir(sweep_dir: Path, number: int, seed: int | None) -> Path:
         return sweep_dir / f"trial_{number}" / ("" if seed is None else f"seed={seed}")
 
-    def _ask(self, study: Any, space: dict[str, Any], sweep_dir: Path, pruner: dict[str, Any] | None,
-             worker: dict[str, Any]) -> tuple[Any, list[tuple[int | None, list[str], list[str]]]]:
+    def _ask(
+        self, study: Any, space: dict[str, Any], sweep_dir: Path, pruner: dict[str, Any] | None, worker: dict[str, Any]
+    ) -> tuple[Any, list[tuple[int | None, list[str], list[str]]]]:
         """A new trial and its jobs (seed, overrides, hydra overrides)."""
         from lmlab import optuna_search
 
@@ -177,8 +217,15 @@ class OptunaSweeper(Sweeper):
         # Its own seed: the same trial number draws the same point whatever ran before or beside it.
         study.sampler = optuna_search.sampler_for(self.sampler_config, trial.number)
         overrides = optuna_search.suggest(trial, space)
-        info = {"study_name": self.study_name, "storage": self.storage_spec, "trial_id": trial._trial_id,
-                "number": trial.number, "params": trial.params, "pruner": pruner, "worker": worker}
+        info = {
+            "study_name": self.study_name,
+            "storage": self.storage_spec,
+            "trial_id": trial._trial_id,
+            "number": trial.number,
+            "params": trial.params,
+            "pruner": pruner,
+            "worker": worker,
+        }
         trial_file = optuna_search.write_trial_file(sweep_dir / f"trial_{trial.number}", info)
         runs = []
         for seed in self._seeds():
@@ -190,8 +237,7 @@ class OptunaSweeper(Sweeper):
         log.info("trial %d: %s", trial.number, " ".join(overrides))
         return trial, runs
 
-    def _tell(self, study: Any, trial: Any, returns: Sequence[tuple[int | None, JobReturn]],
-              sweep_dir: Path) -> None:
+    def _tell(self, study: Any, trial: Any, returns: Sequence[tuple[int | None, JobReturn]], sweep_dir: Path) -> None:
         from optuna.trial import TrialState
 
         from lmlab import optuna_search, runfiles

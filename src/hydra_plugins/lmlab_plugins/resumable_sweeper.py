@@ -44,16 +44,20 @@ class _SkipCompleted:
         return getattr(self.launcher, name)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        done = {i: self.sweeper.completed_return(ov) for i, ov in enumerate(job_overrides)
-                if self.sweeper.job_dirs.get(tuple(ov)) in self.sweeper.skipped}
+        done = {
+            i: self.sweeper.completed_return(ov)
+            for i, ov in enumerate(job_overrides)
+            if self.sweeper.job_dirs.get(tuple(ov)) in self.sweeper.skipped
+        }
         todo = [ov for i, ov in enumerate(job_overrides) if i not in done]
         launched = iter(self.launcher.launch(todo, initial_job_idx=initial_job_idx) if todo else [])
         return [done[i] if i in done else next(launched) for i in range(len(job_overrides))]
 
 
 class ResumableSweeper(BasicSweeper):
-    def __init__(self, max_batch_size: int | None = None, params: dict[str, str] | None = None,
-                 resume: bool = True) -> None:
+    def __init__(
+        self, max_batch_size: int | None = None, params: dict[str, str] | None = None, resume: bool = True
+    ) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.resume = resume
         self.job_dirs: dict[tuple[str, ...], str] = {}
@@ -68,8 +72,9 @@ class ResumableSweeper(BasicSweeper):
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         parsed = parser.parse_overrides([*self._parse_config(), *arguments])
         jobs = [job for batch in self.split_arguments(parsed, None) for job in batch]
-        varying = {o.key_or_group for o in parsed if o.is_sweep_override()
-                   and len({v for v in o.sweep_string_iterator()}) > 1}
+        varying = {
+            o.key_or_group for o in parsed if o.is_sweep_override() and len({v for v in o.sweep_string_iterator()}) > 1
+        }
         constant = sorted({o.key_or_group for o in parsed} - varying) if varying else []
         return jobs, constant
 
@@ -108,19 +113,25 @@ class ResumableSweeper(BasicSweeper):
         subdir = str(OmegaConf.to_container(self.config.hydra.sweep, resolve=False)["subdir"])
         by_number = "job.num" in subdir or "job.id" in subdir
         if by_number and self.resume:
-            log.warning("hydra.sweep.subdir=%s names job dirs by number: completed jobs are not skipped "
-                        "(numbers shift between invocations); use the default subdir to resume", subdir)
+            log.warning(
+                "hydra.sweep.subdir=%s names job dirs by number: completed jobs are not skipped "
+                "(numbers shift between invocations); use the default subdir to resume",
+                subdir,
+            )
         entries, configs = [], {}
         for idx, overrides in enumerate(jobs):
             job_dir, configs[idx] = self._job_dir(overrides, idx)
             dirname = str(job_dir.absolute().relative_to(sweep_dir.absolute()))
             if dirname in {d for d, _ in entries}:
-                raise ValueError(f"two jobs of this sweep map to the same dir {dirname!r} "
-                                 f"(hydra.sweep.subdir={subdir}); include the varying keys in the subdir")
+                raise ValueError(
+                    f"two jobs of this sweep map to the same dir {dirname!r} "
+                    f"(hydra.sweep.subdir={subdir}); include the varying keys in the subdir"
+                )
             self.job_dirs[tuple(overrides)] = dirname
             entries.append((dirname, overrides))
-        mismatched = {d: sweep.identity_mismatch(sweep_dir / d, configs[i], entries[i][1])
-                      for i, (d, _) in enumerate(entries)}
+        mismatched = {
+            d: sweep.identity_mismatch(sweep_dir / d, configs[i], entries[i][1]) for i, (d, _) in enumerate(entries)
+        }
         mismatched = {d: keys for d, keys in mismatched.items() if keys}
         if mismatched and self.resume and not by_number:
             log.error("%s", sweep.mismatch_message(sweep_dir, mismatched))
@@ -130,7 +141,12 @@ class ResumableSweeper(BasicSweeper):
         if self.resume and not by_number:
             self.skipped = {d for d, _ in entries if sweep.is_completed(sweep_dir / d)}
         if self.skipped:
-            log.info("resuming %s: %d of %d jobs already completed, launching %d", sweep_dir,
-                     len(self.skipped), len(entries), len(entries) - len(self.skipped))
+            log.info(
+                "resuming %s: %d of %d jobs already completed, launching %d",
+                sweep_dir,
+                len(self.skipped),
+                len(entries),
+                len(entries) - len(self.skipped),
+            )
         sweep.register_invocation(sweep_dir, entries, self.skipped)
         return super().sweep(arguments)

@@ -58,8 +58,16 @@ class ResumableCheckpoint(ModelCheckpoint):
         if old is None or self.dirpath is None or Path(old) == Path(self.dirpath):
             return super().load_state_dict(state_dict)
         if self.monitor is None:  # last.ckpt: nothing to keep, it is rewritten at the next epoch end
-            return super().load_state_dict({**state_dict, "dirpath": str(self.dirpath), "best_model_path": "",
-                                            "best_k_models": {}, "kth_best_model_path": "", "last_model_path": ""})
+            return super().load_state_dict(
+                {
+                    **state_dict,
+                    "dirpath": str(self.dirpath),
+                    "best_model_path": "",
+                    "best_k_models": {},
+                    "kth_best_model_path": "",
+                    "last_model_path": "",
+                }
+            )
         new_dir = Path(self.dirpath)
         new_dir.mkdir(parents=True, exist_ok=True)
 
@@ -78,6 +86,11 @@ class ResumableCheckpoint(ModelCheckpoint):
             state[key] = moved(state_dict.get(key)) or ""
         state["last_model_path"] = ""
         if state["best_model_path"]:
-            log.info("resumed into %s: kept the earlier best checkpoint (%s = %s), copied from %s", new_dir,
-                     self.monitor, state_dict.get("best_model_score"), old)
+            log.info(
+                "resumed into %s: kept the earlier best checkpoint (%s = %s), copied from %s",
+                new_dir,
+                self.monitor,
+                state_dict.get("best_model_score"),
+                old,
+            )
         super().load_state_dict(state)

@@ -39,11 +39,13 @@ class NonFiniteLoss(pl.Callback):
             raise LmlabError(
                 f"the training loss is {float(loss.detach().float().mean())} at {where}: training diverged (lr now "
                 f"{lr:g}). Lower optimizer.lr, add trainer.gradient_clip_val=1.0, or skip such batches with "
-                f"callbacks.nonfinite_loss.action=skip.")
+                f"callbacks.nonfinite_loss.action=skip."
+            )
         self._bad = True
 
-    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                                 optimizer: torch.optim.Optimizer) -> None:
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
         if not self._bad:
             self._in_a_row = 0
             return
@@ -56,5 +58,7 @@ class NonFiniteLoss(pl.Callback):
         log.warning("non-finite loss at step %d: update skipped (%d so far)", trainer.global_step, self.skipped)
         pl_module.log("train/skipped_batches", float(self.skipped), on_step=True, on_epoch=False)
         if self._in_a_row >= self.max_skips:
-            raise LmlabError(f"{self._in_a_row} batches in a row had a non-finite loss (all skipped): training has "
-                             f"diverged. Lower optimizer.lr or add trainer.gradient_clip_val=1.0.")
+            raise LmlabError(
+                f"{self._in_a_row} batches in a row had a non-finite loss (all skipped): training has "
+                f"diverged. Lower optimizer.lr or add trainer.gradient_clip_val=1.0."
+            )

@@ -36,8 +36,12 @@ class OptunaPruning(pl.Callback):
             from lmlab.optuna_search import load_trial
 
             self._trial, info = load_trial(self.trial_file)
-            log.info("Optuna trial %d: reporting %s each epoch to the %s pruner", info["number"], self.monitor,
-                     (info.get("pruner") or {}).get("_target_", "?").rsplit(".", 1)[-1])
+            log.info(
+                "Optuna trial %d: reporting %s each epoch to the %s pruner",
+                info["number"],
+                self.monitor,
+                (info.get("pruner") or {}).get("_target_", "?").rsplit(".", 1)[-1],
+            )
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":  # not the final validate() of the best weights
@@ -46,8 +50,10 @@ class OptunaPruning(pl.Callback):
         if trainer.is_global_zero:
             metric = trainer.callback_metrics.get(self.monitor)
             if metric is None:
-                raise LmlabError(f"pruning needs the task's monitor {self.monitor!r} after each validation, but it "
-                                 f"was not logged (logged: {sorted(trainer.callback_metrics)}).")
+                raise LmlabError(
+                    f"pruning needs the task's monitor {self.monitor!r} after each validation, but it "
+                    f"was not logged (logged: {sorted(trainer.callback_metrics)})."
+                )
             value = float(metric)
             # A NaN report would be ignored by the pruner; NonFiniteLoss / check_finite fail such runs anyway.
             if math.isfinite(value):

@@ -16,6 +16,7 @@ class RunInfo(Callback):
     def __init__(self, info: Mapping[str, Any]) -> None:
         self.info = dict(info)
 
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                           checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         checkpoint["lmlab"] = self.info

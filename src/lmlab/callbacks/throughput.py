@@ -23,8 +23,14 @@ from lmlab.utils import job_age_s, process_age_s  # noqa: F401 - process_age_s: 
 
 log = logging.getLogger(__name__)
 
-_COMPUTE_DTYPE = {"bf16-mixed": torch.bfloat16, "bf16-true": torch.bfloat16, "16-mixed": torch.float16,
-                  "16-true": torch.float16, "32-true": torch.float32, "64-true": torch.float64}
+_COMPUTE_DTYPE = {
+    "bf16-mixed": torch.bfloat16,
+    "bf16-true": torch.bfloat16,
+    "16-mixed": torch.float16,
+    "16-true": torch.float16,
+    "32-true": torch.float32,
+    "64-true": torch.float64,
+}
 
 
 def peak_rss_mb() -> float:
@@ -127,16 +133,20 @@ class Throughput(Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Logged here, not at the first batch: a line printed while the rich progress bar is live breaks it.
         if self.first_batch_s is not None:
-            log.info("first training batch %.1f s after the job started (process CPU %.1f s)", self.first_batch_s,
-                     self.first_batch_cpu_s)
+            log.info(
+                "first training batch %.1f s after the job started (process CPU %.1f s)",
+                self.first_batch_s,
+                self.first_batch_cpu_s,
+            )
 
     # ---- validation time is not training time
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.state.fn == TrainerFn.FITTING and self.last_end is not None and self.paused_at is None:
             self.paused_at = self._now()
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if self.first_batch_s is None:
             self.first_batch_s = job_age_s()
             usage = resource.getrusage(resource.RUSAGE_SELF)  # CPU time: comparable on a busy machine
@@ -149,8 +159,9 @@ class Throughput(Callback):
         self.pending[1] += int(mask.numel())
         self.real = self.real + mask.sum()
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if trainer.global_step == self.last_global_step:
             return  # gradient accumulation: the optimizer step is not finished yet
         self.last_global_step = trainer.global_step
@@ -174,8 +185,14 @@ class Throughput(Callback):
 
     def _mark(self, now: float) -> dict[str, Any]:
         real = self.real.clone() if isinstance(self.real, torch.Tensor) else self.real
-        return {"t": now - self.excluded, "steps": self.steps, "samples": self.samples, "padded": self.padded,
-                "real": real, "seq_len_sum": self.seq_len_sum}
+        return {
+            "t": now - self.excluded,
+            "steps": self.steps,
+            "samples": self.samples,
+            "padded": self.padded,
+            "real": real,
+            "seq_len_sum": self.seq_len_sum,
+        }
 
     def _rates(self, start: dict[str, Any], end: dict[str, Any], prefix: str) -> dict[str, float]:
         seconds = end["t"] - start["t"]
@@ -199,12 +216,17 @@ class Throughput(Callback):
 
     def summary(self) -> dict[str, Any]:
         """The run's training throughput for metrics.json (null values when too few steps were timed)."""
-        out: dict[str, Any] = {"perf/attn_implementation": self.attn_implementation,
-                               "perf/time_to_first_batch_s": self.first_batch_s}
+        out: dict[str, Any] = {
+            "perf/attn_implementation": self.attn_implementation,
+            "perf/time_to_first_batch_s": self.first_batch_s,
+        }
         keys = ("samples_per_sec", "tokens_per_sec", "pad_fraction", "step_time_s")
         if self.warm is None or self.last_end is None or self.steps <= self.warmup_steps:
-            log.warning("perf/train_* throughput needs more than %d training steps; this run had %d",
-                        self.warmup_steps, self.steps)
+            log.warning(
+                "perf/train_* throughput needs more than %d training steps; this run had %d",
+                self.warmup_steps,
+                self.steps,
+            )
             out.update({f"perf/train_{k}": None for k in keys})
         else:
             # `excluded` only grows when training resumes, so a validation after the last step is not in it.

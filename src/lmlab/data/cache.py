@@ -109,8 +109,7 @@ def cache_key(*, data_fingerprint: str, tokenizer: Any, max_length: int, options
         options_blob = json.dumps(options, sort_keys=True)
     except TypeError as e:
         raise TypeError(
-            f"cache_key options must be JSON-serialisable (str/int/float/bool/None/list/dict); "
-            f"got {options!r}: {e}"
+            f"cache_key options must be JSON-serialisable (str/int/float/bool/None/list/dict); got {options!r}: {e}"
         ) from e
     payload = {
         "format": FORMAT_VERSION,
@@ -164,9 +163,7 @@ def _is_sequence_value(v: Any) -> bool:
 
 def _to_arrays(columns: dict[str, Sequence]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     if not isinstance(columns, dict) or not columns:
-        raise TypeError(
-            f"build() must return a non-empty dict of column name -> list, got {type(columns).__name__}."
-        )
+        raise TypeError(f"build() must return a non-empty dict of column name -> list, got {type(columns).__name__}.")
     sizes = {name: len(col) for name, col in columns.items()}
     if len(set(sizes.values())) != 1:
         raise ValueError(
@@ -312,7 +309,5 @@ def load_or_build(
             cols = _read(path, key)
         finally:
             fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
-    logger.info(
-        "tokenization cache miss key=%s path=%s (built in %.2fs)", key, path, time.perf_counter() - t0
-    )
+    logger.info("tokenization cache miss key=%s path=%s (built in %.2fs)", key, path, time.perf_counter() - t0)
     return cols, False

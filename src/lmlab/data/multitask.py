@@ -54,8 +54,15 @@ def largest_remainder(total: int, shares: Sequence[float]) -> list[int]:
 class SubtaskBatchSampler(Sampler):
     """Yields `(sub-task index, example indices)` for each batch of an epoch (see the module docstring)."""
 
-    def __init__(self, sizes: Sequence[int], batch_sizes: Sequence[int], strategy: str = "proportional",
-                 temperature: float = 1.0, epoch_batches: int | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        batch_sizes: Sequence[int],
+        strategy: str = "proportional",
+        temperature: float = 1.0,
+        epoch_batches: int | None = None,
+        seed: int = 0,
+    ) -> None:
         check_sampling(strategy, temperature, epoch_batches)
         self.sizes, self.batch_sizes = [int(n) for n in sizes], [int(b) for b in batch_sizes]
         self.strategy, self.temperature, self.seed = strategy, float(temperature), int(seed)
@@ -66,7 +73,7 @@ class SubtaskBatchSampler(Sampler):
         else:
             power = 1.0 if strategy == "proportional" else 1.0 / self.temperature
             total = epoch_batches or sum(self.num_batches)
-            self.quotas = largest_remainder(total, [n ** power for n in self.num_batches])
+            self.quotas = largest_remainder(total, [n**power for n in self.num_batches])
         self.epoch = 0
         self._skip: tuple[int, int] | None = None
 
@@ -81,8 +88,9 @@ class SubtaskBatchSampler(Sampler):
         self._skip = (int(epoch), int(batches))
 
     def _generator(self, *parts: int) -> torch.Generator:
-        return torch.Generator().manual_seed(int(hashlib.sha256(json.dumps([self.seed, *parts]).encode())
-                                                 .hexdigest()[:15], 16))
+        return torch.Generator().manual_seed(
+            int(hashlib.sha256(json.dumps([self.seed, *parts]).encode()).hexdigest()[:15], 16)
+        )
 
     def task_batches(self, task: int, epoch: int) -> list[list[int]]:
         """The sub-task's batches this epoch: shuffled passes over its examples, as many as its quota needs."""
@@ -90,7 +98,7 @@ class SubtaskBatchSampler(Sampler):
         n, b = self.sizes[task], self.batch_sizes[task]
         for cycle in range(-(-self.quotas[task] // self.num_batches[task])):
             order = torch.randperm(n, generator=self._generator(epoch, task, cycle)).tolist()
-            out += [order[i:i + b] for i in range(0, n, b)]
+            out += [order[i : i + b] for i in range(0, n, b)]
         return out[: self.quotas[task]]
 
     def schedule(self, epoch: int) -> list[tuple[int, list[int]]]:
@@ -106,7 +114,7 @@ class SubtaskBatchSampler(Sampler):
     def __iter__(self) -> Iterator[tuple[int, list[int]]]:
         batches = self.schedule(self.epoch)
         if self._skip is not None and self._skip[0] == self.epoch:
-            batches = batches[self._skip[1]:]
+            batches = batches[self._skip[1] :]
             self._skip = None
         yield from batches
 
@@ -115,12 +123,17 @@ def check_sampling(strategy: str, temperature: float, epoch_batches: int | None)
     if strategy not in STRATEGIES:
         raise LmlabError(f"dataset.sampling={strategy!r} is not one of {list(STRATEGIES)}.")
     if strategy == "temperature" and not (isinstance(temperature, (int, float)) and temperature > 0):
-        raise LmlabError(f"dataset.temperature={temperature!r} must be a number > 0 (1 = proportional; 2 or more "
-                         f"samples the smaller sub-tasks more often).")
-    if epoch_batches is not None and (isinstance(epoch_batches, bool) or not isinstance(epoch_batches, int)
-                                      or epoch_batches < 1):
-        raise LmlabError(f"dataset.epoch_batches={epoch_batches!r} must be a positive number of batches, or null "
-                         f"(the strategy's own epoch).")
+        raise LmlabError(
+            f"dataset.temperature={temperature!r} must be a number > 0 (1 = proportional; 2 or more "
+            f"samples the smaller sub-tasks more often)."
+        )
+    if epoch_batches is not None and (
+        isinstance(epoch_batches, bool) or not isinstance(epoch_batches, int) or epoch_batches < 1
+    ):
+        raise LmlabError(
+            f"dataset.epoch_batches={epoch_batches!r} must be a positive number of batches, or null "
+            f"(the strategy's own epoch)."
+        )
 
 
 class SubtaskBatches(Dataset):
@@ -163,8 +176,14 @@ class MultiTaskDataModule(pl.LightningDataModule):
     (`+dataset@dataset.subtasks.<name>=files`). Sub-tasks on one source share one split, made before any
     relabelling."""
 
-    def __init__(self, subtasks: Mapping[str, Any], sampling: str = "proportional", temperature: float = 2.0,
-                 epoch_batches: int | None = None, **defaults: Any) -> None:
+    def __init__(
+        self,
+        subtasks: Mapping[str, Any],
+        sampling: str = "proportional",
+        temperature: float = 2.0,
+        epoch_batches: int | None = None,
+        **defaults: Any,
+    ) -> None:
         super().__init__()
         if not subtasks:
             raise LmlabError("task=multitask needs at least one sub-task: dataset.subtasks.<name>={...}.")
@@ -173,16 +192,19 @@ class MultiTaskDataModule(pl.LightningDataModule):
         self.subtasks: dict[str, TextDataModule] = {}
         for name, spec in subtasks.items():
             if "/" in str(name):
-                raise LmlabError(f"dataset.subtasks: the sub-task name {name!r} may not contain '/' (metric names "
-                                 f"are <stage>/<sub-task>/<metric>).")
+                raise LmlabError(
+                    f"dataset.subtasks: the sub-task name {name!r} may not contain '/' (metric names "
+                    f"are <stage>/<sub-task>/<metric>)."
+                )
             if isinstance(spec, TextDataModule):  # a whole dataset config, instantiated by Hydra
                 self.subtasks[str(name)] = spec
             else:
                 changes = {k: _plain(v) for k, v in dict(spec or {}).items()}
                 unknown = sorted(set(changes) - set(self.defaults) - {"source"})
                 if unknown:
-                    raise LmlabError(f"dataset.subtasks.{name} has unknown dataset keys {unknown}; known: "
-                                     f"{sorted(self.defaults)}.")
+                    raise LmlabError(
+                        f"dataset.subtasks.{name} has unknown dataset keys {unknown}; known: {sorted(self.defaults)}."
+                    )
                 self.subtasks[str(name)] = TextDataModule(**{**self.defaults, **changes})
         self.names = list(self.subtasks)
         first = self.subtasks[self.names[0]]
@@ -214,7 +236,8 @@ class MultiTaskDataModule(pl.LightningDataModule):
                         f"Sub-tasks {names[0]!r} and {name!r} read the same source but would split it differently "
                         f"({', '.join(f'{k}: {getattr(lead, k)} vs {getattr(dm, k)}' for k in differ)}): one "
                         f"would train on the other's test examples through the shared encoder. Sub-tasks of one "
-                        f"source share one split: give them the same {', '.join(differ)}.")
+                        f"source share one split: give them the same {', '.join(differ)}."
+                    )
             lead.load()
             for name in names[1:]:
                 self.subtasks[name].load(shared=lead)
@@ -223,14 +246,18 @@ class MultiTaskDataModule(pl.LightningDataModule):
         # Each source's examples once (the lead sub-task's labels), for what reads `datamodule.splits`: the
         # manifest's sizes, a BPE tokenizer trained on the training text.
         self.splits = {s: [ex for names in self.groups for ex in self.subtasks[names[0]].splits[s]] for s in SPLITS}
-        self.data_fingerprint = hashlib.sha256(json.dumps(
-            [[name, dm.data_fingerprint] for name, dm in self.subtasks.items()]).encode()).hexdigest()[:16]
-        self.duplicates = {f"{names[0]}/{k}": v for names in self.groups
-                           for k, v in self.subtasks[names[0]].duplicates.items()}
+        self.data_fingerprint = hashlib.sha256(
+            json.dumps([[name, dm.data_fingerprint] for name, dm in self.subtasks.items()]).encode()
+        ).hexdigest()[:16]
+        self.duplicates = {
+            f"{names[0]}/{k}": v for names in self.groups for k, v in self.subtasks[names[0]].duplicates.items()
+        }
         self.source_examples = [ex for names in self.groups for ex in self.subtasks[names[0]].source_examples]
-        log.info("Sub-tasks %s; shared splits: %s", {n: {s: len(dm.splits[s]) for s in SPLITS}
-                                                      for n, dm in self.subtasks.items()},
-                 [names for names in self.groups if len(names) > 1] or "none")
+        log.info(
+            "Sub-tasks %s; shared splits: %s",
+            {n: {s: len(dm.splits[s]) for s in SPLITS} for n, dm in self.subtasks.items()},
+            [names for names in self.groups if len(names) > 1] or "none",
+        )
         return self.splits
 
     def connect(self, tokenizer: Any, encodings: Mapping[str, Any]) -> None:
@@ -248,8 +275,14 @@ class MultiTaskDataModule(pl.LightningDataModule):
     # ---- loaders
     def train_dataloader(self) -> DataLoader:
         dms = [self.subtasks[n] for n in self.names]
-        self.sampler = SubtaskBatchSampler([len(dm.datasets["train"]) for dm in dms], [dm.batch_size for dm in dms],
-                                           self.sampling, self.temperature, self.epoch_batches, seed=self.seed)
+        self.sampler = SubtaskBatchSampler(
+            [len(dm.datasets["train"]) for dm in dms],
+            [dm.batch_size for dm in dms],
+            self.sampling,
+            self.temperature,
+            self.epoch_batches,
+            seed=self.seed,
+        )
         if self._resume_skip is not None:
             # Lightning iterates (and prefetches) the resumed epoch before it calls set_epoch.
             epoch, batches_done = self._resume_skip
@@ -258,10 +291,16 @@ class MultiTaskDataModule(pl.LightningDataModule):
             self._resume_skip = None
         workers = dms[0].num_workers
         # batch_size=None: the sampler yields whole batches, the dataset collates them.
-        return DataLoader(SubtaskBatches([dm.datasets["train"] for dm in dms], [dm.collate for dm in dms]),
-                          batch_size=None, sampler=self.sampler, collate_fn=_whole_batch, num_workers=workers,
-                          generator=torch.Generator().manual_seed(int(os.environ.get("PL_GLOBAL_SEED", 0))),
-                          persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+        return DataLoader(
+            SubtaskBatches([dm.datasets["train"] for dm in dms], [dm.collate for dm in dms]),
+            batch_size=None,
+            sampler=self.sampler,
+            collate_fn=_whole_batch,
+            num_workers=workers,
+            generator=torch.Generator().manual_seed(int(os.environ.get("PL_GLOBAL_SEED", 0))),
+            persistent_workers=workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
 
     def resume_train_sampler(self, epoch: int, batches_done: int) -> None:
         """Called by the requeue callback on restore: epoch `epoch` had already trained on `batches_done` batches."""
@@ -273,8 +312,9 @@ class MultiTaskDataModule(pl.LightningDataModule):
 
     def _ordered(self, name: str) -> DataLoader:
         dm = self.subtasks[name]  # eval on the training split: in order, no shuffling
-        return DataLoader(dm.datasets["train"], batch_size=dm.eval_batch_size, collate_fn=dm.collate,
-                          num_workers=dm.num_workers)
+        return DataLoader(
+            dm.datasets["train"], batch_size=dm.eval_batch_size, collate_fn=dm.collate, num_workers=dm.num_workers
+        )
 
     def val_dataloader(self) -> list[DataLoader]:
         return self.loader("val")

@@ -43,8 +43,9 @@ def containment(queries: Sequence[set[int]], reference: set[int]) -> list[float]
     return [len(query & reference) / len(query) if query else 0.0 for query in queries]
 
 
-def find_near_duplicates(splits: Mapping[str, Sequence[Example]], threshold: float,
-                         cache_dir: str | Path | None = None) -> dict[tuple[str, str], list[int]]:
+def find_near_duplicates(
+    splits: Mapping[str, Sequence[Example]], threshold: float, cache_dir: str | Path | None = None
+) -> dict[tuple[str, str], list[int]]:
     """For each pair (earlier split, later split) of train/val/test: the indices of later-split examples with
     containment >= threshold in the earlier split (shared shingles / the example's own shingles).
 
@@ -98,6 +99,9 @@ def _read_cached(path: Path, sizes: Mapping[str, int]) -> dict[tuple[str, str], 
 def _find(texts: Mapping[str, Sequence[str]], threshold: float) -> dict[tuple[str, str], list[int]]:
     grams = {split: [shingles(text) for text in items] for split, items in texts.items()}
     unions = {reference: set().union(*grams[reference]) for reference in dict.fromkeys(a for a, _ in _PAIRS)}
-    return {(reference, split): [i for i, share in enumerate(containment(grams[split], unions[reference]))
-                                 if share >= threshold]
-            for reference, split in _PAIRS}
+    return {
+        (reference, split): [
+            i for i, share in enumerate(containment(grams[split], unions[reference])) if share >= threshold
+        ]
+        for reference, split in _PAIRS
+    }

@@ -35,6 +35,6 @@ class ResumableRandomSampler(RandomSampler):
         generator = torch.Generator().manual_seed(seed * 100_003 + self.epoch)
         order = torch.randperm(len(self.data_source), generator=generator).tolist()
         if self._skip is not None and self._skip[0] == self.epoch:
-            order = order[self._skip[1]:]
+            order = order[self._skip[1] :]
             self._skip = None
         yield from order

@@ -94,9 +94,7 @@ class LengthGroupedSampler(DistributedSampler):
             lengths = lengths.tolist()
         self.lengths: list[int] = [int(x) for x in lengths]
         if len(self.lengths) == 0:
-            raise ValueError(
-                "LengthGroupedSampler got an empty `lengths`; pass one length per dataset example."
-            )
+            raise ValueError("LengthGroupedSampler got an empty `lengths`; pass one length per dataset example.")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
         if not isinstance(mega_batch_mult, int) or mega_batch_mult < 1:
@@ -204,6 +202,6 @@ class LengthGroupedSampler(DistributedSampler):
         indices = self._rank_slices(self._global_order(), self.rank)
         assert len(indices) == self.num_samples, (len(indices), self.num_samples)
         if self._skip is not None and self._skip[0] == self.epoch:
-            indices = indices[self._skip[1]:]
+            indices = indices[self._skip[1] :]
             self._skip = None
         return iter(indices)

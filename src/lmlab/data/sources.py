@@ -84,9 +84,10 @@ def _decode(path: Path) -> str:
     except UnicodeDecodeError as err:
         line = raw.count(b"\n", 0, err.start) + 1
         raise LmlabError(
-            f"{path}: not UTF-8 at byte offset {err.start} (line {line}: {raw[err.start:err.start + 4]!r}...). "
+            f"{path}: not UTF-8 at byte offset {err.start} (line {line}: {raw[err.start : err.start + 4]!r}...). "
             f"Re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8 {path.name} > utf8_{path.name}` "
-            f"(latin1 = the encoding it was written in).") from err
+            f"(latin1 = the encoding it was written in)."
+        ) from err
 
 
 # A table row: its fields and the line it starts on (None where the format has no lines: JSON, Parquet).
@@ -109,20 +110,26 @@ def _read_delimited(path: Path, text: str, sep: str) -> Rows:
                     name = "tab" if sep == "\t" else repr(sep)
                     raise LmlabError(
                         f"{path}, line {line}: {len(record)} fields, but the header has {len(header)} {header}. "
-                        f"Fix that row: quote a text that contains a {name} or a line break (\"like{sep} this\"), "
-                        f"or add the missing fields.")
+                        f'Fix that row: quote a text that contains a {name} or a line break ("like{sep} this"), '
+                        f"or add the missing fields."
+                    )
                 else:
                     rows.append((dict(zip(header, record)), line))
             line = reader.line_num + 1
     except csv.Error as err:
-        raise LmlabError(f"{path}, line {reader.line_num}: not valid {path.suffix[1:].upper()} ({err}). "
-                         f"Fix the quoting on that line.") from err
+        raise LmlabError(
+            f"{path}, line {reader.line_num}: not valid {path.suffix[1:].upper()} ({err}). "
+            f"Fix the quoting on that line."
+        ) from err
     if header is None:
-        raise LmlabError(f"{path} is empty. Give a file with a header line ({sep!r}-separated column names) "
-                         f"and one row per example.")
+        raise LmlabError(
+            f"{path} is empty. Give a file with a header line ({sep!r}-separated column names) and one row per example."
+        )
     if not rows:
-        raise LmlabError(f"{path} has a header {header} but no data rows. Add one row per example, or point the "
-                         f"dataset at the right file.")
+        raise LmlabError(
+            f"{path} has a header {header} but no data rows. Add one row per example, or point the "
+            f"dataset at the right file."
+        )
     return rows
 
 
@@ -134,12 +141,16 @@ def _read_jsonl(path: Path, text: str) -> Rows:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            raise LmlabError(f"{path}, line {number}: not valid JSON ({err.msg}, column {err.colno}): "
-                             f"{line.strip()[:80]!r}. Each line of a .jsonl file must be one JSON object; fix or "
-                             f"remove that line.") from err
+            raise LmlabError(
+                f"{path}, line {number}: not valid JSON ({err.msg}, column {err.colno}): "
+                f"{line.strip()[:80]!r}. Each line of a .jsonl file must be one JSON object; fix or "
+                f"remove that line."
+            ) from err
         if not isinstance(record, dict):
-            raise LmlabError(f"{path}, line {number}: a JSON {type(record).__name__}, not an object "
-                             f"{{\"text\": ..., \"label\": ...}}. Write one object per line.")
+            raise LmlabError(
+                f"{path}, line {number}: a JSON {type(record).__name__}, not an object "
+                f'{{"text": ..., "label": ...}}. Write one object per line.'
+            )
         rows.append((record, number))
     return rows
 
@@ -150,16 +161,20 @@ def _read_json(path: Path, text: str) -> Rows:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise LmlabError(f"{path}, line {err.lineno}: not valid JSON ({err.msg}, column {err.colno}). Fix the "
-                         f"file, or write it as JSON Lines (.jsonl: one object per line).") from err
+        raise LmlabError(
+            f"{path}, line {err.lineno}: not valid JSON ({err.msg}, column {err.colno}). Fix the "
+            f"file, or write it as JSON Lines (.jsonl: one object per line)."
+        ) from err
     if isinstance(data, dict):  # column-oriented ({"text": [...], "label": [...]}), as pandas writes by default
         try:
             data = pd.DataFrame(data).to_dict("records")
         except ValueError as err:
-            raise LmlabError(f"{path}: a JSON object that is not a table of columns ({err}). Write a list of "
-                             f"records [{{\"text\": ..., \"label\": ...}}, ...].") from err
+            raise LmlabError(
+                f"{path}: a JSON object that is not a table of columns ({err}). Write a list of "
+                f'records [{{"text": ..., "label": ...}}, ...].'
+            ) from err
     if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):
-        raise LmlabError(f"{path}: expected a list of records [{{\"text\": ..., \"label\": ...}}, ...].")
+        raise LmlabError(f'{path}: expected a list of records [{{"text": ..., "label": ...}}, ...].')
     return [(row, None) for row in data]
 
 
@@ -176,15 +191,24 @@ def _read_table(path: Path) -> Rows:
         try:
             rows: Rows = [(row, None) for row in pd.read_parquet(path).to_dict("records")]
         except Exception as err:  # noqa: BLE001 - pyarrow raises several types for a damaged file
-            raise LmlabError(f"{path}: not a readable Parquet file ({type(err).__name__}: {err}). "
-                             f"Re-write it, e.g. with pandas DataFrame.to_parquet.") from err
+            raise LmlabError(
+                f"{path}: not a readable Parquet file ({type(err).__name__}: {err}). "
+                f"Re-write it, e.g. with pandas DataFrame.to_parquet."
+            ) from err
     else:
         text = _decode(path)
         if not text.strip():
-            raise LmlabError(f"{path} is empty. Give a file with one example per row (a text column and, for "
-                             f"classification, a label column).")
-        rows = (_read_delimited(path, text, "\t" if kind == "tsv" else ",") if kind in ("csv", "tsv") else
-                _read_jsonl(path, text) if kind == "jsonl" else _read_json(path, text))
+            raise LmlabError(
+                f"{path} is empty. Give a file with one example per row (a text column and, for "
+                f"classification, a label column)."
+            )
+        rows = (
+            _read_delimited(path, text, "\t" if kind == "tsv" else ",")
+            if kind in ("csv", "tsv")
+            else _read_jsonl(path, text)
+            if kind == "jsonl"
+            else _read_json(path, text)
+        )
     if not rows:
         raise LmlabError(f"{path} has no rows. Add one row per example, or point the dataset at the right file.")
     return rows
@@ -240,8 +264,12 @@ def rows_to_examples(
         return []
     pairs = [row if isinstance(row, tuple) else (row, None) for row in rows]
     columns = list(pairs[0][0].keys())
-    for role, name in (("text_column", text_column), ("label_column", label_column),
-                       ("text_pair_column", text_pair_column), ("id_column", id_column)):
+    for role, name in (
+        ("text_column", text_column),
+        ("label_column", label_column),
+        ("text_pair_column", text_pair_column),
+        ("id_column", id_column),
+    ):
         if name is not None and name not in columns:
             raise LmlabError(
                 f"Column '{name}' (dataset.{role}) not found in {where}. Columns found: {columns}. "
@@ -275,12 +303,19 @@ def files(
     """Local CSV/TSV/JSON/JSONL/Parquet (a text column, and a label column unless `label_column` is null), or plain
     text (.txt: one document per line; a directory: one document per .txt file): one path to be split, or one
     per split."""
-    columns = dict(text_column=text_column, label_column=label_column, text_pair_column=text_pair_column,
-                   id_column=id_column, label_separator=label_separator)
+    columns = dict(
+        text_column=text_column,
+        label_column=label_column,
+        text_pair_column=text_pair_column,
+        id_column=id_column,
+        label_separator=label_separator,
+    )
     if path is not None:
         if any(p is not None for p in (train, val, test)):
-            raise LmlabError("Give either dataset.source.path (one file, split by fractions) or "
-                             "dataset.source.train/val/test (split files), not both.")
+            raise LmlabError(
+                "Give either dataset.source.path (one file, split by fractions) or "
+                "dataset.source.train/val/test (split files), not both."
+            )
         file = Path(path)
         if _is_text(file):
             return _read_texts(file)
@@ -292,9 +327,12 @@ def files(
             f"dataset.source needs `path` (one file) or all of train/val/test; missing: {missing}. "
             f"Example: dataset=files dataset.source.path=data/all.csv"
         )
-    return {split: _read_texts(Path(p)) if _is_text(Path(p)) else
-            rows_to_examples(_read_table(Path(p)), where=f"{split}:{Path(p).name}", origin=p, **columns)
-            for split, p in given.items()}
+    return {
+        split: _read_texts(Path(p))
+        if _is_text(Path(p))
+        else rows_to_examples(_read_table(Path(p)), where=f"{split}:{Path(p).name}", origin=p, **columns)
+        for split, p in given.items()
+    }
 
 
 def hf(
@@ -319,8 +357,7 @@ def hf(
     if (name is None) == (load_from_disk is None):
         raise LmlabError("dataset=hf needs exactly one of dataset.source.name or dataset.source.load_from_disk.")
     try:
-        loaded = datasets.load_from_disk(load_from_disk) if load_from_disk else datasets.load_dataset(
-            name, config_name)
+        loaded = datasets.load_from_disk(load_from_disk) if load_from_disk else datasets.load_dataset(name, config_name)
     except (FileNotFoundError, ConnectionError, ValueError) as err:
         raise LmlabError(f"Could not load HF dataset {load_from_disk or name!r}: {err}") from err
     if isinstance(loaded, datasets.Dataset):
@@ -328,8 +365,9 @@ def hf(
     mapping = dict(splits or {"train": "train", "val": "validation", "test": "test"})
     mapping = {ours: theirs for ours, theirs in mapping.items() if theirs in loaded}
     if "train" not in mapping:
-        raise LmlabError(f"HF dataset has splits {list(loaded)}; map one to train with "
-                         f"dataset.source.splits.train=<split>.")
+        raise LmlabError(
+            f"HF dataset has splits {list(loaded)}; map one to train with dataset.source.splits.train=<split>."
+        )
 
     def convert(split: str) -> list[Example]:
         data = loaded[mapping[split]]
@@ -341,10 +379,15 @@ def hf(
                 value = row[label_column]
                 # -1 marks an unlabelled row (e.g. GLUE test splits): missing, not names[-1] (the last class).
                 row[label_column] = names[value] if isinstance(value, int) and 0 <= value < len(names) else None
-        return rows_to_examples(rows, where=f"{split}:{mapping[split]}", text_column=text_column,
-                                label_column=label_column, text_pair_column=text_pair_column, id_column=id_column)
+        return rows_to_examples(
+            rows,
+            where=f"{split}:{mapping[split]}",
+            text_column=text_column,
+            label_column=label_column,
+            text_pair_column=text_pair_column,
+            id_column=id_column,
+        )
 
     if set(mapping) >= set(SPLITS):
         return {split: convert(split) for split in SPLITS}
     return convert("train")
-

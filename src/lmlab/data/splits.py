@@ -31,18 +31,22 @@ def dedupe_mode(value: Any) -> str:
         return "exact" if value else "none"
     if isinstance(value, str) and value.lower() in DEDUPE_MODES:
         return value.lower()
-    raise LmlabError(f"dataset.dedupe={value!r} is not one of {list(DEDUPE_MODES)} (true = exact, false = none). "
-                     f"Set dataset.dedupe=near (the default: near-copies of training texts kept out of val/test), "
-                     f"exact (identical texts only) or none.")
+    raise LmlabError(
+        f"dataset.dedupe={value!r} is not one of {list(DEDUPE_MODES)} (true = exact, false = none). "
+        f"Set dataset.dedupe=near (the default: near-copies of training texts kept out of val/test), "
+        f"exact (identical texts only) or none."
+    )
 
 
 def check_threshold(value: Any) -> float:
     """dataset.near_duplicate_threshold: a containment in (0, 1]."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or not 0 < value <= 1:
-        raise LmlabError(f"dataset.near_duplicate_threshold={value!r} must be a number in (0, 1]: the share of a "
-                         f"val/test text's word 8-grams found in an earlier split that makes it a near-copy. "
-                         f"Set e.g. dataset.near_duplicate_threshold=0.5 (the default).")
+        raise LmlabError(
+            f"dataset.near_duplicate_threshold={value!r} must be a number in (0, 1]: the share of a "
+            f"val/test text's word 8-grams found in an earlier split that makes it a near-copy. "
+            f"Set e.g. dataset.near_duplicate_threshold=0.5 (the default)."
+        )
     return float(value)
 
 
@@ -60,7 +64,7 @@ def duplicate_report(splits: Mapping[str, Sequence[Example]]) -> dict[str, int]:
         seen[split] = set(contents)
     names = list(splits)
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             report[f"{a}&{b}"] = len(seen[a] & seen[b])
     return report
 
@@ -80,8 +84,9 @@ def _stratum(ex: Example) -> str:
     return json.dumps(ex.label)  # multi-label data stratifies on the exact label set
 
 
-def stratified_split(examples: Sequence[Example], fractions: Mapping[str, float], seed: int,
-                     stratify: bool = True) -> dict[str, list[Example]]:
+def stratified_split(
+    examples: Sequence[Example], fractions: Mapping[str, float], seed: int, stratify: bool = True
+) -> dict[str, list[Example]]:
     """Deterministic split: same examples + fractions + seed give the same splits on any machine."""
     rng = random.Random(seed)
     groups: dict[str, list[Example]] = defaultdict(list)
@@ -94,32 +99,37 @@ def stratified_split(examples: Sequence[Example], fractions: Mapping[str, float]
         n_val = round(len(members) * fractions["val"])
         n_test = round(len(members) * fractions["test"])
         out["val"] += members[:n_val]
-        out["test"] += members[n_val:n_val + n_test]
-        out["train"] += members[n_val + n_test:]
+        out["test"] += members[n_val : n_val + n_test]
+        out["train"] += members[n_val + n_test :]
     for split in SPLITS:  # mix the classes, so dataset.max_samples takes a representative subset
         rng.shuffle(out[split])
     return out
 
 
-def relabel_one_vs_rest(splits: Mapping[str, Sequence[Example]], positive: str | None
-                        ) -> dict[str, list[Example]]:
+def relabel_one_vs_rest(splits: Mapping[str, Sequence[Example]], positive: str | None) -> dict[str, list[Example]]:
     """`positive` vs `not_<positive>` on every split. Applied after the split, never before it: the split of a
     source is then the same whatever its labelling, so two tasks on one source (multi-task learning) get the same
     train/val/test articles, and neither trains on the other's test set."""
     if not positive:
         return {split: list(exs) for split, exs in splits.items()}
-    labels = {ex.label for exs in splits.values() for ex in exs if ex.label is not None and not isinstance(ex.label,
-                                                                                                          list)}
+    labels = {
+        ex.label for exs in splits.values() for ex in exs if ex.label is not None and not isinstance(ex.label, list)
+    }
     if positive not in labels:
         raise LmlabError(f"dataset.one_vs_rest={positive!r} is not a label of this data; labels: {sorted(labels)}.")
     # A missing label stays missing (the classification task refuses it), not "not_<positive>".
-    return {split: [ex if ex.label is None else replace(ex, label=positive if ex.label == positive
-                                                        else f"not_{positive}") for ex in exs]
-            for split, exs in splits.items()}
+    return {
+        split: [
+            ex if ex.label is None else replace(ex, label=positive if ex.label == positive else f"not_{positive}")
+            for ex in exs
+        ]
+        for split, exs in splits.items()
+    }
 
 
-def near_duplicate_report(splits: Mapping[str, Sequence[Example]], threshold: float,
-                          cache_dir: str | Path | None = None) -> tuple[dict[str, int], dict[str, set[int]]]:
+def near_duplicate_report(
+    splits: Mapping[str, Sequence[Example]], threshold: float, cache_dir: str | Path | None = None
+) -> tuple[dict[str, int], dict[str, set[int]]]:
     """Counts of val/test texts that are near-copies of an earlier split (`near_train&test`, ...), and per split
     the indices `dedupe=near` drops: val near train; test near train or val."""
     found = find_near_duplicates(splits, threshold, cache_dir)
@@ -140,9 +150,15 @@ def build_splits(
     max_samples: Mapping[str, int | None] | None = None,
 ) -> tuple[dict[str, list[Example]], dict[str, int]]:
     """Return the splits to train on (`split_examples`, then `relabel_one_vs_rest`) and the duplicate report."""
-    splits, duplicates = split_examples(source_output, fractions=fractions, split_seed=split_seed, dedupe=dedupe,
-                                        near_duplicate_threshold=near_duplicate_threshold, stratify=stratify,
-                                        max_samples=max_samples)
+    splits, duplicates = split_examples(
+        source_output,
+        fractions=fractions,
+        split_seed=split_seed,
+        dedupe=dedupe,
+        near_duplicate_threshold=near_duplicate_threshold,
+        stratify=stratify,
+        max_samples=max_samples,
+    )
     return relabel_one_vs_rest(splits, one_vs_rest), duplicates
 
 
@@ -192,8 +208,12 @@ def split_examples(
     for split in SPLITS:
         if not splits[split]:
             dropped = duplicates.get(f"near_dropped_{split}", 0)
-            why = (f" dataset.dedupe=near dropped {dropped} near-copies of earlier splits from it; if the texts are "
-                   f"meant to overlap (templates), set dataset.dedupe=exact." if dropped else "")
+            why = (
+                f" dataset.dedupe=near dropped {dropped} near-copies of earlier splits from it; if the texts are "
+                f"meant to overlap (templates), set dataset.dedupe=exact."
+                if dropped
+                else ""
+            )
             raise LmlabError(
                 f"The {split} split is empty.{why} Check the data, dataset.fractions, and "
                 f"dataset.max_samples.{split} (must be > 0)."
@@ -203,6 +223,7 @@ def split_examples(
 
 def label_names(splits: Mapping[str, Sequence[Example]], order: Sequence[str] | None = None) -> list[str]:
     """The label list (sorted unless given); val/test labels outside the training set are an error."""
+
     def names(examples: Sequence[Example]) -> set[str]:
         found: set[str] = set()
         for ex in examples:
@@ -223,11 +244,20 @@ def label_names(splits: Mapping[str, Sequence[Example]], order: Sequence[str] | 
     if set(order) != train or len(order) != len(set(order)):
         unknown, missing = sorted(set(order) - train), sorted(train - set(order))
         repeated = sorted({name for name in order if order.count(name) > 1})
-        problems = "; ".join(f"{what}: {names}" for what, names in (
-            ("not training labels", unknown), ("training labels missing", missing), ("repeated", repeated)) if names)
-        raise LmlabError(f"dataset.labels={order} does not match the training labels {sorted(train)} ({problems}). "
-                         f"List each training label once, in the order you want, or set dataset.labels=null "
-                         f"(sorted).")
+        problems = "; ".join(
+            f"{what}: {names}"
+            for what, names in (
+                ("not training labels", unknown),
+                ("training labels missing", missing),
+                ("repeated", repeated),
+            )
+            if names
+        )
+        raise LmlabError(
+            f"dataset.labels={order} does not match the training labels {sorted(train)} ({problems}). "
+            f"List each training label once, in the order you want, or set dataset.labels=null "
+            f"(sorted)."
+        )
     return order
 
 

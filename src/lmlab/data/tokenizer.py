@@ -24,10 +24,12 @@ BPE = "bpe"  # model.tokenizer=bpe: train a byte-level BPE on the training split
 
 
 def offline_hint(name_or_path: str, err: Exception) -> LmlabError:
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or "connect" in str(err).lower() or "offline" in str(
-        err).lower()
-    reason = ("the Hugging Face hub cannot be reached (offline)" if offline
-              else f"loading it failed: {str(err).splitlines()[0]}")
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or "connect" in str(err).lower() or "offline" in str(err).lower()
+    reason = (
+        "the Hugging Face hub cannot be reached (offline)"
+        if offline
+        else f"loading it failed: {str(err).splitlines()[0]}"
+    )
     return LmlabError(
         f"Model '{name_or_path}' is not a local directory and is not in the local Hugging Face cache, and "
         f"{reason}. Use model=minilm (bundled, works offline) or model.name_or_path=<a local directory "
@@ -65,8 +67,9 @@ def wrap_bpe(tokenizer_json: str) -> Any:
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(tokenizer_json), eos_token=EOS,
-                                   bos_token=EOS, unk_token=EOS, pad_token=EOS)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(tokenizer_json), eos_token=EOS, bos_token=EOS, unk_token=EOS, pad_token=EOS
+    )
 
 
 def train_bpe(texts: Sequence[str], vocab_size: int, *, data_fingerprint: str, cache_dir: str | Path | None) -> Any:
@@ -75,8 +78,10 @@ def train_bpe(texts: Sequence[str], vocab_size: int, *, data_fingerprint: str, c
     import tokenizers
 
     if vocab_size < 257 + 1:
-        raise LmlabError(f"model.bpe_vocab_size={vocab_size} is too small: a byte-level BPE needs the 256 bytes "
-                         f"and {EOS}; use e.g. model.bpe_vocab_size=4096.")
+        raise LmlabError(
+            f"model.bpe_vocab_size={vocab_size} is too small: a byte-level BPE needs the 256 bytes "
+            f"and {EOS}; use e.g. model.bpe_vocab_size=4096."
+        )
     key = hashlib.sha256(json.dumps([data_fingerprint, vocab_size, tokenizers.__version__, 1]).encode()).hexdigest()
     path = Path(cache_dir).expanduser() / f"bpe-{key[:24]}.json" if cache_dir else None
     if path is not None and path.is_file():
@@ -84,8 +89,9 @@ def train_bpe(texts: Sequence[str], vocab_size: int, *, data_fingerprint: str, c
         return wrap_bpe(path.read_text())
     bpe = tokenizers.ByteLevelBPETokenizer()
     # The trainer is deterministic for a given input order (one merge at a time, ties broken by pair order).
-    bpe.train_from_iterator(list(texts), vocab_size=vocab_size, min_frequency=2, special_tokens=[EOS],
-                            show_progress=False)
+    bpe.train_from_iterator(
+        list(texts), vocab_size=vocab_size, min_frequency=2, special_tokens=[EOS], show_progress=False
+    )
     blob = bpe._tokenizer.to_str()
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -18,8 +18,10 @@ def require_gguf() -> None:
 
     missing = [name for name in ("gguf", "accelerate") if importlib.util.find_spec(name) is None]
     if missing:
-        raise LmlabError(f"Loading a GGUF model (model.gguf_file) needs {' and '.join(missing)}: "
-                         f"`pip install {' '.join(missing)}` (or run `make install`).")
+        raise LmlabError(
+            f"Loading a GGUF model (model.gguf_file) needs {' and '.join(missing)}: "
+            f"`pip install {' '.join(missing)}` (or run `make install`)."
+        )
 
 
 def load_backbone(name_or_path: str | None, *, auto_class: str, **kwargs: Any) -> Any:
@@ -60,8 +62,10 @@ def _load_backbone(
             changes = dict(from_scratch)
             if name_or_path is None:
                 if "model_type" not in changes:
-                    raise LmlabError("model.name_or_path=null needs model.from_scratch.model_type (e.g. llama, gpt2) "
-                                     "to know which architecture to build.")
+                    raise LmlabError(
+                        "model.name_or_path=null needs model.from_scratch.model_type (e.g. llama, gpt2) "
+                        "to know which architecture to build."
+                    )
                 config = transformers.AutoConfig.for_model(changes.pop("model_type"), **changes, **overrides)
             else:
                 if gguf_file:

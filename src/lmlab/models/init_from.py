@@ -28,9 +28,26 @@ from lmlab.config import LmlabError
 log = logging.getLogger(__name__)
 
 # Config fields that define the architecture: a parent and a child must agree on each one both have.
-ARCH_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-               "intermediate_size", "vocab_size", "max_position_embeddings", "type_vocab_size", "head_dim",
-               "n_embd", "n_layer", "n_head", "n_positions", "n_inner", "dim", "n_layers", "n_heads")
+ARCH_FIELDS = (
+    "model_type",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "intermediate_size",
+    "vocab_size",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "head_dim",
+    "n_embd",
+    "n_layer",
+    "n_head",
+    "n_positions",
+    "n_inner",
+    "dim",
+    "n_layers",
+    "n_heads",
+)
 
 
 @dataclass
@@ -58,8 +75,10 @@ def resolve(init_from: str | Path) -> Parent:
     """A run dir (its `model/` export) or an exported model dir (`config.json` + weights)."""
     path = Path(init_from).expanduser()
     if not path.exists():
-        raise LmlabError(f"model.init_from={init_from}: no such run dir or model dir. Give the run dir of a "
-                         f"finished run (it holds {runfiles.EXPORT}/) or an exported model dir.")
+        raise LmlabError(
+            f"model.init_from={init_from}: no such run dir or model dir. Give the run dir of a "
+            f"finished run (it holds {runfiles.EXPORT}/) or an exported model dir."
+        )
     path = path.resolve()
     if (path / runfiles.EXPORT / "config.json").is_file():
         return Parent(path / runfiles.EXPORT, path)
@@ -68,11 +87,15 @@ def resolve(init_from: str | Path) -> Parent:
         return Parent(path, run_dir)
     if (path / runfiles.METRICS).is_file() or (path / runfiles.STATUS).is_file():
         state = runfiles.read_status(path).get("status")
-        raise LmlabError(f"model.init_from={init_from} is a run dir (status {state!r}) with no exported model "
-                         f"({runfiles.EXPORT}/config.json): the parent run must finish with export_model=true (the "
-                         f"default). Re-run it, or point model.init_from at an exported model dir.")
-    raise LmlabError(f"model.init_from={init_from} holds neither an exported model (config.json) nor a run dir's "
-                     f"{runfiles.EXPORT}/: give a finished run's dir or a save_pretrained dir.")
+        raise LmlabError(
+            f"model.init_from={init_from} is a run dir (status {state!r}) with no exported model "
+            f"({runfiles.EXPORT}/config.json): the parent run must finish with export_model=true (the "
+            f"default). Re-run it, or point model.init_from at an exported model dir."
+        )
+    raise LmlabError(
+        f"model.init_from={init_from} holds neither an exported model (config.json) nor a run dir's "
+        f"{runfiles.EXPORT}/: give a finished run's dir or a save_pretrained dir."
+    )
 
 
 @contextlib.contextmanager
@@ -89,8 +112,10 @@ def initializing_from(init_from: str | Path | None, tokenizer: Any) -> Iterator[
     finally:
         _ACTIVE.reset(token)
     if not parent.applied:
-        raise LmlabError(f"model.init_from={init_from}: this task built no backbone through "
-                         f"lmlab.models.load_backbone, so the parent's weights could not be loaded.")
+        raise LmlabError(
+            f"model.init_from={init_from}: this task built no backbone through "
+            f"lmlab.models.load_backbone, so the parent's weights could not be loaded."
+        )
 
 
 def check_tokenizer(parent: Parent, tokenizer: Any, init_from: Any) -> None:
@@ -102,14 +127,18 @@ def check_tokenizer(parent: Parent, tokenizer: Any, init_from: Any) -> None:
     problems = []
     if ours_vocab != their_vocab:
         differ = sum(1 for k, v in ours_vocab.items() if their_vocab.get(k) != v)
-        problems.append(f"vocabularies differ ({len(ours_vocab)} vs {len(their_vocab)} tokens, {differ} tokens "
-                        f"with another id or missing)")
+        problems.append(
+            f"vocabularies differ ({len(ours_vocab)} vs {len(their_vocab)} tokens, {differ} tokens "
+            f"with another id or missing)"
+        )
     elif _normalizer(tokenizer) != _normalizer(theirs):
         problems.append("text normalization differs (e.g. lower-casing)")
     if problems:
-        raise LmlabError(f"model.init_from={init_from} was trained with another tokenizer than this run's "
-                         f"model.tokenizer: {'; '.join(problems)}. Use the parent's tokenizer "
-                         f"(model.tokenizer={parent.export}, or the same model.tokenizer setting as the parent).")
+        raise LmlabError(
+            f"model.init_from={init_from} was trained with another tokenizer than this run's "
+            f"model.tokenizer: {'; '.join(problems)}. Use the parent's tokenizer "
+            f"(model.tokenizer={parent.export}, or the same model.tokenizer setting as the parent)."
+        )
 
 
 def _normalizer(tokenizer: Any) -> Any:
@@ -154,7 +183,7 @@ def relative_names(names: Iterable[str], prefix: str) -> tuple[list[str], list[s
     A bare base model's names (no `<prefix>.` anywhere, e.g. an `AutoModel` export) are all backbone names.
     """
     names = list(names)
-    base = [n[len(prefix) + 1:] for n in names if n.startswith(prefix + ".")]
+    base = [n[len(prefix) + 1 :] for n in names if n.startswith(prefix + ".")]
     if not base:
         return names, []
     return base, [n for n in names if not n.startswith(prefix + ".")]
@@ -180,11 +209,14 @@ def copy_weights(model: Any, parent: Parent) -> dict[str, list[str]]:
     prefix = model.base_model_prefix
     bare_child = model.base_model is model
     if any(n.startswith(prefix + ".") for n in stored):  # a head model's export: bert.*, model.*, ...
-        base_of = {n[len(prefix) + 1:]: n for n in stored if n.startswith(prefix + ".")}
+        base_of = {n[len(prefix) + 1 :]: n for n in stored if n.startswith(prefix + ".")}
     else:  # a bare base model's export (AutoModel, e.g. a pooled-head classifier's)
         base_of = {n: n for n in stored}
-    same_head = (not bare_child and type(model).__name__ in (config.get("architectures") or [])
-                 and config.get("id2label") == {str(k): v for k, v in model.config.id2label.items()})
+    same_head = (
+        not bare_child
+        and type(model).__name__ in (config.get("architectures") or [])
+        and config.get("id2label") == {str(k): v for k, v in model.config.id2label.items()}
+    )
     loaded, kept, seen = [], [], set()
     mismatched = []
     state = model.state_dict(keep_vars=True)
@@ -194,7 +226,7 @@ def copy_weights(model: Any, parent: Parent) -> dict[str, list[str]]:
                 continue
             seen.add(id(tensor))
             is_base = bare_child or name.startswith(prefix + ".")
-            key = name[len(prefix) + 1:] if is_base and not bare_child else name
+            key = name[len(prefix) + 1 :] if is_base and not bare_child else name
             source = base_of.get(key) if is_base else (name if same_head and name in stored else None)
             if source is None:
                 kept.append(name)
@@ -205,20 +237,34 @@ def copy_weights(model: Any, parent: Parent) -> dict[str, list[str]]:
             tensor.copy_(stored[source].to(tensor.dtype))
             loaded.append(name)
     if mismatched or not any(bare_child or n.startswith(prefix + ".") for n in loaded):
-        raise LmlabError(f"model.init_from={parent.run_dir or parent.export}: the parent's weights do not fit this "
-                         f"model ({'; '.join(mismatched[:5]) or 'no backbone tensor in common'}). Use the same "
-                         f"model (architecture and sizes) as the parent run.")
+        raise LmlabError(
+            f"model.init_from={parent.run_dir or parent.export}: the parent's weights do not fit this "
+            f"model ({'; '.join(mismatched[:5]) or 'no backbone tensor in common'}). Use the same "
+            f"model (architecture and sizes) as the parent run."
+        )
     where = parent.run_dir or parent.export
-    log.info("model.init_from=%s: loaded %d tensors (%s) from %s; %d kept as initialised here%s: %s", where,
-             len(loaded), "backbone and head" if same_head else "backbone only", parent.export, len(kept),
-             "" if same_head else " (head freshly initialised)", ", ".join(kept) or "none")
+    log.info(
+        "model.init_from=%s: loaded %d tensors (%s) from %s; %d kept as initialised here%s: %s",
+        where,
+        len(loaded),
+        "backbone and head" if same_head else "backbone only",
+        parent.export,
+        len(kept),
+        "" if same_head else " (head freshly initialised)",
+        ", ".join(kept) or "none",
+    )
     return {"loaded": loaded, "kept": kept}
 
 
 def check_architecture(parent_config: dict[str, Any], child_config: dict[str, Any], parent: Parent) -> None:
-    differ = [f"{k}: {parent_config[k]} (parent) vs {child_config[k]} (this run)" for k in ARCH_FIELDS
-              if k in parent_config and k in child_config and parent_config[k] != child_config[k]]
+    differ = [
+        f"{k}: {parent_config[k]} (parent) vs {child_config[k]} (this run)"
+        for k in ARCH_FIELDS
+        if k in parent_config and k in child_config and parent_config[k] != child_config[k]
+    ]
     if differ:
-        raise LmlabError(f"model.init_from={parent.run_dir or parent.export} is another architecture than this "
-                         f"run's model: {'; '.join(differ)}. Use the parent's model (e.g. the same model=... and "
-                         f"model.from_scratch settings), or another parent.")
+        raise LmlabError(
+            f"model.init_from={parent.run_dir or parent.export} is another architecture than this "
+            f"run's model: {'; '.join(differ)}. Use the parent's model (e.g. the same model=... and "
+            f"model.from_scratch settings), or another parent."
+        )

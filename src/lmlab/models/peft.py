@@ -46,8 +46,9 @@ def enabled(cfg: Mapping[str, Any] | None) -> bool:
     return bool(cfg) and str(cfg.get("method", "none")) != "none"
 
 
-def check_combination(peft_cfg: Mapping[str, Any] | None, model_cfg: Mapping[str, Any],
-                      optimizer_cfg: Mapping[str, Any] | None) -> None:
+def check_combination(
+    peft_cfg: Mapping[str, Any] | None, model_cfg: Mapping[str, Any], optimizer_cfg: Mapping[str, Any] | None
+) -> None:
     """Refuse settings that mean nothing (or something else) with an adapter, before any model is loaded."""
     if not peft_cfg:
         return
@@ -69,14 +70,16 @@ def check_combination(peft_cfg: Mapping[str, Any] | None, model_cfg: Mapping[str
         raise LmlabError(
             f"optimizer.layerwise_lr_decay={lld} with peft={method}: layer-wise lr decay scales the lr of the "
             f"pretrained layers, which {method} freezes (only its small adapters and the head train), so it would "
-            f"not mean what it says. Use optimizer.layerwise_lr_decay=null with peft={method}, or peft=none.")
+            f"not mean what it says. Use optimizer.layerwise_lr_decay=null with peft={method}, or peft=none."
+        )
     frozen = {k: model_cfg.get(k) for k in ("freeze_layers", "freeze_embeddings") if model_cfg.get(k)}
     if frozen:
         settings = ", ".join(f"model.{k}={v}" for k, v in frozen.items())
         raise LmlabError(
             f"{settings} with peft={method}: {method} already freezes every pretrained weight (adapters and the "
             f"head train), so freezing would do nothing; to keep adapters out of some layers, set "
-            f"peft.target_modules (or peft.layers_to_transform). Remove {settings}, or use peft=none.")
+            f"peft.target_modules (or peft.layers_to_transform). Remove {settings}, or use peft=none."
+        )
 
 
 def seed_base(cfg: Mapping[str, Any] | None) -> torch.Tensor | None:
@@ -109,9 +112,13 @@ def wrap(net: nn.Module, cfg: Mapping[str, Any], task_type: str | None) -> nn.Mo
         common["layers_to_transform"] = list(cfg["layers_to_transform"])
     if method == "lora":
         config: Any = peft.LoraConfig(
-            r=int(cfg["r"]), lora_alpha=float(cfg["alpha"]), lora_dropout=float(cfg.get("dropout", 0.0)),
+            r=int(cfg["r"]),
+            lora_alpha=float(cfg["alpha"]),
+            lora_dropout=float(cfg.get("dropout", 0.0)),
             target_modules=targets if targets is not None else LORA_TARGETS.get(model_type),
-            bias=str(cfg.get("bias", "none")), **common)
+            bias=str(cfg.get("bias", "none")),
+            **common,
+        )
     else:
         ff = cfg.get("feedforward_modules")
         config = peft.IA3Config(target_modules=targets, feedforward_modules=list(ff) if ff else None, **common)
@@ -119,12 +126,20 @@ def wrap(net: nn.Module, cfg: Mapping[str, Any], task_type: str | None) -> nn.Mo
         wrapped = peft.get_peft_model(net, config)
     except ValueError as err:
         linear = sorted({name.rsplit(".", 1)[-1] for name, m in net.named_modules() if isinstance(m, nn.Linear)})
-        raise LmlabError(f"peft={method} on this '{model_type}' model: {err}. Set peft.target_modules to some of "
-                         f"its linear layers: {linear} (or all-linear).") from err
+        raise LmlabError(
+            f"peft={method} on this '{model_type}' model: {err}. Set peft.target_modules to some of "
+            f"its linear layers: {linear} (or all-linear)."
+        ) from err
     counts = param_counts(wrapped)
-    log.info("peft=%s on %s (targets %s): %d trainable of %d parameters (%.2f%%)", method, model_type,
-             sorted(wrapped.peft_config["default"].target_modules or []), counts["params/trainable"],
-             counts["params/total"], 100 * counts["params/trainable"] / max(counts["params/total"], 1))
+    log.info(
+        "peft=%s on %s (targets %s): %d trainable of %d parameters (%.2f%%)",
+        method,
+        model_type,
+        sorted(wrapped.peft_config["default"].target_modules or []),
+        counts["params/trainable"],
+        counts["params/total"],
+        100 * counts["params/trainable"] / max(counts["params/total"], 1),
+    )
     return wrapped
 
 
@@ -137,8 +152,10 @@ def param_counts(module: nn.Module) -> dict[str, int]:
     """Trainable and total parameters; a tied tensor (lm_head = input embedding) counts once. Under peft the
     total includes the adapters and the trainable copy of the head (peft keeps the original beside it)."""
     params = list(module.parameters())  # deduplicated by identity
-    return {"params/trainable": sum(p.numel() for p in params if p.requires_grad),
-            "params/total": sum(p.numel() for p in params)}
+    return {
+        "params/trainable": sum(p.numel() for p in params if p.requires_grad),
+        "params/total": sum(p.numel() for p in params),
+    }
 
 
 class AdapterCheckpoints:
@@ -167,13 +184,17 @@ class AdapterCheckpoints:
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         partial = bool((checkpoint.get("lmlab_peft") or {}).get("partial_state_dict"))
         if partial != self._partial():
-            raise LmlabError("This checkpoint was written with a different peft setting (adapter-only vs full "
-                             "weights): resume or evaluate it with the peft=... it was trained with.")
+            raise LmlabError(
+                "This checkpoint was written with a different peft setting (adapter-only vs full "
+                "weights): resume or evaluate it with the peft=... it was trained with."
+            )
         if partial:
             missing = sorted(self._trainable_keys() - set(checkpoint["state_dict"]))
             if missing:
-                raise LmlabError(f"The adapter checkpoint lacks {len(missing)} trainable tensors of this model "
-                                 f"(e.g. {missing[:3]}): it was written with other peft settings.")
+                raise LmlabError(
+                    f"The adapter checkpoint lacks {len(missing)} trainable tensors of this model "
+                    f"(e.g. {missing[:3]}): it was written with other peft settings."
+                )
 
     def configure_strict_loading(self) -> None:
         """Partial checkpoints load non-strictly (the frozen base is missing on purpose; checked above)."""
@@ -188,8 +209,11 @@ def export(net: nn.Module, directory: Path, cfg: Mapping[str, Any], base: Mappin
     if cfg.get("merge"):
         merged = copy.deepcopy(net).merge_and_unload()  # a copy: the module stays usable after export
         merged.save_pretrained(directory)
-        log.info("peft.merge=true: exported merged weights to %s (loads with %s.from_pretrained)", directory,
-                 base["auto_class"])
+        log.info(
+            "peft.merge=true: exported merged weights to %s (loads with %s.from_pretrained)",
+            directory,
+            base["auto_class"],
+        )
         return
     info = dict(base)
     if info.get("from_scratch"):
@@ -199,6 +223,12 @@ def export(net: nn.Module, directory: Path, cfg: Mapping[str, Any], base: Mappin
         net.peft_config["default"].base_model_name_or_path = str(base_dir.resolve())
     net.save_pretrained(directory)
     (directory / "base_model.json").write_text(json.dumps(info, indent=2) + "\n")
-    log.info("exported the %s adapter to %s: PeftModel.from_pretrained(%s.from_pretrained(%r%s), %r)",
-             cfg["method"], directory, info["auto_class"], info["name_or_path"],
-             f", gguf_file={info['gguf_file']!r}" if info.get("gguf_file") else "", str(directory))
+    log.info(
+        "exported the %s adapter to %s: PeftModel.from_pretrained(%s.from_pretrained(%r%s), %r)",
+        cfg["method"],
+        directory,
+        info["auto_class"],
+        info["name_or_path"],
+        f", gguf_file={info['gguf_file']!r}" if info.get("gguf_file") else "",
+        str(directory),
+    )

@@ -32,10 +32,36 @@ from lmlab.report.collect import (
 from lmlab.report.html import fmt
 
 CSV_COLUMNS = [
-    "group", "n", "n_nan", "n_failed", "n_running", "states", "mean", "std", "ci95_low", "ci95_high", "min", "max",
-    "diff", "diff_ci95_low", "diff_ci95_high", "p_paired_t", "p_permutation", "p_holm",
-    "effect", "effect_ci95_low", "effect_ci95_high", "p_improve", "p_improve_ci95_low", "p_improve_ci95_high",
-    "mde", "mde_effect", "seeds_needed", "test", "n_compared", "dropped_seeds",
+    "group",
+    "n",
+    "n_nan",
+    "n_failed",
+    "n_running",
+    "states",
+    "mean",
+    "std",
+    "ci95_low",
+    "ci95_high",
+    "min",
+    "max",
+    "diff",
+    "diff_ci95_low",
+    "diff_ci95_high",
+    "p_paired_t",
+    "p_permutation",
+    "p_holm",
+    "effect",
+    "effect_ci95_low",
+    "effect_ci95_high",
+    "p_improve",
+    "p_improve_ci95_low",
+    "p_improve_ci95_high",
+    "mde",
+    "mde_effect",
+    "seeds_needed",
+    "test",
+    "n_compared",
+    "dropped_seeds",
 ]
 MIN_CONFIGS_FOR_CURVE = 3
 # Metric names where lower is better, for runs without meta/mode (and metrics other than the monitor).
@@ -51,36 +77,67 @@ def build_parser() -> argparse.ArgumentParser:
         "correction, effect sizes, probability of improvement, power and seeds needed), expected max validation "
         "score vs. configurations (Dodge et al. 2019; Tang et al. 2020), and a self-contained report.html.",
     )
-    p.add_argument("sweep_dir", type=Path, nargs="+",
-                   help="Hydra multirun dir(s) holding job dirs (0/, 1/, ... or trial_<n>/seed=<s>/); several "
-                   "dirs are read as one sweep and the report is written into the first (or --out)")
+    p.add_argument(
+        "sweep_dir",
+        type=Path,
+        nargs="+",
+        help="Hydra multirun dir(s) holding job dirs (0/, 1/, ... or trial_<n>/seed=<s>/); several "
+        "dirs are read as one sweep and the report is written into the first (or --out)",
+    )
     p.add_argument("--out", type=Path, default=None, help="where report.* go (default: the first sweep dir)")
-    p.add_argument("--metric", action="append", default=None,
-                   help="metric reported per group (repeat for several: the first drives the comparisons' "
-                   "summary; default: the test twin of the runs' task monitor meta/monitor, e.g. test/loss; runs "
-                   "without one: test/f1_macro)")
-    p.add_argument("--select", default=None,
-                   help="metric the best group is chosen on, by group mean (default: the runs' task monitor "
-                   "meta/monitor, e.g. val/loss; runs without one: val/f1_macro)")
-    p.add_argument("--select-mode", choices=["auto", "max", "min"], default="auto",
-                   help="whether higher or lower --select is better; auto = the runs' meta/mode when --select is "
-                   "their monitor, else (older runs, with a warning) min for names containing "
-                   f"{'/'.join(LOWER_IS_BETTER)} and max otherwise")
-    p.add_argument("--baseline", help='baseline group as overrides, e.g. "optimizer=adamw optimizer.lr=3e-5" '
-                   "(matched by value, in any order: 1e-4 == 0.0001)")
-    p.add_argument("--seed-key", default="seed",
-                   help="override key that varies between repeats (default: %(default)s)")
-    p.add_argument("--ci", choices=["t", "bootstrap"], default="t",
-                   help="95%% CI of group means (bootstrap = BCa from 10 seeds; fewer use the t interval)")
-    p.add_argument("--paired-bootstrap", nargs=2, metavar=("A", "B"),
-                   help="bootstrap from test_predictions.csv of macro-F1(A) - macro-F1(B) over seeds and test "
-                   "examples (two-level), plus the example-only bootstrap; A and B are group strings or job dirs")
-    p.add_argument("--aso", action="store_true",
-                   help="also the almost-stochastic-order test (Dror et al. 2019, via deepsig): ε_min per comparison "
-                   "(< 0.5: the group is almost stochastically better than the baseline); slow, imports torch")
+    p.add_argument(
+        "--metric",
+        action="append",
+        default=None,
+        help="metric reported per group (repeat for several: the first drives the comparisons' "
+        "summary; default: the test twin of the runs' task monitor meta/monitor, e.g. test/loss; runs "
+        "without one: test/f1_macro)",
+    )
+    p.add_argument(
+        "--select",
+        default=None,
+        help="metric the best group is chosen on, by group mean (default: the runs' task monitor "
+        "meta/monitor, e.g. val/loss; runs without one: val/f1_macro)",
+    )
+    p.add_argument(
+        "--select-mode",
+        choices=["auto", "max", "min"],
+        default="auto",
+        help="whether higher or lower --select is better; auto = the runs' meta/mode when --select is "
+        "their monitor, else (older runs, with a warning) min for names containing "
+        f"{'/'.join(LOWER_IS_BETTER)} and max otherwise",
+    )
+    p.add_argument(
+        "--baseline",
+        help='baseline group as overrides, e.g. "optimizer=adamw optimizer.lr=3e-5" '
+        "(matched by value, in any order: 1e-4 == 0.0001)",
+    )
+    p.add_argument("--seed-key", default="seed", help="override key that varies between repeats (default: %(default)s)")
+    p.add_argument(
+        "--ci",
+        choices=["t", "bootstrap"],
+        default="t",
+        help="95%% CI of group means (bootstrap = BCa from 10 seeds; fewer use the t interval)",
+    )
+    p.add_argument(
+        "--paired-bootstrap",
+        nargs=2,
+        metavar=("A", "B"),
+        help="bootstrap from test_predictions.csv of macro-F1(A) - macro-F1(B) over seeds and test "
+        "examples (two-level), plus the example-only bootstrap; A and B are group strings or job dirs",
+    )
+    p.add_argument(
+        "--aso",
+        action="store_true",
+        help="also the almost-stochastic-order test (Dror et al. 2019, via deepsig): ε_min per comparison "
+        "(< 0.5: the group is almost stochastically better than the baseline); slow, imports torch",
+    )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (report.html has no images then)")
-    p.add_argument("--wandb", metavar="PROJECT",
-                   help="log table and plots to this W&B project (also done when a W&B run is active)")
+    p.add_argument(
+        "--wandb",
+        metavar="PROJECT",
+        help="log table and plots to this W&B project (also done when a W&B run is active)",
+    )
     return p
 
 
@@ -97,9 +154,11 @@ def _mode(metric: str, mode: str, task: dict[str, Any] | None, warnings: list[st
             return task["mode"]
     rule = _name_rule(metric)
     if warnings is not None and task is None:
-        warnings.append(f"the runs have no meta/mode (written before it existed): {metric!r} taken as "
-                        f"{'lower' if rule == 'min' else 'higher'} is better from its name; pass --select-mode "
-                        f"to say otherwise")
+        warnings.append(
+            f"the runs have no meta/mode (written before it existed): {metric!r} taken as "
+            f"{'lower' if rule == 'min' else 'higher'} is better from its name; pass --select-mode "
+            f"to say otherwise"
+        )
     return rule
 
 
@@ -108,8 +167,10 @@ def task_meta(jobs: list[Job]) -> dict[str, Any] | None:
     found = {(m.get("meta/task"), m.get("meta/monitor"), m.get("meta/mode")) for j in jobs if (m := j.metrics)}
     found.discard((None, None, None))
     if len(found) > 1:
-        raise ReportError(f"the jobs come from different tasks or monitors {sorted(map(str, found))}; report each "
-                          f"task's runs separately")
+        raise ReportError(
+            f"the jobs come from different tasks or monitors {sorted(map(str, found))}; report each "
+            f"task's runs separately"
+        )
     if not found:
         return None
     name, monitor, mode = found.pop()
@@ -171,14 +232,18 @@ def paired_bootstrap(args: argparse.Namespace, groups: list[Group]) -> dict[str,
         elif len(fa) == 1 and len(fb) == 1:
             pairs = [(next(iter(fa.values())).dir, next(iter(fb.values())).dir)]
         else:
-            raise ReportError(f"--paired-bootstrap: groups {a.name!r} and {b.name!r} share no finished seed; "
-                              f"pass two job dirs instead")
+            raise ReportError(
+                f"--paired-bootstrap: groups {a.name!r} and {b.name!r} share no finished seed; "
+                f"pass two job dirs instead"
+            )
     else:
         a_dirs = [j.dir for j in a.finished] if isinstance(a, Group) else [j.dir for j in a]
         b_dirs = [j.dir for j in b.finished] if isinstance(b, Group) else [j.dir for j in b]
         if len(a_dirs) != 1 or len(b_dirs) != 1:
-            raise ReportError("--paired-bootstrap: mix of a group with several runs and a job dir; "
-                              "pass two job dirs or two group strings")
+            raise ReportError(
+                "--paired-bootstrap: mix of a group with several runs and a job dir; "
+                "pass two job dirs or two group strings"
+            )
         pairs = [(a_dirs[0], b_dirs[0])]
 
     frames = [(_read_predictions(da), _read_predictions(db)) for da, db in pairs]
@@ -186,11 +251,15 @@ def paired_bootstrap(args: argparse.Namespace, groups: list[Group]) -> dict[str,
     for (fa_, fb_), (da, db) in zip(frames, pairs, strict=True):
         for df, d in ((fa_, da), (fb_, db)):
             if not df.index.equals(ref.index):
-                raise ReportError(f"--paired-bootstrap: {d}/test_predictions.csv has other example ids than "
-                                  f"{pairs[0][0]}/test_predictions.csv; both must predict the same test set")
+                raise ReportError(
+                    f"--paired-bootstrap: {d}/test_predictions.csv has other example ids than "
+                    f"{pairs[0][0]}/test_predictions.csv; both must predict the same test set"
+                )
             if not (df["label"] == ref["label"]).all():
-                raise ReportError(f"--paired-bootstrap: {d}/test_predictions.csv has other gold labels than "
-                                  f"{pairs[0][0]}/test_predictions.csv for the same ids")
+                raise ReportError(
+                    f"--paired-bootstrap: {d}/test_predictions.csv has other gold labels than "
+                    f"{pairs[0][0]}/test_predictions.csv for the same ids"
+                )
     cols = [ref["label"]] + [f["pred"] for pair in frames for f in pair]
     classes, codes = stats.encode_labels(*cols)
     y = codes[0]
@@ -199,10 +268,17 @@ def paired_bootstrap(args: argparse.Namespace, groups: list[Group]) -> dict[str,
     two_level = None
     if len(pairs) >= 2:
         n_classes = len(classes)
-        tl = stats.two_level_bootstrap(lambda pred, idx: stats.macro_f1_resampled(y, pred, n_classes, idx),
-                                       preds[0::2], preds[1::2], y.size)
-        two_level = {"diff": tl.diff, "diff_ci95_low": tl.ci_low, "diff_ci95_high": tl.ci_high, "std": tl.std,
-                     "n_resamples": tl.n_resamples, "n_pairs": tl.n_pairs}
+        tl = stats.two_level_bootstrap(
+            lambda pred, idx: stats.macro_f1_resampled(y, pred, n_classes, idx), preds[0::2], preds[1::2], y.size
+        )
+        two_level = {
+            "diff": tl.diff,
+            "diff_ci95_low": tl.ci_low,
+            "diff_ci95_high": tl.ci_high,
+            "std": tl.std,
+            "n_resamples": tl.n_resamples,
+            "n_pairs": tl.n_pairs,
+        }
     return {
         "a": a.name if isinstance(a, Group) else str(pairs[0][0]),
         "b": b.name if isinstance(b, Group) else str(pairs[0][1]),
@@ -252,8 +328,7 @@ def analyze(args: argparse.Namespace) -> dict[str, Any]:
     finished = [j for j in jobs if j.finished]
     if not finished:
         states = ", ".join(f"{j.name}: {j.status}" for j in jobs)
-        raise ReportError(f"{_dirs(args)} has no finished jobs (status completed with metrics.json); "
-                          f"found {states}")
+        raise ReportError(f"{_dirs(args)} has no finished jobs (status completed with metrics.json); found {states}")
     warnings: list[str] = []
     notes: list[str] = []
     task = task_meta(finished)
@@ -270,8 +345,10 @@ def analyze(args: argparse.Namespace) -> dict[str, Any]:
     groups = group_jobs(jobs, args.seed_key)
     warnings += consistency_warnings(jobs)
     if ignored:
-        notes.append(f"{len(ignored)} subdir(s) that hold runs but are not jobs of this comparison were ignored "
-                     f"(only immediate job dirs and trial_*/ seed dirs are): {_few(sorted(ignored))}")
+        notes.append(
+            f"{len(ignored)} subdir(s) that hold runs but are not jobs of this comparison were ignored "
+            f"(only immediate job dirs and trial_*/ seed dirs are): {_few(sorted(ignored))}"
+        )
     for j in jobs:
         if j.status == "completed" and j.metrics is None:
             warnings.append(f"job {j.name} is marked completed but has no metrics.json; left out")
@@ -302,8 +379,9 @@ def analyze(args: argparse.Namespace) -> dict[str, Any]:
         raw, _ = _raw(g.finished, args.select)
         vals = [v for v in raw if math.isfinite(v)]
         if len(vals) < len(raw):
-            warnings.append(f"group {g.name!r}: {len(raw) - len(vals)} non-finite {args.select!r} value(s) left "
-                            f"out of selection")
+            warnings.append(
+                f"group {g.name!r}: {len(raw) - len(vals)} non-finite {args.select!r} value(s) left out of selection"
+            )
         if vals:
             sel_means[g.name] = float(np.mean(vals))
     if not sel_means:
@@ -316,18 +394,29 @@ def analyze(args: argparse.Namespace) -> dict[str, Any]:
     best_group = next(g for g in groups if g.name == best)
     flags = []
     if len(tied) > 1:
-        flags.append(f"tie: {len(tied)} groups have the same {args.select} mean {fmt(best_value)} "
-                     f"({', '.join(tied)}); the first in table order (sorted by override values) was taken")
+        flags.append(
+            f"tie: {len(tied)} groups have the same {args.select} mean {fmt(best_value)} "
+            f"({', '.join(tied)}); the first in table order (sorted by override values) was taken"
+        )
     if best_group.n_failed or best_group.count(*UNFINISHED):
-        flags.append(f"the selected group has jobs that did not finish ({best_group.states}): its mean rests on "
-                     f"{best_row['n']} value(s)")
+        flags.append(
+            f"the selected group has jobs that did not finish ({best_group.states}): its mean rests on "
+            f"{best_row['n']} value(s)"
+        )
     warnings += [f"selection: {f}" for f in flags]
     selection = {
-        "select_metric": args.select, "select_mode": mode, "report_metric": metric,
-        "group": best, "select_mean": sel_means[best],
-        "report_mean": best_row["mean"], "report_std": best_row["std"],
-        "report_ci95_low": best_row["ci95_low"], "report_ci95_high": best_row["ci95_high"],
-        "n": best_row["n"], "tied": tied, "flags": flags,
+        "select_metric": args.select,
+        "select_mode": mode,
+        "report_metric": metric,
+        "group": best,
+        "select_mean": sel_means[best],
+        "report_mean": best_row["mean"],
+        "report_std": best_row["std"],
+        "report_ci95_low": best_row["ci95_low"],
+        "report_ci95_high": best_row["ci95_high"],
+        "n": best_row["n"],
+        "tied": tied,
+        "flags": flags,
         "rule": "highest group mean" if mode == "max" else "lowest group mean",
     }
 
@@ -339,10 +428,16 @@ def analyze(args: argparse.Namespace) -> dict[str, Any]:
         um, us = stats.expected_max_unbiased(sign * scores)
         hours = [_group_hours(g) for g in groups if g.name in sel_means]
         expected_max = {
-            "metric": args.select, "mode": mode, "n_configs": int(scores.size),
-            "n": list(range(1, scores.size + 1)), "expected": (sign * em).tolist(), "std": es.tolist(),
-            "expected_unbiased": (sign * um).tolist(), "std_unbiased": us.tolist(),
-            "observed_min": float(scores.min()), "observed_max": float(scores.max()),
+            "metric": args.select,
+            "mode": mode,
+            "n_configs": int(scores.size),
+            "n": list(range(1, scores.size + 1)),
+            "expected": (sign * em).tolist(),
+            "std": es.tolist(),
+            "expected_unbiased": (sign * um).tolist(),
+            "std_unbiased": us.tolist(),
+            "observed_min": float(scores.min()),
+            "observed_max": float(scores.max()),
             "runs_per_config": float(np.mean([len(g.jobs) for g in groups if g.name in sel_means])),
             # Budget in hours: n configurations x the mean wall-clock hours per configuration (all its seeds,
             # from manifest start/end times); None when the manifests do not say.
@@ -350,11 +445,15 @@ def analyze(args: argparse.Namespace) -> dict[str, Any]:
         }
     else:
         # Not a problem with the sweep, so a note rather than a warning on stderr.
-        notes.append(f"expected-max curve skipped: {len(sel_means)} configuration(s) with "
-                     f"{args.select!r}, needs at least {MIN_CONFIGS_FOR_CURVE}")
+        notes.append(
+            f"expected-max curve skipped: {len(sel_means)} configuration(s) with "
+            f"{args.select!r}, needs at least {MIN_CONFIGS_FOR_CURVE}"
+        )
     if args.ci == "bootstrap" and any(0 < r["n"] < stats.MIN_BOOTSTRAP_N for r in rows):
-        notes.append(f"--ci bootstrap: groups with fewer than {stats.MIN_BOOTSTRAP_N} values use the Student t "
-                     f"interval instead (BCa covers far below 95% with few seeds)")
+        notes.append(
+            f"--ci bootstrap: groups with fewer than {stats.MIN_BOOTSTRAP_N} values use the Student t "
+            f"interval instead (BCa covers far below 95% with few seeds)"
+        )
 
     m = sum(c is not None for c in comparisons)
     power = None
@@ -364,33 +463,58 @@ def analyze(args: argparse.Namespace) -> dict[str, Any]:
         n_typ = int(np.median([c.n for _, c in shown]))
         paired_any = any(c.paired for _, c in shown)
         power = {
-            "alpha": stats.ALPHA, "m": m, "alpha_m": alpha_m, "power": stats.POWER,
-            "n_seeds": n_typ, "paired": paired_any,
+            "alpha": stats.ALPHA,
+            "m": m,
+            "alpha_m": alpha_m,
+            "power": stats.POWER,
+            "n_seeds": n_typ,
+            "paired": paired_any,
             "mde_effect": stats.min_detectable_effect(n_typ, alpha_m, paired_any),
             "mde_effect_alpha": stats.min_detectable_effect(n_typ, stats.ALPHA, paired_any),
         }
 
     result: dict[str, Any] = {
-        "sweep_dir": _dirs(args), "sweep_dirs": [str(d) for d in args.sweep_dir], "metric": metric,
-        "metrics": metrics, "metric_mode": metric_mode, "select": args.select,
-        "seed_key": args.seed_key, "ci": args.ci, "task": task,
-        "n_jobs": len(jobs), "n_finished": len(finished), "n_failed": state_counts.get("failed", 0),
-        "n_running": state_counts.get("running", 0), "states": dict(sorted(state_counts.items())),
+        "sweep_dir": _dirs(args),
+        "sweep_dirs": [str(d) for d in args.sweep_dir],
+        "metric": metric,
+        "metrics": metrics,
+        "metric_mode": metric_mode,
+        "select": args.select,
+        "seed_key": args.seed_key,
+        "ci": args.ci,
+        "task": task,
+        "n_jobs": len(jobs),
+        "n_finished": len(finished),
+        "n_failed": state_counts.get("failed", 0),
+        "n_running": state_counts.get("running", 0),
+        "states": dict(sorted(state_counts.items())),
         "ignored_dirs": sorted(ignored),
         "baseline": baseline.name if baseline else None,
         "constant_overrides": groups[0].constant if groups else [],
         "groups": rows,
         "comparisons": {
-            r["group"]: {"test": c.test, "paired": c.paired, "n": c.n, "n_base": c.n_base,
-                         "dropped_seeds": list(c.dropped_seeds), "p_exact": c.p_exact, "effect_name": c.effect.name,
-                         "note": c.note}
-            for r, c in zip(rows, comparisons, strict=True) if c
+            r["group"]: {
+                "test": c.test,
+                "paired": c.paired,
+                "n": c.n,
+                "n_base": c.n_base,
+                "dropped_seeds": list(c.dropped_seeds),
+                "p_exact": c.p_exact,
+                "effect_name": c.effect.name,
+                "note": c.note,
+            }
+            for r, c in zip(rows, comparisons, strict=True)
+            if c
         },
         "extra_metrics": {mm: tables[mm][0] for mm in metrics[1:]},
         "power": power,
-        "selection": selection, "expected_max": expected_max, "warnings": warnings, "notes": notes,
+        "selection": selection,
+        "expected_max": expected_max,
+        "warnings": warnings,
+        "notes": notes,
         "optuna": read_optuna_results(args.sweep_dir[0]),
-        "provenance": _provenance(jobs), "plots": [],
+        "provenance": _provenance(jobs),
+        "plots": [],
         "seed_values": {g.name: _seed_points(g, metric) for g in groups},
         "curves": learning_curves(groups, args.select),
         "hparam": numeric_hparam(groups, rows),
@@ -417,8 +541,16 @@ def aso(groups: list[Group], baseline: Group, metric: str, mode: str, m: int) ->
         vals = _values(g.finished, metric)[0]
         if g is baseline or not vals:
             continue
-        out[g.name] = float(deepsig_aso(sign * np.array(vals), base, confidence_level=stats.CONFIDENCE,
-                                        num_comparisons=max(m, 1), seed=stats.RNG_SEED, show_progress=False))
+        out[g.name] = float(
+            deepsig_aso(
+                sign * np.array(vals),
+                base,
+                confidence_level=stats.CONFIDENCE,
+                num_comparisons=max(m, 1),
+                seed=stats.RNG_SEED,
+                show_progress=False,
+            )
+        )
     return out
 
 
@@ -426,8 +558,9 @@ def _dirs(args: argparse.Namespace) -> str:
     return " ".join(str(d) for d in args.sweep_dir)
 
 
-def _metric_table(metric: str, groups: list[Group], baseline: Group | None, args: argparse.Namespace,
-                  mode: str, warnings: list[str]) -> tuple[list[dict[str, Any]], list[stats.Comparison | None]]:
+def _metric_table(
+    metric: str, groups: list[Group], baseline: Group | None, args: argparse.Namespace, mode: str, warnings: list[str]
+) -> tuple[list[dict[str, Any]], list[stats.Comparison | None]]:
     rows: list[dict[str, Any]] = []
     comparisons: list[stats.Comparison | None] = []
     base_vals, base_seeds = _values(baseline.finished, metric) if baseline else ([], [])
@@ -442,26 +575,49 @@ def _metric_table(metric: str, groups: list[Group], baseline: Group | None, args
         s = stats.summarize(vals, args.ci)
         row: dict[str, Any] = dict.fromkeys(CSV_COLUMNS, float("nan"))
         row |= {
-            "group": g.name, "n": s.n, "n_nan": n_nan, "n_failed": g.n_failed, "n_running": g.count("running"),
-            "states": g.states, "mean": s.mean, "std": s.std,
-            "ci95_low": s.ci_low, "ci95_high": s.ci_high, "min": s.min, "max": s.max,
-            "test": "", "dropped_seeds": "",
+            "group": g.name,
+            "n": s.n,
+            "n_nan": n_nan,
+            "n_failed": g.n_failed,
+            "n_running": g.count("running"),
+            "states": g.states,
+            "mean": s.mean,
+            "std": s.std,
+            "ci95_low": s.ci_low,
+            "ci95_high": s.ci_high,
+            "min": s.min,
+            "max": s.max,
+            "test": "",
+            "dropped_seeds": "",
         }
         cmp = None
         if baseline is not None and g is not baseline and vals:
-            cmp = stats.compare(vals, seeds, base_vals, base_seeds, higher_is_better=mode == "max",
-                                alpha_power=alpha_m)
-            row.update(diff=cmp.diff, diff_ci95_low=cmp.diff_ci_low, diff_ci95_high=cmp.diff_ci_high,
-                       p_paired_t=cmp.p_t, p_permutation=cmp.p_permutation, effect=cmp.effect.value,
-                       effect_ci95_low=cmp.effect.ci_low, effect_ci95_high=cmp.effect.ci_high,
-                       p_improve=cmp.poi.value, p_improve_ci95_low=cmp.poi.ci_low,
-                       p_improve_ci95_high=cmp.poi.ci_high, mde=cmp.mde_units, mde_effect=cmp.mde,
-                       seeds_needed=cmp.seeds_needed if cmp.seeds_needed is not None else float("nan"),
-                       test=cmp.test, n_compared=cmp.n, dropped_seeds=_fmt_seeds(list(cmp.dropped_seeds)))
+            cmp = stats.compare(vals, seeds, base_vals, base_seeds, higher_is_better=mode == "max", alpha_power=alpha_m)
+            row.update(
+                diff=cmp.diff,
+                diff_ci95_low=cmp.diff_ci_low,
+                diff_ci95_high=cmp.diff_ci_high,
+                p_paired_t=cmp.p_t,
+                p_permutation=cmp.p_permutation,
+                effect=cmp.effect.value,
+                effect_ci95_low=cmp.effect.ci_low,
+                effect_ci95_high=cmp.effect.ci_high,
+                p_improve=cmp.poi.value,
+                p_improve_ci95_low=cmp.poi.ci_low,
+                p_improve_ci95_high=cmp.poi.ci_high,
+                mde=cmp.mde_units,
+                mde_effect=cmp.mde,
+                seeds_needed=cmp.seeds_needed if cmp.seeds_needed is not None else float("nan"),
+                test=cmp.test,
+                n_compared=cmp.n,
+                dropped_seeds=_fmt_seeds(list(cmp.dropped_seeds)),
+            )
             if cmp.dropped_seeds:
-                warnings.append(f"group {g.name!r} vs baseline on {metric!r}: paired on the {cmp.n} shared seeds; "
-                                f"seed(s) {_fmt_seeds(list(cmp.dropped_seeds))} have no partner and are left out "
-                                f"of the comparison")
+                warnings.append(
+                    f"group {g.name!r} vs baseline on {metric!r}: paired on the {cmp.n} shared seeds; "
+                    f"seed(s) {_fmt_seeds(list(cmp.dropped_seeds))} have no partner and are left out "
+                    f"of the comparison"
+                )
         comparisons.append(cmp)
         rows.append(row)
     # The Holm family is every comparison shown, a NaN p included (it counts as 1).
@@ -524,9 +680,14 @@ def learning_curves(groups: list[Group], metric: str) -> dict[str, Any]:
             per_seed.append(s)
         if per_seed:
             frame = pd.concat(per_seed, axis=1)
-            out[g.name] = {"x": [float(v) for v in frame.index], "mean": frame.mean(axis=1).tolist(),
-                           "low": frame.min(axis=1).tolist(), "high": frame.max(axis=1).tolist(),
-                           "n_seeds": len(per_seed), "x_name": x}
+            out[g.name] = {
+                "x": [float(v) for v in frame.index],
+                "mean": frame.mean(axis=1).tolist(),
+                "low": frame.min(axis=1).tolist(),
+                "high": frame.max(axis=1).tolist(),
+                "n_seeds": len(per_seed),
+                "x_name": x,
+            }
     return out
 
 
@@ -547,9 +708,18 @@ def numeric_hparam(groups: list[Group], rows: list[dict[str, Any]]) -> dict[str,
     means = {r["group"]: r for r in rows}
     others = {g.name: " ".join(o for o in g.overrides if override_key(o) != key) for g in groups}
     # One series per setting of the other overrides (e.g. one line per optimizer across lr).
-    pts = [{"group": name, "series": others.get(name, ""), "x": x, "mean": means[name]["mean"],
-            "low": means[name]["ci95_low"], "high": means[name]["ci95_high"]}
-           for name, x in per_key[key].items() if name in means]
+    pts = [
+        {
+            "group": name,
+            "series": others.get(name, ""),
+            "x": x,
+            "mean": means[name]["mean"],
+            "low": means[name]["ci95_low"],
+            "high": means[name]["ci95_high"],
+        }
+        for name, x in per_key[key].items()
+        if name in means
+    ]
     xs = [p["x"] for p in pts]
     log = min(xs) > 0 and max(xs) / min(xs) >= 10 or any(w in key for w in ("lr", "weight_decay"))
     return {"key": key, "points": pts, "log": bool(log and min(xs) > 0)}
@@ -564,12 +734,14 @@ def power_statement(result: dict[str, Any]) -> str | None:
     if not pw:
         return None
     design = "paired" if pw["paired"] else "unpaired (per group)"
-    return (f"With {pw['n_seeds']} seeds ({design}) and {pw['m']} comparison(s), this design detects at 80% power "
-            f"only standardized effects of {pw['effect_name'] if 'effect_name' in pw else 'd'} ≥ "
-            f"{fmt(pw['mde_effect'])} at the Bonferroni level α/m = {fmt(pw['alpha_m'])} "
-            f"(≥ {fmt(pw['mde_effect_alpha'])} at α = {fmt(pw['alpha'])}). `mde` gives that smallest detectable "
-            f"difference in metric units per comparison; `seeds_needed` the seeds that would detect the observed "
-            f"effect at 80% power at α/m (empty: more than {stats.MAX_SEEDS_NEEDED}, or no effect).")
+    return (
+        f"With {pw['n_seeds']} seeds ({design}) and {pw['m']} comparison(s), this design detects at 80% power "
+        f"only standardized effects of {pw['effect_name'] if 'effect_name' in pw else 'd'} ≥ "
+        f"{fmt(pw['mde_effect'])} at the Bonferroni level α/m = {fmt(pw['alpha_m'])} "
+        f"(≥ {fmt(pw['mde_effect_alpha'])} at α = {fmt(pw['alpha'])}). `mde` gives that smallest detectable "
+        f"difference in metric units per comparison; `seeds_needed` the seeds that would detect the observed "
+        f"effect at 80% power at α/m (empty: more than {stats.MAX_SEEDS_NEEDED}, or no effect)."
+    )
 
 
 def render_markdown(result: dict[str, Any]) -> str:
@@ -580,21 +752,30 @@ def render_markdown(result: dict[str, Any]) -> str:
     lines = [
         f"# Sweep report: `{result['sweep_dir']}`",
         "",
-        (f"{result['n_jobs']} jobs, {result['n_finished']} finished, {result['n_failed']} failed ({states}). "
-         f"Groups = overrides without `{result['seed_key']}`, compared by "
-         f"value; CI: {ci} 95% of the mean. Non-finite values are left out of every statistic and counted in "
-         "`n_nan`."),
+        (
+            f"{result['n_jobs']} jobs, {result['n_finished']} finished, {result['n_failed']} failed ({states}). "
+            f"Groups = overrides without `{result['seed_key']}`, compared by "
+            f"value; CI: {ci} 95% of the mean. Non-finite values are left out of every statistic and counted in "
+            "`n_nan`."
+        ),
         "",
-        *([f"Overrides shared by every job (left out of group names): `{' '.join(result['constant_overrides'])}`",
-           ""] if result.get("constant_overrides") else []),
+        *(
+            [f"Overrides shared by every job (left out of group names): `{' '.join(result['constant_overrides'])}`", ""]
+            if result.get("constant_overrides")
+            else []
+        ),
         "## Selection",
         "",
-        (f"The best group was chosen on **{sel['select_metric']}** (group mean, {better} is better) and is "
-         f"reported on **{sel['report_metric']}**; the test metric played no part in the choice."),
+        (
+            f"The best group was chosen on **{sel['select_metric']}** (group mean, {better} is better) and is "
+            f"reported on **{sel['report_metric']}**; the test metric played no part in the choice."
+        ),
         "",
         f"- selected: `{sel['group']}` ({sel['select_metric']} mean {fmt(sel['select_mean'])})",
-        (f"- {sel['report_metric']}: {fmt(sel['report_mean'])} ± {fmt(sel['report_std'])} (std), "
-         f"95% CI [{fmt(sel['report_ci95_low'])}, {fmt(sel['report_ci95_high'])}], n={sel['n']}"),
+        (
+            f"- {sel['report_metric']}: {fmt(sel['report_mean'])} ± {fmt(sel['report_std'])} (std), "
+            f"95% CI [{fmt(sel['report_ci95_low'])}, {fmt(sel['report_ci95_high'])}], n={sel['n']}"
+        ),
         *[f"- **{f}**" for f in sel["flags"]],
         "",
         f"## {result['metric']} per group",
@@ -606,35 +787,46 @@ def render_markdown(result: dict[str, Any]) -> str:
         welch = [g for g, c in result["comparisons"].items() if not c["paired"]]
         lines += [
             "",
-            (f"Baseline: `{result['baseline']}`. `diff` = mean over the compared values of group − baseline. "
-             "Groups that share at least 2 seeds with the baseline are paired on those seeds (paired t-test, "
-             "exact sign-flip permutation test, diff CI = t CI of the paired differences, effect = Cohen's d_z "
-             "with its noncentral-t CI, `p_improve` = share of shared seeds on which the group is better); the "
-             "others (genuinely unpaired) use Welch's t-test, an independent permutation test, Hedges' g and "
-             "P(X better than Y) over all pairs; ties count one half, p_improve's CI is a percentile bootstrap "
-             "over seeds. Permutation statistics within 1e-9 (relative) of the observed one count as ties (equal "
-             "accuracies stay equal despite float rounding), and every assignment is enumerated when there are at "
-             "most 65536 (else 9999 random ones). `p_paired_t` is the t-test's p (paired t, or Welch for the "
-             f"unpaired); `p_holm`: Holm correction of p_paired_t across all {len(result['comparisons'])} "
-             "comparisons shown (an undefined p counts as 1). Constant differences leave the t-test "
-             "undefined; their p_permutation is the exact sign-flip p (1 for no difference, 2/2^n otherwise)."),
+            (
+                f"Baseline: `{result['baseline']}`. `diff` = mean over the compared values of group − baseline. "
+                "Groups that share at least 2 seeds with the baseline are paired on those seeds (paired t-test, "
+                "exact sign-flip permutation test, diff CI = t CI of the paired differences, effect = Cohen's d_z "
+                "with its noncentral-t CI, `p_improve` = share of shared seeds on which the group is better); the "
+                "others (genuinely unpaired) use Welch's t-test, an independent permutation test, Hedges' g and "
+                "P(X better than Y) over all pairs; ties count one half, p_improve's CI is a percentile bootstrap "
+                "over seeds. Permutation statistics within 1e-9 (relative) of the observed one count as ties (equal "
+                "accuracies stay equal despite float rounding), and every assignment is enumerated when there are at "
+                "most 65536 (else 9999 random ones). `p_paired_t` is the t-test's p (paired t, or Welch for the "
+                f"unpaired); `p_holm`: Holm correction of p_paired_t across all {len(result['comparisons'])} "
+                "comparisons shown (an undefined p counts as 1). Constant differences leave the t-test "
+                "undefined; their p_permutation is the exact sign-flip p (1 for no difference, 2/2^n otherwise)."
+            ),
             "",
         ]
         if paired:
             lines.append(f"- paired: {', '.join(f'`{g}`' for g in paired)}")
         if welch:
-            lines.append(f"- unpaired (Welch; seeds not shared with the baseline): "
-                         f"{', '.join(f'`{g}`' for g in welch)}")
+            lines.append(
+                f"- unpaired (Welch; seeds not shared with the baseline): {', '.join(f'`{g}`' for g in welch)}"
+            )
         for g, c in result["comparisons"].items():
             if c["dropped_seeds"]:
-                lines.append(f"- `{g}`: paired on {c['n']} shared seeds; dropped seed(s) without a partner: "
-                             f"{', '.join(c['dropped_seeds'])}")
+                lines.append(
+                    f"- `{g}`: paired on {c['n']} shared seeds; dropped seed(s) without a partner: "
+                    f"{', '.join(c['dropped_seeds'])}"
+                )
             if c["note"]:
                 lines.append(f"- `{g}`: {c['note']}")
         if result.get("aso"):
-            lines += ["", (f"Almost stochastic order (Dror et al. 2019, deepsig; ε_min < 0.5: the group is almost "
-                           f"stochastically better than the baseline, 95% confidence, Bonferroni over "
-                           f"{len(result['aso'])}):"), ""]
+            lines += [
+                "",
+                (
+                    f"Almost stochastic order (Dror et al. 2019, deepsig; ε_min < 0.5: the group is almost "
+                    f"stochastically better than the baseline, 95% confidence, Bonferroni over "
+                    f"{len(result['aso'])}):"
+                ),
+                "",
+            ]
             lines += [f"- `{g}`: ε_min = {fmt(e)}" for g, e in result["aso"].items()]
         statement = power_statement(result)
         if statement:
@@ -649,42 +841,64 @@ def render_markdown(result: dict[str, Any]) -> str:
             "",
             "## Expected best validation score vs. configurations tried",
             "",
-            (f"Expected {kind} of {em['metric']} (group means) over n of the {em['n_configs']} configurations: "
-             "drawn with replacement (Dodge et al. 2019) and the unbiased estimator without replacement (Tang "
-             f"et al. 2020). Budget: each configuration is {fmt(em['runs_per_config'])} runs{hours}."),
+            (
+                f"Expected {kind} of {em['metric']} (group means) over n of the {em['n_configs']} configurations: "
+                "drawn with replacement (Dodge et al. 2019) and the unbiased estimator without replacement (Tang "
+                f"et al. 2020). Budget: each configuration is {fmt(em['runs_per_config'])} runs{hours}."
+            ),
             "",
             "| n | runs | expected (Dodge) | std | expected (unbiased) | std |",
             "|---|---|---|---|---|---|",
         ]
         rows = zip(em["n"], em["expected"], em["std"], em["expected_unbiased"], em["std_unbiased"], strict=True)
-        lines += [f"| {n} | {fmt(n * em['runs_per_config'])} | {fmt(e)} | {fmt(s)} | {fmt(u)} | {fmt(us)} |"
-                  for n, e, s, u, us in rows]
+        lines += [
+            f"| {n} | {fmt(n * em['runs_per_config'])} | {fmt(e)} | {fmt(s)} | {fmt(u)} | {fmt(us)} |"
+            for n, e, s, u, us in rows
+        ]
     pb = result.get("paired_bootstrap")
     if pb:
         lines += [
             "",
             "## Bootstrap over test examples",
             "",
-            (f"macro-F1(A) − macro-F1(B), A = `{pb['a']}`, B = `{pb['b']}`, {pb['n_examples']} examples, "
-             f"{len(pb['pairs'])} run pair(s): {fmt(pb['f1_macro_a'])} − {fmt(pb['f1_macro_b'])} = "
-             f"**{fmt(pb['diff'])}**."),
+            (
+                f"macro-F1(A) − macro-F1(B), A = `{pb['a']}`, B = `{pb['b']}`, {pb['n_examples']} examples, "
+                f"{len(pb['pairs'])} run pair(s): {fmt(pb['f1_macro_a'])} − {fmt(pb['f1_macro_b'])} = "
+                f"**{fmt(pb['diff'])}**."
+            ),
             "",
         ]
         tl = pb.get("two_level")
         if tl:
-            lines.append(f"- seeds × examples (two-level) bootstrap, {tl['n_resamples']} resamples: 95% CI "
-                         f"[{fmt(tl['diff_ci95_low'])}, {fmt(tl['diff_ci95_high'])}] (both sources of variance)")
-        lines.append(f"- example-only bootstrap (seeds held fixed; ignores seed variance), {pb['n_resamples']} "
-                     f"resamples: 95% CI [{fmt(pb['diff_ci95_low'])}, {fmt(pb['diff_ci95_high'])}], "
-                     f"p = {fmt(pb['p_value'])}")
+            lines.append(
+                f"- seeds × examples (two-level) bootstrap, {tl['n_resamples']} resamples: 95% CI "
+                f"[{fmt(tl['diff_ci95_low'])}, {fmt(tl['diff_ci95_high'])}] (both sources of variance)"
+            )
+        lines.append(
+            f"- example-only bootstrap (seeds held fixed; ignores seed variance), {pb['n_resamples']} "
+            f"resamples: 95% CI [{fmt(pb['diff_ci95_low'])}, {fmt(pb['diff_ci95_high'])}], "
+            f"p = {fmt(pb['p_value'])}"
+        )
     if result["optuna"]:
-        lines += ["", "## Optuna", "", "optimization_results.yaml (chosen on the sweep's objective):", "",
-                  "```", json.dumps(result["optuna"], indent=2, default=str), "```"]
+        lines += [
+            "",
+            "## Optuna",
+            "",
+            "optimization_results.yaml (chosen on the sweep's objective):",
+            "",
+            "```",
+            json.dumps(result["optuna"], indent=2, default=str),
+            "```",
+        ]
     prov = result.get("provenance") or {}
-    lines += ["", "## Provenance", "",
-              f"- git commits: {', '.join(prov.get('git.commit') or ['(none recorded)'])}",
-              f"- data fingerprints: {', '.join(prov.get('data.fingerprint') or ['(none recorded)'])}",
-              f"- not finished: {_few(prov.get('not_finished') or []) or 'none'}"]
+    lines += [
+        "",
+        "## Provenance",
+        "",
+        f"- git commits: {', '.join(prov.get('git.commit') or ['(none recorded)'])}",
+        f"- data fingerprints: {', '.join(prov.get('data.fingerprint') or ['(none recorded)'])}",
+        f"- not finished: {_few(prov.get('not_finished') or []) or 'none'}",
+    ]
     if result["warnings"]:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in result["warnings"]]
     if result["notes"]:
@@ -720,8 +934,22 @@ def print_table(result: dict[str, Any]) -> None:
 
     sel = result["selection"]["group"]
     t = Table(title=f"{result['metric']} per group (selected on {result['select']}: {sel})")
-    cols = ["group", "n", "n_nan", "n_failed", "mean", "std", "ci95_low", "ci95_high", "diff", "p_paired_t", "p_holm",
-            "effect", "p_improve", "seeds_needed"]
+    cols = [
+        "group",
+        "n",
+        "n_nan",
+        "n_failed",
+        "mean",
+        "std",
+        "ci95_low",
+        "ci95_high",
+        "diff",
+        "p_paired_t",
+        "p_holm",
+        "effect",
+        "p_improve",
+        "seeds_needed",
+    ]
     for c in cols:
         # Group strings are what users paste into --baseline: never wrap them.
         t.add_column(c, justify="left" if c == "group" else "right", no_wrap=c == "group")
@@ -746,13 +974,19 @@ def log_wandb(result: dict[str, Any], out: Path, project: str | None) -> str | N
         if project is None:
             return None
         config = {k: result[k] for k in ("metric", "select", "baseline", "ci")}
-        run = wandb.init(project=project, job_type="report", name=f"report-{out.name}",
-                         dir=os.environ.get("WANDB_DIR", str(out)), config=config)
+        run = wandb.init(
+            project=project,
+            job_type="report",
+            name=f"report-{out.name}",
+            dir=os.environ.get("WANDB_DIR", str(out)),
+            config=config,
+        )
     data = {"report/table": wandb.Table(dataframe=_table(result))}
     data.update({f"report/{Path(p).stem}": wandb.Image(str(out / p)) for p in result["plots"]})
     run.log(data)
-    run.summary.update({f"report/selection/{k}": v for k, v in _json_safe(result["selection"]).items()
-                        if v is not None})
+    run.summary.update(
+        {f"report/selection/{k}": v for k, v in _json_safe(result["selection"]).items() if v is not None}
+    )
     run_id = run.id
     if own:
         run.finish()
@@ -782,13 +1016,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(statement.replace("`", ""))
     pb = result.get("paired_bootstrap")
     if pb:
-        print(f"paired bootstrap {pb['a']!r} vs {pb['b']!r}: diff {fmt(pb['diff'])} "
-              f"[{fmt(pb['diff_ci95_low'])}, {fmt(pb['diff_ci95_high'])}], p={fmt(pb['p_value'])}")
+        print(
+            f"paired bootstrap {pb['a']!r} vs {pb['b']!r}: diff {fmt(pb['diff'])} "
+            f"[{fmt(pb['diff_ci95_low'])}, {fmt(pb['diff_ci95_high'])}], p={fmt(pb['p_value'])}"
+        )
     wandb_id = log_wandb(result, out, args.wandb)
     if wandb_id:
         print(f"logged to W&B run {wandb_id}")
-    print(f"wrote {out / 'report.md'}, report.html, report.csv, report.json"
-          + "".join(f", {p}" for p in result["plots"]))
+    print(
+        f"wrote {out / 'report.md'}, report.html, report.csv, report.json" + "".join(f", {p}" for p in result["plots"])
+    )
     return result
 
 

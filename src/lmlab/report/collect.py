@@ -156,8 +156,9 @@ def find_jobs(sweep_dir: Path, ignored: list[str] | None = None) -> list[Job]:
     (`trial_<n>/seed=<s>/`). Any other subdir (e.g. dapt's stage-1 `pretrain/seed=<s>/`) is not a job of this
     comparison; its name is appended to `ignored`."""
     if not sweep_dir.exists():
-        raise ReportError(f"sweep dir {sweep_dir} does not exist; pass a Hydra multirun dir "
-                          f"(e.g. logs/multirun/<date>/<time>)")
+        raise ReportError(
+            f"sweep dir {sweep_dir} does not exist; pass a Hydra multirun dir (e.g. logs/multirun/<date>/<time>)"
+        )
     if not sweep_dir.is_dir():
         raise ReportError(f"{sweep_dir} is not a directory; pass a Hydra multirun dir")
     # `<job>.replaced-<time>`: a re-run's earlier attempt (hydra.sweeper.resume=false), not part of this sweep.
@@ -167,12 +168,17 @@ def find_jobs(sweep_dir: Path, ignored: list[str] | None = None) -> list[Job]:
             dirs.append((d, None))
         elif d.name.startswith("trial_") and ".replaced-" not in d.name and any(map(_is_job_dir, d.iterdir())):
             dirs += [(leaf, d.name) for leaf in sorted(d.iterdir(), key=_natural) if _is_job_dir(leaf)]
-        elif ignored is not None and not d.name.startswith(".") and ".replaced-" not in d.name and any(
-                _is_job_dir(x) for x in d.rglob("*") if x.is_dir()):
+        elif (
+            ignored is not None
+            and not d.name.startswith(".")
+            and ".replaced-" not in d.name
+            and any(_is_job_dir(x) for x in d.rglob("*") if x.is_dir())
+        ):
             ignored.append(d.name)
     if not dirs:
-        hint = (" — it looks like a single run dir; pass its parent multirun dir"
-                if (sweep_dir / ".hydra").is_dir() else "")
+        hint = (
+            " — it looks like a single run dir; pass its parent multirun dir" if (sweep_dir / ".hydra").is_dir() else ""
+        )
         raise ReportError(f"{sweep_dir} has no job dirs (subdirectories with .hydra/overrides.yaml){hint}")
     jobs = []
     for d, trial in dirs:
@@ -225,8 +231,13 @@ def group_jobs(jobs: list[Job], seed_key: str) -> list[Group]:
 
 
 def scalar_metrics(jobs: list[Job]) -> list[str]:
-    names = {k for j in jobs if j.metrics for k, v in j.metrics.items()
-             if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    names = {
+        k
+        for j in jobs
+        if j.metrics
+        for k, v in j.metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
     return sorted(names)
 
 

@@ -69,12 +69,15 @@ def table(rows: list[dict[str, Any]], columns: list[str], table_id: str, selecte
     body = []
     for r in rows:
         cls = ' class="selected"' if selected is not None and r.get(columns[0]) == selected else ""
-        cells = "".join(f'<td data-v="{html.escape(_sort_value(r.get(c)))}">{html.escape(fmt(r.get(c)))}</td>'
-                        for c in columns)
+        cells = "".join(
+            f'<td data-v="{html.escape(_sort_value(r.get(c)))}">{html.escape(fmt(r.get(c)))}</td>' for c in columns
+        )
         body.append(f"<tr{cls}>{cells}</tr>")
     # The wide group table scrolls inside its box instead of running off the page.
-    return (f'<div class="scroll"><table class="sortable" id="{table_id}"><thead><tr>{head}</tr></thead>'
-            f"<tbody>{''.join(body)}</tbody></table></div>")
+    return (
+        f'<div class="scroll"><table class="sortable" id="{table_id}"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
 
 
 def _img(out: Path, name: str) -> str:
@@ -90,8 +93,12 @@ def render(result: dict[str, Any], out: Path, columns: list[str], power: str | N
         f"<h1>Sweep report: <code>{e(result['sweep_dir'])}</code></h1>",
         "<h2>Question</h2>",
         f"<p>Which configuration is best on <b>{e(result['metric'])}</b>"
-        + (f", and how does each differ from the baseline <code>{e(result['baseline'])}</code>?" if result["baseline"]
-           else "?") + "</p>",
+        + (
+            f", and how does each differ from the baseline <code>{e(result['baseline'])}</code>?"
+            if result["baseline"]
+            else "?"
+        )
+        + "</p>",
         f"<p>{result['n_jobs']} jobs: " + e(", ".join(f"{n} {s}" for s, n in result["states"].items())) + "</p>",
         "<h2>Selection</h2>",
         f"<p>Chosen on <b>{e(sel['select_metric'])}</b> ({e(sel['rule'])}, {better} is better), reported on "
@@ -103,31 +110,44 @@ def render(result: dict[str, Any], out: Path, columns: list[str], power: str | N
         table(result["groups"], columns, "groups", sel["group"]),
     ]
     if power:
-        parts += ["<h2>Power</h2>", f"<p id=\"power\">{e(power.replace('`', ''))}</p>"]
+        parts += ["<h2>Power</h2>", f'<p id="power">{e(power.replace("`", ""))}</p>']
     for i, (m, rows) in enumerate(result.get("extra_metrics", {}).items()):
         parts += [f"<h2>{e(m)} per group</h2>", table(rows, columns, f"metric{i + 1}", sel["group"])]
     em = result.get("expected_max")
     if em:
-        rows = [{"n": n, "runs": n * em["runs_per_config"], "expected (Dodge)": a, "std (Dodge)": b,
-                 "expected (unbiased)": c, "std (unbiased)": d}
-                for n, a, b, c, d in zip(em["n"], em["expected"], em["std"], em["expected_unbiased"],
-                                         em["std_unbiased"], strict=True)]
-        parts += ["<h2>Expected best validation score</h2>",
-                  table(rows, list(rows[0]), "expected_max")]
+        rows = [
+            {
+                "n": n,
+                "runs": n * em["runs_per_config"],
+                "expected (Dodge)": a,
+                "std (Dodge)": b,
+                "expected (unbiased)": c,
+                "std (unbiased)": d,
+            }
+            for n, a, b, c, d in zip(
+                em["n"], em["expected"], em["std"], em["expected_unbiased"], em["std_unbiased"], strict=True
+            )
+        ]
+        parts += ["<h2>Expected best validation score</h2>", table(rows, list(rows[0]), "expected_max")]
     pb = result.get("paired_bootstrap")
     if pb:
         parts += ["<h2>Bootstrap over test examples</h2>", f"<pre>{e(json.dumps(pb, indent=2, default=str))}</pre>"]
     if result["plots"]:
         parts += ["<h2>Plots</h2>"] + [_img(out, p) for p in result["plots"]]
     prov = result.get("provenance") or {}
-    parts += ["<h2>Provenance</h2><ul>",
-              f"<li>git commits: {e(', '.join(prov.get('git.commit') or ['(none recorded)']))}</li>",
-              f"<li>data fingerprints: {e(', '.join(prov.get('data.fingerprint') or ['(none recorded)']))}</li>",
-              f"<li>not finished: {e(', '.join(prov.get('not_finished') or []) or 'none')}</li></ul>"]
+    parts += [
+        "<h2>Provenance</h2><ul>",
+        f"<li>git commits: {e(', '.join(prov.get('git.commit') or ['(none recorded)']))}</li>",
+        f"<li>data fingerprints: {e(', '.join(prov.get('data.fingerprint') or ['(none recorded)']))}</li>",
+        f"<li>not finished: {e(', '.join(prov.get('not_finished') or []) or 'none')}</li></ul>",
+    ]
     if result["warnings"]:
         parts += ["<h2>Warnings</h2><ul>"] + [f'<li class="warn">{e(w)}</li>' for w in result["warnings"]] + ["</ul>"]
     if result["notes"]:
         parts += ["<h2>Notes</h2><ul>"] + [f"<li>{e(n)}</li>" for n in result["notes"]] + ["</ul>"]
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>lmlab report: {e(result['sweep_dir'])}</title><style>{CSS}</style></head><body>\n"
-            + "\n".join(parts) + f"\n<script>{SORT_JS}</script>\n</body></html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>lmlab report: {e(result['sweep_dir'])}</title><style>{CSS}</style></head><body>\n"
+        + "\n".join(parts)
+        + f"\n<script>{SORT_JS}</script>\n</body></html>\n"
+    )

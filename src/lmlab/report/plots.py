@@ -29,14 +29,27 @@ def groups_plot(result: dict[str, Any], path: Path) -> None:
     for i, r in enumerate(rows):
         pts = [p["value"] for p in result["seed_values"].get(r["group"], [])]
         jitter = np.linspace(-0.15, 0.15, len(pts)) if len(pts) > 1 else np.zeros(len(pts))
-        ax.scatter(pts, i + 0.18 + jitter * 0.5, s=14, color="tab:gray", alpha=0.8, zorder=2,
-                   label="seeds" if i == 0 else None)
+        ax.scatter(
+            pts, i + 0.18 + jitter * 0.5, s=14, color="tab:gray", alpha=0.8, zorder=2, label="seeds" if i == 0 else None
+        )
         mean, lo, hi = _nan(r["mean"]), _nan(r["ci95_low"]), _nan(r["ci95_high"])
         err = [[max(0.0, mean - lo)], [max(0.0, hi - mean)]] if np.isfinite(lo) else None
-        ax.errorbar([mean], [i], xerr=err, fmt="o", color="tab:blue", capsize=4, zorder=3,
-                    label="mean ± 95% CI" if i == 0 else None)
-    labels = [f"{r['group'] or '(all)'}  n={r['n']}" + (f", {r['n_failed']} failed" if r["n_failed"] else "")
-              + (f", {r['n_nan']} NaN" if r["n_nan"] else "") for r in rows]
+        ax.errorbar(
+            [mean],
+            [i],
+            xerr=err,
+            fmt="o",
+            color="tab:blue",
+            capsize=4,
+            zorder=3,
+            label="mean ± 95% CI" if i == 0 else None,
+        )
+    labels = [
+        f"{r['group'] or '(all)'}  n={r['n']}"
+        + (f", {r['n_failed']} failed" if r["n_failed"] else "")
+        + (f", {r['n_nan']} NaN" if r["n_nan"] else "")
+        for r in rows
+    ]
     ax.set_yticks(y, labels)
     ax.invert_yaxis()
     sel = result["selection"]["group"]
@@ -65,11 +78,19 @@ def forest_plot(result: dict[str, Any], path: Path) -> bool:
     for i, r in enumerate(rows):
         d, lo, hi = _nan(r["diff"]), _nan(r["diff_ci95_low"]), _nan(r["diff_ci95_high"])
         err = [[max(0.0, d - lo)], [max(0.0, hi - d)]] if np.isfinite(lo) else None
-        ax.errorbar([d], [i], xerr=err, fmt="s", color="tab:red" if np.isfinite(lo) and (lo > 0 or hi < 0)
-                    else "tab:blue", capsize=4)
+        ax.errorbar(
+            [d],
+            [i],
+            xerr=err,
+            fmt="s",
+            color="tab:red" if np.isfinite(lo) and (lo > 0 or hi < 0) else "tab:blue",
+            capsize=4,
+        )
     ax.axvline(0, color="black", linewidth=1)
-    ax.set_yticks(range(len(rows)), [f"{r['group']}  p_holm={r['p_holm']:.3g}" if r["p_holm"] == r["p_holm"]
-                                     else r["group"] for r in rows])
+    ax.set_yticks(
+        range(len(rows)),
+        [f"{r['group']}  p_holm={r['p_holm']:.3g}" if r["p_holm"] == r["p_holm"] else r["group"] for r in rows],
+    )
     ax.invert_yaxis()
     ax.set_xlabel(f"{result['metric']}: group − baseline (95% CI)")
     ax.set_title(f"Difference vs baseline {result['baseline']}")
@@ -85,10 +106,12 @@ def expected_max_plot(em: dict[str, Any], path: Path) -> None:
     fig = Figure(figsize=(6.5, 4.2))
     ax = fig.subplots()
     n = np.array(em["n"])
-    for key, std, label in (("expected", "std", "with replacement (Dodge et al. 2019)"),
-                            ("expected_unbiased", "std_unbiased", "without replacement, unbiased (Tang et al. 2020)")):
+    for key, std, label in (
+        ("expected", "std", "with replacement (Dodge et al. 2019)"),
+        ("expected_unbiased", "std_unbiased", "without replacement, unbiased (Tang et al. 2020)"),
+    ):
         e, s = np.array(em[key]), np.array(em[std])
-        line, = ax.plot(n, e, marker="o", label=label)
+        (line,) = ax.plot(n, e, marker="o", label=label)
         ax.fill_between(n, e - s, e + s, alpha=0.15, color=line.get_color())
     best = em["observed_max"] if em["mode"] == "max" else em["observed_min"]
     ax.axhline(best, color="gray", linestyle="--", linewidth=1, label="best observed")
@@ -109,7 +132,7 @@ def curves_plot(curves: dict[str, Any], metric: str, path: Path) -> None:
     fig = Figure(figsize=(7, 4.2))
     ax = fig.subplots()
     for name, c in curves.items():
-        line, = ax.plot(c["x"], c["mean"], label=f"{name} (n={c['n_seeds']})")
+        (line,) = ax.plot(c["x"], c["mean"], label=f"{name} (n={c['n_seeds']})")
         ax.fill_between(c["x"], c["low"], c["high"], alpha=0.15, color=line.get_color())
     ax.set_xlabel(next(iter(curves.values()))["x_name"])
     ax.set_ylabel(metric)

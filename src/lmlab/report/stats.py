@@ -157,7 +157,7 @@ def signflip_p_constant(d: np.ndarray) -> float:
     """Exact sign-flip p for constant differences: 1 when they are all zero, else 2/2^n (only all-same flips)."""
     if np.all(np.abs(d) <= CONSTANT_RTOL * max(1.0, float(np.max(np.abs(d))))):
         return 1.0
-    return min(1.0, 2.0 / 2 ** d.size)
+    return min(1.0, 2.0 / 2**d.size)
 
 
 # --- effect sizes ------------------------------------------------------------------------------------------
@@ -174,8 +174,9 @@ def nct_cdf(t: float, df: float, ncp: float) -> float:
         return float(p)
     from scipy import integrate
 
-    val, _ = integrate.quad(lambda v: stats.norm.cdf(t * math.sqrt(v / df) - ncp) * stats.chi2.pdf(v, df),
-                            0, np.inf, limit=200)
+    val, _ = integrate.quad(
+        lambda v: stats.norm.cdf(t * math.sqrt(v / df) - ncp) * stats.chi2.pdf(v, df), 0, np.inf, limit=200
+    )
     return float(min(1.0, max(0.0, val)))
 
 
@@ -227,8 +228,7 @@ def hedges_g(x: np.ndarray, y: np.ndarray) -> Effect:
     df = nx + ny - 2
     if nx < 1 or ny < 1 or df < 2:
         return Effect("hedges_g", nan, nan, nan)
-    sp = math.sqrt(((nx - 1) * np.var(x, ddof=1 if nx > 1 else 0) + (ny - 1) * np.var(y, ddof=1 if ny > 1 else 0))
-                   / df)
+    sp = math.sqrt(((nx - 1) * np.var(x, ddof=1 if nx > 1 else 0) + (ny - 1) * np.var(y, ddof=1 if ny > 1 else 0)) / df)
     if sp <= CONSTANT_RTOL * max(1.0, float(np.max(np.abs(np.concatenate([x, y]))))):
         return Effect("hedges_g", nan, nan, nan)
     d = float((np.mean(x) - np.mean(y)) / sp)
@@ -258,8 +258,9 @@ class Improvement:
     ci_high: float
 
 
-def probability_of_improvement(x: np.ndarray, y: np.ndarray, paired: bool, higher_is_better: bool,
-                               n_resamples: int = N_RESAMPLES) -> Improvement:
+def probability_of_improvement(
+    x: np.ndarray, y: np.ndarray, paired: bool, higher_is_better: bool, n_resamples: int = N_RESAMPLES
+) -> Improvement:
     """P(the config beats the baseline), as in rliable: paired, the share of seeds on which it is better; unpaired,
     P(X > Y) over all pairs; ties count one half. 95% percentile bootstrap CI over seeds (each group on its own
     when unpaired). Values are compared on the permutation tests' integer grid, so float noise is no win."""
@@ -309,8 +310,9 @@ def t_power(effect: float, n: float, alpha: float, paired: bool, n_other: float 
     return float(1 - nct_cdf(crit, df, ncp) + nct_cdf(-crit, df, ncp))
 
 
-def min_detectable_effect(n: float, alpha: float, paired: bool, n_other: float | None = None,
-                          power: float = POWER) -> float:
+def min_detectable_effect(
+    n: float, alpha: float, paired: bool, n_other: float | None = None, power: float = POWER
+) -> float:
     """The smallest standardized effect the design detects with `power` at two-sided level `alpha`."""
     if t_power(1.0, n, alpha, paired, n_other) != t_power(1.0, n, alpha, paired, n_other):  # nan: df < 1
         return float("nan")
@@ -374,8 +376,9 @@ class Comparison:
     note: str = ""
 
 
-def _pair(x: np.ndarray, seeds: Sequence[object], y: np.ndarray, base_seeds: Sequence[object]
-          ) -> tuple[np.ndarray, np.ndarray, list[object]] | None:
+def _pair(
+    x: np.ndarray, seeds: Sequence[object], y: np.ndarray, base_seeds: Sequence[object]
+) -> tuple[np.ndarray, np.ndarray, list[object]] | None:
     """Values of the seeds both groups ran (each once), in the group's order; None when seeds do not pair."""
     if None in seeds or None in base_seeds or len(set(seeds)) != len(seeds) or len(set(base_seeds)) != len(base_seeds):
         return None
@@ -407,8 +410,12 @@ def compare(
     paired = _pair(x, seeds, y, base_seeds)
     if paired is not None:
         px, py, shared = paired
-        dropped = tuple(sorted({str(s) for s in seeds if s not in shared} | {str(s) for s in base_seeds
-                                                                          if s not in shared}, key=_natural))
+        dropped = tuple(
+            sorted(
+                {str(s) for s in seeds if s not in shared} | {str(s) for s in base_seeds if s not in shared},
+                key=_natural,
+            )
+        )
         d = px - py
         n = d.size
         diff = float(np.mean(d))
@@ -418,33 +425,112 @@ def compare(
         mde = min_detectable_effect(n, alpha_power, True)
         if is_constant(d, scale):
             # t is undefined (sd 0); the exact sign-flip p is all the data can say.
-            return Comparison(True, "paired_t (constant)", n, n, diff, diff, diff, nan, signflip_p_constant(d),
-                              True, Effect("d_z", nan, nan, nan), poi, mde, 0.0, None, dropped,
-                              "the differences are constant: the t-test is undefined; p is the exact sign-flip p")
+            return Comparison(
+                True,
+                "paired_t (constant)",
+                n,
+                n,
+                diff,
+                diff,
+                diff,
+                nan,
+                signflip_p_constant(d),
+                True,
+                Effect("d_z", nan, nan, nan),
+                poi,
+                mde,
+                0.0,
+                None,
+                dropped,
+                "the differences are constant: the t-test is undefined; p is the exact sign-flip p",
+            )
         res = stats.ttest_rel(px, py)
         ci = res.confidence_interval(CONFIDENCE)
         eff = cohens_dz(d)
         sd = float(np.std(d, ddof=1))
-        return Comparison(True, "paired_t", n, n, diff, float(ci.low), float(ci.high), float(res.pvalue), p_perm,
-                          exact, eff, poi, mde, mde * sd, seeds_needed(eff.value, alpha_power, True), dropped)
+        return Comparison(
+            True,
+            "paired_t",
+            n,
+            n,
+            diff,
+            float(ci.low),
+            float(ci.high),
+            float(res.pvalue),
+            p_perm,
+            exact,
+            eff,
+            poi,
+            mde,
+            mde * sd,
+            seeds_needed(eff.value, alpha_power, True),
+            dropped,
+        )
     diff = float(np.mean(x) - np.mean(y)) if x.size and y.size else nan
     poi = probability_of_improvement(x, y, False, higher_is_better)
     mde = min_detectable_effect(x.size, alpha_power, False, y.size) if x.size + y.size > 2 else nan
     if x.size < 2 or y.size < 2:
         p_perm, exact = permutation_p_independent(x, y) if x.size + y.size > 2 else (nan, False)
-        return Comparison(False, "welch", x.size, y.size, diff, nan, nan, nan, p_perm, exact, hedges_g(x, y), poi,
-                          mde, nan, None, note="fewer than 2 values on one side: no t-test")
+        return Comparison(
+            False,
+            "welch",
+            x.size,
+            y.size,
+            diff,
+            nan,
+            nan,
+            nan,
+            p_perm,
+            exact,
+            hedges_g(x, y),
+            poi,
+            mde,
+            nan,
+            None,
+            note="fewer than 2 values on one side: no t-test",
+        )
     p_perm, exact = permutation_p_independent(x, y)
     eff = hedges_g(x, y)
     sp = math.sqrt(((x.size - 1) * np.var(x, ddof=1) + (y.size - 1) * np.var(y, ddof=1)) / (x.size + y.size - 2))
     scale = max(1.0, float(np.max(np.abs(np.concatenate([x, y])))))
     if is_constant(x, scale) and is_constant(y, scale):
-        return Comparison(False, "welch (constant)", x.size, y.size, diff, diff, diff, nan, p_perm, exact, eff, poi,
-                          mde, 0.0, None, note="both groups are constant: the t-test is undefined")
+        return Comparison(
+            False,
+            "welch (constant)",
+            x.size,
+            y.size,
+            diff,
+            diff,
+            diff,
+            nan,
+            p_perm,
+            exact,
+            eff,
+            poi,
+            mde,
+            0.0,
+            None,
+            note="both groups are constant: the t-test is undefined",
+        )
     res = stats.ttest_ind(x, y, equal_var=False)
     ci = res.confidence_interval(CONFIDENCE)
-    return Comparison(False, "welch", x.size, y.size, diff, float(ci.low), float(ci.high), float(res.pvalue),
-                      p_perm, exact, eff, poi, mde, mde * sp, seeds_needed(eff.value, alpha_power, False))
+    return Comparison(
+        False,
+        "welch",
+        x.size,
+        y.size,
+        diff,
+        float(ci.low),
+        float(ci.high),
+        float(res.pvalue),
+        p_perm,
+        exact,
+        eff,
+        poi,
+        mde,
+        mde * sp,
+        seeds_needed(eff.value, alpha_power, False),
+    )
 
 
 def _natural(s: str) -> list[object]:
@@ -543,7 +629,10 @@ class PairedBootstrap:
 
 
 def paired_bootstrap_f1(
-    y_true: np.ndarray, preds_a: Sequence[np.ndarray], preds_b: Sequence[np.ndarray], n_classes: int,
+    y_true: np.ndarray,
+    preds_a: Sequence[np.ndarray],
+    preds_b: Sequence[np.ndarray],
+    n_classes: int,
     n_resamples: int = N_RESAMPLES,
 ) -> PairedBootstrap:
     """Paired bootstrap over test examples (only) of macro-F1(A) - macro-F1(B).
@@ -573,8 +662,14 @@ def paired_bootstrap_f1(
         # Identical predictions: every resample gives 0 and BCa is undefined; the answer is exact.
         return PairedBootstrap(n, len(pa), f1_a, f1_b, 0.0, 0.0, 0.0, 1.0, n_resamples)
     res = stats.bootstrap(
-        (full,), statistic, vectorized=True, n_resamples=n_resamples, batch=500, confidence_level=CONFIDENCE,
-        method="BCa", rng=RNG_SEED,
+        (full,),
+        statistic,
+        vectorized=True,
+        n_resamples=n_resamples,
+        batch=500,
+        confidence_level=CONFIDENCE,
+        method="BCa",
+        rng=RNG_SEED,
     )
     dist = np.asarray(res.bootstrap_distribution)
     extreme = np.count_nonzero(np.abs(dist - diff) >= abs(diff) - 1e-12)
@@ -596,8 +691,11 @@ class TwoLevelBootstrap:
 
 def two_level_bootstrap(
     score: Callable[[np.ndarray, np.ndarray], np.ndarray],
-    preds_a: Sequence[np.ndarray], preds_b: Sequence[np.ndarray], n_examples: int,
-    n_resamples: int = 2000, batch: int = 250,
+    preds_a: Sequence[np.ndarray],
+    preds_b: Sequence[np.ndarray],
+    n_examples: int,
+    n_resamples: int = 2000,
+    batch: int = 250,
 ) -> TwoLevelBootstrap:
     """Bootstrap over seeds *and* test examples (Bouthillier et al. 2021) of mean over pairs of
     score(A) - score(B), so the CI holds both sources of variance.

@@ -6,5 +6,14 @@ from lmlab.tasks.language_modeling import CausalLM, CausalLMTask
 from lmlab.tasks.masked_lm import MaskedLM, MaskedLMTask
 from lmlab.tasks.multitask import MultiTask, MultiTaskClassifier
 
-__all__ = ["CausalLM", "CausalLMTask", "ClassificationTask", "MaskedLM", "MaskedLMTask", "MultiTask",
-           "MultiTaskClassifier", "Task", "TextClassifier"]
+__all__ = [
+    "CausalLM",
+    "CausalLMTask",
+    "ClassificationTask",
+    "MaskedLM",
+    "MaskedLMTask",
+    "MultiTask",
+    "MultiTaskClassifier",
+    "Task",
+    "TextClassifier",
+]

@@ -35,8 +35,14 @@ class Task:
     def tokenizer(self, model_cfg: Mapping[str, Any], datamodule: Any) -> Any:
         raise NotImplementedError
 
-    def module(self, model_cfg: Mapping[str, Any], datamodule: Any, tokenizer: Any,
-               optimizer: Mapping[str, Any] | None, scheduler: Mapping[str, Any] | None) -> Any:
+    def module(
+        self,
+        model_cfg: Mapping[str, Any],
+        datamodule: Any,
+        tokenizer: Any,
+        optimizer: Mapping[str, Any] | None,
+        scheduler: Mapping[str, Any] | None,
+    ) -> Any:
         raise NotImplementedError
 
     def module_class(self) -> type:
@@ -50,8 +56,13 @@ class Task:
         datamodule.connect(tokenizer, self)
         return tokenizer
 
-    def build(self, datamodule: Any, model_cfg: Mapping[str, Any], optimizer: Mapping[str, Any] | None = None,
-              scheduler: Mapping[str, Any] | None = None) -> Any:
+    def build(
+        self,
+        datamodule: Any,
+        model_cfg: Mapping[str, Any],
+        optimizer: Mapping[str, Any] | None = None,
+        scheduler: Mapping[str, Any] | None = None,
+    ) -> Any:
         """The LightningModule for `model_cfg`, with the data connected (and `model.init_from`'s weights)."""
         from lmlab.models.init_from import initializing_from
 
@@ -66,8 +77,9 @@ class Task:
     def load(self, ckpt_path: Path, datamodule: Any, model_cfg: Mapping[str, Any]) -> Any:
         """The module of a checkpoint this task wrote, with the data connected as in training."""
         tokenizer = self.connect(datamodule, model_cfg)
-        return self.module_class().load_from_checkpoint(ckpt_path, map_location="cpu",
-                                                         **self.load_kwargs(datamodule, tokenizer))
+        return self.module_class().load_from_checkpoint(
+            ckpt_path, map_location="cpu", **self.load_kwargs(datamodule, tokenizer)
+        )
 
     def load_kwargs(self, datamodule: Any, tokenizer: Any) -> dict[str, Any]:
         """Runtime objects a checkpoint does not store (they are not hyperparameters)."""
@@ -90,8 +102,9 @@ class Task:
         metrics[self.best_key()] = value if value is not None and not math.isnan(value) else None
         return metrics
 
-    def write_outputs(self, run_dir: Path, module: Any, datamodule: Any, split: str, loggers: Sequence[Any] = ()
-                      ) -> None:
+    def write_outputs(
+        self, run_dir: Path, module: Any, datamodule: Any, split: str, loggers: Sequence[Any] = ()
+    ) -> None:
         """Files beside metrics.json after `split` was evaluated (predictions, samples)."""
 
 
@@ -109,5 +122,10 @@ class TaskModule:
     def configure_optimizers(self) -> Any:
         from lmlab.optim import lightning_optimizers
 
-        return lightning_optimizers(self.backbone, self.head, self.hparams.optimizer, self.hparams.scheduler,
-                                    int(self.trainer.estimated_stepping_batches))
+        return lightning_optimizers(
+            self.backbone,
+            self.head,
+            self.hparams.optimizer,
+            self.hparams.scheduler,
+            int(self.trainer.estimated_stepping_batches),
+        )

@@ -41,16 +41,19 @@ def classification_metrics(problem_type: str, num_labels: int) -> torchmetrics.M
     else:
         kw = {"task": "multiclass", "num_classes": max(num_labels, 2)}
         acc = torchmetrics.Accuracy(average="micro", **kw)
-    return torchmetrics.MetricCollection({
-        "acc": acc,
-        "precision": torchmetrics.Precision(average="macro", **kw),
-        "recall": torchmetrics.Recall(average="macro", **kw),
-        "f1_macro": torchmetrics.F1Score(average="macro", **kw),
-        "f1_micro": torchmetrics.F1Score(average="micro", **kw),
-        "f1_weighted": torchmetrics.F1Score(average="weighted", **kw),
-        "f1_per_class": torchmetrics.F1Score(average="none", **kw),
-        "confusion_matrix": torchmetrics.ConfusionMatrix(**kw),
-    }, compute_groups=False)
+    return torchmetrics.MetricCollection(
+        {
+            "acc": acc,
+            "precision": torchmetrics.Precision(average="macro", **kw),
+            "recall": torchmetrics.Recall(average="macro", **kw),
+            "f1_macro": torchmetrics.F1Score(average="macro", **kw),
+            "f1_micro": torchmetrics.F1Score(average="micro", **kw),
+            "f1_weighted": torchmetrics.F1Score(average="weighted", **kw),
+            "f1_per_class": torchmetrics.F1Score(average="none", **kw),
+            "confusion_matrix": torchmetrics.ConfusionMatrix(**kw),
+        },
+        compute_groups=False,
+    )
 
 
 class PooledHead(nn.Module):
@@ -108,31 +111,42 @@ class TextClassifier(adapters.AdapterCheckpoints, TaskModule, pl.LightningModule
         self.problem_type = problem_type
         self.threshold = threshold
         num_outputs = 1 if problem_type == "binary" else len(self.labels)
-        self.tokenizer = tokenizer_object if tokenizer_object is not None else load_tokenizer(
-            tokenizer or name_or_path, gguf_file)
+        self.tokenizer = (
+            tokenizer_object if tokenizer_object is not None else load_tokenizer(tokenizer or name_or_path, gguf_file)
+        )
         pad_token_id = self.tokenizer.pad_token_id
         overrides = dict(config_overrides or {})
         rng = adapters.seed_base(peft)  # a rebuild reproduces the frozen base: adapter checkpoints omit it
         if pooling == "native":
             self.net = load_backbone(
-                name_or_path, auto_class="AutoModelForSequenceClassification", from_scratch=from_scratch,
-                config_overrides=overrides, attn_implementation=attn_implementation, gguf_file=gguf_file,
+                name_or_path,
+                auto_class="AutoModelForSequenceClassification",
+                from_scratch=from_scratch,
+                config_overrides=overrides,
+                attn_implementation=attn_implementation,
+                gguf_file=gguf_file,
                 num_labels=num_outputs,
                 id2label=dict(enumerate(self.labels)) if num_outputs > 1 else {0: self.labels[-1]},
-                label2id={name: i for i, name in enumerate(self.labels)} if num_outputs > 1 else {
-                    self.labels[-1]: 0}, pad_token_id=pad_token_id)
+                label2id={name: i for i, name in enumerate(self.labels)} if num_outputs > 1 else {self.labels[-1]: 0},
+                pad_token_id=pad_token_id,
+            )
             if dropout is not None:
                 for module in self.head.modules():
                     if isinstance(module, nn.Dropout):
                         module.p = dropout
         else:
-            self.encoder = load_backbone(name_or_path, auto_class="AutoModel", from_scratch=from_scratch,
-                                          config_overrides=overrides, attn_implementation=attn_implementation,
-                                          gguf_file=gguf_file, pad_token_id=pad_token_id)
+            self.encoder = load_backbone(
+                name_or_path,
+                auto_class="AutoModel",
+                from_scratch=from_scratch,
+                config_overrides=overrides,
+                attn_implementation=attn_implementation,
+                gguf_file=gguf_file,
+                pad_token_id=pad_token_id,
+            )
             hidden = self.encoder.config.hidden_size
             default_dropout = getattr(self.encoder.config, "hidden_dropout_prob", 0.1)
-            self.pooled_head = PooledHead(hidden, num_outputs, pooling,
-                                   default_dropout if dropout is None else dropout)
+            self.pooled_head = PooledHead(hidden, num_outputs, pooling, default_dropout if dropout is None else dropout)
         if adapters.enabled(peft):  # the native head trains in full (peft's modules_to_save); the pooled one is ours
             if pooling == "native":
                 self.net = adapters.wrap(self.net, peft, "SEQ_CLS")
@@ -145,8 +159,9 @@ class TextClassifier(adapters.AdapterCheckpoints, TaskModule, pl.LightningModule
             # Each new batch shape recompiles until torch marks the length dynamic; see README "Speed".
             (self.net if pooling == "native" else self.encoder).compile(dynamic=compile_dynamic)
         self.register_buffer("loss_weight", self._loss_weight(class_weights, label_counts), persistent=False)
-        self.metrics = nn.ModuleDict({stage: classification_metrics(problem_type, len(self.labels))
-                                      for stage in ("val", "test")})
+        self.metrics = nn.ModuleDict(
+            {stage: classification_metrics(problem_type, len(self.labels)) for stage in ("val", "test")}
+        )
         self.details: dict[str, dict[str, Any]] = {}
         self.predictions: list[dict[str, Any]] = []
         self.train()  # from_pretrained returns eval mode, and Lightning keeps each module's mode as found
@@ -185,8 +200,9 @@ class TextClassifier(adapters.AdapterCheckpoints, TaskModule, pl.LightningModule
             for block in list(blocks)[:first_n_layers]:
                 block.requires_grad_(False)
 
-    def _loss_weight(self, class_weights: str | Sequence[float] | None,
-                     label_counts: Sequence[float] | None) -> torch.Tensor | None:
+    def _loss_weight(
+        self, class_weights: str | Sequence[float] | None, label_counts: Sequence[float] | None
+    ) -> torch.Tensor | None:
         """Per-class weights (single-label) or positive-class weights (binary / multi-label BCE)."""
         if class_weights is None:
             return None
@@ -205,8 +221,9 @@ class TextClassifier(adapters.AdapterCheckpoints, TaskModule, pl.LightningModule
         weights = torch.tensor(list(class_weights), dtype=torch.float)
         expected = 1 if self.problem_type == "binary" else len(self.labels)
         if len(weights) != expected:
-            raise LmlabError(f"model.class_weights has {len(weights)} values; this task needs {expected} "
-                             f"(labels: {self.labels}).")
+            raise LmlabError(
+                f"model.class_weights has {len(weights)} values; this task needs {expected} (labels: {self.labels})."
+            )
         return weights
 
     # ---- forward and loss
@@ -245,14 +262,12 @@ class TextClassifier(adapters.AdapterCheckpoints, TaskModule, pl.LightningModule
     def _eval_step(self, stage: str, batch: Mapping[str, torch.Tensor]) -> None:
         logits = self(batch)
         labels = batch["labels"]
-        self.log(f"{stage}/loss", self.loss(logits, labels), on_epoch=True, batch_size=len(labels),
-                 sync_dist=True)
+        self.log(f"{stage}/loss", self.loss(logits, labels), on_epoch=True, batch_size=len(labels), sync_dist=True)
         scores, preds = self.scores_and_preds(logits)
         target = labels.long()
         self.metrics[stage].update(preds, target)
         if stage == "test":
-            for i, label, pred, score in zip(batch["idx"].tolist(), target.tolist(), preds.tolist(),
-                                             scores.tolist()):
+            for i, label, pred, score in zip(batch["idx"].tolist(), target.tolist(), preds.tolist(), scores.tolist()):
                 self.predictions.append({"idx": i, "label": label, "pred": pred, "scores": score})
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
@@ -273,8 +288,7 @@ class TextClassifier(adapters.AdapterCheckpoints, TaskModule, pl.LightningModule
             f"{stage}/f1_per_class": dict(zip(self.labels, per_class.tolist())),
             f"{stage}/confusion_matrix": {"labels": self.labels, "matrix": matrix.tolist()},
         }
-        self.log_dict({f"{stage}/{name}": value for name, value in computed.items()},
-                      prog_bar=False, sync_dist=True)
+        self.log_dict({f"{stage}/{name}": value for name, value in computed.items()}, prog_bar=False, sync_dist=True)
         self.log(f"{stage}/f1", computed["f1_macro"], prog_bar=True, sync_dist=True)
 
     # ---- export
@@ -290,25 +304,38 @@ class TextClassifier(adapters.AdapterCheckpoints, TaskModule, pl.LightningModule
             self.backbone.config.id2label = dict(enumerate(self.labels))
             self.backbone.config.label2id = {name: i for i, name in enumerate(self.labels)}
             self.backbone.save_pretrained(directory)
-            torch.save({"pooling": self.hparams.pooling, "state_dict": self.pooled_head.state_dict()},
-                       directory / "head.pt")
+            torch.save(
+                {"pooling": self.hparams.pooling, "state_dict": self.pooled_head.state_dict()}, directory / "head.pt"
+            )
         self.tokenizer.save_pretrained(directory)
 
     def _export_adapter(self, directory: Path) -> None:
         """The peft adapter (+ the trained native head inside it, or head.pt beside it) and how to load its base."""
         native = self.hparams.pooling == "native"
         binary = self.hparams.problem_type == "binary"
-        kwargs = {"num_labels": 1 if binary else len(self.labels),
-                  "id2label": {0: self.labels[-1]} if binary else dict(enumerate(self.labels)),
-                  "label2id": {self.labels[-1]: 0} if binary else {n: i for i, n in enumerate(self.labels)}}
-        adapters.export(self.net if native else self.encoder, directory, self.hparams.peft, {
-            "auto_class": "AutoModelForSequenceClassification" if native else "AutoModel",
-            "name_or_path": self.hparams.name_or_path, "gguf_file": self.hparams.gguf_file,
-            "from_scratch": self.hparams.from_scratch is not None, "kwargs": kwargs if native else {},
-            "pooling": self.hparams.pooling, "labels": self.labels})
+        kwargs = {
+            "num_labels": 1 if binary else len(self.labels),
+            "id2label": {0: self.labels[-1]} if binary else dict(enumerate(self.labels)),
+            "label2id": {self.labels[-1]: 0} if binary else {n: i for i, n in enumerate(self.labels)},
+        }
+        adapters.export(
+            self.net if native else self.encoder,
+            directory,
+            self.hparams.peft,
+            {
+                "auto_class": "AutoModelForSequenceClassification" if native else "AutoModel",
+                "name_or_path": self.hparams.name_or_path,
+                "gguf_file": self.hparams.gguf_file,
+                "from_scratch": self.hparams.from_scratch is not None,
+                "kwargs": kwargs if native else {},
+                "pooling": self.hparams.pooling,
+                "labels": self.labels,
+            },
+        )
         if not native:
-            torch.save({"pooling": self.hparams.pooling, "state_dict": self.pooled_head.state_dict()},
-                       directory / "head.pt")
+            torch.save(
+                {"pooling": self.hparams.pooling, "state_dict": self.pooled_head.state_dict()}, directory / "head.pt"
+            )
 
 
 def from_scratch_for(model_cfg: Mapping[str, Any], tokenizer: Any) -> Mapping[str, Any] | None:
@@ -316,8 +343,12 @@ def from_scratch_for(model_cfg: Mapping[str, Any], tokenizer: Any) -> Mapping[st
     from_scratch = model_cfg.get("from_scratch")
     if from_scratch is None or model_cfg.get("tokenizer") != BPE:
         return from_scratch
-    ids = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
-           "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    ids = {
+        "vocab_size": len(tokenizer),
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
     return {**dict(from_scratch), **ids}
 
 
@@ -326,11 +357,17 @@ def task_tokenizer(model_cfg: Mapping[str, Any], datamodule: Any) -> Any:
     name = model_cfg.get("tokenizer") or model_cfg.get("name_or_path")
     if name == BPE:
         cache = datamodule.cache_dir.parent / "tokenizers" if datamodule.cache_dir else None
-        return train_bpe([ex.text for ex in datamodule.splits["train"]], int(model_cfg.get("bpe_vocab_size") or 4096),
-                         data_fingerprint=datamodule.data_fingerprint, cache_dir=cache)
+        return train_bpe(
+            [ex.text for ex in datamodule.splits["train"]],
+            int(model_cfg.get("bpe_vocab_size") or 4096),
+            data_fingerprint=datamodule.data_fingerprint,
+            cache_dir=cache,
+        )
     if name is None:
-        raise LmlabError("model.tokenizer is null and so is model.name_or_path: set model.tokenizer=bpe (train one) "
-                         "or a tokenizer name/path.")
+        raise LmlabError(
+            "model.tokenizer is null and so is model.name_or_path: set model.tokenizer=bpe (train one) "
+            "or a tokenizer name/path."
+        )
     return load_tokenizer(str(name), model_cfg.get("gguf_file"))
 
 
@@ -348,19 +385,23 @@ def check_labelled_examples(examples: Sequence[Example]) -> None:
     """Refuse rows a classifier would silently learn from wrongly: a missing label would become a class 'nan' or
     '', and empty texts collapse into one "duplicate" that carries one of their labels."""
     if all(ex.label is None for ex in examples):
-        raise LmlabError("This data has no labels (plain text, or dataset.source.label_column=null), so "
-                         "task=classification cannot use it. Use task=causal_lm, or give a label column.")
+        raise LmlabError(
+            "This data has no labels (plain text, or dataset.source.label_column=null), so "
+            "task=classification cannot use it. Use task=causal_lm, or give a label column."
+        )
     missing = [ex for ex in examples if ex.label is None]
     if missing:
         raise LmlabError(
             f"{len(missing)} of {len(examples)} rows have no label (null, NaN or empty): {_rows(missing)}. "
             f"task=classification needs a label on every row: fill them in or remove those rows "
-            f"(task=causal_lm ignores labels).")
+            f"(task=causal_lm ignores labels)."
+        )
     empty = [ex for ex in examples if not ex.text.strip() or (ex.text_pair is not None and not ex.text_pair.strip())]
     if empty:
         raise LmlabError(
             f"{len(empty)} of {len(examples)} rows have an empty text: {_rows(empty)}. Fill in the text "
-            f"(dataset.source.text_column / text_pair_column) or remove those rows.")
+            f"(dataset.source.text_column / text_pair_column) or remove those rows."
+        )
 
 
 class ClassificationTask(Task):
@@ -370,8 +411,9 @@ class ClassificationTask(Task):
     def prepare(self, datamodule: Any) -> None:
         splits = datamodule.splits
         # Every row the source gave (before dedupe), so each bad row is named, not only those dedupe kept.
-        check_labelled_examples(getattr(datamodule, "source_examples", None)
-                                or [ex for split in splits.values() for ex in split])
+        check_labelled_examples(
+            getattr(datamodule, "source_examples", None) or [ex for split in splits.values() for ex in split]
+        )
         order = datamodule.label_order
         if order is None and datamodule.one_vs_rest:
             order = [f"not_{datamodule.one_vs_rest}", datamodule.one_vs_rest]  # the positive class is index 1
@@ -382,7 +424,8 @@ class ClassificationTask(Task):
             raise LmlabError(
                 f"The training split has a single class ({json.loads(only)!r}, all {count} examples): every "
                 f"prediction would be right and F1 = 1.000 would mean nothing. Check that "
-                f"dataset.source.label_column names the label column and that the data holds at least 2 classes.")
+                f"dataset.source.label_column names the label column and that the data holds at least 2 classes."
+            )
         self.multi_label = any(isinstance(ex.label, list) for ex in splits["train"])
         counts = [0] * len(self.labels)
         for ex in splits["train"]:
@@ -421,8 +464,11 @@ class ClassificationTask(Task):
     def tokenize(self, tokenizer: Any, examples: Sequence[Example], max_length: int) -> dict[str, list]:
         pairs = [ex.text_pair for ex in examples] if examples[0].text_pair is not None else None
         # No attention_mask: before padding it is all ones; the collator builds it.
-        return dict(tokenizer([ex.text for ex in examples], pairs, truncation=True, max_length=max_length,
-                              return_attention_mask=False))
+        return dict(
+            tokenizer(
+                [ex.text for ex in examples], pairs, truncation=True, max_length=max_length, return_attention_mask=False
+            )
+        )
 
     def cache_options(self) -> dict[str, Any]:
         return {"truncation": True}
@@ -440,14 +486,26 @@ class ClassificationTask(Task):
     def module_class(self) -> type:
         return TextClassifier
 
-    def module(self, model_cfg: Mapping[str, Any], datamodule: Any, tokenizer: Any,
-               optimizer: Mapping[str, Any] | None, scheduler: Mapping[str, Any] | None) -> TextClassifier:
+    def module(
+        self,
+        model_cfg: Mapping[str, Any],
+        datamodule: Any,
+        tokenizer: Any,
+        optimizer: Mapping[str, Any] | None,
+        scheduler: Mapping[str, Any] | None,
+    ) -> TextClassifier:
         self.check_problem_type(model_cfg.get("problem_type", "single_label"))
         kwargs = {k: v for k, v in model_cfg.items() if k != "_target_"}
         kwargs["from_scratch"] = from_scratch_for(model_cfg, tokenizer)
-        return TextClassifier(**kwargs, labels=self.labels, label_counts=self.label_counts,
-                              num_train_examples=len(datamodule.splits["train"]),
-                              optimizer=optimizer or {}, scheduler=scheduler or {}, tokenizer_object=tokenizer)
+        return TextClassifier(
+            **kwargs,
+            labels=self.labels,
+            label_counts=self.label_counts,
+            num_train_examples=len(datamodule.splits["train"]),
+            optimizer=optimizer or {},
+            scheduler=scheduler or {},
+            tokenizer_object=tokenizer,
+        )
 
     def load(self, ckpt_path: Path, datamodule: Any, model_cfg: Mapping[str, Any]) -> TextClassifier:
         module = super().load(ckpt_path, datamodule, model_cfg)
@@ -466,8 +524,8 @@ class ClassificationTask(Task):
         metrics.update(module.details.get("test", {}))  # per-class F1 and the confusion matrix of the test split
         return metrics
 
-    def write_outputs(self, run_dir: Path, module: TextClassifier, datamodule: Any, split: str,
-                      loggers: Sequence[Any] = ()) -> None:
+    def write_outputs(
+        self, run_dir: Path, module: TextClassifier, datamodule: Any, split: str, loggers: Sequence[Any] = ()
+    ) -> None:
         name = runfiles.PREDICTIONS if split == "test" else f"{split}_predictions.csv"
-        runfiles.write_predictions(Path(run_dir) / name, datamodule.example_ids(split), self.labels,
-                                   module.predictions)
+        runfiles.write_predictions(Path(run_dir) / name, datamodule.example_ids(split), self.labels, module.predictions)

@@ -39,8 +39,18 @@ from lmlab.tasks.classification import from_scratch_for, task_tokenizer
 log = logging.getLogger(__name__)
 
 # Model config keys a causal LM uses; the classification-only ones are listed in conf/task/causal_lm.yaml.
-MODEL_KEYS = ("name_or_path", "tokenizer", "bpe_vocab_size", "from_scratch", "config_overrides",
-              "attn_implementation", "compile", "compile_dynamic", "gguf_file", "peft")
+MODEL_KEYS = (
+    "name_or_path",
+    "tokenizer",
+    "bpe_vocab_size",
+    "from_scratch",
+    "config_overrides",
+    "attn_implementation",
+    "compile",
+    "compile_dynamic",
+    "gguf_file",
+    "peft",
+)
 
 
 def block_starts(n_tokens: int, length: int, keep_partial: bool) -> np.ndarray:
@@ -71,21 +81,24 @@ class BlockDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         start = int(self.starts[index])
-        return {"input_ids": self.tokens[start:start + int(self.lengths[index])], "idx": index}
+        return {"input_ids": self.tokens[start : start + int(self.lengths[index])], "idx": index}
 
 
-def lm_blocks(flat: np.ndarray, offsets: np.ndarray, length: int, packing: bool, keep_partial: bool
-              ) -> BlockDataset:
+def lm_blocks(flat: np.ndarray, offsets: np.ndarray, length: int, packing: bool, keep_partial: bool) -> BlockDataset:
     """Blocks of one split whose documents are flat[offsets[i]:offsets[i+1]] (absolute offsets)."""
-    streams = [(int(offsets[0]), int(offsets[-1]))] if packing else list(zip(offsets[:-1].tolist(),
-                                                                          offsets[1:].tolist()))
+    streams = (
+        [(int(offsets[0]), int(offsets[-1]))] if packing else list(zip(offsets[:-1].tolist(), offsets[1:].tolist()))
+    )
     starts, lengths = [], []
     for begin, end in streams:
         s = block_starts(end - begin, length, keep_partial)
         starts.append(begin + s)
         lengths.append(np.minimum(length, end - begin - s))
-    return BlockDataset(flat, np.concatenate(starts) if starts else np.zeros(0, np.int64),
-                        np.concatenate(lengths) if lengths else np.zeros(0, np.int64))
+    return BlockDataset(
+        flat,
+        np.concatenate(starts) if starts else np.zeros(0, np.int64),
+        np.concatenate(lengths) if lengths else np.zeros(0, np.int64),
+    )
 
 
 def lm_metrics(names: Sequence[str] = ("nats", "tokens", "correct", "bytes")) -> torchmetrics.MetricCollection:
@@ -139,20 +152,25 @@ class CausalLM(adapters.AdapterCheckpoints, LMParts, TaskModule, pl.LightningMod
             raise ValueError("CausalLM needs tokenizer_object (the task passes it)")
         self.tokenizer = tokenizer_object
         rng = adapters.seed_base(peft)  # a rebuild reproduces the frozen base: adapter checkpoints omit it
-        self.net = load_backbone(name_or_path, auto_class="AutoModelForCausalLM", from_scratch=from_scratch,
-                                 config_overrides=dict(config_overrides or {}),
-                                 attn_implementation=attn_implementation, gguf_file=gguf_file,
-                                 **({"pad_token_id": self.tokenizer.pad_token_id} if from_scratch is None else {}))
+        self.net = load_backbone(
+            name_or_path,
+            auto_class="AutoModelForCausalLM",
+            from_scratch=from_scratch,
+            config_overrides=dict(config_overrides or {}),
+            attn_implementation=attn_implementation,
+            gguf_file=gguf_file,
+            **({"pad_token_id": self.tokenizer.pad_token_id} if from_scratch is None else {}),
+        )
         if adapters.enabled(peft):  # adapters only: the (tied) lm_head and embeddings stay frozen
             self.net = adapters.wrap(self.net, peft, "CAUSAL_LM")
         adapters.restore_rng(rng)
         if compile:
             self.net.compile(dynamic=compile_dynamic)  # in place: same parameter names and checkpoints
-        self.register_buffer("token_bytes", torch.tensor(token_byte_lengths(self.tokenizer), dtype=torch.float64),
-                             persistent=False)
+        self.register_buffer(
+            "token_bytes", torch.tensor(token_byte_lengths(self.tokenizer), dtype=torch.float64), persistent=False
+        )
         self.metrics = torch.nn.ModuleDict({stage: lm_metrics() for stage in ("val", "test")})
         self.train()  # from_pretrained returns eval mode, and Lightning keeps each module's mode as found
-
 
     # ---- loss
     def token_losses(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -160,8 +178,9 @@ class CausalLM(adapters.AdapterCheckpoints, LMParts, TaskModule, pl.LightningMod
         logits = self.net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         logits = logits[:, :-1].float()
         target = batch["labels"][:, 1:]
-        nats = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100,
-                               reduction="none").view_as(target)
+        nats = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="none"
+        ).view_as(target)
         return nats, target, logits.argmax(-1)
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -192,17 +211,22 @@ class CausalLM(adapters.AdapterCheckpoints, LMParts, TaskModule, pl.LightningMod
         self.metrics[stage].reset()
         tokens = max(totals["tokens"], 1.0)
         loss = totals["nats"] / tokens
-        values = {"loss": loss, "ppl": math.exp(min(loss, 700.0)), "token_acc": totals["correct"] / tokens,
-                  "bpb": totals["nats"] / (math.log(2) * totals["bytes"]) if totals["bytes"] else float("nan"),
-                  "tokens": totals["tokens"]}
+        values = {
+            "loss": loss,
+            "ppl": math.exp(min(loss, 700.0)),
+            "token_acc": totals["correct"] / tokens,
+            "bpb": totals["nats"] / (math.log(2) * totals["bytes"]) if totals["bytes"] else float("nan"),
+            "tokens": totals["tokens"],
+        }
         # Already reduced over ranks by torchmetrics; logged as plain numbers.
         self.log_dict({f"{stage}/{name}": value for name, value in values.items()}, prog_bar=False)
         self.log(f"{stage}/ppl_bar", values["ppl"], prog_bar=True, logger=False)
 
     # ---- samples and export
     @torch.no_grad()
-    def complete(self, prompts: Sequence[str], max_new_tokens: int, sample: bool, temperature: float, top_k: int,
-                 seed: int) -> list[str]:
+    def complete(
+        self, prompts: Sequence[str], max_new_tokens: int, sample: bool, temperature: float, top_k: int, seed: int
+    ) -> list[str]:
         """Completions of each prompt: greedy, or sampled with its own seeded generator (global RNG untouched)."""
         was_training = self.training
         self.eval()
@@ -213,10 +237,16 @@ class CausalLM(adapters.AdapterCheckpoints, LMParts, TaskModule, pl.LightningMod
                 ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
                 ids = ids.to(self.device)
                 generated = self.net.generate(
-                    ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=sample,
-                    temperature=temperature if sample else None, top_k=top_k if sample else None, top_p=None,
-                    pad_token_id=self.tokenizer.pad_token_id)
-                out.append(self.tokenizer.decode(generated[0, ids.shape[1]:], skip_special_tokens=True))
+                    ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=max_new_tokens,
+                    do_sample=sample,
+                    temperature=temperature if sample else None,
+                    top_k=top_k if sample else None,
+                    top_p=None,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                )
+                out.append(self.tokenizer.decode(generated[0, ids.shape[1] :], skip_special_tokens=True))
         self.train(was_training)
         return out
 
@@ -225,10 +255,18 @@ class CausalLM(adapters.AdapterCheckpoints, LMParts, TaskModule, pl.LightningMod
         dir, see lmlab.models.peft.export)."""
         directory.mkdir(parents=True, exist_ok=True)
         if adapters.enabled(self.hparams.peft):
-            adapters.export(self.net, directory, self.hparams.peft, {
-                "auto_class": "AutoModelForCausalLM", "name_or_path": self.hparams.name_or_path,
-                "gguf_file": self.hparams.gguf_file, "from_scratch": self.hparams.from_scratch is not None,
-                "kwargs": {}})
+            adapters.export(
+                self.net,
+                directory,
+                self.hparams.peft,
+                {
+                    "auto_class": "AutoModelForCausalLM",
+                    "name_or_path": self.hparams.name_or_path,
+                    "gguf_file": self.hparams.gguf_file,
+                    "from_scratch": self.hparams.from_scratch is not None,
+                    "kwargs": {},
+                },
+            )
         else:
             self.net.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
@@ -245,8 +283,9 @@ def causal_config(model_cfg: Mapping[str, Any]) -> Any:
     name, scratch = model_cfg.get("name_or_path"), dict(model_cfg.get("from_scratch") or {})
     if name is None and "model_type" in scratch:
         model_type = scratch["model_type"]
-        config = transformers.AutoConfig.for_model(model_type, **{k: v for k, v in scratch.items()
-                                                                  if k != "model_type"})
+        config = transformers.AutoConfig.for_model(
+            model_type, **{k: v for k, v in scratch.items() if k != "model_type"}
+        )
     else:
         kwargs = {"gguf_file": model_cfg["gguf_file"]} if model_cfg.get("gguf_file") else {}
         try:
@@ -258,12 +297,18 @@ def causal_config(model_cfg: Mapping[str, Any]) -> Any:
         raise LmlabError(
             f"task=causal_lm needs a causal (decoder-only) language model, but model.name_or_path={name!r} is a "
             f"'{model_type}' model, an encoder with no causal-LM head. Use model=llama_small, model=gpt2_small, "
-            f"model=smollm2, or model.name_or_path=<any HF causal LM>.")
+            f"model=smollm2, or model.name_or_path=<any HF causal LM>."
+        )
     return config
 
 
-def lm_module(cls: type, model_cfg: Mapping[str, Any], tokenizer: Any, optimizer: Mapping[str, Any] | None,
-              scheduler: Mapping[str, Any] | None) -> Any:
+def lm_module(
+    cls: type,
+    model_cfg: Mapping[str, Any],
+    tokenizer: Any,
+    optimizer: Mapping[str, Any] | None,
+    scheduler: Mapping[str, Any] | None,
+) -> Any:
     """A language-model module (causal or masked) from the model config's LM keys and the connected tokenizer."""
     kwargs = {k: model_cfg.get(k) for k in MODEL_KEYS if k in model_cfg}
     kwargs["from_scratch"] = from_scratch_for(model_cfg, tokenizer)
@@ -273,8 +318,16 @@ def lm_module(cls: type, model_cfg: Mapping[str, Any], tokenizer: Any, optimizer
 class CausalLMTask(Task):
     """Next-token prediction on the dataset's text (labels ignored); monitor val/loss, minimized."""
 
-    def __init__(self, name: str, monitor: str, mode: str, optimized_metric: str, ignores: Sequence[str] = (),
-                 max_tokens: int | None = None, samples: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        name: str,
+        monitor: str,
+        mode: str,
+        optimized_metric: str,
+        ignores: Sequence[str] = (),
+        max_tokens: int | None = None,
+        samples: Mapping[str, Any] | None = None,
+    ):
         super().__init__(name, monitor, mode, optimized_metric, ignores)
         if max_tokens is not None and int(max_tokens) <= 0:
             raise LmlabError(f"task.max_tokens={max_tokens} must be a positive number of tokens (or null).")
@@ -287,8 +340,9 @@ class CausalLMTask(Task):
     # ---- the encoding
     def tokenize(self, tokenizer: Any, examples: Sequence[Example], max_length: int) -> dict[str, list]:
         # Whole documents, never truncated: the blocks are cut afterwards. EOS ends every document.
-        ids = tokenizer([ex.text for ex in examples], add_special_tokens=False, return_attention_mask=False,
-                        verbose=False)["input_ids"]
+        ids = tokenizer(
+            [ex.text for ex in examples], add_special_tokens=False, return_attention_mask=False, verbose=False
+        )["input_ids"]
         eos = tokenizer.eos_token_id
         return {"input_ids": [[*doc, eos] if eos is not None else doc for doc in ids]}
 
@@ -303,7 +357,8 @@ class CausalLMTask(Task):
             raise LmlabError(
                 f"The {split} split ({len(examples)} documents, {tokens} tokens) yields no full block of "
                 f"dataset.max_length={self.max_length} tokens{' per document' if not self.packing else ''}. "
-                f"Lower dataset.max_length{', use dataset.packing=true' if not self.packing else ''}, or add data.")
+                f"Lower dataset.max_length{', use dataset.packing=true' if not self.packing else ''}, or add data."
+            )
         return blocks
 
     def collator(self, tokenizer: Any, pad_to_multiple_of: int | None) -> PadCollator:
@@ -315,21 +370,30 @@ class CausalLMTask(Task):
         config = causal_config(model_cfg)
         limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
         if limit is not None and self.max_length > int(limit):
-            raise LmlabError(f"dataset.max_length={self.max_length} is beyond the model's position limit "
-                             f"({limit} positions); set dataset.max_length<={limit}.")
+            raise LmlabError(
+                f"dataset.max_length={self.max_length} is beyond the model's position limit "
+                f"({limit} positions); set dataset.max_length<={limit}."
+            )
         tokenizer = task_tokenizer(model_cfg, datamodule)
         if datamodule.packing and tokenizer.eos_token_id is None:
             raise LmlabError(
                 f"dataset.packing=true separates documents with the EOS token, but the tokenizer of "
                 f"{model_cfg.get('tokenizer') or model_cfg.get('name_or_path')!r} has none. Use dataset.packing=false "
-                f"or a tokenizer with an EOS token.")
+                f"or a tokenizer with an EOS token."
+            )
         return tokenizer
 
     def module_class(self) -> type:
         return CausalLM
 
-    def module(self, model_cfg: Mapping[str, Any], datamodule: Any, tokenizer: Any,
-               optimizer: Mapping[str, Any] | None, scheduler: Mapping[str, Any] | None) -> CausalLM:
+    def module(
+        self,
+        model_cfg: Mapping[str, Any],
+        datamodule: Any,
+        tokenizer: Any,
+        optimizer: Mapping[str, Any] | None,
+        scheduler: Mapping[str, Any] | None,
+    ) -> CausalLM:
         return lm_module(CausalLM, model_cfg, tokenizer, optimizer, scheduler)
 
     def load_kwargs(self, datamodule: Any, tokenizer: Any) -> dict[str, Any]:
@@ -344,27 +408,41 @@ class CausalLMTask(Task):
         steps = max(1, math.ceil(int(self.max_tokens) / (tokens_per_example * global_batch)))
         trainer.fit_loop.epoch_loop.max_steps = steps
         trainer.fit_loop.max_epochs = -1
-        log.info("task.max_tokens=%d -> trainer.max_steps=%d (%.0f tokens per optimizer step)", int(self.max_tokens),
-                 steps, tokens_per_example * global_batch)
+        log.info(
+            "task.max_tokens=%d -> trainer.max_steps=%d (%.0f tokens per optimizer step)",
+            int(self.max_tokens),
+            steps,
+            tokens_per_example * global_batch,
+        )
 
     # ---- results
-    def write_outputs(self, run_dir: Path, module: CausalLM, datamodule: Any, split: str, loggers: Sequence[Any] = ()
-                      ) -> None:
+    def write_outputs(
+        self, run_dir: Path, module: CausalLM, datamodule: Any, split: str, loggers: Sequence[Any] = ()
+    ) -> None:
         """samples.md: completions of the fixed prompts, greedy and sampled (seeded); a W&B table when on."""
         prompts = list(self.samples.get("prompts") or [])
         if split != "test" or not prompts:
             return
-        opts = {"max_new_tokens": int(self.samples.get("max_new_tokens", 40)),
-                "temperature": float(self.samples.get("temperature", 0.8)), "top_k": int(self.samples.get("top_k", 50)),
-                "seed": int(self.samples.get("seed", 0))}
+        opts = {
+            "max_new_tokens": int(self.samples.get("max_new_tokens", 40)),
+            "temperature": float(self.samples.get("temperature", 0.8)),
+            "top_k": int(self.samples.get("top_k", 50)),
+            "seed": int(self.samples.get("seed", 0)),
+        }
         greedy = module.complete(prompts, sample=False, **opts)
         sampled = module.complete(prompts, sample=True, **opts)
-        lines = [f"# Samples ({opts['max_new_tokens']} new tokens; sampled: temperature {opts['temperature']}, "
-                 f"top-k {opts['top_k']}, seed {opts['seed']})", ""]
+        lines = [
+            f"# Samples ({opts['max_new_tokens']} new tokens; sampled: temperature {opts['temperature']}, "
+            f"top-k {opts['top_k']}, seed {opts['seed']})",
+            "",
+        ]
         for prompt, g, s in zip(prompts, greedy, sampled):
             lines += [f"## {prompt}", "", f"- greedy: {prompt}**{g}**", f"- sampled: {prompt}**{s}**", ""]
         (Path(run_dir) / runfiles.SAMPLES).write_text("\n".join(lines))
         for logger in loggers:
             if hasattr(logger, "log_table"):  # WandbLogger
-                logger.log_table(key="samples", columns=["prompt", "greedy", "sampled"],
-                                 data=[list(row) for row in zip(prompts, greedy, sampled)])
+                logger.log_table(
+                    key="samples",
+                    columns=["prompt", "greedy", "sampled"],
+                    data=[list(row) for row in zip(prompts, greedy, sampled)],
+                )

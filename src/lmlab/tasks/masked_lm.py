@@ -41,11 +41,11 @@ from lmlab.tasks.language_modeling import BlockDataset, LMParts, lm_metrics, lm_
 log = logging.getLogger(__name__)
 
 
-def mlm_blocks(flat: np.ndarray, offsets: np.ndarray, length: int, packing: bool, keep_partial: bool
-               ) -> BlockDataset:
+def mlm_blocks(flat: np.ndarray, offsets: np.ndarray, length: int, packing: bool, keep_partial: bool) -> BlockDataset:
     """Non-overlapping blocks of `length` tokens over one split (documents flat[offsets[i]:offsets[i+1]])."""
-    streams = [(int(offsets[0]), int(offsets[-1]))] if packing else list(zip(offsets[:-1].tolist(),
-                                                                          offsets[1:].tolist()))
+    streams = (
+        [(int(offsets[0]), int(offsets[-1]))] if packing else list(zip(offsets[:-1].tolist(), offsets[1:].tolist()))
+    )
     starts, lengths = [], []
     for begin, end in streams:
         s = np.arange(begin, end, length, dtype=np.int64)
@@ -53,8 +53,11 @@ def mlm_blocks(flat: np.ndarray, offsets: np.ndarray, length: int, packing: bool
         keep = n == length if not keep_partial else n > 0
         starts.append(s[keep])
         lengths.append(n[keep])
-    return BlockDataset(flat, np.concatenate(starts) if starts else np.zeros(0, np.int64),
-                        np.concatenate(lengths) if lengths else np.zeros(0, np.int64))
+    return BlockDataset(
+        flat,
+        np.concatenate(starts) if starts else np.zeros(0, np.int64),
+        np.concatenate(lengths) if lengths else np.zeros(0, np.int64),
+    )
 
 
 class EvalBlocks(BlockDataset):
@@ -77,8 +80,7 @@ class MaskingCollator:
         from transformers import DataCollatorForLanguageModeling
 
         # causal_labels: PadCollator's labels are the ids (pads -100); the masking below replaces them.
-        self.pad = PadCollator(tokenizer.pad_token_id, tokenizer.padding_side, pad_to_multiple_of,
-                               causal_labels=True)
+        self.pad = PadCollator(tokenizer.pad_token_id, tokenizer.padding_side, pad_to_multiple_of, causal_labels=True)
         self.masker = DataCollatorForLanguageModeling(tokenizer, mlm_probability=mlm_probability)
         self.special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
 
@@ -124,17 +126,23 @@ class MaskedLM(LMParts, TaskModule, pl.LightningModule):
         if tokenizer_object is None:
             raise ValueError("MaskedLM needs tokenizer_object (the task passes it)")
         self.tokenizer = tokenizer_object
-        self.net = load_backbone(name_or_path, auto_class="AutoModelForMaskedLM", from_scratch=from_scratch,
-                                 config_overrides=dict(config_overrides or {}),
-                                 attn_implementation=attn_implementation, gguf_file=gguf_file,
-                                 **({"pad_token_id": self.tokenizer.pad_token_id} if from_scratch is None else {}))
+        self.net = load_backbone(
+            name_or_path,
+            auto_class="AutoModelForMaskedLM",
+            from_scratch=from_scratch,
+            config_overrides=dict(config_overrides or {}),
+            attn_implementation=attn_implementation,
+            gguf_file=gguf_file,
+            **({"pad_token_id": self.tokenizer.pad_token_id} if from_scratch is None else {}),
+        )
         if from_scratch is None and name_or_path is not None:
             log_fresh_head(self.net, name_or_path)
         if compile:
             self.net.compile(dynamic=compile_dynamic)
         # No bytes total: bits-per-byte is a causal-LM metric.
-        self.metrics = torch.nn.ModuleDict({stage: lm_metrics(("nats", "tokens", "correct"))
-                                            for stage in ("val", "test")})
+        self.metrics = torch.nn.ModuleDict(
+            {stage: lm_metrics(("nats", "tokens", "correct")) for stage in ("val", "test")}
+        )
         self.train()  # from_pretrained returns eval mode, and Lightning keeps each module's mode as found
 
     def token_losses(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -181,8 +189,12 @@ class MaskedLM(LMParts, TaskModule, pl.LightningModule):
         self.metrics[stage].reset()
         tokens = max(totals["tokens"], 1.0)
         loss = totals["nats"] / tokens
-        values = {"loss": loss, "ppl": math.exp(min(loss, 700.0)), "masked_acc": totals["correct"] / tokens,
-                  "tokens": totals["tokens"]}
+        values = {
+            "loss": loss,
+            "ppl": math.exp(min(loss, 700.0)),
+            "masked_acc": totals["correct"] / tokens,
+            "tokens": totals["tokens"],
+        }
         self.log_dict({f"{stage}/{name}": value for name, value in values.items()}, prog_bar=False)
         self.log(f"{stage}/ppl_bar", values["ppl"], prog_bar=True, logger=False)
 
@@ -202,11 +214,15 @@ def log_fresh_head(model: Any, name_or_path: str) -> None:
         return
     base, head = relative_names(stored, model.base_model_prefix)
     model_base, model_head = relative_names(model.state_dict().keys(), model.base_model_prefix)
-    fresh = sorted(f"{model.base_model_prefix}.{k}" for k in set(model_base) - set(base)) + \
-        sorted(k for k in set(model_head) - set(head) if not _tied(model, k))
+    fresh = sorted(f"{model.base_model_prefix}.{k}" for k in set(model_base) - set(base)) + sorted(
+        k for k in set(model_head) - set(head) if not _tied(model, k)
+    )
     if fresh:
-        log.warning("%s has no masked-LM head: initialised freshly (random, decoder tied to the word embeddings): "
-                    "%s", name_or_path, ", ".join(fresh))
+        log.warning(
+            "%s has no masked-LM head: initialised freshly (random, decoder tied to the word embeddings): %s",
+            name_or_path,
+            ", ".join(fresh),
+        )
 
 
 def _tied(model: Any, name: str) -> bool:
@@ -220,8 +236,16 @@ def _tied(model: Any, name: str) -> bool:
 class MaskedLMTask(Task):
     """Masked-token prediction on the dataset's text (labels ignored); monitor val/loss, minimized."""
 
-    def __init__(self, name: str, monitor: str, mode: str, optimized_metric: str, ignores: Sequence[str] = (),
-                 mlm_probability: float = 0.15, eval_mask_seed: int = 0):
+    def __init__(
+        self,
+        name: str,
+        monitor: str,
+        mode: str,
+        optimized_metric: str,
+        ignores: Sequence[str] = (),
+        mlm_probability: float = 0.15,
+        eval_mask_seed: int = 0,
+    ):
         super().__init__(name, monitor, mode, optimized_metric, ignores)
         if not 0 < float(mlm_probability) < 1:
             raise LmlabError(f"task.mlm_probability={mlm_probability} must be in (0, 1), e.g. 0.15 (BERT's).")
@@ -234,8 +258,13 @@ class MaskedLMTask(Task):
     # ---- the encoding
     def tokenize(self, tokenizer: Any, examples: Sequence[Example], max_length: int) -> dict[str, list]:
         # Whole documents with their [CLS] ... [SEP], never truncated: the blocks are cut afterwards.
-        ids = tokenizer([ex.text for ex in examples], add_special_tokens=True, return_attention_mask=False,
-                        return_token_type_ids=False, verbose=False)["input_ids"]
+        ids = tokenizer(
+            [ex.text for ex in examples],
+            add_special_tokens=True,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+            verbose=False,
+        )["input_ids"]
         return {"input_ids": ids}
 
     def cache_options(self) -> dict[str, Any]:
@@ -248,7 +277,8 @@ class MaskedLMTask(Task):
             raise LmlabError(
                 f"The {split} split ({len(examples)} documents, {int(col.offsets[-1] - col.offsets[0])} tokens) "
                 f"yields no full block of dataset.max_length={self.max_length} tokens. Lower dataset.max_length, "
-                f"use dataset.packing=true, or add data.")
+                f"use dataset.packing=true, or add data."
+            )
         if split == "train":
             return blocks
         # The split's name in the seed: val and test blocks with the same index get different masks.
@@ -262,21 +292,30 @@ class MaskedLMTask(Task):
         config = masked_config(model_cfg)
         limit = getattr(config, "max_position_embeddings", None)
         if limit is not None and self.max_length > int(limit):
-            raise LmlabError(f"dataset.max_length={self.max_length} is beyond the model's position limit "
-                             f"({limit} positions); set dataset.max_length<={limit}.")
+            raise LmlabError(
+                f"dataset.max_length={self.max_length} is beyond the model's position limit "
+                f"({limit} positions); set dataset.max_length<={limit}."
+            )
         tokenizer = task_tokenizer(model_cfg, datamodule)
         if tokenizer.mask_token is None:
             raise LmlabError(
                 f"task=masked_lm needs a tokenizer with a mask token, but "
                 f"{model_cfg.get('tokenizer') or model_cfg.get('name_or_path')!r} has none (model.tokenizer=bpe has "
-                f"none either). Use the model's own tokenizer, e.g. model=minilm or model=tiny_bert.")
+                f"none either). Use the model's own tokenizer, e.g. model=minilm or model=tiny_bert."
+            )
         return tokenizer
 
     def module_class(self) -> type:
         return MaskedLM
 
-    def module(self, model_cfg: Mapping[str, Any], datamodule: Any, tokenizer: Any,
-               optimizer: Mapping[str, Any] | None, scheduler: Mapping[str, Any] | None) -> MaskedLM:
+    def module(
+        self,
+        model_cfg: Mapping[str, Any],
+        datamodule: Any,
+        tokenizer: Any,
+        optimizer: Mapping[str, Any] | None,
+        scheduler: Mapping[str, Any] | None,
+    ) -> MaskedLM:
         return lm_module(MaskedLM, model_cfg, tokenizer, optimizer, scheduler)
 
     def load_kwargs(self, datamodule: Any, tokenizer: Any) -> dict[str, Any]:
@@ -299,5 +338,6 @@ def masked_config(model_cfg: Mapping[str, Any]) -> Any:
     if config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
         raise LmlabError(
             f"task=masked_lm needs an encoder with a masked-LM head, but model.name_or_path={name!r} is a "
-            f"'{config.model_type}' model. Use model=minilm, model=bert, model=tiny_bert or any HF masked LM.")
+            f"'{config.model_type}' model. Use model=minilm, model=bert, model=tiny_bert or any HF masked LM."
+        )
     return config

@@ -38,9 +38,22 @@ log = logging.getLogger(__name__)
 
 PRIMARY = ("f1_macro", "f1_micro", "f1_weighted", "acc", "precision", "recall")  # higher is better, all
 # The model.* keys a multi-task model uses (others, e.g. model.problem_type, are classification-only).
-MODEL_KEYS = ("name_or_path", "tokenizer", "bpe_vocab_size", "gguf_file", "pooling", "dropout", "freeze_embeddings",
-              "freeze_layers", "threshold", "attn_implementation", "compile", "compile_dynamic", "config_overrides",
-              "from_scratch")
+MODEL_KEYS = (
+    "name_or_path",
+    "tokenizer",
+    "bpe_vocab_size",
+    "gguf_file",
+    "pooling",
+    "dropout",
+    "freeze_embeddings",
+    "freeze_layers",
+    "threshold",
+    "attn_implementation",
+    "compile",
+    "compile_dynamic",
+    "config_overrides",
+    "from_scratch",
+)
 
 
 class MultiTaskClassifier(TaskModule, pl.LightningModule):
@@ -76,24 +89,43 @@ class MultiTaskClassifier(TaskModule, pl.LightningModule):
         self.names = [s["name"] for s in self.subtasks]
         self.threshold = threshold
         # Through load_backbone, so model.init_from (a pretrain -> finetune chain) applies to the shared encoder.
-        self.encoder = load_backbone(name_or_path, auto_class="AutoModel", from_scratch=from_scratch,
-                                     config_overrides=dict(config_overrides or {}),
-                                     attn_implementation=attn_implementation, gguf_file=gguf_file,
-                                     pad_token_id=self.tokenizer.pad_token_id)
+        self.encoder = load_backbone(
+            name_or_path,
+            auto_class="AutoModel",
+            from_scratch=from_scratch,
+            config_overrides=dict(config_overrides or {}),
+            attn_implementation=attn_implementation,
+            gguf_file=gguf_file,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
         config = self.encoder.config
         p = getattr(config, "hidden_dropout_prob", 0.1) if dropout is None else dropout
         # native: the encoder's own pooler (BERT: tanh(dense(CLS))) where it has one, else the CLS token.
-        self.heads = nn.ModuleDict({s["name"]: PooledHead(
-            config.hidden_size, len(s["labels"]) if s["problem_type"] != "binary" else 1,
-            "cls" if pooling == "native" else pooling, p) for s in self.subtasks})
+        self.heads = nn.ModuleDict(
+            {
+                s["name"]: PooledHead(
+                    config.hidden_size,
+                    len(s["labels"]) if s["problem_type"] != "binary" else 1,
+                    "cls" if pooling == "native" else pooling,
+                    p,
+                )
+                for s in self.subtasks
+            }
+        )
         TextClassifier._freeze(self, freeze_embeddings, freeze_layers)  # same rules as single-task
         if compile:
             self.encoder.compile(dynamic=compile_dynamic)
-        self.metrics = nn.ModuleDict({stage: nn.ModuleDict({
-            s["name"]: classification_metrics(s["problem_type"], len(s["labels"])) for s in self.subtasks})
-            for stage in ("val", "test")})
-        self.losses = nn.ModuleDict({stage: nn.ModuleDict({n: torchmetrics.MeanMetric() for n in self.names})
-                                     for stage in ("val", "test")})
+        self.metrics = nn.ModuleDict(
+            {
+                stage: nn.ModuleDict(
+                    {s["name"]: classification_metrics(s["problem_type"], len(s["labels"])) for s in self.subtasks}
+                )
+                for stage in ("val", "test")
+            }
+        )
+        self.losses = nn.ModuleDict(
+            {stage: nn.ModuleDict({n: torchmetrics.MeanMetric() for n in self.names}) for stage in ("val", "test")}
+        )
         self.details: dict[str, dict[str, float]] = {}
         self.predictions: dict[str, list[dict[str, Any]]] = {n: [] for n in self.names}
         self.train()  # from_pretrained returns eval mode, and Lightning keeps each module's mode as found
@@ -161,8 +193,7 @@ class MultiTaskClassifier(TaskModule, pl.LightningModule):
         target = labels.long()
         self.metrics[stage][name].update(preds, target)
         if stage == "test":
-            for i, label, pred, score in zip(batch["idx"].tolist(), target.tolist(), preds.tolist(),
-                                             scores.tolist()):
+            for i, label, pred, score in zip(batch["idx"].tolist(), target.tolist(), preds.tolist(), scores.tolist()):
                 self.predictions[name].append({"idx": i, "label": label, "pred": pred, "scores": score})
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -185,8 +216,9 @@ class MultiTaskClassifier(TaskModule, pl.LightningModule):
             per_class = computed.pop("f1_per_class")
             computed.pop("confusion_matrix")
             # Plain scalars only (a report column each): per-class F1 as <stage>/<sub-task>/f1_per_class/<label>.
-            self.details[stage].update({f"{stage}/{name}/f1_per_class/{label}": float(v)
-                                        for label, v in zip(s["labels"], per_class.tolist())})
+            self.details[stage].update(
+                {f"{stage}/{name}/f1_per_class/{label}": float(v) for label, v in zip(s["labels"], per_class.tolist())}
+            )
             loss = float(self.losses[stage][name].compute())
             self.losses[stage][name].reset()
             values.update({f"{stage}/{name}/{k}": float(v) for k, v in computed.items()})
@@ -197,8 +229,9 @@ class MultiTaskClassifier(TaskModule, pl.LightningModule):
         values[f"{stage}/loss"] = sum(losses) / len(losses)  # unweighted mean over sub-tasks
         # Already reduced over the whole split by torchmetrics; logged as plain numbers.
         self.log_dict(values, prog_bar=False, add_dataloader_idx=False)
-        self.log(f"{stage}/mean", values[f"{stage}/mean_primary"], prog_bar=True, logger=False,
-                 add_dataloader_idx=False)
+        self.log(
+            f"{stage}/mean", values[f"{stage}/mean_primary"], prog_bar=True, logger=False, add_dataloader_idx=False
+        )
 
     # ---- export
     def export_pretrained(self, directory: Path) -> None:
@@ -214,8 +247,16 @@ class MultiTaskClassifier(TaskModule, pl.LightningModule):
 class MultiTask(Task):
     """Sub-tasks from `dataset.subtasks` (lmlab.data.multitask); monitor val/mean_primary, maximized."""
 
-    def __init__(self, name: str, monitor: str, mode: str, optimized_metric: str, ignores: Sequence[str] = (),
-                 primary: str | Mapping[str, str] = "f1_macro", weights: Mapping[str, float] | None = None):
+    def __init__(
+        self,
+        name: str,
+        monitor: str,
+        mode: str,
+        optimized_metric: str,
+        ignores: Sequence[str] = (),
+        primary: str | Mapping[str, str] = "f1_macro",
+        weights: Mapping[str, float] | None = None,
+    ):
         super().__init__(name, monitor, mode, optimized_metric, ignores)
         self.primary = dict(primary) if isinstance(primary, Mapping) else primary
         self.weights = {str(k): v for k, v in dict(weights or {}).items()}
@@ -223,8 +264,10 @@ class MultiTask(Task):
     def _primary(self, name: str) -> str:
         value = self.primary.get(name, "f1_macro") if isinstance(self.primary, dict) else self.primary
         if value not in PRIMARY:
-            raise LmlabError(f"task.primary={value!r} (sub-task {name}) is not one of {list(PRIMARY)}; the mean of "
-                             f"the sub-tasks' primary metrics is maximized.")
+            raise LmlabError(
+                f"task.primary={value!r} (sub-task {name}) is not one of {list(PRIMARY)}; the mean of "
+                f"the sub-tasks' primary metrics is maximized."
+            )
         return value
 
     # ---- data
@@ -232,13 +275,18 @@ class MultiTask(Task):
         from lmlab.data.multitask import MultiTaskDataModule
 
         if not isinstance(datamodule, MultiTaskDataModule):
-            raise LmlabError("task=multitask needs its dataset config (dataset.subtasks); compose it with "
-                             "task=multitask, not a plain dataset=... override after it.")
+            raise LmlabError(
+                "task=multitask needs its dataset config (dataset.subtasks); compose it with "
+                "task=multitask, not a plain dataset=... override after it."
+            )
         unknown = sorted(set(self.weights) - set(datamodule.names)) + (
-            sorted(set(self.primary) - set(datamodule.names)) if isinstance(self.primary, dict) else [])
+            sorted(set(self.primary) - set(datamodule.names)) if isinstance(self.primary, dict) else []
+        )
         if unknown:
-            raise LmlabError(f"task.weights / task.primary name sub-tasks {unknown} that dataset.subtasks does not "
-                             f"have ({datamodule.names}).")
+            raise LmlabError(
+                f"task.weights / task.primary name sub-tasks {unknown} that dataset.subtasks does not "
+                f"have ({datamodule.names})."
+            )
         self.encodings: dict[str, ClassificationTask] = {}
         self.specs: list[dict[str, Any]] = []
         for name in datamodule.names:
@@ -253,11 +301,17 @@ class MultiTask(Task):
             if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
                 raise LmlabError(f"task.weights.{name}={weight!r} must be a number >= 0.")
             self.encodings[name] = enc
-            self.specs.append({"name": name, "labels": enc.labels, "problem_type": enc.problem_type,
-                               "weight": float(weight), "primary": self._primary(name)})
+            self.specs.append(
+                {
+                    "name": name,
+                    "labels": enc.labels,
+                    "problem_type": enc.problem_type,
+                    "weight": float(weight),
+                    "primary": self._primary(name),
+                }
+            )
         datamodule.labels = [f"{s['name']}/{label}" for s in self.specs for label in s["labels"]]
-        log.info("Sub-tasks: %s", {s["name"]: f"{len(s['labels'])} labels, weight {s['weight']:g}"
-                                   for s in self.specs})
+        log.info("Sub-tasks: %s", {s["name"]: f"{len(s['labels'])} labels, weight {s['weight']:g}" for s in self.specs})
 
     def connect(self, datamodule: Any, model_cfg: Mapping[str, Any]) -> Any:
         datamodule.load()
@@ -272,20 +326,32 @@ class MultiTask(Task):
     def module_class(self) -> type:
         return MultiTaskClassifier
 
-    def module(self, model_cfg: Mapping[str, Any], datamodule: Any, tokenizer: Any,
-               optimizer: Mapping[str, Any] | None, scheduler: Mapping[str, Any] | None) -> MultiTaskClassifier:
+    def module(
+        self,
+        model_cfg: Mapping[str, Any],
+        datamodule: Any,
+        tokenizer: Any,
+        optimizer: Mapping[str, Any] | None,
+        scheduler: Mapping[str, Any] | None,
+    ) -> MultiTaskClassifier:
         kwargs = {k: model_cfg[k] for k in MODEL_KEYS if k in model_cfg}
         kwargs["from_scratch"] = from_scratch_for(model_cfg, tokenizer)
-        return MultiTaskClassifier(**kwargs, subtasks=self.specs, optimizer=optimizer or {}, scheduler=scheduler or {},
-                                   tokenizer_object=tokenizer)
+        return MultiTaskClassifier(
+            **kwargs,
+            subtasks=self.specs,
+            optimizer=optimizer or {},
+            scheduler=scheduler or {},
+            tokenizer_object=tokenizer,
+        )
 
     def load(self, ckpt_path: Path, datamodule: Any, model_cfg: Mapping[str, Any]) -> MultiTaskClassifier:
         module = super().load(ckpt_path, datamodule, model_cfg)
         now = [(s["name"], s["labels"]) for s in self.specs]
         then = [(s["name"], s["labels"]) for s in module.subtasks]
         if now != then:
-            raise LmlabError(f"Sub-task label maps differ: the data gives {now}, the checkpoint {ckpt_path} has "
-                             f"{then}.")
+            raise LmlabError(
+                f"Sub-task label maps differ: the data gives {now}, the checkpoint {ckpt_path} has {then}."
+            )
         return module
 
     def load_kwargs(self, datamodule: Any, tokenizer: Any) -> dict[str, Any]:
@@ -293,24 +359,31 @@ class MultiTask(Task):
 
     def configure_trainer(self, trainer: Any, datamodule: Any, global_batch: int) -> None:
         if trainer.world_size > 1:
-            raise LmlabError("task=multitask trains on one device for now (each step updates one sub-task's head, "
-                             "which DDP's gradient sync does not allow without find_unused_parameters): use "
-                             "trainer.devices=1.")
+            raise LmlabError(
+                "task=multitask trains on one device for now (each step updates one sub-task's head, "
+                "which DDP's gradient sync does not allow without find_unused_parameters): use "
+                "trainer.devices=1."
+            )
 
     # ---- results
     def results(self, module: MultiTaskClassifier, datamodule: Any, logged: Mapping[str, float]) -> dict[str, Any]:
-        metrics = super().results(module, datamodule, {k: v for k, v in logged.items()
-                                                       if not k.endswith("/mean")})  # the progress-bar copy
+        metrics = super().results(
+            module, datamodule, {k: v for k, v in logged.items() if not k.endswith("/mean")}
+        )  # the progress-bar copy
         metrics.update(module.details.get("test", {}))
         metrics["meta/subtasks"] = ",".join(module.names)  # a plain string: the sub-task columns of a report
         return metrics
 
-    def write_outputs(self, run_dir: Path, module: MultiTaskClassifier, datamodule: Any, split: str,
-                      loggers: Sequence[Any] = ()) -> None:
+    def write_outputs(
+        self, run_dir: Path, module: MultiTaskClassifier, datamodule: Any, split: str, loggers: Sequence[Any] = ()
+    ) -> None:
         """<split>_predictions_<sub-task>.csv (test_predictions_<sub-task>.csv): one file per sub-task."""
         stem = Path(runfiles.PREDICTIONS).stem.replace("test", split, 1)
         for s in module.subtasks:
             name = s["name"]
-            runfiles.write_predictions(Path(run_dir) / f"{stem}_{name}.csv",
-                                       datamodule.subtasks[name].example_ids(split), s["labels"],
-                                       module.predictions[name])
+            runfiles.write_predictions(
+                Path(run_dir) / f"{stem}_{name}.csv",
+                datamodule.subtasks[name].example_ids(split),
+                s["labels"],
+                module.predictions[name],
+            )
