@@ -1,7 +1,7 @@
 """GPU truth in one prepared run: lmlab's throughput, MFU, attention kernels, compile, FSDP and bf16 vs fp32 (issue 15).
 
 Every cell trains through lmlab's real code: a Hydra composition of conf/train.yaml with the cell's overrides, then
-`lmlab.train.run_task(lmlab.train.train, cfg)` (what `python train.py <overrides>` runs, in this process so the
+`lmlab.launch.job.run_task(lmlab.train.train, cfg)` (what `python train.py <overrides>` runs, in this process so the
 start-up is paid once), and the numbers are the ones lmlab wrote to metrics.json (`perf/train_*`, from the end of step 3
 to the end of the last step). Models are random-init from configs, so no weights travel: the BERT shapes take
 `config.json` + the MiniLM vocabulary from the bundle, the causal LMs train lmlab's byte-level BPE on the bundle's BBC
@@ -426,7 +426,8 @@ def composes(cell: Cell, work: Path) -> bool | str:
 def run_lmlab(cell: Cell, work: Path) -> dict[str, Any]:
     import torch
 
-    from lmlab.train import run_task, train
+    from lmlab.launch.job import run_task
+    from lmlab.train import train
 
     probe = work / "probe.json"
     cfg = compose(

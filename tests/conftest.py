@@ -65,7 +65,8 @@ def compose_train(overrides: Sequence[str], output_dir: Path, config_name: str =
 @pytest.fixture
 def train_tiny(tmp_path: Path) -> Callable[..., tuple[dict[str, Any], Path]]:
     """Train in-process with TINY + overrides; returns (metrics, run dir)."""
-    from lmlab.train import run_task, train
+    from lmlab.launch.job import run_task
+    from lmlab.train import train
 
     counter = iter(range(100))
 

@@ -15,8 +15,8 @@ import pytest
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
-from lmlab import arglists
-from lmlab.config import LmlabError, config_dir
+from lmlab.config import arglists, config_dir
+from lmlab.errors import LmlabError
 from tests.conftest import ROOT, TINY, compose_train
 
 CONF = Path(config_dir())

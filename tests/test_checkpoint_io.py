@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 import torch
 
-from lmlab import runfiles
-from lmlab.checkpoint_io import FAULT_ENV, AtomicCheckpointIO, _Writer, readable
-from lmlab.config import LmlabError
+from lmlab import rundir
+from lmlab.errors import LmlabError
+from lmlab.rundir.atomic import FAULT_ENV, AtomicCheckpointIO, _Writer
+from lmlab.rundir.checkpoints import readable
 from tests.conftest import TINY, compose_train, run_cli, single_run_dir
 
 SHM = Path("/dev/shm")
@@ -63,9 +64,9 @@ def test_kill_during_checkpoint_write_keeps_previous_last_ckpt_and_resumes(shm_d
     killed = run_cli("train.py", *args, env={FAULT_ENV: "2:SIGKILL:last.ckpt", "TMPDIR": str(tmpdir)})
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     run_dir = single_run_dir(shm_dir)
-    checkpoints = run_dir / runfiles.CHECKPOINTS
+    checkpoints = run_dir / rundir.CHECKPOINTS
     assert readable(checkpoints / "last.ckpt") is None
-    assert runfiles.checkpoint_meta(checkpoints / "last.ckpt")[0] == 0  # epoch 0's, complete
+    assert rundir.checkpoint_meta(checkpoints / "last.ckpt")[0] == 0  # epoch 0's, complete
     # The partial write is a hidden temp file, never anything named like a checkpoint.
     leftovers = [n for n in _names(checkpoints) if n.startswith(".")]
     assert len(leftovers) == 1 and leftovers[0].endswith(".tmp"), _names(checkpoints)
@@ -77,8 +78,8 @@ def test_kill_during_checkpoint_write_keeps_previous_last_ckpt_and_resumes(shm_d
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert not list(shm_dir.rglob("*.tmp")), "the killed write's temp file is removed by the next load/save there"
     # The resumed run may live in the same run dir or a new one: the newest status is that run's.
-    latest = max(shm_dir.glob(f"train/runs/*/{runfiles.STATUS}"), key=lambda p: p.stat().st_mtime_ns)
-    assert runfiles.read_json(latest)["status"] == "completed"
+    latest = max(shm_dir.glob(f"train/runs/*/{rundir.STATUS}"), key=lambda p: p.stat().st_mtime_ns)
+    assert rundir.read_json(latest)["status"] == "completed"
 
 
 @pytest.mark.parametrize(
@@ -124,13 +125,14 @@ def test_full_disk_fails_with_no_space_left_and_leaves_nothing_that_looks_valid(
 def test_full_disk_during_training_fails_the_run_with_the_message(tiny_fs: Path) -> None:
     """The whole chain: Lightning's ModelCheckpoint -> the plugin -> run_task's status (the temp file's space is
     freed before status.json and traceback.txt are written)."""
-    from lmlab.train import run_task, train
+    from lmlab.launch.job import run_task
+    from lmlab.train import train
 
     run_dir = tiny_fs / "run"
     cfg = compose_train(TINY, run_dir)
     with pytest.raises((SystemExit, LmlabError)):  # SystemExit(1) when Hydra's mode says a single CLI run
         run_task(train, cfg)
-    status = runfiles.read_json(run_dir / runfiles.STATUS)
+    status = rundir.read_json(run_dir / rundir.STATUS)
     assert status["status"] == "failed" and f"no space left on {run_dir / 'checkpoints'}" in status["error"]
     assert not [p for p in run_dir.rglob("*") if p.suffix in (".ckpt", ".tmp")]
 
@@ -164,7 +166,7 @@ def test_trainer_gets_the_atomic_checkpoint_io_on_each_strategy(tmp_path: Path, 
     from omegaconf import OmegaConf
     from pytorch_lightning.strategies import FSDPStrategy
 
-    from lmlab.distributed import trainer_plugins
+    from lmlab.launch.ddp import trainer_plugins
 
     cfg = OmegaConf.create({"_target_": "pytorch_lightning.Trainer"})
     for strategy, devices in (("auto", 1), ("ddp", 2)):
@@ -178,7 +180,6 @@ def test_trainer_gets_the_atomic_checkpoint_io_on_each_strategy(tmp_path: Path, 
         )
         assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO), strategy
 
-    from lmlab import checkpoint_io
 
     saved: list[Path] = []
     monkeypatch.setattr(

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from lmlab.config import LmlabError
 from lmlab.data.near_duplicates import find_near_duplicates, shingles
 from lmlab.data.sources import SPLITS, Example, bbc_news, files
 from lmlab.data.splits import (
@@ -22,6 +21,7 @@ from lmlab.data.splits import (
     label_names,
     stratified_split,
 )
+from lmlab.errors import LmlabError
 
 FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from lmlab.config import LmlabError
-from lmlab.hub import check_loadable, in_hf_cache
+from lmlab.config.hub import check_loadable, in_hf_cache
+from lmlab.errors import LmlabError
 from tests.conftest import ROOT
 
 

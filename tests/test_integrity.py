@@ -96,9 +96,9 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(
         if sig == "SIGKILL":
             assert first.returncode == -9
             assert status["status"] == "running"  # nothing could record it ...
-            from lmlab import runfiles
+            from lmlab import rundir
 
-            assert runfiles.effective_status(status) == "dead"  # ... but a reader sees the process is gone
+            assert rundir.effective_status(status) == "dead"  # ... but a reader sees the process is gone
         else:
             assert first.returncode == 128 + getattr(signal, sig), first.stderr[-2000:]
             assert status["status"] == "interrupted" and status["signal"] == sig
@@ -173,9 +173,9 @@ def test_reissued_sweep_with_a_changed_constant_is_refused(tmp_path: Path) -> No
 
 
 def test_result_config_ignores_only_keys_that_cannot_change_a_result(tmp_path: Path) -> None:
-    from lmlab import runfiles
+    from lmlab import rundir
 
-    base = runfiles.result_config(compose_train(TINY, tmp_path / "a"))
+    base = rundir.result_config(compose_train(TINY, tmp_path / "a"))
     # Where things are written, what is logged or shown, how data is fed (tokenized in advance, sampled in the
     # main process): none of these changes a number.
     same = [
@@ -191,7 +191,7 @@ def test_result_config_ignores_only_keys_that_cannot_change_a_result(tmp_path: P
     ]
     for override in same:
         cfg = compose_train([*TINY, override], tmp_path / "b")
-        assert runfiles.digest(runfiles.result_config(cfg)) == runfiles.digest(base), override
+        assert rundir.digest(rundir.result_config(cfg)) == rundir.digest(base), override
     for override in [
         "trainer.max_epochs=2",
         "seed=7",
@@ -200,11 +200,11 @@ def test_result_config_ignores_only_keys_that_cannot_change_a_result(tmp_path: P
         "callbacks.early_stopping.patience=1",
         "dataset.split_seed=1",
     ]:
-        changed = runfiles.result_config(compose_train([*TINY, override], tmp_path / "c"))
-        assert runfiles.digest(changed) != runfiles.digest(base), override
+        changed = rundir.result_config(compose_train([*TINY, override], tmp_path / "c"))
+        assert rundir.digest(changed) != rundir.digest(base), override
         assert any(
             k.startswith(override.split("=")[0])
-            for k in (d.split(":")[0] for d in runfiles.differing_keys(base, changed))
+            for k in (d.split(":")[0] for d in rundir.differing_keys(base, changed))
         ), override
 
 
@@ -250,25 +250,26 @@ def test_run_files_follow_the_umask(train_tiny) -> None:
 
 
 def test_heartbeat_marks_a_live_run_and_a_dead_one(tmp_path: Path) -> None:
-    from lmlab import runfiles
+    from lmlab import rundir
 
-    runfiles.update_status(tmp_path, "running")
-    with runfiles.Heartbeat(tmp_path, interval=0.05):
-        first = runfiles.read_status(tmp_path)["heartbeat"]
+    rundir.update_status(tmp_path, "running")
+    with rundir.Heartbeat(tmp_path, interval=0.05):
+        first = rundir.read_status(tmp_path)["heartbeat"]
         time.sleep(1.2)
-    status = runfiles.read_status(tmp_path)
-    assert status["heartbeat"] > first and runfiles.effective_status(status) == "running"  # this process
-    assert runfiles.effective_status({**status, "pid": 2**22 + 12345}) == "dead"  # no such pid here
+    status = rundir.read_status(tmp_path)
+    assert status["heartbeat"] > first and rundir.effective_status(status) == "running"  # this process
+    assert rundir.effective_status({**status, "pid": 2**22 + 12345}) == "dead"  # no such pid here
     stale = {**status, "host": "another-host", "heartbeat": "2020-01-01T00:00:00+00:00"}
-    assert runfiles.effective_status(stale) == "dead"
-    fresh = {**stale, "heartbeat": runfiles.now()}
-    assert runfiles.effective_status(fresh) == "running"
+    assert rundir.effective_status(stale) == "dead"
+    fresh = {**stale, "heartbeat": rundir.now()}
+    assert rundir.effective_status(fresh) == "running"
 
 
 @pytest.mark.parametrize("action", ["stop", "skip"])
 def test_nonfinite_loss_is_never_a_completed_run(action: str, tmp_path: Path) -> None:
-    from lmlab.config import LmlabError
-    from lmlab.train import run_task, train
+    from lmlab.errors import LmlabError
+    from lmlab.launch.job import run_task
+    from lmlab.train import train
 
     cfg = compose_train(
         [
@@ -341,14 +342,14 @@ def test_ckpt_path_with_sweep_dir_characters_needs_no_quoting(train_tiny, tmp_pa
 def test_truncated_resume_checkpoint_falls_back_to_the_previous_good_one(tmp_path: Path) -> None:
     import torch
 
-    from lmlab import runfiles
+    from lmlab import rundir
 
     ckpts = tmp_path / "checkpoints"
     ckpts.mkdir()
     torch.save({"epoch": 0}, ckpts / "last.ckpt")
     torch.save({"epoch": 1, "pad": torch.zeros(1000)}, ckpts / "resume.ckpt")
     (ckpts / "resume.ckpt").write_bytes((ckpts / "resume.ckpt").read_bytes()[:500])  # a write cut short
-    assert runfiles.resume_checkpoint(tmp_path) == ckpts / "last.ckpt"
+    assert rundir.resume_checkpoint(tmp_path) == ckpts / "last.ckpt"
 
 
 def test_eval_says_when_the_training_run_covered_fewer_test_examples(train_tiny, tmp_path: Path) -> None:

@@ -103,7 +103,8 @@ def test_packed_epoch_visits_every_training_target_once(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def lm_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
-    from lmlab.train import run_task, train
+    from lmlab.launch.job import run_task
+    from lmlab.train import train
 
     run_dir = tmp_path_factory.mktemp("lm_run") / "run"
     cfg = compose_train([*LM_TINY, "export_model=true", "trainer.max_epochs=2"], run_dir)
@@ -112,7 +113,7 @@ def lm_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
 
 def _evaluate(tmp_path: Path, *overrides: str) -> dict:
     from lmlab.eval import evaluate
-    from lmlab.train import run_task
+    from lmlab.launch.job import run_task
 
     cfg = compose_train(list(overrides), tmp_path, config_name="eval")
     return run_task(evaluate, cfg)

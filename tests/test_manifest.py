@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib.metadata
 
-from lmlab import manifest
+from lmlab.rundir import manifest
 
 
 def test_pip_freeze_agrees_with_the_metadata_parser() -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmlab.config import LmlabError
+from lmlab.errors import LmlabError
 from tests.conftest import ROOT, TINY, compose_train, read_metrics, run_cli
 
 # A few blocks of a tiny random-init BERT (MiniLM's tokenizer, so it has [MASK]) on BBC text.
@@ -99,7 +99,8 @@ def test_masking_follows_the_80_10_10_rule_and_never_targets_special_tokens(tmp_
 
 @pytest.fixture(scope="module")
 def mlm_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
-    from lmlab.train import run_task, train
+    from lmlab.launch.job import run_task
+    from lmlab.train import train
 
     run_dir = tmp_path_factory.mktemp("mlm_run") / "run"
     return run_task(train, compose_train(MLM_TINY, run_dir)), run_dir
@@ -107,7 +108,7 @@ def mlm_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
 
 def _evaluate(tmp_path: Path, *overrides: str) -> dict:
     from lmlab.eval import evaluate
-    from lmlab.train import run_task
+    from lmlab.launch.job import run_task
 
     return run_task(evaluate, compose_train(list(overrides), tmp_path, config_name="eval"))
 
@@ -240,7 +241,7 @@ def test_lineage_counts_the_parents_training_texts_in_this_test_split(
 ) -> None:
     from hydra.utils import instantiate
 
-    from lmlab import lineage
+    from lmlab.rundir import lineage
 
     _, parent = mlm_run
     hashes = json.loads((parent / "example_hashes.json").read_text())

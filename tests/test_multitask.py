@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from hydra.utils import instantiate
 
-from lmlab.config import LmlabError
 from lmlab.data.multitask import SubtaskBatchSampler, largest_remainder
 from lmlab.data.sources import SPLITS, Example, bbc_news
 from lmlab.data.splits import build_splits, fingerprint
+from lmlab.errors import LmlabError
 from tests.conftest import TINY, compose_train, read_metrics, run_cli, single_run_dir
 
 FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
@@ -85,7 +85,7 @@ def test_a_files_subtask_beside_two_bbc_ones(tmp_path: Path) -> None:
     reviews = datamodule.subtasks["reviews"]
     assert [len(reviews.splits[s]) for s in SPLITS] == [32, 4, 4] and reviews.batch_size == 8
     assert {ex.label for ex in reviews.splits["train"]} == {"p", "n"}
-    from lmlab.train import instantiate as lmlab_instantiate  # input errors unwrapped, as train.py shows them
+    from lmlab.config import instantiate as lmlab_instantiate  # input errors unwrapped, as train.py shows them
 
     with pytest.raises(LmlabError, match=r"dataset.subtasks.sport has unknown dataset keys \['one_vs_reset'\]"):
         lmlab_instantiate(compose_train([*MT, "+dataset.subtasks.sport.one_vs_reset=x"], tmp_path / "c").dataset)

@@ -25,7 +25,7 @@ PRUNE = "hydra.sweeper.pruner={_target_:optuna.pruners.MedianPruner,n_startup_tr
 def load_study(sweep_dir: Path, storage: str | None = None) -> Any:
     import optuna
 
-    from lmlab.optuna_search import open_storage
+    from lmlab.launch.optuna_search import open_storage
 
     return optuna.load_study(study_name="train", storage=open_storage(storage or str(sweep_dir / "optuna.journal")))
 

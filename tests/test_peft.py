@@ -126,7 +126,8 @@ def _state(ckpt: Path) -> dict[str, torch.Tensor]:
 def test_interrupted_lora_run_resumes_exactly(tmp_path: Path, train_tiny: Any) -> None:
     """SIGTERM mid-epoch 2 -> status interrupted -> the resume command -> the uninterrupted run's adapters,
     optimizer state and metrics, bit for bit; checkpoints hold only the trainable tensors (+ optimizer)."""
-    from lmlab.train import run_task, train
+    from lmlab.launch.job import run_task
+    from lmlab.train import train
 
     # keep: the completed runs' last.ckpt (adapters + AdamW state) is what the two runs are compared on
     overrides = [*CASES["classification"], "trainer.max_epochs=2", "checkpoint_policy=keep"]
@@ -187,8 +188,9 @@ def test_lora_under_ddp_cpu_and_eval_reproduces(tmp_path: Path) -> None:
 def test_lora_refuses_settings_it_would_make_meaningless(setting: str, words: str, tmp_path: Path) -> None:
     from omegaconf import OmegaConf
 
-    from lmlab.config import LmlabError
-    from lmlab.train import instantiate, peft_settings
+    from lmlab.config import instantiate
+    from lmlab.errors import LmlabError
+    from lmlab.models.peft import peft_settings
 
     cfg = compose_train([*TINY, "peft=lora", setting], tmp_path)
     with pytest.raises(LmlabError, match="") as err:
@@ -217,8 +219,7 @@ def test_smollm2_lora_adapter_reproduces_the_logged_test_loss(tmp_path: Path) ->
     from omegaconf import OmegaConf
     from peft import PeftModel
 
-    from lmlab.config import package_path
-    from lmlab.train import instantiate
+    from lmlab.config import instantiate, package_path
 
     subset = [
         "dataset.max_samples.train=16",

@@ -81,7 +81,7 @@ class _StopAt(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.losses[trainer.global_step] = float(outputs["loss"])
         if trainer.global_step == self.step:
-            from lmlab.requeue import requeue_checkpoint
+            from lmlab.rundir import requeue_checkpoint
 
             trainer.save_checkpoint(requeue_checkpoint(Path(trainer.default_root_dir)))
             raise KeyboardInterrupt  # Lightning ends fit gracefully and exits
@@ -102,7 +102,7 @@ def test_mid_epoch_resume_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         f"dataset.group_by_length={str(grouped).lower()}",
     ]
     recorder: list[_StopAt] = []
-    build = train_module.build
+    build = train.build
 
     def build_with(cfg: Any) -> dict[str, Any]:
         objects = build(cfg)
@@ -115,7 +115,7 @@ def test_mid_epoch_resume_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         recorder.append(_StopAt(stop))
         cfg = compose_train(overrides, run_dir)
         try:
-            return train_module.train(cfg), recorder[-1].losses
+            return train.train(cfg), recorder[-1].losses
         except SystemExit:
             return None, recorder[-1].losses
 

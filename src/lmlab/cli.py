@@ -16,16 +16,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lmlab.config import LmlabError
+from lmlab.config.arglists import quote
+from lmlab.errors import LmlabError
+from lmlab.rundir import run_dir_of
 
 _CKPT = re.compile(r"^(\+{0,2}ckpt_path)=(.*)$", re.S)
 _RUN_DIR = re.compile(r"^\+{0,2}hydra\.run\.dir=(.*)$", re.S)
 _NEEDS_QUOTES = re.compile(r"[=,\s\[\](){}'\"\\:$*?]")
-
-
-def quote(value: str) -> str:
-    """A Hydra override value that is exactly `value` (single-quoted, with \\ and ' escaped)."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _unquoted(value: str) -> str:
@@ -53,20 +50,13 @@ def _compose(args: list[str]) -> Any:
         GlobalHydra.instance().clear()
 
 
-def _run_dir_of(ckpt: Path) -> Path:
-    """The run dir a checkpoint path belongs to (`<run>/checkpoints/x.ckpt` -> `<run>`)."""
-    if ckpt.is_file() and ckpt.parent.name == "checkpoints":
-        return ckpt.parent.parent
-    return ckpt
-
-
 def preparse(argv: list[str], entry: str = "train") -> list[str]:
     """argv with `ckpt_path=` made Hydra-safe and, for train, the resume/run-dir decisions above."""
-    from lmlab import runfiles
+    from lmlab import rundir
 
     args = list(argv[1:])
     if entry == "train":
-        from lmlab.arglists import check_overrides
+        from lmlab.config.arglists import check_overrides
 
         try:
             args = check_overrides(args)
@@ -104,17 +94,17 @@ def preparse(argv: list[str], entry: str = "train") -> list[str]:
     explicit = next((Path(_unquoted(m.group(1))) for a in overrides if (m := _RUN_DIR.match(a))), None)
     target = explicit
     if target is None and ckpt is not None:
-        run_dir = _run_dir_of(ckpt)
-        status = runfiles.read_status(run_dir)
-        if status and runfiles.effective_status(status) not in runfiles.FINISHED and runfiles.read_resolved(run_dir):
+        run_dir = run_dir_of(ckpt)
+        status = rundir.read_status(run_dir)
+        if status and rundir.effective_status(status) not in rundir.FINISHED and rundir.read_resolved(run_dir):
             target = run_dir
-    if target is None or not runfiles.holds_results(target):
+    if target is None or not rundir.holds_results(target):
         return [argv[0], *args]
-    from lmlab.train import check_run_dir
+    from lmlab.rundir import check_run_dir
 
     try:
-        runfiles.lock_run_dir(target).close()  # a live run holds it: refuse before Hydra touches the dir
-        config = runfiles.result_config(_compose(overrides))
+        rundir.lock_run_dir(target).close()  # a live run holds it: refuse before Hydra touches the dir
+        config = rundir.result_config(_compose(overrides))
         check_run_dir(target, config)
     except LmlabError as err:
         if explicit is not None:

@@ -13,7 +13,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from lmlab.config import LmlabError, check_accelerator, config_dir, register_resolvers
+from lmlab.config import check_accelerator, config_dir, register_resolvers
+from lmlab.errors import LmlabError
 
 log = logging.getLogger("lmlab.eval")
 register_resolvers()
@@ -25,8 +26,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import RichProgressBar
 
-    from lmlab import runfiles
-    from lmlab.train import check_same_data, instantiate
+    from lmlab import rundir
+    from lmlab.config import instantiate
+    from lmlab.rundir import check_same_data
 
     check_accelerator(cfg.accelerator, "accelerator")
     from lmlab.console import quiet_libraries
@@ -35,9 +37,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     split = cfg.split
     if split not in ("train", "val", "test"):
         raise LmlabError(f"split={split!r} is not one of train, val, test.")
-    ckpt = runfiles.find_checkpoint(cfg.ckpt_path, "eval") if cfg.get("ckpt_path") else None
+    ckpt = rundir.find_checkpoint(cfg.ckpt_path, "eval") if cfg.get("ckpt_path") else None
     if ckpt is not None:
-        info = runfiles.checkpoint_meta(ckpt)[1]
+        info = rundir.checkpoint_meta(ckpt)[1]
         run_config = info.get("config")
         if not run_config:
             raise LmlabError(f"{ckpt} has no lmlab run config; it was not written by lmlab-train.")
@@ -79,12 +81,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if ckpt is not None:
         _compare_coverage(run_config, split, metrics[f"{split}/examples"])
     out = Path(cfg.paths.output_dir)
-    runfiles.write_json(out / runfiles.METRICS, metrics)
+    rundir.write_json(out / rundir.METRICS, metrics)
     task.write_outputs(out, model, datamodule, split)
     log.info(
         "%s -> %s",
         "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith(f"{split}/") and isinstance(v, float)),
-        out / runfiles.METRICS,
+        out / rundir.METRICS,
     )
     return metrics
 
@@ -112,7 +114,7 @@ def _compare_coverage(run_config: dict[str, Any], split: str, examples: int) -> 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
 def _main(cfg: DictConfig) -> None:
-    from lmlab.train import run_task
+    from lmlab.launch.job import run_task
 
     run_task(evaluate, cfg)
 

@@ -1,6 +1,6 @@
-"""`hydra/launcher=slurm` (conf/hydra/launcher/slurm.yaml); the logic lives in `lmlab.slurm`."""
+"""`hydra/launcher=slurm` (conf/hydra/launcher/slurm.yaml); the logic lives in `lmlab.launch.slurm`."""
 
-from lmlab.slurm import SlurmLauncher as _SlurmLauncher
+from lmlab.launch.slurm import SlurmLauncher as _SlurmLauncher
 
 
 class SlurmLauncher(_SlurmLauncher):

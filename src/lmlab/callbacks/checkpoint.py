@@ -27,7 +27,7 @@ class ResumableCheckpoint(ModelCheckpoint):
 
     def __init__(self, *args: Any, policy: str = "keep", **kwargs: Any) -> None:
         if policy not in POLICIES:
-            from lmlab.config import LmlabError
+            from lmlab.errors import LmlabError
 
             raise LmlabError(f"checkpoint_policy={policy!r} is not one of {list(POLICIES)}.")
         super().__init__(*args, **kwargs)

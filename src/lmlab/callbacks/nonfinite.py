@@ -8,7 +8,7 @@ import math
 import pytorch_lightning as pl
 import torch
 
-from lmlab.config import LmlabError
+from lmlab.errors import LmlabError
 
 log = logging.getLogger("lmlab.nonfinite")
 

@@ -19,7 +19,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.trainer.states import TrainerFn
 
-from lmlab.utils import job_age_s, process_age_s  # noqa: F401 - process_age_s: benchmarks/startup.py
+from lmlab.console import job_age_s, process_age_s  # noqa: F401 - process_age_s: benchmarks/startup.py
 
 log = logging.getLogger(__name__)
 

@@ -30,9 +30,9 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from lmlab.config import LmlabError
 from lmlab.data.datamodule import TextDataModule
 from lmlab.data.sources import SPLITS, Example
+from lmlab.errors import LmlabError
 
 log = logging.getLogger(__name__)
 

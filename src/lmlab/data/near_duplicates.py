@@ -16,9 +16,9 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from lmlab.config import LmlabError
 from lmlab.data.sources import Example
-from lmlab.runfiles import write_json
+from lmlab.errors import LmlabError
+from lmlab.rundir import write_json
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmlab.config import LmlabError, package_path
+from lmlab.config import package_path
+from lmlab.errors import LmlabError
 
 SPLITS = ("train", "val", "test")
 

@@ -13,9 +13,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from lmlab.config import LmlabError
 from lmlab.data.near_duplicates import find_near_duplicates
 from lmlab.data.sources import SPLITS, Example, SourceOutput
+from lmlab.errors import LmlabError
 
 log = logging.getLogger(__name__)
 

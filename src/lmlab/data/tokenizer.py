@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lmlab.config import LmlabError
+from lmlab.errors import LmlabError
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def load_tokenizer(name_or_path: str, gguf_file: str | None = None) -> Any:
     """
     from transformers import AutoTokenizer
 
-    from lmlab.hub import check_loadable
+    from lmlab.config.hub import check_loadable
 
     check_loadable(name_or_path, "model.tokenizer")
     try:

@@ -6,10 +6,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lmlab.config import LmlabError
+from lmlab.config.hub import check_loadable
 from lmlab.console import quiet_gguf_reader
 from lmlab.data.tokenizer import offline_hint
-from lmlab.hub import check_loadable
+from lmlab.errors import LmlabError
 
 
 def require_gguf() -> None:

@@ -18,12 +18,11 @@ import contextvars
 import json
 import logging
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmlab import runfiles
-from lmlab.config import LmlabError
+from lmlab.errors import LmlabError
+from lmlab.rundir.lineage import Parent, resolve
 
 log = logging.getLogger(__name__)
 
@@ -50,52 +49,7 @@ ARCH_FIELDS = (
 )
 
 
-@dataclass
-class Parent:
-    """A resolved `model.init_from`: the exported model dir, and the run dir it came from (if any)."""
-
-    export: Path
-    run_dir: Path | None
-    applied: int = 0
-
-
 _ACTIVE: contextvars.ContextVar[Parent | None] = contextvars.ContextVar("lmlab_init_from", default=None)
-
-
-def parent_path(init_from: str | None, seed: Any) -> str | None:
-    """`model.init_from` with `{seed}` replaced by the run's seed: one sweep over seeds pairs each job with the
-    parent of its own seed (`model.init_from=logs/dapt/pretrain/seed={seed}`). Hydra resolves `${...}` in sweep
-    values once, at sweep time, so `${seed}` there would name the launching config's seed, not the job's."""
-    if not init_from:
-        return None
-    return str(init_from).replace("{seed}", str(seed))
-
-
-def resolve(init_from: str | Path) -> Parent:
-    """A run dir (its `model/` export) or an exported model dir (`config.json` + weights)."""
-    path = Path(init_from).expanduser()
-    if not path.exists():
-        raise LmlabError(
-            f"model.init_from={init_from}: no such run dir or model dir. Give the run dir of a "
-            f"finished run (it holds {runfiles.EXPORT}/) or an exported model dir."
-        )
-    path = path.resolve()
-    if (path / runfiles.EXPORT / "config.json").is_file():
-        return Parent(path / runfiles.EXPORT, path)
-    if (path / "config.json").is_file():
-        run_dir = path.parent if (path.parent / runfiles.MANIFEST).is_file() else None
-        return Parent(path, run_dir)
-    if (path / runfiles.METRICS).is_file() or (path / runfiles.STATUS).is_file():
-        state = runfiles.read_status(path).get("status")
-        raise LmlabError(
-            f"model.init_from={init_from} is a run dir (status {state!r}) with no exported model "
-            f"({runfiles.EXPORT}/config.json): the parent run must finish with export_model=true (the "
-            f"default). Re-run it, or point model.init_from at an exported model dir."
-        )
-    raise LmlabError(
-        f"model.init_from={init_from} holds neither an exported model (config.json) nor a run dir's "
-        f"{runfiles.EXPORT}/: give a finished run's dir or a save_pretrained dir."
-    )
 
 
 @contextlib.contextmanager

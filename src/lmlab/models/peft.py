@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from lmlab.config import LmlabError
+from lmlab.errors import LmlabError
 
 log = logging.getLogger(__name__)
 
@@ -232,3 +233,24 @@ def export(net: nn.Module, directory: Path, cfg: Mapping[str, Any], base: Mappin
         f", gguf_file={info['gguf_file']!r}" if info.get("gguf_file") else "",
         str(directory),
     )
+
+
+def peft_settings(cfg: DictConfig, task: Any, model_cfg: dict[str, Any], optimizer: dict[str, Any]) -> dict[str, Any]:
+    """`{"peft": ...}` for the task module when cfg.peft turns a method on (with the seed its frozen base is built
+    from), else nothing: modules of runs without peft keep their hyperparameters as they were."""
+    import inspect
+
+    from lmlab.models import peft as adapters
+
+    peft_cfg = OmegaConf.to_container(cfg.peft, resolve=True) if cfg.get("peft") else None
+    adapters.check_combination(peft_cfg, model_cfg, optimizer)
+    if not adapters.enabled(peft_cfg):
+        return {}
+    if "peft" not in inspect.signature(task.module_class()).parameters:
+        raise LmlabError(
+            f"peft={peft_cfg['method']} is not supported by task={task.name} (its module takes no "
+            f"adapters); use it with task=classification or task=causal_lm, or peft=none."
+        )
+    # A base whose weights come from elsewhere (model.init_from, not a module hyperparameter) cannot be rebuilt from
+    # the config: its checkpoints keep the frozen base too.
+    return {"peft": {**peft_cfg, "base_seed": int(cfg.seed), "keep_base": bool(model_cfg.get("init_from"))}}

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from lmlab import runfiles
+from lmlab import rundir
 
 
 class ReportError(Exception):
@@ -137,14 +137,14 @@ def read_job(job_dir: Path) -> Job:
     if not isinstance(overrides, list):
         raise ReportError(f"{ov_path}: expected a YAML list of override strings, got {overrides!r}")
     overrides = [str(o) for o in overrides]
-    status_data = _read_json(job_dir / runfiles.STATUS)
-    metrics = _read_json(job_dir / runfiles.METRICS)
+    status_data = _read_json(job_dir / rundir.STATUS)
+    metrics = _read_json(job_dir / rundir.METRICS)
     if status_data is not None:
-        status = runfiles.effective_status(status_data)  # `dead`: says running, but its process is gone
+        status = rundir.effective_status(status_data)  # `dead`: says running, but its process is gone
     else:
         # No status.json (e.g. a plain Hydra run): metrics.json is only written at the end of a run.
         status = "completed" if metrics is not None else "unknown"
-    return Job(job_dir, overrides, status, metrics, _read_json(job_dir / runfiles.MANIFEST))
+    return Job(job_dir, overrides, status, metrics, _read_json(job_dir / rundir.MANIFEST))
 
 
 def _is_job_dir(d: Path) -> bool:

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lmlab.config import LmlabError
+from lmlab.errors import LmlabError
 
 
 class Task:

@@ -18,12 +18,12 @@ import torchmetrics
 from torch import nn
 from torch.nn import functional as F
 
-from lmlab import runfiles
-from lmlab.config import LmlabError
+from lmlab import rundir
 from lmlab.data.datamodule import FeatureDataset, PadCollator
 from lmlab.data.sources import Example
 from lmlab.data.splits import label_names
 from lmlab.data.tokenizer import BPE, load_tokenizer, train_bpe
+from lmlab.errors import LmlabError
 from lmlab.models import peft as adapters
 from lmlab.models.backbone import load_backbone
 from lmlab.optim import find_layers
@@ -527,5 +527,5 @@ class ClassificationTask(Task):
     def write_outputs(
         self, run_dir: Path, module: TextClassifier, datamodule: Any, split: str, loggers: Sequence[Any] = ()
     ) -> None:
-        name = runfiles.PREDICTIONS if split == "test" else f"{split}_predictions.csv"
-        runfiles.write_predictions(Path(run_dir) / name, datamodule.example_ids(split), self.labels, module.predictions)
+        name = rundir.PREDICTIONS if split == "test" else f"{split}_predictions.csv"
+        rundir.write_predictions(Path(run_dir) / name, datamodule.example_ids(split), self.labels, module.predictions)

@@ -26,11 +26,11 @@ import torchmetrics
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
-from lmlab import runfiles
-from lmlab.config import LmlabError
+from lmlab import rundir
 from lmlab.data.datamodule import PadCollator
 from lmlab.data.sources import Example
 from lmlab.data.tokenizer import token_byte_lengths
+from lmlab.errors import LmlabError
 from lmlab.models import peft as adapters
 from lmlab.models.backbone import load_backbone
 from lmlab.tasks.base import Task, TaskModule
@@ -438,7 +438,7 @@ class CausalLMTask(Task):
         ]
         for prompt, g, s in zip(prompts, greedy, sampled):
             lines += [f"## {prompt}", "", f"- greedy: {prompt}**{g}**", f"- sampled: {prompt}**{s}**", ""]
-        (Path(run_dir) / runfiles.SAMPLES).write_text("\n".join(lines))
+        (Path(run_dir) / rundir.SAMPLES).write_text("\n".join(lines))
         for logger in loggers:
             if hasattr(logger, "log_table"):  # WandbLogger
                 logger.log_table(

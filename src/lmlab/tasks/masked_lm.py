@@ -30,9 +30,9 @@ import pytorch_lightning as pl
 import torch
 from torch.nn import functional as F
 
-from lmlab.config import LmlabError
 from lmlab.data.datamodule import PadCollator
 from lmlab.data.sources import Example
+from lmlab.errors import LmlabError
 from lmlab.models.backbone import load_backbone
 from lmlab.tasks.base import Task, TaskModule
 from lmlab.tasks.classification import task_tokenizer

@@ -21,8 +21,8 @@ import torchmetrics
 from torch import nn
 from torch.nn import functional as F
 
-from lmlab import runfiles
-from lmlab.config import LmlabError
+from lmlab import rundir
+from lmlab.errors import LmlabError
 from lmlab.models.backbone import load_backbone
 from lmlab.tasks.base import Task, TaskModule
 from lmlab.tasks.classification import (
@@ -378,10 +378,10 @@ class MultiTask(Task):
         self, run_dir: Path, module: MultiTaskClassifier, datamodule: Any, split: str, loggers: Sequence[Any] = ()
     ) -> None:
         """<split>_predictions_<sub-task>.csv (test_predictions_<sub-task>.csv): one file per sub-task."""
-        stem = Path(runfiles.PREDICTIONS).stem.replace("test", split, 1)
+        stem = Path(rundir.PREDICTIONS).stem.replace("test", split, 1)
         for s in module.subtasks:
             name = s["name"]
-            runfiles.write_predictions(
+            rundir.write_predictions(
                 Path(run_dir) / f"{stem}_{name}.csv",
                 datamodule.subtasks[name].example_ids(split),
                 s["labels"],

@@ -5,7 +5,7 @@ optuna-integration's PyTorchLightningPruningCallback subclasses `lightning.pytor
 have. So the sweeper writes the trial's storage, study and id into `<trial dir>/optuna_trial.json` and names
 that file in LMLAB_OPTUNA_TRIAL (hydra.job.env_set, set only when hydra.sweeper.pruner is on); this callback
 opens the trial through the study's storage and reports to it. A pruned job raises optuna.TrialPruned, which
-`lmlab.train.run_task` records as status.json `pruned`; the sweeper then tells Optuna PRUNED.
+`lmlab.launch.job.run_task` records as status.json `pruned`; the sweeper then tells Optuna PRUNED.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from lmlab.config import LmlabError
+from lmlab.errors import LmlabError
 
 log = logging.getLogger("lmlab.sweep")
 
@@ -33,7 +33,7 @@ class OptunaPruning(pl.Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:  # one process talks to the storage; the decision is broadcast
-            from lmlab.optuna_search import load_trial
+            from lmlab.launch.optuna_search import load_trial
 
             self._trial, info = load_trial(self.trial_file)
             log.info(
@@ -67,7 +67,7 @@ class OptunaPruning(pl.Callback):
 
 def optuna_pruning(monitor: str) -> list[pl.Callback]:
     """The pruning callback when this job is an Optuna trial with pruning on (LMLAB_OPTUNA_TRIAL set), else []."""
-    from lmlab.optuna_search import TRIAL_ENV
+    from lmlab.launch.optuna_search import TRIAL_ENV
 
     trial_file = os.environ.get(TRIAL_ENV)
     return [OptunaPruning(trial_file, monitor)] if trial_file else []

@@ -24,7 +24,6 @@ import re
 import shutil
 import signal
 import socket
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -32,7 +31,8 @@ from typing import IO, Any
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning_fabric.utilities.types import _PATH
 
-from lmlab.config import LmlabError
+from lmlab.errors import LmlabError
+from lmlab.rundir.checkpoints import readable
 
 FAULT_ENV = "LMLAB_FAULT_CKPT_WRITE"
 FAULT_AFTER_BYTES = 1 << 20
@@ -93,35 +93,6 @@ def atomic_save(obj: Any, target: Path) -> None:
             ) from err
         raise
     _fsync_dir(target.parent)  # make the rename itself durable
-
-
-def readable(path: str | Path) -> str | None:
-    """None when `path` looks like a complete checkpoint, else a message for the user (cheap: the zip's central
-    directory, which lives at the end of the file, and the CRC of the small pickle record; tensors are not read).
-
-    A sharded FSDP checkpoint (a directory) counts as complete when it has Lightning's `meta.pt`.
-    """
-    path = Path(path)
-    try:
-        if path.is_dir():
-            reason = None if (path / "meta.pt").is_file() else "a directory without meta.pt"
-        elif not path.is_file():
-            reason = "no such file"
-        else:
-            with zipfile.ZipFile(path) as archive:
-                pickles = [n for n in archive.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
-                reason = None if pickles else "no data.pkl record"
-                if pickles:
-                    archive.read(pickles[0])  # raises BadZipFile on a CRC mismatch
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as err:
-        reason = f"{type(err).__name__}: {err}"
-    if reason is None:
-        return None
-    return (
-        f"checkpoint {path} is truncated or unreadable ({reason}): its write was probably cut short (a crash, "
-        f"kill or full disk). Use the previous good checkpoint instead, if there is one (another .ckpt in "
-        f"{path.parent}), or start the run afresh; delete this file once you no longer need it."
-    )
 
 
 def remove_stale_temps(directory: Path) -> list[Path]:

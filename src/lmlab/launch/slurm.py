@@ -19,7 +19,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as _SubmititSlurmLauncher
 
-from lmlab.config import LmlabError
+from lmlab.errors import LmlabError
 
 log = logging.getLogger("lmlab.slurm")
 
@@ -48,7 +48,7 @@ def refuse_resource_sweeps(job_overrides: Sequence[Sequence[str]]) -> None:
 
 def _refresh_sweep_json(sweep_dir: Path) -> None:
     """Re-read every job's status.json into <sweep dir>/sweep.json (lmlab.sweep), when the sweep keeps one."""
-    from lmlab import sweep
+    from lmlab.launch import sweep
 
     if (sweep_dir / sweep.SWEEP).is_file():
         sweep.summary(sweep_dir)
@@ -88,16 +88,16 @@ class SlurmLauncher(_SubmititSlurmLauncher):
             return None
 
     def _record_failure(self, overrides: Sequence[str], job_num: int, error: str) -> None:
-        from lmlab import runfiles
+        from lmlab import rundir
 
         job_dir = self._job_dir(overrides, job_num)
         if job_dir is None:
             return
-        status_path = job_dir / runfiles.STATUS
-        current = runfiles.read_json(status_path) if status_path.exists() else {}
+        status_path = job_dir / rundir.STATUS
+        current = rundir.read_json(status_path) if status_path.exists() else {}
         if current.get("status") in ("completed", "failed"):
             return  # the job recorded its own outcome
-        runfiles.update_status(job_dir, "failed", error=error, attempts=current.get("attempts", 0))
+        rundir.update_status(job_dir, "failed", error=error, attempts=current.get("attempts", 0))
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         import submitit

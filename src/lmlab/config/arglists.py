@@ -11,7 +11,7 @@ import difflib
 import re
 from collections.abc import Iterable, Sequence
 
-from lmlab.config import LmlabError
+from lmlab.errors import LmlabError
 
 # pytorch_lightning.Trainer.__init__ (2.6), in signature order.
 TRAINER_ARGS: tuple[str, ...] = (
@@ -230,3 +230,8 @@ def check_overrides(args: Sequence[str]) -> list[str]:
             check_optimizer_arg(name, target)
         out.append(f"{group}.{name}{rest}" if plus == "+" and rest.startswith("=") else arg)
     return out
+
+
+def quote(value: str) -> str:
+    """A Hydra override value that is exactly `value` (single-quoted, with \\ and ' escaped)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"

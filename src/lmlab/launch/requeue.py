@@ -1,6 +1,6 @@
 """Interruptions — Ctrl-C, SIGTERM, SLURM pre-emption and time limits — with an exact resume.
 
-Ctrl-C / SIGTERM (`Interrupts`, installed for the whole run by `lmlab.train.run_task`): during `fit` the signal
+Ctrl-C / SIGTERM (`Interrupts`, installed for the whole run by `lmlab.launch.job.run_task`): during `fit` the signal
 only sets a flag; at the next batch boundary every rank saves `<run dir>/checkpoints/resume.ckpt` and the run
 ends with `Interrupted` (status.json `interrupted`, the resume command printed, exit code 128 + signal: 130 for
 Ctrl-C, 143 for SIGTERM — never 0, so `&&` chains and schedulers see it). Outside `fit` (data preparation, the
@@ -15,7 +15,7 @@ requeue at once, mid-step, saving no model state. `RequeueOnSignal` takes the si
 sets a flag, and at the next batch boundary every rank saves `<job dir>/checkpoints/requeue.ckpt` (a fixed path:
 the requeued attempt runs in the same job dir), the job is marked `requeued` in status.json, and submitit's own
 handler is then called to requeue (it keeps counting time-outs against `max_num_timeout`). Lightning's SLURM
-auto-requeue stays off (`SLURMEnvironment(auto_requeue=False)`, see `lmlab.distributed.trainer_plugins`), so
+auto-requeue stays off (`SLURMEnvironment(auto_requeue=False)`, see `lmlab.launch.ddp.trainer_plugins`), so
 exactly one component requeues.
 
 Exact resume: the checkpoint has weights, optimizer, scheduler and loop state (Lightning), plus what Lightning does
@@ -38,19 +38,16 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from lmlab import runfiles
-from lmlab.cluster import Interrupted, RequeueExit
+from lmlab import rundir
+from lmlab.callbacks.loggers import wandb_run_ids
+from lmlab.errors import Interrupted, RequeueExit
+from lmlab.rundir import requeue_checkpoint
 
 log = logging.getLogger("lmlab.requeue")
 
 
 class RequeueLimitError(RuntimeError):
     """The job timed out once more than `max_num_timeout` allows."""
-
-
-def requeue_checkpoint(run_dir: Path) -> Path:
-    """Where an interruption saves the exact position (`resume.ckpt`; removed when a fit ends normally)."""
-    return Path(run_dir) / runfiles.CHECKPOINTS / runfiles.RESUME_CKPT
 
 
 class Interrupts:
@@ -138,40 +135,6 @@ def _submitit_handler(signum: int) -> Any:
     return None
 
 
-def _wandb_run(trainer: pl.Trainer | None) -> dict[str, Any]:
-    """The W&B run of this attempt (id, offline or not), so the requeued attempt can continue it."""
-    from pytorch_lightning.loggers import WandbLogger
-
-    for logger in trainer.loggers if trainer is not None else []:
-        if isinstance(logger, WandbLogger):
-            run = logger.experiment
-            return {"wandb_id": run.id, "wandb_offline": bool(getattr(run.settings, "_offline", False))}
-    return {}
-
-
-def wandb_resume_kwargs(run_dir: Path, logger_cfg: Any) -> dict[str, Any]:
-    """Extra WandbLogger kwargs for a requeued attempt: the same run id online; offline runs cannot be resumed
-    (wandb #2423), so a new offline run (same group, as configured) and a warning saying so."""
-    status_path = Path(run_dir) / runfiles.STATUS
-    if (
-        "wandb" not in str(logger_cfg.get("_target_", "")).lower()
-        or runfiles.resume_checkpoint(run_dir) is None
-        or not status_path.exists()
-    ):
-        return {}
-    previous = runfiles.read_json(status_path)
-    if not previous.get("wandb_id"):
-        return {}
-    if previous.get("wandb_offline") or os.environ.get("WANDB_MODE") in ("offline", "disabled"):
-        log.warning(
-            "W&B: offline runs cannot be resumed (wandb #2423); this attempt logs a new offline run in "
-            "the same group (previous attempt: %s)",
-            previous["wandb_id"],
-        )
-        return {}
-    return {"id": previous["wandb_id"], "resume": "allow"}
-
-
 class RequeueOnSignal(pl.Callback):
     """Save RNG + epoch position in every checkpoint; under submitit, requeue at a batch boundary on its signal."""
 
@@ -219,13 +182,13 @@ class RequeueOnSignal(pl.Callback):
                     f"{resume}: resume it with ckpt_path={self.run_dir} (or raise hydra.launcher.timeout_min / "
                     f"hydra.launcher.max_num_timeout)"
                 )
-            runfiles.update_status(
+            rundir.update_status(
                 self.run_dir,
                 "requeued",
                 reason="timeout" if timed_out else "preempted",
                 checkpoint=resume,
                 requeues_left=countdown,
-                **_wandb_run(trainer),
+                **wandb_run_ids(trainer),
             )
             try:
                 handler(self._signum, None)  # dumps the resubmission, `scontrol requeue`, sys.exit(-1)

@@ -12,12 +12,16 @@ import logging
 import math
 import netrc
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from lmlab.config import LmlabError
+import pytorch_lightning as pl
+
+from lmlab import rundir
+from lmlab.errors import LmlabError
 
 log = logging.getLogger("lmlab.loggers")
 
@@ -146,3 +150,44 @@ def finish_run(
             if (Path(run_dir) / name).is_file():
                 run.save(str(Path(run_dir) / name), base_path=str(run_dir), policy="now")
         run.finish()
+
+
+def wandb_run_ids(trainer: pl.Trainer | None) -> dict[str, Any]:
+    """The W&B run of this attempt (id, offline or not), so the requeued attempt can continue it."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    for logger in trainer.loggers if trainer is not None else []:
+        if isinstance(logger, WandbLogger):
+            run = logger.experiment
+            return {"wandb_id": run.id, "wandb_offline": bool(getattr(run.settings, "_offline", False))}
+    return {}
+
+
+def wandb_resume_kwargs(run_dir: Path, logger_cfg: Any) -> dict[str, Any]:
+    """Extra WandbLogger kwargs for a requeued attempt: the same run id online; offline runs cannot be resumed
+    (wandb #2423), so a new offline run (same group, as configured) and a warning saying so."""
+    status_path = Path(run_dir) / rundir.STATUS
+    if (
+        "wandb" not in str(logger_cfg.get("_target_", "")).lower()
+        or rundir.resume_checkpoint(run_dir) is None
+        or not status_path.exists()
+    ):
+        return {}
+    previous = rundir.read_json(status_path)
+    if not previous.get("wandb_id"):
+        return {}
+    if previous.get("wandb_offline") or os.environ.get("WANDB_MODE") in ("offline", "disabled"):
+        log.warning(
+            "W&B: offline runs cannot be resumed (wandb #2423); this attempt logs a new offline run in "
+            "the same group (previous attempt: %s)",
+            previous["wandb_id"],
+        )
+        return {}
+    return {"id": previous["wandb_id"], "resume": "allow"}
+
+
+def finish_wandb(failed: bool) -> None:
+    # A run left open (a job that raised) would otherwise be reused by the next job's WandbLogger.
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=1 if failed else 0)

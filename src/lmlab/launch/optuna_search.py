@@ -23,8 +23,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lmlab import runfiles
-from lmlab.config import LmlabError
+from lmlab import rundir
+from lmlab.errors import LmlabError
 
 log = logging.getLogger("lmlab.sweep")
 
@@ -215,7 +215,7 @@ def worker_id() -> dict[str, Any]:
 
 def _trial_dirs(sweep_dir: Path, number: int) -> list[Path]:
     base = Path(sweep_dir) / f"trial_{number}"
-    return [p.parent for p in base.glob("**/" + runfiles.STATUS)] or [base]
+    return [p.parent for p in base.glob("**/" + rundir.STATUS)] or [base]
 
 
 def worker_gone(trial: Any, sweep_dir: Path) -> bool:
@@ -224,8 +224,8 @@ def worker_gone(trial: Any, sweep_dir: Path) -> bool:
     told apart from a live one; it stays RUNNING."""
     worker = trial.user_attrs.get(WORKER_ATTR) or {}
     if worker.get("host") == socket.gethostname() and worker.get("pid"):
-        return not runfiles._pid_alive(int(worker["pid"]))
-    states = [runfiles.effective_status(runfiles.read_status(d) or {}) for d in _trial_dirs(sweep_dir, trial.number)]
+        return not rundir.pid_alive(int(worker["pid"]))
+    states = [rundir.effective_status(rundir.read_status(d) or {}) for d in _trial_dirs(sweep_dir, trial.number)]
     return bool(states) and all(s == "dead" for s in states)
 
 
@@ -247,7 +247,7 @@ def fail_stale(study: Any, sweep_dir: Path) -> list[int]:
 def write_trial_file(trial_dir: Path, info: Mapping[str, Any]) -> Path:
     trial_dir.mkdir(parents=True, exist_ok=True)
     path = trial_dir / TRIAL_FILE
-    runfiles.write_json(path, dict(info))
+    rundir.write_json(path, dict(info))
     return path
 
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import logging
-import re
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -22,48 +20,22 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from lmlab import runfiles
+from lmlab import rundir
+from lmlab.callbacks.loggers import finish_wandb
 
 log = logging.getLogger("lmlab.sweep")
 
 SWEEP = "sweep.json"
 _LOCK = ".sweep.lock"
 OPTUNA_LOCK = ".optuna.lock"  # held by an Optuna worker while it counts and asks trials (see locked)
-MAX_DIRNAME = 80  # longer override strings get a readable prefix + a short hash of the whole string
-
-
-def job_dirname(override_dirname: str) -> str:
-    """A job's subdir from its overrides, e.g. `optimizer.lr=3e-5,seed=2`; long ones end in a short hash.
-
-    Resolver `lmlab_job_dir` (hydra.sweep.subdir). The hash is over the full string, so two long override
-    strings that share a prefix still get different dirs.
-    """
-    if not override_dirname:
-        return "default"
-    name = re.sub(r"[^\w.,=+\-]", "_", override_dirname)
-    if len(name) > MAX_DIRNAME:
-        digest = hashlib.sha1(override_dirname.encode()).hexdigest()[:8]
-        name = f"{name[: MAX_DIRNAME - 9].rstrip('_,')}_{digest}"
-    return name
-
-
-def sqlite_url(path: str) -> str:
-    """Resolver `lmlab_sqlite`: `sqlite:///<abs path>`, creating the folder first.
-
-    The Optuna sweeper opens its storage before any job dir (or the sweep dir) exists, and SQLite cannot
-    create a missing folder.
-    """
-    file = Path(path).expanduser().absolute()
-    file.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{file}"
 
 
 def identity_mismatch(job_dir: Path, config: dict[str, Any], overrides: Sequence[str]) -> list[str]:
     """How a job dir's recorded run differs from the job about to run there (`key: old -> new`); [] = same job
     (or nothing recorded). Dirs written before config digests existed are compared by their overrides."""
-    if not runfiles.holds_results(job_dir):
+    if not rundir.holds_results(job_dir):
         return []
-    changes = runfiles.config_changes(job_dir, config)
+    changes = rundir.config_changes(job_dir, config)
     if changes is not None:
         return changes
     old = job_dir / ".hydra" / "overrides.yaml"
@@ -93,10 +65,10 @@ def mismatch_message(sweep_dir: Path, mismatched: dict[str, list[str]]) -> str:
 
 def move_aside(sweep_dir: Path, dirnames: Sequence[str]) -> None:
     """Before a forced re-run: keep each dir's earlier run as `<dir>.replaced-<time>`, never mix two runs."""
-    stamp = runfiles.now().replace(":", "-")
+    stamp = rundir.now().replace(":", "-")
     for dirname in dirnames:
         job_dir = Path(sweep_dir) / dirname
-        if runfiles.holds_results(job_dir):
+        if rundir.holds_results(job_dir):
             target = job_dir.with_name(f"{job_dir.name}.replaced-{stamp}")
             job_dir.rename(target)
             log.warning("re-running %s: its earlier run was moved to %s", dirname, target.name)
@@ -109,12 +81,12 @@ def check_fixed_config(sweep_dir: Path, config: dict[str, Any], what: str) -> No
         data = _load(sweep_dir)
         recorded = data.get("fixed_config")
         if recorded is None:
-            data["fixed_config"] = {"digest": runfiles.digest(config), "config": config}
+            data["fixed_config"] = {"digest": rundir.digest(config), "config": config}
             _save(sweep_dir, data)
             return
-    if recorded.get("digest") != runfiles.digest(config):
-        keys = runfiles.differing_keys(recorded.get("config") or {}, config)
-        raise runfiles.LmlabError(
+    if recorded.get("digest") != rundir.digest(config):
+        keys = rundir.differing_keys(recorded.get("config") or {}, config)
+        raise rundir.LmlabError(
             f"{what} in {sweep_dir} was run with a different fixed configuration: "
             + "; ".join(keys[:10])
             + ". Its trials would mix two configurations. Use a new hydra.sweep.dir (a new study), or the same "
@@ -125,11 +97,11 @@ def check_fixed_config(sweep_dir: Path, config: dict[str, Any], what: str) -> No
 def is_completed(job_dir: Path) -> bool:
     """A job counts as done only when it said so and its metrics exist; `running` (a killed process),
     `failed` and `requeued` all mean: run it again."""
-    status = job_dir / runfiles.STATUS
-    if not status.is_file() or not (job_dir / runfiles.METRICS).is_file():
+    status = job_dir / rundir.STATUS
+    if not status.is_file() or not (job_dir / rundir.METRICS).is_file():
         return False
     try:
-        return runfiles.read_json(status).get("status") == "completed"
+        return rundir.read_json(status).get("status") == "completed"
     except ValueError:  # a status.json cut short by a crash
         return False
 
@@ -152,25 +124,25 @@ def _load(sweep_dir: Path) -> dict[str, Any]:
     path = sweep_dir / SWEEP
     if path.is_file():
         try:
-            return runfiles.read_json(path)
+            return rundir.read_json(path)
         except ValueError:
             log.warning("%s is unreadable; rebuilding it from the job dirs", path)
     return {"sweep_dir": str(sweep_dir.absolute()), "invocations": [], "jobs": []}
 
 
 def _refresh_job(sweep_dir: Path, entry: dict[str, Any]) -> None:
-    status_file = sweep_dir / entry["dir"] / runfiles.STATUS
+    status_file = sweep_dir / entry["dir"] / rundir.STATUS
     if not status_file.is_file():  # never started, or its results were deleted
         entry.update(status="pending", attempts=0, started=None, ended=None, error=None)
     else:
         try:
-            status = runfiles.read_json(status_file)
+            status = rundir.read_json(status_file)
         except ValueError:
             return
         for key in ("status", "attempts", "started", "ended", "error"):
             entry[key] = status.get(key)
-        entry["status"] = runfiles.effective_status(status)  # `dead`: running, but its process is gone
-        if entry.get("status") == "completed" and not (sweep_dir / entry["dir"] / runfiles.METRICS).is_file():
+        entry["status"] = rundir.effective_status(status)  # `dead`: running, but its process is gone
+        if entry.get("status") == "completed" and not (sweep_dir / entry["dir"] / rundir.METRICS).is_file():
             entry["status"] = "incomplete"  # metrics deleted by hand: a re-issue runs it again
 
 
@@ -183,8 +155,8 @@ def _save(sweep_dir: Path, data: dict[str, Any], force: dict[str, str] | None = 
     for entry in data["jobs"]:
         counts[entry.get("status") or "pending"] = counts.get(entry.get("status") or "pending", 0) + 1
     data["counts"] = counts
-    data["updated"] = runfiles.now()
-    runfiles.write_json(sweep_dir / SWEEP, data)
+    data["updated"] = rundir.now()
+    rundir.write_json(sweep_dir / SWEEP, data)
     return data
 
 
@@ -210,7 +182,7 @@ def register_invocation(
             _upsert(data, dirname, overrides, skipped=dirname in skipped)
         data["invocations"].append(
             {
-                "started": runfiles.now(),
+                "started": rundir.now(),
                 "command": " ".join(sys.argv),
                 "launched": [d for d, _ in jobs if d not in skipped],
                 "skipped": sorted(skipped),
@@ -240,10 +212,10 @@ def record_job(sweep_dir: Path, job_dir: Path, overrides: Sequence[str], status:
         data = _load(sweep_dir)
         dirname = str(Path(job_dir).absolute().relative_to(Path(sweep_dir).absolute()))
         entry = _upsert(data, dirname, overrides, skipped=False)
-        if status is not None and status != "running" and not (Path(job_dir) / runfiles.STATUS).is_file():
+        if status is not None and status != "running" and not (Path(job_dir) / rundir.STATUS).is_file():
             # Failed before lmlab's task wrote anything: give it a status.json so it counts as an attempt.
-            runfiles.update_status(Path(job_dir), "running")
-            runfiles.update_status(Path(job_dir), status)
+            rundir.update_status(Path(job_dir), "running")
+            rundir.update_status(Path(job_dir), status)
         # At start, status.json is missing or still holds the previous attempt's result.
         _save(sweep_dir, data, force={entry["dir"]: status} if status == "running" else None)
 
@@ -252,13 +224,6 @@ def summary(sweep_dir: Path) -> dict[str, Any]:
     """Re-read every job's status.json into sweep.json and return it."""
     with locked(sweep_dir):
         return _save(sweep_dir, _load(sweep_dir))
-
-
-def _finish_wandb(failed: bool) -> None:
-    # A run left open (a job that raised) would otherwise be reused by the next job's WandbLogger.
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and getattr(wandb, "run", None) is not None:
-        wandb.finish(exit_code=1 if failed else 0)
 
 
 class SweepSummary(Callback):
@@ -278,7 +243,7 @@ class SweepSummary(Callback):
         from hydra.core.utils import JobStatus
 
         failed = job_return.status != JobStatus.COMPLETED
-        _finish_wandb(failed)
+        finish_wandb(failed)
         if _is_multirun(config):
             record_job(
                 Path(config.hydra.sweep.dir),

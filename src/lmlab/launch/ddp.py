@@ -107,7 +107,7 @@ def trainer_plugins(trainer_cfg: DictConfig) -> dict[str, Any]:
     brings its own CheckpointIO (in `trainer.plugins` or its strategy's `checkpoint_io`) keeps it: Lightning
     refuses two.
     """
-    from lmlab.checkpoint_io import AtomicCheckpointIO
+    from lmlab.rundir.atomic import AtomicCheckpointIO
 
     plugins = trainer_cfg.get("plugins") or []
     plugins = list(plugins) if isinstance(plugins, (list, ListConfig)) else [plugins]

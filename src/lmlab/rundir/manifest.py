@@ -18,10 +18,11 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from lmlab import lineage, runfiles
-from lmlab.models.init_from import parent_path
+from lmlab import rundir
+from lmlab.rundir import lineage
+from lmlab.rundir.lineage import parent_path
 
-MANIFEST = runfiles.MANIFEST
+MANIFEST = rundir.MANIFEST
 PIP_FREEZE = "pip_freeze.txt"
 GIT_DIFF = "git.diff"
 _PACKAGES = (
@@ -146,7 +147,7 @@ def write_start(run_dir: Path, cfg: DictConfig, datamodule: Any, trainer: Any, e
         (run_dir / GIT_DIFF).write_text(git["diff"])
     splits = getattr(datamodule, "splits", {}) or {}
     hashes = lineage.write_example_hashes(run_dir, splits) if splits else None
-    runfiles.write_json(
+    rundir.write_json(
         run_dir / MANIFEST,
         {
             "git": {
@@ -180,7 +181,7 @@ def write_start(run_dir: Path, cfg: DictConfig, datamodule: Any, trainer: Any, e
             "lineage": lineage.lineage(
                 parent_path(cfg.model.get("init_from"), cfg.get("seed")) if cfg.get("model") else None, splits
             ),
-            "start_time": runfiles.now(),
+            "start_time": rundir.now(),
             "end_time": None,
         },
     )
@@ -189,6 +190,6 @@ def write_start(run_dir: Path, cfg: DictConfig, datamodule: Any, trainer: Any, e
 def write_end(run_dir: Path) -> None:
     path = Path(run_dir) / MANIFEST
     if path.is_file():
-        data = runfiles.read_json(path)
-        data["end_time"] = runfiles.now()
-        runfiles.write_json(path, data)
+        data = rundir.read_json(path)
+        data["end_time"] = rundir.now()
+        rundir.write_json(path, data)

