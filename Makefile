@@ -37,8 +37,11 @@ test: install  ## the CPU suite (tiny models; SLURM tests skip unless `make slur
 test-all: install  ## also the slow tests that train the real MiniLM
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-lint: install
-	$(VENV)/bin/ruff check src tests train.py eval.py benchmarks
+LINT_PATHS := src tests train.py eval.py benchmarks
+lint: install  ## ruff (lint + format check) and the architecture contract (import-linter, pyproject.toml)
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/lint-imports
 
 $(VENV)/.bench: $(VENV)/.installed
 	$(PY) -m pip install -q -e ".[dev,bench]"

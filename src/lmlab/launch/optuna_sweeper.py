@@ -25,16 +25,13 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from lmlab.config.arglists import quote
+
 log = logging.getLogger("lmlab.sweep")
 
 
 def _plain(value: Any) -> Any:
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-
-
-def _quote(value: str) -> str:
-    """A Hydra override value that may hold `/`, `=`, `,` or spaces."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 class OptunaSweeper(Sweeper):
@@ -230,9 +227,9 @@ class OptunaSweeper(Sweeper):
         runs = []
         for seed in self._seeds():
             subdir = str(self._job_dir(sweep_dir, trial.number, seed).relative_to(sweep_dir))
-            hydra = [f"hydra.sweep.subdir={_quote(subdir)}"]
+            hydra = [f"hydra.sweep.subdir={quote(subdir)}"]
             if pruner is not None:
-                hydra.append(f"++hydra.job.env_set.{optuna_search.TRIAL_ENV}={_quote(str(trial_file))}")
+                hydra.append(f"++hydra.job.env_set.{optuna_search.TRIAL_ENV}={quote(str(trial_file))}")
             runs.append((seed, overrides + ([] if seed is None else [f"seed={seed}"]), hydra))
         log.info("trial %d: %s", trial.number, " ".join(overrides))
         return trial, runs

@@ -33,6 +33,7 @@ from lightning_fabric.utilities.types import _PATH
 
 from lmlab.errors import LmlabError
 from lmlab.rundir.checkpoints import readable
+from lmlab.rundir.status import pid_alive
 
 FAULT_ENV = "LMLAB_FAULT_CKPT_WRITE"
 FAULT_AFTER_BYTES = 1 << 20
@@ -106,7 +107,7 @@ def remove_stale_temps(directory: Path) -> list[Path]:
         return removed
     for entry in entries:
         match = _TEMP.match(entry.name)
-        if match and match["host"] == host and int(match["pid"]) != os.getpid() and not _alive(int(match["pid"])):
+        if match and match["host"] == host and int(match["pid"]) != os.getpid() and not pid_alive(int(match["pid"])):
             entry.unlink(missing_ok=True)
             removed.append(entry)
     return removed
@@ -181,16 +182,6 @@ def _no_space(err: BaseException, writer: _Writer | None) -> bool:
 
 def _is_remote(path: _PATH) -> bool:
     return "://" in str(path)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
 
 
 def _free_mb(directory: Path) -> str:
