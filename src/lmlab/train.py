@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,6 @@ from lmlab.config import check_accelerator, config_dir, instantiate, register_re
 from lmlab.errors import LmlabError
 from lmlab.launch.job import run_task
 from lmlab.models.peft import peft_settings
-from lmlab.rundir import check_resumable, compact_run_dir, start_from_weights
 
 log = logging.getLogger("lmlab.train")
 register_resolvers()
@@ -91,7 +89,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     from lmlab import rundir
     from lmlab.callbacks import perf_summary
-    from lmlab.callbacks.loggers import finish_run
+    from lmlab.callbacks.loggers import finish_run, log_hyperparams
     from lmlab.callbacks.throughput import peak_rss_mb
     from lmlab.console import print_config, quiet_libraries
     from lmlab.launch import ddp
@@ -106,69 +104,30 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
     objects = build(cfg)
     task, datamodule, model, trainer = (objects[k] for k in ("task", "datamodule", "model", "trainer"))
-    resolved = OmegaConf.to_container(cfg, resolve=True)
     # Of the fit trainer: after DDP, the single-device eval trainer that replaces it has world size 1.
     global_batch = effective_batch_size(cfg, trainer)
     params = param_counts(model)  # comparisons can be matched on trainable parameters (peft=lora vs full)
-    log.info(
-        "parameters: %d trainable of %d (%.2f%%)",
-        params["params/trainable"],
-        params["params/total"],
-        100 * params["params/trainable"] / max(params["params/total"], 1),
-    )
+    trainable, total = params["params/trainable"], params["params/total"]
+    log.info("parameters: %d trainable of %d (%.2f%%)", trainable, total, 100 * trainable / max(total, 1))
     if trainer.is_global_zero:
         manifest.write_start(run_dir, cfg, datamodule, trainer, global_batch)
-    for logger in trainer.loggers:
-        logger.log_hyperparams(
-            {
-                **resolved,
-                **params,
-                "effective_batch_size": global_batch,
-                "data_fingerprint": datamodule.data_fingerprint,
-            }
-        )
+    log_hyperparams(trainer.loggers, cfg, params, global_batch, datamodule.data_fingerprint)
 
-    # An earlier attempt of this same job (run_task checked: same config, unfinished) continues where it stopped,
-    # in this dir; otherwise `ckpt_path=` resumes another run's checkpoint into this new dir.
-    resume = rundir.resume_checkpoint(run_dir)
-    if resume is None and cfg.get("ckpt_path"):
-        if Path(cfg.ckpt_path).resolve() == run_dir.resolve():  # killed before its first checkpoint
-            log.info("%s has no checkpoint yet: this attempt starts from the beginning", run_dir)
-        else:
-            resume = rundir.find_checkpoint(cfg.ckpt_path, "resume")
-    if resume is not None:
-        log.info("resuming from %s", resume)
-        check_resumable(resume, datamodule)
-        if start_from_weights(resume, model):
-            resume = None
+    resume = rundir.resume_point(run_dir, cfg.get("ckpt_path"), datamodule, model)
     with ddp.ddp_children_argv(cfg, trainer):
         trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
-
-    # The monitoring checkpoint callback knows the best model; `last_checkpoint` only keeps the latest.
-    best = next((c for c in trainer.checkpoint_callbacks if c.monitor and c.best_model_path), None)
-    best_path = best.best_model_path if best else None
-    if trainer.is_global_zero:
-        rundir.requeue_checkpoint(run_dir).unlink(missing_ok=True)
-    # Of the fit, before the single-device eval trainer (which has no Throughput callback) replaces it.
-    # The epoch of the final weights (0-based, like a checkpoint's): Lightning counts the last epoch as done even
-    # when trainer.max_steps ended it early.
-    fit_epoch, perf = max(trainer.current_epoch - 1, 0), perf_summary(trainer, model)
+    best_path, best = rundir.after_fit(trainer, run_dir)
+    perf = perf_summary(trainer, model)  # of the fit, before the eval trainer (no Throughput callback) replaces it
     trainer = ddp.eval_trainer(cfg, trainer)  # after DDP: one device, no padded test batches
     if trainer is None:  # a non-zero rank: rank 0 evaluates and writes
         return {}
+
     # Val and test are both measured on the best checkpoint (or the final weights when none was kept).
     val = trainer.validate(model, datamodule=datamodule, ckpt_path=best_path, verbose=False)[0]
     test = trainer.test(model, datamodule=datamodule, ckpt_path=best_path, verbose=False)[0]
     metrics: dict[str, Any] = task.meta()
     metrics.update(task.results(model, datamodule, {**val, **test}))
-    metrics.update(
-        {
-            "best/epoch": rundir.checkpoint_meta(Path(best_path))[0] if best_path else fit_epoch,
-            "best/ckpt_path": os.path.relpath(best_path, run_dir) if best_path else None,
-            "effective_batch_size": global_batch,
-            **params,
-        }
-    )
+    metrics.update(best, effective_batch_size=global_batch, **params)
     metrics.update(perf, **{"perf/peak_rss_mb": peak_rss_mb()})  # peak over the final eval too
     metrics["meta/config_digest"] = rundir.digest(rundir.result_config(cfg))
     check_finite(metrics, task.monitor)
@@ -177,19 +136,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         task.write_outputs(run_dir, model, datamodule, "test", trainer.loggers)
         if cfg.get("export_model"):
             model.export_pretrained(run_dir / rundir.EXPORT)
-        log.info(
-            "%s=%.4f  test: %s  -> %s",
-            task.monitor,
-            metrics.get(task.monitor, math.nan),
-            "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith("test/") and isinstance(v, float))[
-                :300
-            ],
-            run_dir / rundir.METRICS,
-        )
-        manifest.write_end(run_dir)
-        compact_run_dir(cfg, run_dir, best_path)
-        metrics["perf/disk_bytes"] = sum(p.stat().st_size for p in run_dir.rglob("*") if p.is_file())
-        rundir.write_json(run_dir / rundir.METRICS, metrics)
+        tests = "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith("test/") and isinstance(v, float))
+        log.info("%s=%.4f  test: %s  -> %s", task.monitor, metrics.get(task.monitor, math.nan), tests[:300],
+                 run_dir / rundir.METRICS)  # fmt: skip
+        rundir.compact_run_dir(cfg, run_dir, best_path)
+        manifest.finish_run_dir(run_dir, metrics)
         finish_run(trainer.loggers, metrics, run_dir)  # W&B: summary, run files, finish
     return metrics
 

@@ -191,3 +191,16 @@ def finish_wandb(failed: bool) -> None:
     wandb = sys.modules.get("wandb")
     if wandb is not None and getattr(wandb, "run", None) is not None:
         wandb.finish(exit_code=1 if failed else 0)
+
+
+def log_hyperparams(
+    loggers: Sequence[Any], cfg: Any, params: Mapping[str, int], global_batch: int, data_fingerprint: str
+) -> None:
+    """The resolved config plus what only the built run knows: parameter counts, the global batch, the data."""
+    from omegaconf import OmegaConf
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for logger in loggers:
+        logger.log_hyperparams(
+            {**resolved, **params, "effective_batch_size": global_batch, "data_fingerprint": data_fingerprint}
+        )

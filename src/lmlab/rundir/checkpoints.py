@@ -5,6 +5,7 @@ run resumes, whether a file is complete, whether a checkpoint fits this data.
 from __future__ import annotations
 
 import logging
+import os
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,40 @@ def requeue_checkpoint(run_dir: Path) -> Path:
     return Path(run_dir) / CHECKPOINTS / RESUME_CKPT
 
 
+def resume_point(run_dir: Path, ckpt_path: str | None, datamodule: Any, model: Any) -> Path | None:
+    """The checkpoint `trainer.fit` resumes from, or None to start afresh. An earlier attempt of this same job
+    (launch.job checked: same config, unfinished) continues where it stopped, in this dir; otherwise `ckpt_path=`
+    resumes another run's checkpoint into this new dir. A weights-only checkpoint is loaded into `model` instead."""
+    resume = resume_checkpoint(run_dir)
+    if resume is None and ckpt_path:
+        if Path(ckpt_path).resolve() == Path(run_dir).resolve():  # killed before its first checkpoint
+            log.info("%s has no checkpoint yet: this attempt starts from the beginning", run_dir)
+        else:
+            resume = find_checkpoint(ckpt_path, "resume")
+    if resume is None:
+        return None
+    log.info("resuming from %s", resume)
+    check_resumable(resume, datamodule)
+    return None if start_from_weights(resume, model) else resume
+
+
+def after_fit(trainer: Any, run_dir: Path) -> tuple[str | None, dict[str, Any]]:
+    """After a completed fit: the best checkpoint (None: score the final weights) and the metrics.json fields that
+    name it; the interruption checkpoint of an earlier attempt is no longer needed."""
+    # The monitoring checkpoint callback knows the best model; `last_checkpoint` only keeps the latest.
+    best = next((c for c in trainer.checkpoint_callbacks if c.monitor and c.best_model_path), None)
+    best_path = best.best_model_path if best else None
+    if trainer.is_global_zero:
+        requeue_checkpoint(run_dir).unlink(missing_ok=True)
+    # The epoch of the final weights (0-based, like a checkpoint's): Lightning counts the last epoch as done even
+    # when trainer.max_steps ended it early.
+    fit_epoch = max(trainer.current_epoch - 1, 0)
+    return best_path, {
+        "best/epoch": checkpoint_meta(Path(best_path))[0] if best_path else fit_epoch,
+        "best/ckpt_path": os.path.relpath(best_path, run_dir) if best_path else None,
+    }
+
+
 __all__ = [
     "resume_checkpoint",
     "find_checkpoint",
@@ -185,4 +220,6 @@ __all__ = [
     "compact_run_dir",
     "run_dir_of",
     "requeue_checkpoint",
+    "resume_point",
+    "after_fit",
 ]

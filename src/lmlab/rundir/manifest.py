@@ -193,3 +193,11 @@ def write_end(run_dir: Path) -> None:
         data = rundir.read_json(path)
         data["end_time"] = rundir.now()
         rundir.write_json(path, data)
+
+
+def finish_run_dir(run_dir: Path, metrics: dict[str, Any]) -> None:
+    """The last writes of a completed run, in this order: the manifest's end time, then metrics.json with the run
+    dir's final size (after checkpoint compaction, which the caller did)."""
+    write_end(run_dir)
+    metrics["perf/disk_bytes"] = sum(p.stat().st_size for p in Path(run_dir).rglob("*") if p.is_file())
+    rundir.write_json(Path(run_dir) / rundir.METRICS, metrics)
