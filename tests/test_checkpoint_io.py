@@ -180,11 +180,10 @@ def test_trainer_gets_the_atomic_checkpoint_io_on_each_strategy(tmp_path: Path, 
         )
         assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO), strategy
 
-
     saved: list[Path] = []
-    monkeypatch.setattr(
-        checkpoint_io, "atomic_save", lambda obj, target: (saved.append(target), torch.save(obj, target))
-    )
+    from lmlab.rundir import atomic
+
+    monkeypatch.setattr(atomic, "atomic_save", lambda obj, target: (saved.append(target), torch.save(obj, target)))
     fsdp = FSDPStrategy(state_dict_type="full", checkpoint_io=trainer_plugins(cfg)["plugins"][0])
     fsdp.save_checkpoint({"state_dict": {"w": torch.arange(3)}}, tmp_path / "full.ckpt")
     assert saved == [tmp_path / "full.ckpt"]

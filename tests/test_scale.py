@@ -102,7 +102,7 @@ def test_mid_epoch_resume_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         f"dataset.group_by_length={str(grouped).lower()}",
     ]
     recorder: list[_StopAt] = []
-    build = train.build
+    build = train_module.build
 
     def build_with(cfg: Any) -> dict[str, Any]:
         objects = build(cfg)
@@ -115,7 +115,7 @@ def test_mid_epoch_resume_is_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         recorder.append(_StopAt(stop))
         cfg = compose_train(overrides, run_dir)
         try:
-            return train.train(cfg), recorder[-1].losses
+            return train_module.train(cfg), recorder[-1].losses
         except SystemExit:
             return None, recorder[-1].losses
 

@@ -17,7 +17,6 @@ from omegaconf import DictConfig, OmegaConf
 from lmlab.config import check_accelerator, config_dir, instantiate, register_resolvers
 from lmlab.errors import LmlabError
 from lmlab.launch.job import run_task
-from lmlab.models.peft import peft_settings
 
 log = logging.getLogger("lmlab.train")
 register_resolvers()
@@ -30,6 +29,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     from lmlab.launch.ddp import trainer_plugins
     from lmlab.launch.pruning import optuna_pruning
     from lmlab.launch.requeue import RequeueOnSignal
+    from lmlab.models.peft import peft_settings
     from lmlab.rundir.lineage import parent_path
 
     task = instantiate(cfg.task)

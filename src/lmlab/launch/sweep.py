@@ -21,7 +21,6 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from lmlab import rundir
-from lmlab.callbacks.loggers import finish_wandb
 
 log = logging.getLogger("lmlab.sweep")
 
@@ -243,6 +242,8 @@ class SweepSummary(Callback):
         from hydra.core.utils import JobStatus
 
         failed = job_return.status != JobStatus.COMPLETED
+        from lmlab.callbacks.loggers import finish_wandb  # here: lmlab.callbacks imports Lightning
+
         finish_wandb(failed)
         if _is_multirun(config):
             record_job(
