@@ -149,3 +149,21 @@ def test_the_typo_is_refused_before_torch_is_imported(tmp_path: Path) -> None:
     )
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"code": 1, "torch": False, "lightning": False}
     assert "did you mean max_epochs" in proc.stderr
+
+
+@pytest.mark.parametrize("arg", ["optimizer.lrr=1", "trainer.max_epoch=1"])
+def test_train_py_refuses_the_typo_before_torch_is_imported(tmp_path: Path, arg: str) -> None:
+    """The whole entry point, `python train.py optimizer.lrr=1`: its module-level imports pull no torch either."""
+    code = (
+        "import json, runpy, sys, time\nt = time.perf_counter()\n"
+        f"sys.argv = ['train.py', {arg!r}]\ntry:\n"
+        f"    runpy.run_path({str(ROOT / 'train.py')!r}, run_name='__main__')\n"
+        "except SystemExit as e:\n    print(json.dumps({'code': e.code, 'torch': 'torch' in sys.modules,"
+        " 'lightning': 'pytorch_lightning' in sys.modules, 'transformers': 'transformers' in sys.modules,"
+        " 's': time.perf_counter() - t}))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result.pop("s") < 30  # ~0.3 s on an idle laptop core; the bound only catches a hang
+    assert result == {"code": 1, "torch": False, "lightning": False, "transformers": False}, proc.stderr
+    assert "did you mean" in proc.stderr

@@ -18,7 +18,6 @@ from omegaconf import DictConfig, OmegaConf
 from lmlab.config import check_accelerator, config_dir, instantiate, register_resolvers
 from lmlab.errors import LmlabError
 from lmlab.launch.job import run_task
-from lmlab.models.peft import peft_settings
 from lmlab.rundir import check_resumable, compact_run_dir, start_from_weights
 
 log = logging.getLogger("lmlab.train")
@@ -32,6 +31,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     from lmlab.launch.ddp import trainer_plugins
     from lmlab.launch.pruning import optuna_pruning
     from lmlab.launch.requeue import RequeueOnSignal
+    from lmlab.models.peft import peft_settings  # torch: imported after the config is checked
     from lmlab.rundir.lineage import parent_path
 
     task = instantiate(cfg.task)
