@@ -137,7 +137,8 @@ def check_task_keys(cfg: DictConfig, keys: list[str]) -> None:
 
 def check_argument_names(cfg: DictConfig) -> None:
     """Every trainer.* key must be a pytorch_lightning.Trainer argument and every optimizer.* key an argument of
-    the optimizer class (static lists, `lmlab.arglists`): also what an experiment file or a preset sets."""
+    the optimizer class (as conf/trainer/default.yaml and conf/optimizer/*.yaml list them, `lmlab.config.arglists`):
+    also what an experiment file or a preset sets."""
     from lmlab.config import arglists
 
     trainer = cfg.get("trainer")
