@@ -206,3 +206,65 @@ def test_train_py_refuses_the_typo_before_torch_is_imported(tmp_path: Path, arg:
     assert result.pop("s") < 30  # ~0.3 s on an idle laptop core; the bound only catches a hang
     assert result == {"code": 1, "torch": False, "lightning": False, "transformers": False}, proc.stderr
     assert "did you mean" in proc.stderr
+
+
+def test_every_range_names_a_shipped_key_and_the_old_paths_are_still_checked(tmp_path: Path) -> None:
+    """RANGES is keyed by what a value is called (its dotted path's last parts), not by where it lives: every name
+    is a key of some composed config, and each key the former path table checked still is (with a new one too)."""
+    from lmlab.config.validate import LIMITS, RANGES, ranged_keys
+
+    checked: set[str] = set()
+    for extra in (
+        [],
+        ["model=minilm"],
+        ["task=causal_lm"],
+        ["task=multitask"],
+        ["optimizer=sgd", "scheduler=plateau", "peft=lora"],
+    ):
+        cfg = compose_train([*TINY, *extra], tmp_path / "run")
+        checked |= {key for key, _ in ranged_keys(cfg)}
+    checked |= {key for key, _ in ranged_keys(compose_train([], tmp_path / "eval", config_name="eval"))}
+    for name in [*RANGES, *LIMITS]:
+        assert any(k == name or k.endswith("." + name) for k in checked), name
+    former = [  # config._NUMERIC_FIELDS and _LIMIT_FIELDS before the table was keyed by name
+        "optimizer.lr",
+        "optimizer.weight_decay",
+        "optimizer.momentum",
+        "optimizer.eps",
+        "optimizer.head_lr",
+        "optimizer.layerwise_lr_decay",
+        "scheduler.warmup",
+        "scheduler.factor",
+        "scheduler.patience",
+        "dataset.batch_size",
+        "dataset.eval_batch_size",
+        "dataset.max_length",
+        "dataset.num_workers",
+        "dataset.split_seed",
+        "dataset.pad_to_multiple_of",
+        "model.bpe_vocab_size",
+        "model.threshold",
+        "model.dropout",
+        "model.freeze_layers",
+        "task.max_tokens",
+        "trainer.accumulate_grad_batches",
+        "trainer.gradient_clip_val",
+        "trainer.val_check_interval",
+        "trainer.check_val_every_n_epoch",
+        "trainer.log_every_n_steps",
+        "trainer.num_sanity_val_steps",
+        "trainer.limit_train_batches",
+        "trainer.limit_val_batches",
+        "trainer.limit_test_batches",
+        "callbacks.early_stopping.patience",
+        "dataset.max_samples.train",
+        "dataset.max_samples.val",
+        "dataset.max_samples.test",
+        "batch_size",
+        "seed",
+        "trainer.max_epochs",
+        "trainer.max_steps",
+    ]
+    assert set(former) <= checked, set(former) - checked
+    assert "peft.dropout" in checked  # new: the same quantity in another group
+    assert not any(k.startswith("hydra.") for k in checked)
