@@ -268,3 +268,23 @@ def test_every_range_names_a_shipped_key_and_the_old_paths_are_still_checked(tmp
     assert set(former) <= checked, set(former) - checked
     assert "peft.dropout" in checked  # new: the same quantity in another group
     assert not any(k.startswith("hydra.") for k in checked)
+
+
+def test_the_mode_and_checkpoint_policy_checks_are_one_each(tmp_path: Path) -> None:
+    from lmlab.callbacks.checkpoint import ResumableCheckpoint
+    from lmlab.config import validate
+    from lmlab.config.resolvers import optuna_direction
+    from lmlab.tasks.base import Task
+
+    for refuse in (
+        lambda: optuna_direction("up"),
+        lambda: Task("t", "val/loss", "up", "best/val_loss"),
+        lambda: validate(compose_train([*TINY, "task.mode=up"], tmp_path / "run")),
+    ):
+        with pytest.raises(LmlabError, match=re.escape("task.mode='up' must be 'min' or 'max'.")):
+            refuse()
+    policy = re.escape("checkpoint_policy='all' is not one of ['compact', 'keep'] (compact: optimizer state")
+    with pytest.raises(LmlabError, match=policy):
+        ResumableCheckpoint(dirpath=str(tmp_path), policy="all")
+    with pytest.raises(LmlabError, match=policy):
+        validate(compose_train([*TINY, "checkpoint_policy=all"], tmp_path / "run"))

@@ -108,6 +108,24 @@ def ranged_keys(cfg: DictConfig) -> list[tuple[str, tuple[type, float, float, st
     return out
 
 
+def check_mode(mode: Any) -> None:
+    """A task's mode, the direction its monitor improves in (checkpointing, early stopping, sweeps, the report)."""
+    if mode not in ("min", "max"):
+        raise LmlabError(f"task.mode={mode!r} must be 'min' or 'max'.")
+
+
+CHECKPOINT_POLICIES = ("compact", "keep")
+
+
+def check_checkpoint_policy(policy: Any) -> None:
+    """`checkpoint_policy` (conf/train.yaml), also as the checkpoint callback's `policy`."""
+    if policy not in CHECKPOINT_POLICIES:
+        raise LmlabError(
+            f"checkpoint_policy={policy!r} is not one of {list(CHECKPOINT_POLICIES)} (compact: optimizer state "
+            f"only in last.ckpt, removed when the run completes; keep: every checkpoint complete)."
+        )
+
+
 def _check_number(key: str, value: Any, kind: type, low: float, high: float = INF, ends: str = "[)") -> None:
     if value is None:
         return
@@ -216,12 +234,10 @@ def validate(cfg: DictConfig) -> None:
             raise LmlabError(f"optimizer.betas={betas} must be two numbers, e.g. optimizer.betas=[0.9,0.999].")
         for i, beta in enumerate(betas):
             _check_number(f"optimizer.betas[{i}]", beta, float, 0.0, 1.0, "[)")
-    policy = cfg.get("checkpoint_policy")
-    if policy is not None and policy not in ("compact", "keep"):
-        raise LmlabError(
-            f"checkpoint_policy={policy!r} is not one of ['compact', 'keep'] (compact: optimizer state "
-            f"only in last.ckpt, removed when the run completes; keep: every checkpoint complete)."
-        )
+    if cfg.get("checkpoint_policy") is not None:
+        check_checkpoint_policy(cfg.checkpoint_policy)
+    if isinstance(cfg.get("task"), DictConfig) and "mode" in cfg.task:
+        check_mode(cfg.task.mode)  # also Task.__init__ and the Optuna direction: here before torch is imported
     trainer = cfg.get("trainer")
     if (
         trainer is not None
