@@ -288,3 +288,23 @@ def test_the_mode_and_checkpoint_policy_checks_are_one_each(tmp_path: Path) -> N
         ResumableCheckpoint(dirpath=str(tmp_path), policy="all")
     with pytest.raises(LmlabError, match=policy):
         validate(compose_train([*TINY, "checkpoint_policy=all"], tmp_path / "run"))
+
+
+@pytest.mark.parametrize("task", sorted(arglists.task_ignores()))
+def test_a_tasks_ignores_name_keys_of_its_config_that_another_task_reads(tmp_path: Path, task: str) -> None:
+    """`task.ignores` names no stale key: each is in the task's composed config, and some other task uses it."""
+    cfg = compose_train([f"task={task}"], tmp_path / "run")
+    assert list(cfg.task.ignores) == list(arglists.task_ignores()[task])
+    for key in cfg.task.ignores:
+        assert OmegaConf.select(cfg, key, default="<absent>") != "<absent>", key
+        assert [t for t in arglists.tasks_using(key) if t != task], key
+
+
+def test_the_ignored_key_message_names_the_tasks_that_use_it(tmp_path: Path) -> None:
+    from lmlab.config.validate import check_task_keys
+
+    cfg = compose_train(["task=causal_lm"], tmp_path / "run")
+    with pytest.raises(LmlabError, match=re.escape("or pick a task that uses it (task=classification, task=multit")):
+        check_task_keys(cfg, ["model.pooling"])
+    with pytest.raises(LmlabError, match=re.escape("pick a task that uses it (task=classification).")):
+        check_task_keys(cfg, ["model.class_weights"])

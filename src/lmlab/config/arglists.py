@@ -110,6 +110,26 @@ def _default_choice(group: str) -> str | None:
     return None
 
 
+@functools.cache
+def task_ignores() -> dict[str, tuple[str, ...]]:
+    """conf/task/<name>.yaml -> its `task.ignores` (the settings of other tasks it does not read)."""
+    out = {}
+    for path in sorted((Path(config_dir()) / "task").glob("*.yaml")):
+        task = _read(path).get("task")
+        if isinstance(task, dict):
+            out[str(task.get("name") or path.stem)] = tuple(task.get("ignores") or ())
+    return out
+
+
+def tasks_using(key: str) -> list[str]:
+    """The shipped tasks whose `ignores` does not name `key` (nor a key above it)."""
+    return [
+        name
+        for name, ignores in task_ignores().items()
+        if not any(key == ignored or key.startswith(ignored + ".") for ignored in ignores)
+    ]
+
+
 def optimizer_args(target: str) -> tuple[str, ...] | None:
     """The arguments of a shipped optimizer class, by `_target_` (None: no conf/optimizer file names it)."""
     found = [args for t, args in optimizer_configs().values() if t == target]

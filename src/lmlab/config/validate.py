@@ -172,14 +172,16 @@ def check_task_keys(cfg: DictConfig, keys: list[str]) -> None:
     task = cfg.get("task")
     if task is None:
         return
+    from lmlab.config.arglists import tasks_using
+
     for key in keys:
         for ignored in task.get("ignores") or []:
             if key == ignored or key.startswith(ignored + "."):
+                users = ", ".join(f"task={t}" for t in tasks_using(key) if t != task.get("name"))
                 raise LmlabError(
                     f"{key} is not used by task={task.get('name')}: it is a setting of another task and would "
-                    f"silently do nothing here. Remove {key}=... from the command line, or pick the task that "
-                    f"uses it (e.g. task=classification for model.* head and dataset label settings, "
-                    f"task=causal_lm for dataset.packing)."
+                    f"silently do nothing here. Remove {key}=... from the command line, or pick a task that "
+                    f"uses it{f' ({users})' if users else ''}."
                 )
 
 
