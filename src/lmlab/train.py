@@ -29,7 +29,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     from lmlab.launch.ddp import trainer_plugins
     from lmlab.launch.pruning import optuna_pruning
     from lmlab.launch.requeue import RequeueOnSignal
-    from lmlab.models.peft import peft_settings
+    from lmlab.models.peft import peft_settings  # torch: imported after the config is checked
     from lmlab.rundir.lineage import parent_path
 
     task = instantiate(cfg.task)

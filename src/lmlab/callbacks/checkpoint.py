@@ -9,10 +9,9 @@ from typing import Any
 
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from lmlab.config import check_checkpoint_policy
+
 log = logging.getLogger("lmlab.checkpoint")
-
-
-POLICIES = ("compact", "keep")
 
 
 class ResumableCheckpoint(ModelCheckpoint):
@@ -26,10 +25,7 @@ class ResumableCheckpoint(ModelCheckpoint):
     written there: the new run dir is complete on its own (eval.py ckpt_path=<new dir> finds its best)."""
 
     def __init__(self, *args: Any, policy: str = "keep", **kwargs: Any) -> None:
-        if policy not in POLICIES:
-            from lmlab.errors import LmlabError
-
-            raise LmlabError(f"checkpoint_policy={policy!r} is not one of {list(POLICIES)}.")
+        check_checkpoint_policy(policy)
         super().__init__(*args, **kwargs)
         self.policy = policy
 

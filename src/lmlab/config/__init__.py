@@ -3,10 +3,12 @@ heavy import (torch, transformers, Lightning), so that a bad config fails in abo
 
 from lmlab.config.instantiate import instantiate
 from lmlab.config.resolvers import config_dir, gpu_precision, package_path, register_resolvers
-from lmlab.config.validate import check_accelerator, validate
+from lmlab.config.validate import check_accelerator, check_checkpoint_policy, check_mode, validate
 
 __all__ = [
     "check_accelerator",
+    "check_checkpoint_policy",
+    "check_mode",
     "config_dir",
     "gpu_precision",
     "instantiate",

@@ -67,8 +67,9 @@ def _sqlite(path: str) -> str:
 
 def optuna_direction(mode: str) -> str:
     """A task's mode (min | max) as Optuna's study direction."""
-    if mode not in ("min", "max"):
-        raise LmlabError(f"task.mode={mode!r} must be 'min' or 'max'.")
+    from lmlab.config.validate import check_mode
+
+    check_mode(mode)
     return "maximize" if mode == "max" else "minimize"
 
 

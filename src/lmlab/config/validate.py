@@ -33,49 +33,97 @@ def check_accelerator(accelerator: Any, key: str = "trainer.accelerator") -> Non
     )
 
 
-# (dotted key, type, lower bound, upper bound, which ends are open) — what the libraries accept, or what makes
-# sense (a bound the library does not check but that would silently do nothing). Only keys that exist are
-# checked, so one table serves every dataset/model/optimizer option. "[)" = lower bound included, upper excluded.
+# What the libraries accept, or what makes sense (a bound the library does not check but that would silently do
+# nothing), by what a value is called: (type, lower bound, upper bound, which ends are open; "[)" = lower bound
+# included, upper excluded). A key is checked wherever it is in the composed config when its dotted path ends with
+# one of these names (`lr`: optimizer.lr, whichever optimizer; `batch_size`: dataset.batch_size, a sub-task's,
+# eval.py's; `patience`: scheduler.patience and callbacks.early_stopping.patience). So this is a table of
+# quantities, not a second list of config paths: the YAML files say where each one lives, a new optimizer's or
+# dataset's lr / weight_decay / momentum / eps / batch_size is range-checked with no change here, and
+# tests/test_arglists.py checks that each name here is a key of the shipped configs.
 INF = math.inf
-_NUMERIC_FIELDS: list[tuple[str, type, float, float, str]] = [
-    ("optimizer.lr", float, 0.0, INF, "()"),
-    ("optimizer.weight_decay", float, 0.0, INF, "[)"),
-    ("optimizer.momentum", float, 0.0, 1.0, "[)"),
-    ("optimizer.eps", float, 0.0, INF, "()"),
-    ("optimizer.head_lr", float, 0.0, INF, "()"),
-    ("optimizer.layerwise_lr_decay", float, 0.0, 1.0, "(]"),
-    ("scheduler.warmup", float, 0.0, INF, "[)"),
-    ("scheduler.factor", float, 0.0, 1.0, "()"),
-    ("scheduler.patience", int, 0, INF, "[)"),
-    ("dataset.batch_size", int, 0, INF, "()"),
-    ("dataset.eval_batch_size", int, 0, INF, "()"),
-    ("dataset.max_length", int, 1, INF, "()"),
-    ("dataset.num_workers", int, 0, INF, "[)"),
-    ("dataset.split_seed", int, 0, 2**32, "[)"),
-    ("dataset.pad_to_multiple_of", int, 0, INF, "()"),
-    ("model.bpe_vocab_size", int, 0, INF, "()"),
-    ("model.threshold", float, 0.0, 1.0, "()"),
-    ("model.dropout", float, 0.0, 1.0, "[)"),
-    ("model.freeze_layers", int, 0, INF, "[)"),
-    ("task.max_tokens", int, 0, INF, "()"),
-    ("trainer.accumulate_grad_batches", int, 0, INF, "()"),
-    ("trainer.gradient_clip_val", float, 0.0, INF, "[)"),
-    ("trainer.val_check_interval", float, 0.0, INF, "()"),
-    ("trainer.check_val_every_n_epoch", int, 0, INF, "()"),
-    ("trainer.log_every_n_steps", int, 0, INF, "()"),
-    ("trainer.num_sanity_val_steps", int, -1, INF, "[)"),
-    ("trainer.limit_train_batches", float, 0.0, INF, "()"),
-    ("trainer.limit_val_batches", float, 0.0, INF, "[)"),
-    ("trainer.limit_test_batches", float, 0.0, INF, "()"),
-    ("callbacks.early_stopping.patience", int, 0, INF, "[)"),
-    ("dataset.max_samples.train", int, 0, INF, "[)"),  # 0 = an empty split, refused with its own message
-    ("dataset.max_samples.val", int, 0, INF, "[)"),
-    ("dataset.max_samples.test", int, 0, INF, "[)"),
-    ("batch_size", int, 0, INF, "()"),  # eval.py
-    ("seed", int, 0, 2**32, "[)"),  # what seed_everything accepts
-]
-# -1 = no limit; 0 would train nothing and score the random-init model as if it were a result.
-_LIMIT_FIELDS = ("trainer.max_epochs", "trainer.max_steps")
+RANGES: dict[str, tuple[type, float, float, str]] = {
+    # optimizer.* (any optimizer) and lmlab's parameter groups
+    "lr": (float, 0.0, INF, "()"),
+    "weight_decay": (float, 0.0, INF, "[)"),
+    "momentum": (float, 0.0, 1.0, "[)"),
+    "eps": (float, 0.0, INF, "()"),  # a list is checked number by number (Adafactor's two regularizers)
+    "head_lr": (float, 0.0, INF, "()"),
+    "layerwise_lr_decay": (float, 0.0, 1.0, "(]"),
+    # scheduler.*, callbacks.early_stopping.patience
+    "warmup": (float, 0.0, INF, "[)"),
+    "factor": (float, 0.0, 1.0, "()"),
+    "patience": (int, 0, INF, "[)"),
+    # dataset.* (each sub-task's too); eval.py's batch_size
+    "batch_size": (int, 0, INF, "()"),
+    "eval_batch_size": (int, 0, INF, "()"),
+    "max_length": (int, 1, INF, "()"),
+    "num_workers": (int, 0, INF, "[)"),
+    "pad_to_multiple_of": (int, 0, INF, "()"),
+    "max_samples.train": (int, 0, INF, "[)"),  # 0 = an empty split, refused with its own message
+    "max_samples.val": (int, 0, INF, "[)"),
+    "max_samples.test": (int, 0, INF, "[)"),
+    # model.*, peft.dropout, task.max_tokens
+    "bpe_vocab_size": (int, 0, INF, "()"),
+    "threshold": (float, 0.0, 1.0, "()"),
+    "dropout": (float, 0.0, 1.0, "[)"),
+    "freeze_layers": (int, 0, INF, "[)"),
+    "max_tokens": (int, 0, INF, "()"),
+    # trainer.*
+    "accumulate_grad_batches": (int, 0, INF, "()"),
+    "gradient_clip_val": (float, 0.0, INF, "[)"),
+    "val_check_interval": (float, 0.0, INF, "()"),
+    "check_val_every_n_epoch": (int, 0, INF, "()"),
+    "log_every_n_steps": (int, 0, INF, "()"),
+    "num_sanity_val_steps": (int, -1, INF, "[)"),
+    "limit_train_batches": (float, 0.0, INF, "()"),
+    "limit_val_batches": (float, 0.0, INF, "[)"),
+    "limit_test_batches": (float, 0.0, INF, "()"),
+    # seeds: what seed_everything accepts
+    "seed": (int, 0, 2**32, "[)"),
+    "split_seed": (int, 0, 2**32, "[)"),
+}
+# -1 = no limit; 0 would train nothing and score the random-init model as if it were a result (trainer.*).
+LIMITS = ("max_epochs", "max_steps")
+
+
+def ranged_keys(cfg: DictConfig) -> list[tuple[str, tuple[type, float, float, str] | None]]:
+    """The dotted keys of `cfg` (hydra's own excepted) that RANGES or LIMITS name, with their range (None: a
+    limit), in config order."""
+    out: list[tuple[str, tuple[type, float, float, str] | None]] = []
+
+    def walk(node: Any, parts: tuple[str, ...]) -> None:
+        if not isinstance(node, dict):
+            return
+        for key, value in node.items():
+            path = (*parts, str(key))
+            if path == ("hydra",):
+                continue
+            rule = RANGES.get(".".join(path[-2:])) or RANGES.get(path[-1])
+            if rule is not None or (path[-1] in LIMITS and path[:-1] == ("trainer",)):
+                out.append((".".join(path), rule))
+            walk(value, path)
+
+    walk(OmegaConf.to_container(cfg, resolve=False), ())
+    return out
+
+
+def check_mode(mode: Any) -> None:
+    """A task's mode, the direction its monitor improves in (checkpointing, early stopping, sweeps, the report)."""
+    if mode not in ("min", "max"):
+        raise LmlabError(f"task.mode={mode!r} must be 'min' or 'max'.")
+
+
+CHECKPOINT_POLICIES = ("compact", "keep")
+
+
+def check_checkpoint_policy(policy: Any) -> None:
+    """`checkpoint_policy` (conf/train.yaml), also as the checkpoint callback's `policy`."""
+    if policy not in CHECKPOINT_POLICIES:
+        raise LmlabError(
+            f"checkpoint_policy={policy!r} is not one of {list(CHECKPOINT_POLICIES)} (compact: optimizer state "
+            f"only in last.ckpt, removed when the run completes; keep: every checkpoint complete)."
+        )
 
 
 def _check_number(key: str, value: Any, kind: type, low: float, high: float = INF, ends: str = "[)") -> None:
@@ -124,20 +172,23 @@ def check_task_keys(cfg: DictConfig, keys: list[str]) -> None:
     task = cfg.get("task")
     if task is None:
         return
+    from lmlab.config.arglists import tasks_using
+
     for key in keys:
         for ignored in task.get("ignores") or []:
             if key == ignored or key.startswith(ignored + "."):
+                users = ", ".join(f"task={t}" for t in tasks_using(key) if t != task.get("name"))
                 raise LmlabError(
                     f"{key} is not used by task={task.get('name')}: it is a setting of another task and would "
-                    f"silently do nothing here. Remove {key}=... from the command line, or pick the task that "
-                    f"uses it (e.g. task=classification for model.* head and dataset label settings, "
-                    f"task=causal_lm for dataset.packing)."
+                    f"silently do nothing here. Remove {key}=... from the command line, or pick a task that "
+                    f"uses it{f' ({users})' if users else ''}."
                 )
 
 
 def check_argument_names(cfg: DictConfig) -> None:
     """Every trainer.* key must be a pytorch_lightning.Trainer argument and every optimizer.* key an argument of
-    the optimizer class (static lists, `lmlab.arglists`): also what an experiment file or a preset sets."""
+    the optimizer class (as conf/trainer/default.yaml and conf/optimizer/*.yaml list them, `lmlab.config.arglists`):
+    also what an experiment file or a preset sets."""
     from lmlab.config import arglists
 
     trainer = cfg.get("trainer")
@@ -170,27 +221,25 @@ def validate(cfg: DictConfig) -> None:
     """Fail fast, before heavy imports, on values that would otherwise fail minutes into a run."""
     check_task_keys(cfg, command_line_keys())
     check_argument_names(cfg)
-    for key, kind, low, high, ends in _NUMERIC_FIELDS:
+    for key, rule in ranged_keys(cfg):
         value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
-        if key == "optimizer.eps" and isinstance(value, ListConfig):  # Adafactor's two regularizers
+        if rule is None:
+            _check_limit(key, value)
+        elif key.endswith("eps") and isinstance(value, ListConfig):  # Adafactor's two regularizers
             for i, eps in enumerate(value):
-                _check_number(f"{key}[{i}]", eps, kind, low, high, ends)
-            continue
-        _check_number(key, value, kind, low, high, ends)
-    for key in _LIMIT_FIELDS:
-        _check_limit(key, OmegaConf.select(cfg, key, default=None, throw_on_missing=False))
+                _check_number(f"{key}[{i}]", eps, *rule)
+        else:
+            _check_number(key, value, *rule)
     betas = OmegaConf.select(cfg, "optimizer.betas", default=None)
     if betas is not None:
         if not isinstance(betas, ListConfig) or len(betas) != 2:
             raise LmlabError(f"optimizer.betas={betas} must be two numbers, e.g. optimizer.betas=[0.9,0.999].")
         for i, beta in enumerate(betas):
             _check_number(f"optimizer.betas[{i}]", beta, float, 0.0, 1.0, "[)")
-    policy = cfg.get("checkpoint_policy")
-    if policy is not None and policy not in ("compact", "keep"):
-        raise LmlabError(
-            f"checkpoint_policy={policy!r} is not one of ['compact', 'keep'] (compact: optimizer state "
-            f"only in last.ckpt, removed when the run completes; keep: every checkpoint complete)."
-        )
+    if cfg.get("checkpoint_policy") is not None:
+        check_checkpoint_policy(cfg.checkpoint_policy)
+    if isinstance(cfg.get("task"), DictConfig) and "mode" in cfg.task:
+        check_mode(cfg.task.mode)  # also Task.__init__ and the Optuna direction: here before torch is imported
     trainer = cfg.get("trainer")
     if (
         trainer is not None

@@ -10,11 +10,9 @@ import torch
 from hydra.utils import get_class
 from torch import nn
 
+from lmlab.config.arglists import OPTIMIZER_GROUP_KEYS as GROUP_KEYS  # not optimizer arguments
 from lmlab.errors import LmlabError
 from lmlab.optim.schedulers import build_scheduler
-
-# Keys of the optimizer config that shape parameter groups rather than being optimizer arguments.
-GROUP_KEYS = ("layerwise_lr_decay", "head_lr", "name")
 
 
 def find_layers(base_model: nn.Module) -> tuple[str, int]:

@@ -13,15 +13,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lmlab.errors import LmlabError
+from lmlab.config import check_mode
 
 
 class Task:
     """Base class; see ClassificationTask and CausalLMTask for the two implementations."""
 
     def __init__(self, name: str, monitor: str, mode: str, optimized_metric: str, ignores: Sequence[str] = ()):
-        if mode not in ("min", "max"):
-            raise LmlabError(f"task.mode={mode!r} must be 'min' or 'max'.")
+        check_mode(mode)
         self.name = name
         self.monitor = monitor  # a validation metric, e.g. val/loss
         self.mode = mode
