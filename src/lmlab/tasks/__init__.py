@@ -1,6 +1,6 @@
-"""Tasks: everything task-specific lives here (see base.py for the interface train.py and eval.py use)."""
+"""Tasks: everything task-specific lives here (base.py holds the contract train.py, eval.py and the rest call)."""
 
-from lmlab.tasks.base import Task
+from lmlab.tasks.base import Task, TaskModule
 from lmlab.tasks.classification import ClassificationTask, TextClassifier
 from lmlab.tasks.language_modeling import CausalLM, CausalLMTask
 from lmlab.tasks.masked_lm import MaskedLM, MaskedLMTask
@@ -15,5 +15,6 @@ __all__ = [
     "MultiTask",
     "MultiTaskClassifier",
     "Task",
+    "TaskModule",
     "TextClassifier",
 ]

@@ -22,11 +22,10 @@ from lmlab import rundir
 from lmlab.data.datamodule import FeatureDataset, PadCollator
 from lmlab.data.sources import Example
 from lmlab.data.splits import label_names
-from lmlab.data.tokenizer import BPE, load_tokenizer, train_bpe
+from lmlab.data.tokenizer import load_tokenizer
 from lmlab.errors import LmlabError
 from lmlab.models import peft as adapters
 from lmlab.models.backbone import load_backbone
-from lmlab.optim import find_layers
 from lmlab.tasks.base import Task, TaskModule
 
 
@@ -54,6 +53,31 @@ def classification_metrics(problem_type: str, num_labels: int) -> torchmetrics.M
         },
         compute_groups=False,
     )
+
+
+def classification_loss(
+    problem_type: str, logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Cross-entropy (single-label, `weight` per class) or BCE on logits (binary / multi-label, `weight` per
+    positive class)."""
+    if problem_type == "single_label":
+        return F.cross_entropy(logits.float(), labels, weight=weight)
+    if problem_type == "binary":
+        logits = logits.squeeze(-1)
+    return F.binary_cross_entropy_with_logits(logits.float(), labels.float(), pos_weight=weight)
+
+
+def scores_and_preds(problem_type: str, logits: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class scores (probabilities) and predictions in the label space the metrics use."""
+    logits = logits.float()
+    if problem_type == "single_label":
+        scores = logits.softmax(-1)
+        return scores, scores.argmax(-1)
+    if problem_type == "binary":
+        positive = logits.squeeze(-1).sigmoid()
+        return torch.stack([1 - positive, positive], -1), (positive > threshold).long()
+    scores = logits.sigmoid()
+    return scores, (scores > threshold).long()
 
 
 class PooledHead(nn.Module):
@@ -180,26 +204,7 @@ class TextClassifier(adapters.AdapterCheckpoints, TaskModule, pl.LightningModule
         net = adapters.unwrap(self.net)
         return nn.ModuleList(m for m in net.children() if m is not net.base_model)
 
-    @property
-    def attn_implementation(self) -> str:
-        """The attention kernel transformers actually chose (sdpa, eager, flash_attention_2...)."""
-        return str(self.backbone.config._attn_implementation)
-
     # ---- construction helpers
-    def _freeze(self, embeddings: bool, first_n_layers: int) -> None:
-        if embeddings:
-            self.backbone.get_input_embeddings().requires_grad_(False)
-            for name, module in self.backbone.named_children():
-                if "embed" in name:
-                    module.requires_grad_(False)
-        if first_n_layers:
-            prefix, count = find_layers(self.backbone)
-            if first_n_layers > count:
-                raise LmlabError(f"model.freeze_layers={first_n_layers} but the model has {count} layers.")
-            blocks = self.backbone.get_submodule(prefix)
-            for block in list(blocks)[:first_n_layers]:
-                block.requires_grad_(False)
-
     def _loss_weight(
         self, class_weights: str | Sequence[float] | None, label_counts: Sequence[float] | None
     ) -> torch.Tensor | None:
@@ -235,23 +240,10 @@ class TextClassifier(adapters.AdapterCheckpoints, TaskModule, pl.LightningModule
         return self.pooled_head(hidden, inputs["attention_mask"])
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if self.problem_type == "single_label":
-            return F.cross_entropy(logits.float(), labels, weight=self.loss_weight)
-        if self.problem_type == "binary":
-            logits = logits.squeeze(-1)
-        return F.binary_cross_entropy_with_logits(logits.float(), labels.float(), pos_weight=self.loss_weight)
+        return classification_loss(self.problem_type, logits, labels, self.loss_weight)
 
     def scores_and_preds(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Class scores (probabilities) and predictions in the label space the metrics use."""
-        logits = logits.float()
-        if self.problem_type == "single_label":
-            scores = logits.softmax(-1)
-            return scores, scores.argmax(-1)
-        if self.problem_type == "binary":
-            positive = logits.squeeze(-1).sigmoid()
-            return torch.stack([1 - positive, positive], -1), (positive > self.threshold).long()
-        scores = logits.sigmoid()
-        return scores, (scores > self.threshold).long()
+        return scores_and_preds(self.problem_type, logits, self.threshold)
 
     # ---- steps
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -259,7 +251,7 @@ class TextClassifier(adapters.AdapterCheckpoints, TaskModule, pl.LightningModule
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["labels"]))
         return loss
 
-    def _eval_step(self, stage: str, batch: Mapping[str, torch.Tensor]) -> None:
+    def _eval_step(self, stage: str, batch: Mapping[str, torch.Tensor], dataloader_idx: int = 0) -> None:
         logits = self(batch)
         labels = batch["labels"]
         self.log(f"{stage}/loss", self.loss(logits, labels), on_epoch=True, batch_size=len(labels), sync_dist=True)
@@ -269,12 +261,6 @@ class TextClassifier(adapters.AdapterCheckpoints, TaskModule, pl.LightningModule
         if stage == "test":
             for i, label, pred, score in zip(batch["idx"].tolist(), target.tolist(), preds.tolist(), scores.tolist()):
                 self.predictions.append({"idx": i, "label": label, "pred": pred, "scores": score})
-
-    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step("val", batch)
-
-    def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step("test", batch)
 
     def on_test_epoch_start(self) -> None:
         self.predictions = []
@@ -292,10 +278,9 @@ class TextClassifier(adapters.AdapterCheckpoints, TaskModule, pl.LightningModule
         self.log(f"{stage}/f1", computed["f1_macro"], prog_bar=True, sync_dist=True)
 
     # ---- export
-    def export_pretrained(self, directory: Path) -> None:
-        """Write model + tokenizer with `save_pretrained`: a native head loads as
+    def _export_weights(self, directory: Path) -> None:
+        """`save_pretrained` (with the tokenizer, see TaskModule.export_pretrained): a native head loads as
         AutoModelForSequenceClassification; a pooled head saves the backbone plus `head.pt`."""
-        directory.mkdir(parents=True, exist_ok=True)
         if adapters.enabled(self.hparams.peft):
             self._export_adapter(directory)
         elif self.hparams.pooling == "native":
@@ -307,7 +292,6 @@ class TextClassifier(adapters.AdapterCheckpoints, TaskModule, pl.LightningModule
             torch.save(
                 {"pooling": self.hparams.pooling, "state_dict": self.pooled_head.state_dict()}, directory / "head.pt"
             )
-        self.tokenizer.save_pretrained(directory)
 
     def _export_adapter(self, directory: Path) -> None:
         """The peft adapter (+ the trained native head inside it, or head.pt beside it) and how to load its base."""
@@ -336,39 +320,6 @@ class TextClassifier(adapters.AdapterCheckpoints, TaskModule, pl.LightningModule
             torch.save(
                 {"pooling": self.hparams.pooling, "state_dict": self.pooled_head.state_dict()}, directory / "head.pt"
             )
-
-
-def from_scratch_for(model_cfg: Mapping[str, Any], tokenizer: Any) -> Mapping[str, Any] | None:
-    """A trained BPE decides the vocabulary: a random-init model is sized to it and uses its special tokens."""
-    from_scratch = model_cfg.get("from_scratch")
-    if from_scratch is None or model_cfg.get("tokenizer") != BPE:
-        return from_scratch
-    ids = {
-        "vocab_size": len(tokenizer),
-        "pad_token_id": tokenizer.pad_token_id,
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-    }
-    return {**dict(from_scratch), **ids}
-
-
-def task_tokenizer(model_cfg: Mapping[str, Any], datamodule: Any) -> Any:
-    """model.tokenizer: a name/path (HF), or `bpe`: a byte-level BPE trained on the training split only."""
-    name = model_cfg.get("tokenizer") or model_cfg.get("name_or_path")
-    if name == BPE:
-        cache = datamodule.cache_dir.parent / "tokenizers" if datamodule.cache_dir else None
-        return train_bpe(
-            [ex.text for ex in datamodule.splits["train"]],
-            int(model_cfg.get("bpe_vocab_size") or 4096),
-            data_fingerprint=datamodule.data_fingerprint,
-            cache_dir=cache,
-        )
-    if name is None:
-        raise LmlabError(
-            "model.tokenizer is null and so is model.name_or_path: set model.tokenizer=bpe (train one) "
-            "or a tokenizer name/path."
-        )
-    return load_tokenizer(str(name), model_cfg.get("gguf_file"))
 
 
 def _rows(examples: Sequence[Example], limit: int = 5) -> str:
@@ -480,32 +431,16 @@ class ClassificationTask(Task):
         return PadCollator(tokenizer.pad_token_id, tokenizer.padding_side, pad_to_multiple_of)
 
     # ---- the module
-    def tokenizer(self, model_cfg: Mapping[str, Any], datamodule: Any) -> Any:
-        return task_tokenizer(model_cfg, datamodule)
-
     def module_class(self) -> type:
         return TextClassifier
 
-    def module(
-        self,
-        model_cfg: Mapping[str, Any],
-        datamodule: Any,
-        tokenizer: Any,
-        optimizer: Mapping[str, Any] | None,
-        scheduler: Mapping[str, Any] | None,
-    ) -> TextClassifier:
+    def module_kwargs(self, model_cfg: Mapping[str, Any], datamodule: Any) -> dict[str, Any]:
         self.check_problem_type(model_cfg.get("problem_type", "single_label"))
-        kwargs = {k: v for k, v in model_cfg.items() if k != "_target_"}
-        kwargs["from_scratch"] = from_scratch_for(model_cfg, tokenizer)
-        return TextClassifier(
-            **kwargs,
-            labels=self.labels,
-            label_counts=self.label_counts,
-            num_train_examples=len(datamodule.splits["train"]),
-            optimizer=optimizer or {},
-            scheduler=scheduler or {},
-            tokenizer_object=tokenizer,
-        )
+        return {
+            "labels": self.labels,
+            "label_counts": self.label_counts,
+            "num_train_examples": len(datamodule.splits["train"]),
+        }
 
     def load(self, ckpt_path: Path, datamodule: Any, model_cfg: Mapping[str, Any]) -> TextClassifier:
         module = super().load(ckpt_path, datamodule, model_cfg)
@@ -513,9 +448,6 @@ class ClassificationTask(Task):
             raise LmlabError(f"Label map mismatch: data has {self.labels}, checkpoint has {module.labels}.")
         self.check_problem_type(module.problem_type)
         return module
-
-    def load_kwargs(self, datamodule: Any, tokenizer: Any) -> dict[str, Any]:
-        return {"tokenizer_object": tokenizer}
 
     # ---- results
     def results(self, module: TextClassifier, datamodule: Any, logged: Mapping[str, float]) -> dict[str, Any]:

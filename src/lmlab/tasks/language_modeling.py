@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,7 @@ from lmlab.data.tokenizer import token_byte_lengths
 from lmlab.errors import LmlabError
 from lmlab.models import peft as adapters
 from lmlab.models.backbone import load_backbone
-from lmlab.tasks.base import Task, TaskModule
-from lmlab.tasks.classification import from_scratch_for, task_tokenizer
+from lmlab.tasks.base import Task, TaskModule, task_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +108,16 @@ def lm_metrics(names: Sequence[str] = ("nats", "tokens", "correct", "bytes")) ->
     return torchmetrics.MetricCollection(sums, compute_groups=False)
 
 
-class LMParts:
-    """The parts of an HF `*ForCausalLM` / `*ForMaskedLM` in `self.net` (peft-wrapped or not) that optimizer groups
-    and the throughput callback work on: the base model, and the head modules around it."""
+class LMModule(TaskModule):
+    """What CausalLM and MaskedLM share: an HF `*ForCausalLM` / `*ForMaskedLM` in `self.net` (peft-wrapped or not),
+    split totals in `self.metrics[stage]` (`lm_metrics`: nats, tokens, correct, and bytes where bits-per-byte is a
+    metric), their epoch-end loss/ppl/accuracy, and the export. The training steps stay apart: the causal loss
+    counts its unmasked targets, the masked one has only targets (no -100s) and needs no count."""
 
+    auto_class: str  # the transformers Auto class of `self.net`; an exported dir loads with it
+    accuracy: str  # the name of the argmax accuracy over the targets: token_acc, masked_acc
+
+    # ---- the parts optimizer groups and the throughput callback work on: the base model, the head modules around it
     @property
     def backbone(self) -> torch.nn.Module:
         return adapters.unwrap(self.net).base_model
@@ -121,13 +127,58 @@ class LMParts:
         net = adapters.unwrap(self.net)
         return torch.nn.ModuleList(m for m in net.children() if m is not net.base_model)
 
-    @property
-    def attn_implementation(self) -> str:
-        return str(adapters.unwrap(self.net).config._attn_implementation)
+    @abstractmethod
+    def token_losses(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-target nats (0 where masked), the target ids (-100 where masked), and the argmax predictions."""
+
+    def _eval_step(self, stage: str, batch: Mapping[str, torch.Tensor], dataloader_idx: int = 0) -> None:
+        nats, target, pred = self.token_losses(batch)
+        valid = target != -100
+        metrics = self.metrics[stage]
+        metrics["nats"].update(nats.double().sum())
+        metrics["tokens"].update(valid.sum().double())
+        metrics["correct"].update(((pred == target) & valid).sum().double())
+        if "bytes" in metrics:
+            metrics["bytes"].update((self.token_bytes[target.clamp(min=0)] * valid).sum())
+
+    def _log_epoch_metrics(self, stage: str) -> None:
+        totals = {k: float(v) for k, v in self.metrics[stage].compute().items()}
+        self.metrics[stage].reset()
+        tokens = max(totals["tokens"], 1.0)
+        loss = totals["nats"] / tokens
+        values = {"loss": loss, "ppl": math.exp(min(loss, 700.0)), self.accuracy: totals["correct"] / tokens}
+        if "bytes" in totals:
+            values["bpb"] = totals["nats"] / (math.log(2) * totals["bytes"]) if totals["bytes"] else float("nan")
+        values["tokens"] = totals["tokens"]
+        # Already reduced over ranks by torchmetrics; logged as plain numbers.
+        self.log_dict({f"{stage}/{name}": value for name, value in values.items()}, prog_bar=False)
+        self.log(f"{stage}/ppl_bar", values["ppl"], prog_bar=True, logger=False)
+
+    def _export_weights(self, directory: Path) -> None:
+        """`save_pretrained` of the model: loads with `auto_class` (with peft: an adapter dir, see
+        lmlab.models.peft.export)."""
+        if adapters.enabled(self.hparams.get("peft")):
+            adapters.export(
+                self.net,
+                directory,
+                self.hparams.peft,
+                {
+                    "auto_class": self.auto_class,
+                    "name_or_path": self.hparams.name_or_path,
+                    "gguf_file": self.hparams.gguf_file,
+                    "from_scratch": self.hparams.from_scratch is not None,
+                    "kwargs": {},
+                },
+            )
+        else:
+            self.net.save_pretrained(directory)
 
 
-class CausalLM(adapters.AdapterCheckpoints, LMParts, TaskModule, pl.LightningModule):
+class CausalLM(adapters.AdapterCheckpoints, LMModule, pl.LightningModule):
     """An HF `AutoModelForCausalLM` (pretrained, GGUF, or random init) trained on next-token prediction."""
+
+    auto_class = "AutoModelForCausalLM"
+    accuracy = "token_acc"
 
     def __init__(
         self,
@@ -148,13 +199,11 @@ class CausalLM(adapters.AdapterCheckpoints, LMParts, TaskModule, pl.LightningMod
         super().__init__()
         self.save_hyperparameters(ignore=["tokenizer_object"])
         self.configure_strict_loading()
-        if tokenizer_object is None:
-            raise ValueError("CausalLM needs tokenizer_object (the task passes it)")
-        self.tokenizer = tokenizer_object
+        self._use_tokenizer(tokenizer_object)
         rng = adapters.seed_base(peft)  # a rebuild reproduces the frozen base: adapter checkpoints omit it
         self.net = load_backbone(
             name_or_path,
-            auto_class="AutoModelForCausalLM",
+            auto_class=self.auto_class,
             from_scratch=from_scratch,
             config_overrides=dict(config_overrides or {}),
             attn_implementation=attn_implementation,
@@ -190,39 +239,7 @@ class CausalLM(adapters.AdapterCheckpoints, LMParts, TaskModule, pl.LightningMod
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=int(count))
         return loss
 
-    def _eval_step(self, stage: str, batch: Mapping[str, torch.Tensor]) -> None:
-        nats, target, pred = self.token_losses(batch)
-        valid = target != -100
-        safe = target.clamp(min=0)
-        metrics = self.metrics[stage]
-        metrics["nats"].update(nats.double().sum())
-        metrics["tokens"].update(valid.sum().double())
-        metrics["correct"].update(((pred == target) & valid).sum().double())
-        metrics["bytes"].update((self.token_bytes[safe] * valid).sum())
-
-    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step("val", batch)
-
-    def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step("test", batch)
-
-    def _log_epoch_metrics(self, stage: str) -> None:
-        totals = {k: float(v) for k, v in self.metrics[stage].compute().items()}
-        self.metrics[stage].reset()
-        tokens = max(totals["tokens"], 1.0)
-        loss = totals["nats"] / tokens
-        values = {
-            "loss": loss,
-            "ppl": math.exp(min(loss, 700.0)),
-            "token_acc": totals["correct"] / tokens,
-            "bpb": totals["nats"] / (math.log(2) * totals["bytes"]) if totals["bytes"] else float("nan"),
-            "tokens": totals["tokens"],
-        }
-        # Already reduced over ranks by torchmetrics; logged as plain numbers.
-        self.log_dict({f"{stage}/{name}": value for name, value in values.items()}, prog_bar=False)
-        self.log(f"{stage}/ppl_bar", values["ppl"], prog_bar=True, logger=False)
-
-    # ---- samples and export
+    # ---- samples
     @torch.no_grad()
     def complete(
         self, prompts: Sequence[str], max_new_tokens: int, sample: bool, temperature: float, top_k: int, seed: int
@@ -249,27 +266,6 @@ class CausalLM(adapters.AdapterCheckpoints, LMParts, TaskModule, pl.LightningMod
                 out.append(self.tokenizer.decode(generated[0, ids.shape[1] :], skip_special_tokens=True))
         self.train(was_training)
         return out
-
-    def export_pretrained(self, directory: Path) -> None:
-        """`save_pretrained` of the model and its tokenizer: loads as AutoModelForCausalLM (with peft: an adapter
-        dir, see lmlab.models.peft.export)."""
-        directory.mkdir(parents=True, exist_ok=True)
-        if adapters.enabled(self.hparams.peft):
-            adapters.export(
-                self.net,
-                directory,
-                self.hparams.peft,
-                {
-                    "auto_class": "AutoModelForCausalLM",
-                    "name_or_path": self.hparams.name_or_path,
-                    "gguf_file": self.hparams.gguf_file,
-                    "from_scratch": self.hparams.from_scratch is not None,
-                    "kwargs": {},
-                },
-            )
-        else:
-            self.net.save_pretrained(directory)
-        self.tokenizer.save_pretrained(directory)
 
 
 def causal_config(model_cfg: Mapping[str, Any]) -> Any:
@@ -302,20 +298,24 @@ def causal_config(model_cfg: Mapping[str, Any]) -> Any:
     return config
 
 
-def lm_module(
-    cls: type,
-    model_cfg: Mapping[str, Any],
-    tokenizer: Any,
-    optimizer: Mapping[str, Any] | None,
-    scheduler: Mapping[str, Any] | None,
-) -> Any:
-    """A language-model module (causal or masked) from the model config's LM keys and the connected tokenizer."""
-    kwargs = {k: model_cfg.get(k) for k in MODEL_KEYS if k in model_cfg}
-    kwargs["from_scratch"] = from_scratch_for(model_cfg, tokenizer)
-    return cls(**kwargs, optimizer=optimizer or {}, scheduler=scheduler or {}, tokenizer_object=tokenizer)
+class LMTask(Task):
+    """What CausalLMTask and MaskedLMTask share: blocks of dataset.max_length tokens (packed or per document), the
+    model's position limit, and the LM model keys."""
+
+    model_keys = MODEL_KEYS
+
+    def prepare(self, datamodule: Any) -> None:
+        self.max_length, self.packing = int(datamodule.max_length), bool(datamodule.packing)
+
+    def check_position_limit(self, limit: int | None) -> None:
+        if limit is not None and self.max_length > int(limit):
+            raise LmlabError(
+                f"dataset.max_length={self.max_length} is beyond the model's position limit "
+                f"({limit} positions); set dataset.max_length<={limit}."
+            )
 
 
-class CausalLMTask(Task):
+class CausalLMTask(LMTask):
     """Next-token prediction on the dataset's text (labels ignored); monitor val/loss, minimized."""
 
     def __init__(
@@ -333,9 +333,6 @@ class CausalLMTask(Task):
             raise LmlabError(f"task.max_tokens={max_tokens} must be a positive number of tokens (or null).")
         self.max_tokens = max_tokens
         self.samples = dict(samples or {})
-
-    def prepare(self, datamodule: Any) -> None:
-        self.max_length, self.packing = int(datamodule.max_length), bool(datamodule.packing)
 
     # ---- the encoding
     def tokenize(self, tokenizer: Any, examples: Sequence[Example], max_length: int) -> dict[str, list]:
@@ -368,12 +365,9 @@ class CausalLMTask(Task):
     def tokenizer(self, model_cfg: Mapping[str, Any], datamodule: Any) -> Any:
         # The architecture checks come first: they read only the config, and a wrong model is the likelier mistake.
         config = causal_config(model_cfg)
-        limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-        if limit is not None and self.max_length > int(limit):
-            raise LmlabError(
-                f"dataset.max_length={self.max_length} is beyond the model's position limit "
-                f"({limit} positions); set dataset.max_length<={limit}."
-            )
+        self.check_position_limit(
+            getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        )
         tokenizer = task_tokenizer(model_cfg, datamodule)
         if datamodule.packing and tokenizer.eos_token_id is None:
             raise LmlabError(
@@ -385,19 +379,6 @@ class CausalLMTask(Task):
 
     def module_class(self) -> type:
         return CausalLM
-
-    def module(
-        self,
-        model_cfg: Mapping[str, Any],
-        datamodule: Any,
-        tokenizer: Any,
-        optimizer: Mapping[str, Any] | None,
-        scheduler: Mapping[str, Any] | None,
-    ) -> CausalLM:
-        return lm_module(CausalLM, model_cfg, tokenizer, optimizer, scheduler)
-
-    def load_kwargs(self, datamodule: Any, tokenizer: Any) -> dict[str, Any]:
-        return {"tokenizer_object": tokenizer}
 
     def configure_trainer(self, trainer: Any, datamodule: Any, global_batch: int) -> None:
         """task.max_tokens (real training tokens, padding not counted) -> optimizer steps, epochs unlimited."""

@@ -19,7 +19,6 @@ exp(loss) over the masked targets, `/masked_acc` = argmax accuracy on them, `/to
 from __future__ import annotations
 
 import logging
-import math
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -34,9 +33,8 @@ from lmlab.data.datamodule import PadCollator
 from lmlab.data.sources import Example
 from lmlab.errors import LmlabError
 from lmlab.models.backbone import load_backbone
-from lmlab.tasks.base import Task, TaskModule
-from lmlab.tasks.classification import task_tokenizer
-from lmlab.tasks.language_modeling import BlockDataset, LMParts, lm_metrics, lm_module
+from lmlab.tasks.base import task_tokenizer
+from lmlab.tasks.language_modeling import BlockDataset, LMModule, LMTask, lm_metrics
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +101,11 @@ class MaskingCollator:
         return batch
 
 
-class MaskedLM(LMParts, TaskModule, pl.LightningModule):
+class MaskedLM(LMModule, pl.LightningModule):
     """An HF `AutoModelForMaskedLM` (pretrained, or random init) trained on masked-token prediction."""
+
+    auto_class = "AutoModelForMaskedLM"
+    accuracy = "masked_acc"
 
     def __init__(
         self,
@@ -123,12 +124,10 @@ class MaskedLM(LMParts, TaskModule, pl.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["tokenizer_object"])
-        if tokenizer_object is None:
-            raise ValueError("MaskedLM needs tokenizer_object (the task passes it)")
-        self.tokenizer = tokenizer_object
+        self._use_tokenizer(tokenizer_object)
         self.net = load_backbone(
             name_or_path,
-            auto_class="AutoModelForMaskedLM",
+            auto_class=self.auto_class,
             from_scratch=from_scratch,
             config_overrides=dict(config_overrides or {}),
             attn_implementation=attn_implementation,
@@ -146,7 +145,7 @@ class MaskedLM(LMParts, TaskModule, pl.LightningModule):
         self.train()  # from_pretrained returns eval mode, and Lightning keeps each module's mode as found
 
     def token_losses(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Nats, targets and argmax predictions of the masked positions only (flat).
+        """Nats, targets and argmax predictions of the masked positions only (flat: no -100 targets).
 
         The vocabulary projection runs on the ~15% of positions that are targets (MiniLM: 30,522 x 384 per token,
         ~1/3 of a full step's FLOPs otherwise) when the model's head is one module over the base model's hidden
@@ -170,39 +169,6 @@ class MaskedLM(LMParts, TaskModule, pl.LightningModule):
         loss = nats.sum() / max(target.numel(), 1)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=max(target.numel(), 1))
         return loss
-
-    def _eval_step(self, stage: str, batch: Mapping[str, torch.Tensor]) -> None:
-        nats, target, pred = self.token_losses(batch)
-        metrics = self.metrics[stage]
-        metrics["nats"].update(nats.double().sum())
-        metrics["tokens"].update(torch.tensor(float(target.numel()), dtype=torch.float64, device=nats.device))
-        metrics["correct"].update((pred == target).sum().double())
-
-    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step("val", batch)
-
-    def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step("test", batch)
-
-    def _log_epoch_metrics(self, stage: str) -> None:
-        totals = {k: float(v) for k, v in self.metrics[stage].compute().items()}
-        self.metrics[stage].reset()
-        tokens = max(totals["tokens"], 1.0)
-        loss = totals["nats"] / tokens
-        values = {
-            "loss": loss,
-            "ppl": math.exp(min(loss, 700.0)),
-            "masked_acc": totals["correct"] / tokens,
-            "tokens": totals["tokens"],
-        }
-        self.log_dict({f"{stage}/{name}": value for name, value in values.items()}, prog_bar=False)
-        self.log(f"{stage}/ppl_bar", values["ppl"], prog_bar=True, logger=False)
-
-    def export_pretrained(self, directory: Path) -> None:
-        """`save_pretrained` of the model and its tokenizer: loads as AutoModelForMaskedLM."""
-        directory.mkdir(parents=True, exist_ok=True)
-        self.net.save_pretrained(directory)
-        self.tokenizer.save_pretrained(directory)
 
 
 def log_fresh_head(model: Any, name_or_path: str) -> None:
@@ -233,7 +199,7 @@ def _tied(model: Any, name: str) -> bool:
         return False
 
 
-class MaskedLMTask(Task):
+class MaskedLMTask(LMTask):
     """Masked-token prediction on the dataset's text (labels ignored); monitor val/loss, minimized."""
 
     def __init__(
@@ -251,9 +217,6 @@ class MaskedLMTask(Task):
             raise LmlabError(f"task.mlm_probability={mlm_probability} must be in (0, 1), e.g. 0.15 (BERT's).")
         self.mlm_probability = float(mlm_probability)
         self.eval_mask_seed = int(eval_mask_seed)
-
-    def prepare(self, datamodule: Any) -> None:
-        self.max_length, self.packing = int(datamodule.max_length), bool(datamodule.packing)
 
     # ---- the encoding
     def tokenize(self, tokenizer: Any, examples: Sequence[Example], max_length: int) -> dict[str, list]:
@@ -290,12 +253,7 @@ class MaskedLMTask(Task):
     # ---- the module
     def tokenizer(self, model_cfg: Mapping[str, Any], datamodule: Any) -> Any:
         config = masked_config(model_cfg)
-        limit = getattr(config, "max_position_embeddings", None)
-        if limit is not None and self.max_length > int(limit):
-            raise LmlabError(
-                f"dataset.max_length={self.max_length} is beyond the model's position limit "
-                f"({limit} positions); set dataset.max_length<={limit}."
-            )
+        self.check_position_limit(getattr(config, "max_position_embeddings", None))
         tokenizer = task_tokenizer(model_cfg, datamodule)
         if tokenizer.mask_token is None:
             raise LmlabError(
@@ -307,19 +265,6 @@ class MaskedLMTask(Task):
 
     def module_class(self) -> type:
         return MaskedLM
-
-    def module(
-        self,
-        model_cfg: Mapping[str, Any],
-        datamodule: Any,
-        tokenizer: Any,
-        optimizer: Mapping[str, Any] | None,
-        scheduler: Mapping[str, Any] | None,
-    ) -> MaskedLM:
-        return lm_module(MaskedLM, model_cfg, tokenizer, optimizer, scheduler)
-
-    def load_kwargs(self, datamodule: Any, tokenizer: Any) -> dict[str, Any]:
-        return {"tokenizer_object": tokenizer}
 
 
 def masked_config(model_cfg: Mapping[str, Any]) -> Any:

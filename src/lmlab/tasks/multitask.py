@@ -19,7 +19,6 @@ import pytorch_lightning as pl
 import torch
 import torchmetrics
 from torch import nn
-from torch.nn import functional as F
 
 from lmlab import rundir
 from lmlab.errors import LmlabError
@@ -28,10 +27,9 @@ from lmlab.tasks.base import Task, TaskModule
 from lmlab.tasks.classification import (
     ClassificationTask,
     PooledHead,
-    TextClassifier,
+    classification_loss,
     classification_metrics,
-    from_scratch_for,
-    task_tokenizer,
+    scores_and_preds,
 )
 
 log = logging.getLogger(__name__)
@@ -82,9 +80,7 @@ class MultiTaskClassifier(TaskModule, pl.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["tokenizer_object"])
-        if tokenizer_object is None:
-            raise ValueError("MultiTaskClassifier needs tokenizer_object (the task passes it)")
-        self.tokenizer = tokenizer_object
+        self._use_tokenizer(tokenizer_object)
         self.subtasks = [dict(s) for s in subtasks]  # name, labels, problem_type, weight, in dataloader order
         self.names = [s["name"] for s in self.subtasks]
         self.threshold = threshold
@@ -112,7 +108,7 @@ class MultiTaskClassifier(TaskModule, pl.LightningModule):
                 for s in self.subtasks
             }
         )
-        TextClassifier._freeze(self, freeze_embeddings, freeze_layers)  # same rules as single-task
+        self._freeze(freeze_embeddings, freeze_layers)  # same rules as single-task
         if compile:
             self.encoder.compile(dynamic=compile_dynamic)
         self.metrics = nn.ModuleDict(
@@ -139,10 +135,6 @@ class MultiTaskClassifier(TaskModule, pl.LightningModule):
     def head(self) -> nn.Module:
         return self.heads
 
-    @property
-    def attn_implementation(self) -> str:
-        return str(self.encoder.config._attn_implementation)
-
     # ---- forward and loss
     def forward(self, batch: Mapping[str, torch.Tensor], task: int) -> torch.Tensor:
         inputs = {k: v for k, v in batch.items() if k not in ("labels", "idx", "task")}
@@ -155,23 +147,10 @@ class MultiTaskClassifier(TaskModule, pl.LightningModule):
         return self.heads[name](out.last_hidden_state, inputs["attention_mask"])
 
     def loss(self, task: int, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        kind = self.subtasks[task]["problem_type"]
-        if kind == "single_label":
-            return F.cross_entropy(logits.float(), labels)
-        if kind == "binary":
-            logits = logits.squeeze(-1)
-        return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+        return classification_loss(self.subtasks[task]["problem_type"], logits, labels)
 
     def scores_and_preds(self, task: int, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        kind, logits = self.subtasks[task]["problem_type"], logits.float()
-        if kind == "single_label":
-            scores = logits.softmax(-1)
-            return scores, scores.argmax(-1)
-        if kind == "binary":
-            positive = logits.squeeze(-1).sigmoid()
-            return torch.stack([1 - positive, positive], -1), (positive > self.threshold).long()
-        scores = logits.sigmoid()
-        return scores, (scores > self.threshold).long()
+        return scores_and_preds(self.subtasks[task]["problem_type"], logits, self.threshold)
 
     # ---- steps
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -184,7 +163,8 @@ class MultiTaskClassifier(TaskModule, pl.LightningModule):
         self.log(f"train/{self.names[task]}/loss", raw, on_step=False, on_epoch=True, batch_size=n)
         return loss
 
-    def _eval_step(self, stage: str, batch: Mapping[str, torch.Tensor], task: int) -> None:
+    def _eval_step(self, stage: str, batch: Mapping[str, torch.Tensor], dataloader_idx: int = 0) -> None:
+        task = dataloader_idx  # one eval loader per sub-task, in self.names' order
         name = self.names[task]
         logits = self(batch, task)
         labels = batch["labels"]
@@ -195,12 +175,6 @@ class MultiTaskClassifier(TaskModule, pl.LightningModule):
         if stage == "test":
             for i, label, pred, score in zip(batch["idx"].tolist(), target.tolist(), preds.tolist(), scores.tolist()):
                 self.predictions[name].append({"idx": i, "label": label, "pred": pred, "scores": score})
-
-    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step("val", batch, dataloader_idx)
-
-    def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step("test", batch, dataloader_idx)
 
     def on_test_epoch_start(self) -> None:
         self.predictions = {n: [] for n in self.names}
@@ -234,18 +208,18 @@ class MultiTaskClassifier(TaskModule, pl.LightningModule):
         )
 
     # ---- export
-    def export_pretrained(self, directory: Path) -> None:
-        """The shared encoder + tokenizer with `save_pretrained` (loads as AutoModel, and as a `model.init_from`
-        parent), the heads in `heads.pt` and the sub-tasks (labels, problem type) in `subtasks.json`."""
-        directory.mkdir(parents=True, exist_ok=True)
+    def _export_weights(self, directory: Path) -> None:
+        """The shared encoder with `save_pretrained` (loads as AutoModel, and as a `model.init_from` parent), the
+        heads in `heads.pt` and the sub-tasks (labels, problem type) in `subtasks.json`."""
         self.encoder.save_pretrained(directory)
-        self.tokenizer.save_pretrained(directory)
         torch.save({"pooling": self.hparams.pooling, "state_dict": self.heads.state_dict()}, directory / "heads.pt")
         (directory / "subtasks.json").write_text(json.dumps(self.subtasks, indent=2))
 
 
 class MultiTask(Task):
     """Sub-tasks from `dataset.subtasks` (lmlab.data.multitask); monitor val/mean_primary, maximized."""
+
+    model_keys = MODEL_KEYS
 
     def __init__(
         self,
@@ -313,36 +287,15 @@ class MultiTask(Task):
         datamodule.labels = [f"{s['name']}/{label}" for s in self.specs for label in s["labels"]]
         log.info("Sub-tasks: %s", {s["name"]: f"{len(s['labels'])} labels, weight {s['weight']:g}" for s in self.specs})
 
-    def connect(self, datamodule: Any, model_cfg: Mapping[str, Any]) -> Any:
-        datamodule.load()
-        self.prepare(datamodule)
-        tokenizer = self.tokenizer(model_cfg, datamodule)
-        datamodule.connect(tokenizer, self.encodings)
-        return tokenizer
-
-    def tokenizer(self, model_cfg: Mapping[str, Any], datamodule: Any) -> Any:
-        return task_tokenizer(model_cfg, datamodule)
+    def encoding(self) -> dict[str, ClassificationTask]:
+        """One encoding per sub-task (its labels): lmlab.data.multitask.MultiTaskDataModule.connect."""
+        return self.encodings
 
     def module_class(self) -> type:
         return MultiTaskClassifier
 
-    def module(
-        self,
-        model_cfg: Mapping[str, Any],
-        datamodule: Any,
-        tokenizer: Any,
-        optimizer: Mapping[str, Any] | None,
-        scheduler: Mapping[str, Any] | None,
-    ) -> MultiTaskClassifier:
-        kwargs = {k: model_cfg[k] for k in MODEL_KEYS if k in model_cfg}
-        kwargs["from_scratch"] = from_scratch_for(model_cfg, tokenizer)
-        return MultiTaskClassifier(
-            **kwargs,
-            subtasks=self.specs,
-            optimizer=optimizer or {},
-            scheduler=scheduler or {},
-            tokenizer_object=tokenizer,
-        )
+    def module_kwargs(self, model_cfg: Mapping[str, Any], datamodule: Any) -> dict[str, Any]:
+        return {"subtasks": self.specs}
 
     def load(self, ckpt_path: Path, datamodule: Any, model_cfg: Mapping[str, Any]) -> MultiTaskClassifier:
         module = super().load(ckpt_path, datamodule, model_cfg)
@@ -353,9 +306,6 @@ class MultiTask(Task):
                 f"Sub-task label maps differ: the data gives {now}, the checkpoint {ckpt_path} has {then}."
             )
         return module
-
-    def load_kwargs(self, datamodule: Any, tokenizer: Any) -> dict[str, Any]:
-        return {"tokenizer_object": tokenizer}
 
     def configure_trainer(self, trainer: Any, datamodule: Any, global_batch: int) -> None:
         if trainer.world_size > 1:
