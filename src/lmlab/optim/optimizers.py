@@ -125,10 +125,28 @@ def build_optimizer(backbone: nn.Module, head: nn.Module, cfg: Mapping[str, Any]
     return cls(groups, **args)
 
 
+# Schedules a Schedule-Free optimizer may run under: its averaging replaces the decay, warmup is fine.
+SCHEDULE_FREE_SCHEDULES = ("none", "constant_warmup")
+
+
+def check_schedule_free(optimizer: Mapping[str, Any], scheduler: Mapping[str, Any]) -> None:
+    """Refuse a decaying lr schedule with a Schedule-Free optimizer (one with train()/eval() modes)."""
+    cls = get_class(optimizer["_target_"])
+    name = scheduler.get("name", "none")
+    if callable(getattr(cls, "eval", None)) and callable(getattr(cls, "train", None)):
+        if name not in SCHEDULE_FREE_SCHEDULES:
+            raise LmlabError(
+                f"{cls.__module__}.{cls.__name__} (optimizer=schedulefree) is Schedule-Free: its iterate averaging "
+                f"replaces the lr decay, and scheduler={name} would change the lr as well (the averaging weights "
+                f"follow the lr). Use scheduler=constant_warmup (warmup, then a constant lr) or scheduler=none."
+            )
+
+
 def lightning_optimizers(
     backbone: nn.Module, head: nn.Module, optimizer: Mapping[str, Any], scheduler: Mapping[str, Any], total_steps: int
 ) -> Any:
     """What a LightningModule's `configure_optimizers` returns: the optimizer, with its step-wise scheduler."""
+    check_schedule_free(optimizer, scheduler)
     built = build_optimizer(backbone, head, optimizer)
     schedule = build_scheduler(built, scheduler, total_steps)
     return built if schedule is None else {"optimizer": built, "lr_scheduler": schedule}
