@@ -119,6 +119,14 @@ def build_optimizer(backbone: nn.Module, head: nn.Module, cfg: Mapping[str, Any]
         adamw_lr=args.get("adamw_lr") if muon else None,
         adamw_weight_decay=args.get("adamw_weight_decay") if muon else None,
     )
+    log.info(
+        "optimizer %s: lr %s, weight_decay %s (%d parameter groups, lr %s)",
+        cfg["_target_"],
+        args["lr"],
+        args.get("weight_decay"),
+        len(groups),
+        ", ".join(f"{lr:g}" for lr in sorted({g["lr"] for g in groups})),
+    )
     for key in ("betas", "adamw_betas", "ns_coefficients"):
         if args.get(key) is not None:
             args[key] = tuple(args[key])
