@@ -163,3 +163,12 @@ def test_state_dict_round_trip_resumes_bitwise() -> None:
     train_steps(resumed, optimizer, [2, 3])
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_fsdp_flat_shards_are_refused() -> None:
+    class FlatParameter(torch.nn.Parameter):  # what FSDP hands the optimizer (by name: torch's class is internal)
+        pass
+
+    groups = [{"params": [FlatParameter(torch.zeros(4, 4))], "use_muon": True}]
+    with pytest.raises(LmlabError, match="FSDP flattens them"):
+        MuonWithAdamW(groups)

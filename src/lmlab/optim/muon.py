@@ -77,7 +77,8 @@ class MuonWithAdamW(torch.optim.Optimizer):
         if not muon_groups:
             raise LmlabError(
                 "optimizer=muon found no trainable 2-D hidden weight matrix to orthogonalize (embeddings, the head, "
-                "norms and biases go to its AdamW side). Train the model's hidden layers, or use optimizer=adamw."
+                "norms and biases go to its AdamW side). Train the model's hidden layers, or use optimizer=adamw. "
+                "(With trainer=fsdp the matrices reach the optimizer flattened into 1-D shards: use trainer=ddp.)"
             )
         check_not_flat(p for g in groups for p in g["params"])
         muon_defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
