@@ -1,5 +1,6 @@
 """Optimizers, their parameter groups and learning-rate schedules."""
 
+from lmlab.optim.muon import MuonWithAdamW
 from lmlab.optim.optimizers import (
     GROUP_KEYS,
     build_optimizer,
@@ -12,6 +13,7 @@ from lmlab.optim.schedulers import build_scheduler, warmup_steps
 
 __all__ = [
     "GROUP_KEYS",
+    "MuonWithAdamW",
     "build_optimizer",
     "build_scheduler",
     "find_layers",

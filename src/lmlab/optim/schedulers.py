@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 import torch
@@ -28,11 +29,9 @@ def build_scheduler(
             optimizer, mode=cfg.get("mode", "min"), factor=cfg.get("factor", 0.5), patience=cfg.get("patience", 1)
         )
         return {"scheduler": scheduler, "interval": "epoch", "monitor": cfg.get("monitor", "val/loss")}
-    from transformers import get_scheduler
-
     hf_names = {"linear": "linear", "cosine": "cosine", "constant_warmup": "constant_with_warmup"}
-    if name not in hf_names:
-        raise LmlabError(f"scheduler.name={name!r} is unknown; use one of {['none', 'plateau', *hf_names]}.")
+    if name not in (*hf_names, "wsd"):
+        raise LmlabError(f"scheduler.name={name!r} is unknown; use one of {['none', 'plateau', *hf_names, 'wsd']}.")
     warmup = warmup_steps(cfg.get("warmup", 0), total_steps)
     if cfg.get("warmup", 0) >= 1 and warmup >= total_steps:
         # The lr would still be climbing when the run ends: the configured peak lr is never used.
@@ -41,5 +40,66 @@ def build_scheduler(
             f"{total_steps} optimizer steps: the lr never reaches optimizer.lr. Use a fraction "
             f"(e.g. scheduler.warmup=0.1) or fewer than {total_steps} steps, or train longer."
         )
-    scheduler = get_scheduler(hf_names[name], optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+    min_lr_ratio = float(cfg.get("min_lr_ratio", 0.0) or 0.0)
+    if not 0.0 <= min_lr_ratio <= 1.0:
+        raise LmlabError(f"scheduler.min_lr_ratio={min_lr_ratio} must be in [0, 1] (a fraction of optimizer.lr).")
+    if name == "wsd":
+        scheduler = wsd_scheduler(optimizer, cfg, warmup, total_steps, min_lr_ratio)
+    elif name == "cosine":
+        from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
+
+        # min_lr_rate=0 is transformers' plain cosine factor, value for value.
+        scheduler = get_cosine_with_min_lr_schedule_with_warmup(
+            optimizer, num_warmup_steps=warmup, num_training_steps=total_steps, min_lr_rate=min_lr_ratio
+        )
+    else:
+        from transformers import get_scheduler
+
+        scheduler = get_scheduler(hf_names[name], optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
     return {"scheduler": scheduler, "interval": "step", "frequency": 1}
+
+
+WSD_SHAPES = ("linear", "cosine", "1-sqrt")
+
+
+def wsd_factor(step: int, *, warmup: int, decay_start: int, decay_steps: int, shape: str, min_lr_ratio: float) -> float:
+    """The lr multiplier of optimizer step `step` (0-based): linear warmup from 0, 1 while stable, then the decay
+    shape from 1 down to min_lr_ratio over decay_steps (progress (step - decay_start) / decay_steps, as
+    transformers' linear and cosine schedules count it: the last step's lr is one decay step above the floor)."""
+    if step < warmup:
+        return step / warmup
+    if step < decay_start:
+        return 1.0
+    progress = min(1.0, (step - decay_start) / decay_steps)
+    if shape == "linear":
+        factor = 1.0 - progress
+    elif shape == "cosine":
+        factor = 0.5 * (1.0 + math.cos(math.pi * progress))
+    else:  # 1-sqrt (Hägele et al. 2024)
+        factor = 1.0 - math.sqrt(progress)
+    return min_lr_ratio + (1.0 - min_lr_ratio) * factor
+
+
+def wsd_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any], warmup: int, total_steps: int, min_lr_ratio: float
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Warmup -> stable -> decay over the last `decay` fraction of the run's optimizer steps."""
+    decay = cfg.get("decay", 0.2)
+    shape = cfg.get("decay_shape", "1-sqrt")
+    if decay is None or not 0.0 < float(decay) <= 1.0:
+        raise LmlabError(
+            f"scheduler.decay={decay} must be a fraction of the run in (0, 1]: the last decay x optimizer steps "
+            f"decay the lr (e.g. scheduler.decay=0.2; 1 = decay right after the warmup)."
+        )
+    if shape not in WSD_SHAPES:
+        raise LmlabError(f"scheduler.decay_shape={shape!r} is unknown; use one of {list(WSD_SHAPES)}.")
+    decay_steps = max(1, min(math.ceil(float(decay) * total_steps), total_steps - warmup))
+    factor = partial(
+        wsd_factor,
+        warmup=warmup,
+        decay_start=total_steps - decay_steps,
+        decay_steps=decay_steps,
+        shape=shape,
+        min_lr_ratio=min_lr_ratio,
+    )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

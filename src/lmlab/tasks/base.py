@@ -263,6 +263,12 @@ class TaskModule(ABC):
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics("test")
 
+    def configure_callbacks(self) -> list[Any]:
+        # Schedule-Free optimizers: validation, checkpoints, test and export must see the eval-mode weights.
+        from lmlab.callbacks.schedule_free import ScheduleFreeModes
+
+        return [ScheduleFreeModes()]
+
     def configure_optimizers(self) -> Any:
         from lmlab.optim import lightning_optimizers
 

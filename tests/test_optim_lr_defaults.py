@@ -1,0 +1,54 @@
+"""Each optimizer keeps its own default lr; a task sets one only for the optimizers it has a value for
+(conf/lr_defaults/<task>_<optimizer>.yaml), and an experiment or the command line still wins."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from tests.conftest import ROOT, compose_train
+
+CONF = ROOT / "conf"
+
+
+def own(optimizer: str) -> dict:
+    return OmegaConf.to_container(OmegaConf.load(CONF / "optimizer" / f"{optimizer}.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "lr"),
+    [
+        (["task=causal_lm"], 3e-3),  # AdamW from scratch: the task's value
+        (["task=causal_lm", "optimizer=adafactor"], 3e-3),
+        (["task=causal_lm", "optimizer=lion"], 3e-4),
+        (["task=causal_lm", "optimizer=sgd"], own("sgd")["lr"]),  # no LM value for SGD: its own, not AdamW's
+        (["task=causal_lm", "optimizer=muon"], own("muon")["lr"]),
+        (["task=causal_lm", "optimizer=schedulefree", "scheduler=constant_warmup"], own("schedulefree")["lr"]),
+        (["task=causal_lm", "optimizer=soap"], own("soap")["lr"]),
+        (["task=causal_lm", "optimizer=sgd", "optimizer.lr=0.5"], 0.5),  # the command line wins
+        (["task=masked_lm"], 5e-5),
+        (["experiment=dapt_pretrain"], 5e-5),
+        ([], own("adamw")["lr"]),
+        (["optimizer=lion"], own("lion")["lr"]),  # classification: no task value
+    ],
+)
+def test_the_lr_a_run_gets(overrides: list[str], lr: float, tmp_path: Path) -> None:
+    assert compose_train(overrides, tmp_path).optimizer.lr == lr
+
+
+def test_lion_gets_its_lm_weight_decay_and_an_experiment_still_wins(tmp_path: Path) -> None:
+    assert compose_train(["task=causal_lm", "optimizer=lion"], tmp_path / "a").optimizer.weight_decay == 0.1
+    bbc = compose_train(["task=causal_lm", "experiment=bbc_minilm"], tmp_path / "b")
+    assert bbc.optimizer.lr == OmegaConf.load(CONF / "experiment" / "bbc_minilm.yaml").optimizer.lr
+
+
+@pytest.mark.parametrize("path", sorted((CONF / "lr_defaults").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_lr_default_names_a_task_and_an_optimizer_and_only_their_arguments(path: Path) -> None:
+    tasks = {p.stem for p in (CONF / "task").glob("*.yaml")}
+    task = next(t for t in tasks if path.stem.startswith(f"{t}_"))
+    optimizer = path.stem[len(task) + 1 :]
+    assert (CONF / "optimizer" / f"{optimizer}.yaml").is_file(), path
+    assert path.read_text().startswith("# @package optimizer\n")
+    assert set(OmegaConf.load(path)) <= set(own(optimizer)), path
