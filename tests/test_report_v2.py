@@ -143,6 +143,97 @@ def test_permutation_p_with_tied_accuracies_is_exact(paired: bool) -> None:
     assert S.permutation_p_paired(x - y) == (1.0, True)
 
 
+def _scipy_p_paired(d: np.ndarray, integers: bool = False) -> tuple[float, bool]:
+    """The candidate replacement of S.permutation_p_paired (issue 21): scipy's sign-flip permutation_test of the sum,
+    exact below the same MAX_EXACT, Monte Carlo with the same seed above; `integers` feeds it the _quantize grid."""
+    exact = 2**d.size <= S.MAX_EXACT
+    data = S._quantize(d)[0] if integers else d
+    res = stats.permutation_test(
+        (data,),
+        lambda a, axis: np.sum(a, axis=axis),
+        permutation_type="samples",
+        vectorized=True,
+        n_resamples=np.inf if exact else S.N_RESAMPLES,
+        rng=S.RNG_SEED,
+    )
+    return float(res.pvalue), exact
+
+
+def _scipy_p_independent(x: np.ndarray, y: np.ndarray, integers: bool = False) -> tuple[float, bool]:
+    """The same for S.permutation_p_independent. On integers the statistic is sum(x): for fixed pooled data it is an
+    increasing affine map of mean(x) - mean(y) (same p), and scipy then compares exactly (no tolerance)."""
+    exact = math.comb(x.size + y.size, x.size) <= S.MAX_EXACT
+    if integers:
+        data, stat = tuple(S._quantize(x, y)), lambda a, b, axis: np.sum(a, axis=axis)
+    else:
+        data, stat = (x, y), lambda a, b, axis: np.mean(a, axis=axis) - np.mean(b, axis=axis)
+    res = stats.permutation_test(
+        data, stat, vectorized=True, n_resamples=np.inf if exact else S.N_RESAMPLES, rng=S.RNG_SEED
+    )
+    return float(res.pvalue), exact
+
+
+def test_scipy_permutation_test_agrees_without_ties() -> None:
+    # Continuous values (no ties): scipy's exact permutation_test gives bitwise our p, on floats and on the grid.
+    rng = np.random.default_rng(7)
+    for n in (2, 3, 5, 8):
+        for _ in range(10):
+            d = rng.normal(size=n) * 10.0 ** rng.integers(-3, 3)
+            assert S.permutation_p_paired(d) == _scipy_p_paired(d) == _scipy_p_paired(d, integers=True)
+            x, y = rng.normal(size=n), rng.normal(loc=0.5, size=n + 1)
+            assert S.permutation_p_independent(x, y) == _scipy_p_independent(x, y)
+            assert S.permutation_p_independent(x, y) == _scipy_p_independent(x, y, integers=True)
+        # Constant values tie with every assignment (or every same-sign one) either way too.
+        for d in (np.zeros(n), np.full(n, 0.01)):
+            assert S.permutation_p_paired(d) == _scipy_p_paired(d) == _scipy_p_paired(d, integers=True)
+        x, y = np.full(n, 0.5), np.full(n + 1, 0.25)
+        assert S.permutation_p_independent(x, y) == _scipy_p_independent(x, y)
+        assert S.permutation_p_independent(x, y) == _scipy_p_independent(x, y, integers=True)
+
+
+def test_scipy_permutation_test_differs_on_ties_and_monte_carlo() -> None:
+    # Why permutation_p_paired/_independent stay hand-written (issue 21; the comment above them in stats.py).
+    # 1. Floats: scipy's tolerance is 100 eps * |observed|; k/N sums equal up to float rounding stop tying.
+    kx, ky = [170, 171, 171], [171, 170, 172]
+    x, y = np.array(kx) / 212, np.array(ky) / 212
+    want = exact_paired_p([Fraction(k, 212) for k in kx], [Fraction(k, 212) for k in ky])
+    assert S.permutation_p_paired(x - y) == (want, True) == (1.0, True)
+    assert _scipy_p_paired(x - y) == (0.75, True)
+    kx, ky = [172, 174, 174], [170, 172, 172]
+    x, y = np.array(kx) / 212, np.array(ky) / 212
+    want = exact_indep_p([Fraction(k, 212) for k in kx], [Fraction(k, 212) for k in ky])
+    assert S.permutation_p_independent(x, y) == pytest.approx((want, True), abs=1e-12)
+    assert S.permutation_p_independent(x, y) == (0.3, True)
+    assert _scipy_p_independent(x, y) == (0.1, True)
+    # 2. The integer grid: rounding each value is not additive (round(2v) != 2 round(v)), so exact ties break.
+    kd = [1, -1, -1, 0, 2]
+    d = np.array(kd) / 155
+    q = S._quantize(d)[0]
+    assert q[4] != 2 * q[0]
+    want = exact_paired_p([Fraction(k, 155) for k in kd], [Fraction(0)] * len(kd))
+    assert S.permutation_p_paired(d) == (want, True) == (1.0, True)
+    assert _scipy_p_paired(d, integers=True) == (0.875, True)
+    kx, ky = [3, 3, 5], [4, 1, 5]
+    x, y = np.array(kx) / 155, np.array(ky) / 155
+    want = exact_indep_p([Fraction(k, 155) for k in kx], [Fraction(k, 155) for k in ky])
+    assert S.permutation_p_independent(x, y) == pytest.approx((want, True), abs=1e-12)
+    assert S.permutation_p_independent(x, y) == (1.0, True)
+    assert _scipy_p_independent(x, y, integers=True) == pytest.approx((0.9, True), abs=1e-12)
+    # 3. Monte Carlo: the same seed draws other assignments, so the reported p changes (both estimate one p).
+    d = np.random.default_rng(0).normal(size=17)
+    ours, theirs = S.permutation_p_paired(d), _scipy_p_paired(d)
+    assert ours[1] is theirs[1] is False
+    assert ours[0] != theirs[0] and abs(ours[0] - theirs[0]) < 0.03
+    x, y = np.random.default_rng(0).normal(size=(2, 10))
+    ours, theirs = S.permutation_p_independent(x, y), _scipy_p_independent(x, y)
+    assert ours[1] is theirs[1] is False
+    assert ours[0] != theirs[0] and abs(ours[0] - theirs[0]) < 0.03
+    # 4. One value on a side (compare() tests it when one group has a single seed): scipy refuses.
+    assert S.permutation_p_independent(np.array([0.5]), np.array([0.4, 0.6])) == (1.0, True)
+    with pytest.raises(ValueError, match="two or more observations"):
+        _scipy_p_independent(np.array([0.5]), np.array([0.4, 0.6]))
+
+
 def test_constant_differences(tmp_path: Path) -> None:
     # baseline + 0.01 has a spread of ~1e-16 from float rounding: old p_t = 1e-58 (30 seeds: 0.0), while an
     # exactly constant difference gave NaN. Now both: t undefined, exact sign-flip p = 2/2^n.

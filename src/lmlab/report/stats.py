@@ -120,6 +120,17 @@ def _tie_tol(*arrays: np.ndarray) -> float:
     return PERMUTATION_RTOL * max(1.0, biggest)
 
 
+# Why these two tests are not scipy.stats.permutation_test (checked for issue 21 with scipy 1.17; the cases are in
+# tests/test_report_v2.py::test_scipy_permutation_test_*). Without ties scipy gives bitwise the same p, but:
+# - on floats its tie tolerance is 100 eps * |observed statistic|, not the data's magnitude: k/N accuracies whose
+#   sums are equal up to float rounding stop tying (x = [170, 171, 171]/212, y = [171, 170, 172]/212 paired: p 0.75,
+#   exact enumeration over fractions and ours: 1.0; unpaired x = [172, 174, 174]/212, y = [170, 172, 172]/212: 0.1
+#   vs 0.3). A relative tolerance is 0 at an observed statistic of 0 and grows with it, never one band;
+# - on integers (our _quantize grid, where scipy compares exactly) rounding each value is not additive,
+#   round(2v) != 2 round(v), so sums that tie exactly stop tying (d = [1, -1, -1, 0, 2]/155: 0.875 vs 1.0;
+#   x = [3, 3, 5]/155, y = [4, 1, 5]/155: 0.9 vs 1.0);
+# - Monte Carlo (above MAX_EXACT) draws other assignments from the same seed, so every reported p changes;
+# - it needs two values per sample, and compare() tests one value against several.
 def permutation_p_paired(d: Sequence[float]) -> tuple[float, bool]:
     """Two-sided sign-flip permutation p of mean(d) and whether it is exact (all 2^n flips enumerated)."""
     d = np.asarray(d, dtype=float)
