@@ -69,3 +69,19 @@ def test_an_old_checkpoint_resumes_to_what_the_old_code_resumed_it_to(tmp_path: 
     assert _floats(got, "test/") == _floats(expected, "test/")
     assert _floats(got, "val/") == _floats(expected, "val/")
     assert got["best/epoch"] == expected["best/epoch"]
+
+
+@pytest.mark.parametrize("name", ["cls", "clm"])
+def test_the_same_config_and_seed_trains_to_the_old_commits_metrics(name: str, tmp_path: Path) -> None:
+    """The restructure changed no number: retraining a fixture's exact overrides gives its metrics.json values."""
+    import yaml
+
+    overrides = yaml.safe_load((FIXTURES / name / ".hydra" / "overrides.yaml").read_text())
+    result = run_cli("train.py", *overrides, f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    old, new = read_metrics(FIXTURES / name), read_metrics(tmp_path / "run")
+    assert len(_floats(old, "test/")) >= 4
+    for prefix in ("val/", "test/", "best/"):
+        assert _floats(new, prefix) == _floats(old, prefix), prefix
+    assert new["best/epoch"] == old["best/epoch"]
+    assert new["meta/config_digest"] == old["meta/config_digest"]
