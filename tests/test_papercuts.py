@@ -1,0 +1,49 @@
+"""Everyday papercuts (issue 24): misspelt groups, file modes, report wording, false warnings, silent phases,
+throughput after a resume, and the MLflow logger."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, compose_train, run_cli
+
+
+# ---- 1. a misspelt config group is refused, before torch is imported
+def test_misspelt_group_is_refused_with_the_group_it_meant(tmp_path: Path) -> None:
+    from lmlab.config import config_dir
+    from lmlab.config.groups import check_top_level_names
+    from lmlab.errors import LmlabError
+
+    # --cfg job: on a build without the check this prints the config and exits 0 at once (no training).
+    res = run_cli("train.py", "+optimiser=adamw", f"paths.log_dir={tmp_path}", "--cfg", "job", timeout=60)
+    assert res.returncode == 1, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "'optimiser' is not a config group" in res.stderr and "Did you mean 'optimizer'" in res.stderr
+    for arg in ("optimiser=adamw", "++optimiser.lr=1e-3", "+schedular=cosine"):
+        with pytest.raises(LmlabError, match="Did you mean '(optimizer|scheduler)'"):
+            check_top_level_names([arg], config_dir())
+
+
+def test_group_check_runs_before_torch_and_user_namespace_passes(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from lmlab.cli import preparse\n"
+        "try:\n"
+        "    preparse(['train.py', '+optimiser=adamw'])\n"
+        "except SystemExit as e:\n"
+        "    print('exit', e.code, 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.stdout.strip() == "exit 1 False", out.stdout + out.stderr
+
+    from lmlab.config import config_dir, validate
+    from lmlab.config.groups import check_top_level_names
+
+    user = ["+user.note=baseline", "+user.ticket=42", "optimizer=sgd", "hydra.run.dir=x", "--cfg", "job", "~tags"]
+    check_top_level_names(user, config_dir())  # documented namespace, flags and real names pass
+    cfg = compose_train(["+user.note=baseline"], tmp_path / "run")
+    validate(cfg)
+    assert cfg.user.note == "baseline"
