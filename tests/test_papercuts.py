@@ -47,3 +47,38 @@ def test_group_check_runs_before_torch_and_user_namespace_passes(tmp_path: Path)
     cfg = compose_train(["+user.note=baseline"], tmp_path / "run")
     validate(cfg)
     assert cfg.user.note == "baseline"
+
+
+# ---- 2. every file a run writes follows the umask (exports and the tokenization cache included)
+def _modes_not_following(root: Path, umask: int) -> list[str]:
+    import stat
+
+    bad = []
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink():
+            continue
+        want = (0o777 if path.is_dir() else 0o666) & ~umask
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode != want:
+            bad.append(f"{oct(mode)} {path.relative_to(root)}")
+    return bad
+
+
+def test_run_dir_exports_and_cache_follow_the_umask(
+    train_tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("LMLAB_CACHE_DIR", str(cache))  # a fresh cache: its files are written by this run
+    old = os.umask(0o022)
+    try:
+        _, full = train_tiny("export_model=true", "callbacks.progress_bar=null")
+        _, lora = train_tiny("export_model=true", "peft=lora", "callbacks.progress_bar=null")
+    finally:
+        os.umask(old)
+    assert (full / "model" / "model.safetensors").is_file()
+    assert (lora / "model" / "adapter_model.safetensors").is_file()
+    assert list(cache.rglob("*.npz"))
+    for root in (full, lora, cache):
+        assert _modes_not_following(root, 0o022) == [], root

@@ -177,6 +177,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         task.write_outputs(run_dir, model, datamodule, "test", trainer.loggers)
         if cfg.get("export_model"):
             model.export_pretrained(run_dir / rundir.EXPORT)
+            rundir.follow_umask(run_dir / rundir.EXPORT)  # readable by teammates under umask 0022
         log.info(
             "%s=%.4f  test: %s  -> %s",
             task.monitor,
