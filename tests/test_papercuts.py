@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, compose_train, run_cli
+from tests.conftest import ROOT, TINY, compose_train, run_cli, single_run_dir
 
 
 # ---- 1. a misspelt config group is refused, before torch is imported
@@ -82,3 +82,33 @@ def test_run_dir_exports_and_cache_follow_the_umask(
     assert list(cache.rglob("*.npz"))
     for root in (full, lora, cache):
         assert _modes_not_following(root, 0o022) == [], root
+
+
+# ---- 4 + 6. no false warnings on a short run or an exact resume; a resumed run keeps its throughput numbers
+QUIET = [*TINY, "callbacks.progress_bar=null"]
+MONITOR_WARNING = "could not find the monitored key"
+LOADER_WARNING = "dataloader is not resumable"
+
+
+def test_short_run_and_resume_warn_nothing_false_and_keep_throughput(tmp_path: Path) -> None:
+    import json
+
+    short = run_cli("train.py", *QUIET, "trainer.max_steps=3", f"paths.log_dir={tmp_path / 'short'}")
+    assert short.returncode == 0, short.stderr[-3000:]
+    assert MONITOR_WARNING not in short.stdout + short.stderr
+    assert "no validation ran before step 3" in short.stdout + short.stderr  # what happens instead
+
+    log_dir = tmp_path / "resume"
+    args = [*QUIET, "trainer.max_epochs=2", "callbacks.early_stopping=null", f"paths.log_dir={log_dir}"]
+    first = run_cli("train.py", *args, env={"LMLAB_FAULT_SIGNAL": "step:9:SIGTERM"})  # epoch 2 of 6-step epochs
+    assert first.returncode == 128 + 15, first.stderr[-3000:]
+    run_dir = single_run_dir(log_dir)
+    second = run_cli("train.py", *args, f"ckpt_path={run_dir}")
+    assert second.returncode == 0, second.stderr[-3000:]
+    out = second.stdout + second.stderr
+    assert LOADER_WARNING not in out and MONITOR_WARNING not in out
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["perf/train_resumed"] is True and metrics["perf/train_resumed_from_step"] == 9
+    for key in ("samples_per_sec", "tokens_per_sec", "step_time_s"):
+        assert metrics[f"perf/train_{key}"] > 0, key
+    assert "resumed attempt's steps 10-12" in metrics["perf/train_note"]
