@@ -112,3 +112,40 @@ def test_short_run_and_resume_warn_nothing_false_and_keep_throughput(tmp_path: P
     for key in ("samples_per_sec", "tokens_per_sec", "step_time_s"):
         assert metrics[f"perf/train_{key}"] > 0, key
     assert "resumed attempt's steps 10-12" in metrics["perf/train_note"]
+
+
+# ---- 3. the report says what the data support next to "selected"; the hparam plot shows the selection metric
+def test_report_says_what_the_data_support_and_plots_the_selection_metric(tmp_path: Path) -> None:
+    import json
+
+    import numpy as np
+
+    from lmlab.report import main
+    from tests.test_report import GRID, G, make_grid_sweep, write_job
+
+    # Two optimizers within noise of each other: the higher val mean is selected, but nothing is detected.
+    sweep = tmp_path / "close"
+    noise = {"adamw": [0.80, 0.83, 0.79], "sgd": [0.81, 0.80, 0.82]}
+    for i, (opt, seed) in enumerate((o, s) for o in noise for s in range(3)):
+        v = noise[opt][seed]
+        metrics = {"val/f1_macro": v, "test/f1_macro": v - 0.01, "meta/monitor": "val/f1_macro", "meta/mode": "max"}
+        write_job(sweep / str(i), [f"optimizer={opt}", f"seed={seed}"], metrics)
+    assert main([str(sweep), "--no-plots", "--baseline", "optimizer=adamw"]) == 0
+    md = (sweep / "report.md").read_text()
+    line = next(x for x in md.splitlines() if x.startswith("- selected:"))
+    assert line.startswith("- selected: `optimizer=sgd`")
+    assert "no detectable difference from the baseline optimizer=adamw on test/f1_macro at this power" in line
+    assert "MDE " in line and "seeds needed" in line
+    assert main([str(sweep), "--no-plots"]) == 0  # no baseline: a ranking, nothing tested
+    md = (sweep / "report.md").read_text()
+    assert "no difference was tested" in next(x for x in md.splitlines() if x.startswith("- selected:"))
+
+    grid = make_grid_sweep(tmp_path / "grid")
+    assert main([str(grid), "--baseline", G[("adamw", "1e-4")]]) == 0
+    rep = json.loads((grid / "report.json").read_text())
+    hp = rep["hparam"]
+    assert hp["key"] == "optimizer.lr" and hp["metric"] == "val/f1_macro"
+    for p in hp["points"]:
+        key = next(k for k, name in G.items() if name == p["group"])
+        assert p["mean"] == pytest.approx(np.mean([v for v in GRID[key]["val"] if v is not None]))
+    assert "baseline itself was selected" in rep["selection"]["support"]
