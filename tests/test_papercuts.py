@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, TINY, compose_train, run_cli, single_run_dir
+from tests.conftest import MINILM_DIR, ROOT, TINY, compose_train, run_cli, single_run_dir
 
 
 # ---- 1. a misspelt config group is refused, before torch is imported
@@ -149,3 +149,29 @@ def test_report_says_what_the_data_support_and_plots_the_selection_metric(tmp_pa
         key = next(k for k, name in G.items() if name == p["group"])
         assert p["mean"] == pytest.approx(np.mean([v for v in GRID[key]["val"] if v is not None]))
     assert "baseline itself was selected" in rep["selection"]["support"]
+
+
+# ---- 5. long phases say what they are doing (model loading, data preparation, evaluation)
+def test_long_phases_log_what_they_do(train_tiny, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from lmlab.eval import evaluate
+    from lmlab.models.backbone import load_backbone
+
+    with caplog.at_level(logging.INFO, logger="lmlab"):
+        _, run_dir = train_tiny("callbacks.progress_bar=null")
+        trained = caplog.text
+        caplog.clear()
+        evaluate(compose_train([f"ckpt_path={run_dir}", "split=val"], tmp_path / "eval", config_name="eval"))
+        evaluated = caplog.text
+        caplog.clear()
+        load_backbone(str(MINILM_DIR), auto_class="AutoModel")  # from_pretrained, as model=smollm2 is loaded
+        loaded = caplog.text
+    for text in (trained, evaluated):
+        # Before and after: a minute of silence is never a hung process.
+        assert "building (random init) model " in text and "(AutoModelForSequenceClassification): done in " in text
+        assert "data (tokenizing, or reading the tokenization cache) ..." in text
+        assert "data (tokenizing, or reading the tokenization cache): done in" in text
+    assert f"loading model {MINILM_DIR} (AutoModel) ..." in loaded and "(AutoModel): done in" in loaded
+    assert "evaluating checkpoints/epoch000-step000006" in trained and " on val and test" in trained
+    assert "evaluating on val (" in evaluated and "loading checkpoint " in evaluated
