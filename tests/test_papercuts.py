@@ -175,3 +175,38 @@ def test_long_phases_log_what_they_do(train_tiny, tmp_path: Path, caplog: pytest
     assert f"loading model {MINILM_DIR} (AutoModel) ..." in loaded and "(AutoModel): done in" in loaded
     assert "evaluating checkpoints/epoch000-step000006" in trained and " on val and test" in trained
     assert "evaluating on val (" in evaluated and "loading checkpoint " in evaluated
+
+
+# ---- 7. logger=mlflow: offline (local SQLite store), a sweep is one experiment, each job a run
+def test_mlflow_logger_offline_sweep_is_one_experiment(tmp_path: Path) -> None:
+    import json
+
+    mlflow = pytest.importorskip("mlflow")
+
+    sweep = tmp_path / "sweep"
+    res = run_cli(
+        "train.py",
+        "-m",
+        *QUIET,
+        "logger=mlflow",
+        "seed=1,2",
+        f"paths.log_dir={tmp_path}",
+        f"hydra.sweep.dir={sweep}",
+        env={"MLFLOW_TRACKING_URI": ""},  # never a server from the environment
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(f"lmlab/{sweep.name}")
+    assert experiment is not None, [e.name for e in client.search_experiments()]
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    assert sorted(runs) == ["seed=1", "seed=2"]  # named by the overrides that vary, like W&B
+    for seed in (1, 2):
+        run = runs[f"seed={seed}"]
+        metrics = json.loads((sweep / f"seed={seed}" / "metrics.json").read_text())
+        assert run.info.status == "FINISHED"
+        assert run.data.params["seed"] == str(seed) and run.data.params["model/name_or_path"]
+        assert run.data.tags["override.seed"] == str(seed) and run.data.tags["sweep"] == sweep.name
+        assert run.data.metrics["test/f1_macro"] == pytest.approx(metrics["test/f1_macro"])
+        assert client.get_metric_history(run.info.run_id, "train/loss_epoch")  # logged during the fit too
+        assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"metrics.json", "manifest.json"}
+    assert not (ROOT / "mlruns").exists()  # nothing written outside paths.log_dir
