@@ -103,13 +103,13 @@ def _kill_job_processes(job_id: str) -> None:
 def test_sweep_with_a_preempted_job_resumes_exactly(tmp_path: Path) -> None:
     """Two identical jobs; one gets USR2 mid-training, requeues, resumes from resume.ckpt: same final metrics."""
     sweep = tmp_path / "sweep"
-    proc = _sweep(sweep, "+variant=reference,preempted")
-    preempted = _job_dir(sweep, "variant=preempted")
+    proc = _sweep(sweep, "+user.variant=reference,preempted")
+    preempted = _job_dir(sweep, "user.variant=preempted")
     _wait_file(preempted / "checkpoints" / "last.ckpt", timeout=240)  # epoch 1 done, epoch 2 running
     _signal(_slurm_id(preempted), "USR2")
     out, err = proc.communicate(timeout=480)
     assert proc.returncode == 0, err[-3000:]
-    reference = _job_dir(sweep, "variant=reference")
+    reference = _job_dir(sweep, "user.variant=reference")
     assert _status(reference)["status"] == "completed" and _status(reference)["attempts"] == 1
     status = _status(preempted)
     # Early in a 60-min limit, submitit treats USR2 as a pre-emption (not counted against max_num_timeout).
@@ -120,7 +120,7 @@ def test_sweep_with_a_preempted_job_resumes_exactly(tmp_path: Path) -> None:
     got = json.loads((preempted / "metrics.json").read_text())
 
     def model_metrics(metrics: dict) -> dict:  # perf/*: timings and memory, which no two runs share
-        # (meta/config_digest differs by design: the two jobs differ in `+variant`)
+        # (meta/config_digest differs by design: the two jobs differ in `+user.variant`)
         return {
             k: v
             for k, v in metrics.items()
@@ -136,8 +136,10 @@ def test_time_out_limit_and_killed_job_are_recorded(tmp_path: Path) -> None:
     max_num_timeout=0 then stops the job with a clear status. A SIGKILLed job never writes its end: the launcher
     records it. The sweep exits non-zero, after both jobs."""
     sweep = tmp_path / "sweep"
-    proc = _sweep(sweep, "+variant=timeout,killed", "hydra.launcher.timeout_min=5", "hydra.launcher.max_num_timeout=0")
-    timeout_job, killed = _job_dir(sweep, "variant=timeout"), _job_dir(sweep, "variant=killed")
+    proc = _sweep(
+        sweep, "+user.variant=timeout,killed", "hydra.launcher.timeout_min=5", "hydra.launcher.max_num_timeout=0"
+    )
+    timeout_job, killed = _job_dir(sweep, "user.variant=timeout"), _job_dir(sweep, "user.variant=killed")
     _wait_file(timeout_job / "checkpoints" / "last.ckpt", timeout=240)
     _signal(_slurm_id(timeout_job), "USR2")
     _wait_file(killed / "checkpoints" / "last.ckpt", timeout=240)

@@ -6,6 +6,8 @@
   (one learning curve, one status), instead of starting a new dir: `hydra.run.dir` is set to it.
 - A run into an explicit `hydra.run.dir` that holds another run's results is refused here, before Hydra rewrites
   that dir's `.hydra/` files.
+- An override of an unknown top-level name (`+optimiser=adamw`, a misspelt group) is refused with the name it
+  probably meant (`lmlab.config.groups`); `+user.<name>=` is the namespace for settings of your own.
 """
 
 from __future__ import annotations
@@ -55,6 +57,14 @@ def preparse(argv: list[str], entry: str = "train") -> list[str]:
     from lmlab import rundir
 
     args = list(argv[1:])
+    from lmlab.config import config_dir
+    from lmlab.config.groups import check_top_level_names
+
+    try:  # `+optimiser=adamw` would run with the default optimizer
+        check_top_level_names(args, config_dir(), entry)
+    except LmlabError as err:
+        print(f"[lmlab] error: {err}", file=sys.stderr)
+        sys.exit(1)
     if entry == "train":
         from lmlab.config.arglists import check_overrides
 

@@ -7,6 +7,7 @@ carry no information for an lmlab run.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -14,6 +15,7 @@ import re
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
@@ -185,3 +187,14 @@ def print_config(cfg: DictConfig, save_to: Path | None = None) -> None:
         lines.append(f"full config: {save_to}")
     for line in lines:
         log.info("%s", line)
+
+
+@contextlib.contextmanager
+def phase(what: str, logger: logging.Logger | None = None) -> Iterator[None]:
+    """Say what a phase that can take long is doing (loading a 135M-parameter model takes 1-2 min on a CPU), and
+    how long it took: a line before and one after, so a silent minute is never a hung process."""
+    logger = logger or log
+    logger.info("%s ...", what)
+    start = time.perf_counter()
+    yield
+    logger.info("%s: done in %.1f s", what, time.perf_counter() - start)

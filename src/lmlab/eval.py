@@ -31,7 +31,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from lmlab.rundir import check_same_data
 
     check_accelerator(cfg.accelerator, "accelerator")
-    from lmlab.console import quiet_libraries
+    from lmlab.console import phase, quiet_libraries
 
     quiet_libraries()
     split = cfg.split
@@ -57,11 +57,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(dataset_cfg)
     model_dict = OmegaConf.to_container(model_cfg, resolve=True)
     if ckpt is not None:
-        model = task.load(ckpt, datamodule, model_dict)
+        with phase(f"loading checkpoint {ckpt}"):
+            model = task.load(ckpt, datamodule, model_dict)
         check_same_data(ckpt, info, datamodule)
     else:
         model = task.build(datamodule, model_dict)
-    datamodule.setup("test")
+    with phase(f"preparing the {split} data (tokenizing, or reading the tokenization cache)"):
+        datamodule.setup("test")
     trainer = pl.Trainer(
         accelerator=cfg.accelerator,
         devices=1,
@@ -71,6 +73,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         default_root_dir=cfg.paths.output_dir,
     )
     # The test loop runs on any split; its metric names are re-keyed to the split.
+    log.info("evaluating on %s (%d examples)", split, len(datamodule.example_ids(split)))
     result = trainer.test(model, dataloaders=datamodule.loader(split), verbose=False)[0]
     metrics: dict[str, Any] = task.meta()
     for key, value in task.results(model, datamodule, result).items():

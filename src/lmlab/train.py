@@ -26,6 +26,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     """Instantiate task, datamodule, model, callbacks, loggers and trainer from the composed config."""
     from lmlab.callbacks import RunInfo
     from lmlab.callbacks.loggers import wandb_resume_kwargs
+    from lmlab.console import phase
     from lmlab.launch.ddp import trainer_plugins
     from lmlab.launch.pruning import optuna_pruning
     from lmlab.launch.requeue import RequeueOnSignal
@@ -59,7 +60,8 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         if c and "_target_" in c
     ]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **trainer_plugins(cfg.trainer))
-    datamodule.setup("fit")  # the task may size the run from the data (task.max_tokens)
+    with phase("preparing the data (tokenizing, or reading the tokenization cache)"):
+        datamodule.setup("fit")  # the task may size the run from the data (task.max_tokens)
     task.configure_trainer(trainer, datamodule, effective_batch_size(cfg, trainer))
     return {"task": task, "datamodule": datamodule, "model": model, "trainer": trainer}
 
@@ -123,6 +125,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         return {}
 
     # Val and test are both measured on the best checkpoint (or the final weights when none was kept).
+    log.info("evaluating %s on val and test", best["best/ckpt_path"] or "the final weights")
     val = trainer.validate(model, datamodule=datamodule, ckpt_path=best_path, verbose=False)[0]
     test = trainer.test(model, datamodule=datamodule, ckpt_path=best_path, verbose=False)[0]
     metrics: dict[str, Any] = task.meta()

@@ -49,6 +49,29 @@ class ResumableCheckpoint(ModelCheckpoint):
         finally:
             del connector.dump_checkpoint  # the class's method again
 
+    def _save_topk_checkpoint(self, trainer: Any, monitor_candidates: dict[str, Any]) -> None:
+        # A run that trainer.max_steps (or limit_val_batches=0) ends before its first validation reaches the epoch
+        # end without the monitored key. Lightning then warns "could not find the monitored key ... Did you call
+        # log(...)?", which is wrong here: the task logs it at every validation, none ran. Lightning saves nothing in
+        # that case either; say what happens instead (train evaluates the final weights).
+        if (
+            self.monitor is not None
+            and self.monitor not in monitor_candidates
+            and not trainer.fit_loop.epoch_loop.val_loop._has_run
+        ):
+            if not getattr(self, "_said_no_validation", False):
+                self._said_no_validation = True
+                log.info(
+                    "no validation ran before step %d (trainer.max_steps=%s, limit_val_batches=%s): no %s to keep a "
+                    "best checkpoint by; the final weights are evaluated",
+                    trainer.global_step,
+                    trainer.max_steps,
+                    trainer.limit_val_batches,
+                    self.monitor,
+                )
+            return
+        super()._save_topk_checkpoint(trainer, monitor_candidates)
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         old = state_dict.get("dirpath")
         if old is None or self.dirpath is None or Path(old) == Path(self.dirpath):

@@ -1,5 +1,6 @@
-"""Weights & Biases wiring: a WandbLogger that never prompts, named and grouped by the sweep, and the end-of-run
-summary + files.
+"""Weights & Biases and MLflow wiring: loggers that never prompt or need a server, named and grouped by the sweep
+(W&B: a sweep is a group, MLflow: a sweep is an experiment; each job is a run named by its overrides), and the
+end-of-run summary + files.
 
 wandb 0.31 asks for an API key on a TTY when none is configured and blocks; the mode is therefore decided
 here, before `wandb.init`: an explicit `mode`/WANDB_MODE wins, otherwise online only when a key is configured
@@ -123,17 +124,76 @@ def wandb_logger(
     return logger
 
 
+MLFLOW_DB = "mlflow.db"  # the local SQLite store under paths.log_dir (MLflow 3 refuses a new file store)
+MLFLOW_ARTIFACTS = "mlartifacts"
+
+
+def _override_tags() -> dict[str, str]:
+    """`override.<key>` = value for each of the job's command-line overrides (Hydra's task overrides)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    tags = {}
+    for override in HydraConfig.get().overrides.task:
+        key, sep, value = str(override).lstrip("+~").partition("=")
+        if sep and not key.startswith("hydra"):
+            tags[f"override.{key}"] = value
+    return tags
+
+
+def mlflow_logger(
+    experiment_name: str = "lmlab",
+    tracking_uri: str | None = None,
+    save_dir: str | None = None,
+    run_name: str | None = None,
+    tags: Sequence[str] | None = None,
+    log_model: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """A pytorch_lightning MLFlowLogger (the `_target_` of conf/logger/mlflow.yaml). Offline by default: the store is
+    `MLFLOW_TRACKING_URI` when set (a lab's server), else SQLite at `<save_dir>/mlflow.db` with artifacts beside it.
+    In a multirun the sweep is one experiment (`<experiment_name>/<sweep dir name>`), each job a run named by its
+    overrides (like W&B's group and name), tagged `override.<key>=<value>`, `sweep` and `tags`."""
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    default_name, sweep = _hydra_names()
+    root = Path(save_dir or ".").expanduser().resolve()
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        root.mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{root / MLFLOW_DB}"
+    experiment = f"{experiment_name}/{sweep}" if sweep else experiment_name
+    if uri.startswith("sqlite:") and "artifact_location" not in kwargs:
+        kwargs["artifact_location"] = str(root / MLFLOW_ARTIFACTS / experiment)
+    run_tags = {**_override_tags(), "tags": ",".join(tags or [])}
+    if sweep:
+        run_tags["sweep"] = sweep
+    if default_name:
+        run_tags["overrides"] = default_name
+    return MLFlowLogger(
+        experiment_name=experiment,
+        run_name=run_name or default_name,
+        tracking_uri=uri,
+        tags=run_tags,
+        log_model=log_model,
+        **kwargs,
+    )
+
+
 def finish_run(
     loggers: Sequence[Any],
     metrics: Mapping[str, Any],
     run_dir: Path,
     files: Sequence[str] = ("metrics.json", "manifest.json"),
 ) -> None:
-    """Final metrics into each W&B run's summary, the run files attached, then the run finished (so the next
-    job of a multirun starts its own run)."""
-    from pytorch_lightning.loggers import WandbLogger
+    """Final metrics into each W&B run's summary (MLflow: the run's metrics), the run files attached, then the run
+    finished (so the next job of a multirun starts its own run)."""
+    from pytorch_lightning.loggers import MLFlowLogger, WandbLogger
 
     for logger in loggers:
+        if isinstance(logger, MLFlowLogger):
+            _finish_mlflow(logger, metrics, run_dir, files)
         if not isinstance(logger, WandbLogger):
             continue
         run = logger.experiment
@@ -150,6 +210,20 @@ def finish_run(
             if (Path(run_dir) / name).is_file():
                 run.save(str(Path(run_dir) / name), base_path=str(run_dir), policy="now")
         run.finish()
+
+
+def _finish_mlflow(logger: Any, metrics: Mapping[str, Any], run_dir: Path, files: Sequence[str]) -> None:
+    client, run_id = logger.experiment, logger.run_id
+    final = {
+        k: float(v)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
+    logger.log_metrics(final)
+    for name in files:
+        if (Path(run_dir) / name).is_file():
+            client.log_artifact(run_id, str(Path(run_dir) / name))
+    client.set_terminated(run_id, "FINISHED")
 
 
 def wandb_run_ids(trainer: pl.Trainer | None) -> dict[str, Any]:

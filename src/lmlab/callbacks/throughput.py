@@ -107,6 +107,8 @@ class Throughput(Callback):
         self.paused_at: float | None = None
         self.last_end: float | None = None
         self.warm: dict[str, Any] | None = None
+        self.marks: dict[int, dict[str, Any]] = {}  # after each warm-up step: a short resumed attempt times from one
+        self.start_step: int | None = None  # the global step this attempt started at (> 0: a resumed run)
         self.last_log: dict[str, Any] | None = None
         self.seq_len_sum = 0.0
         self.first_batch_s: float | None = None
@@ -147,6 +149,8 @@ class Throughput(Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        if self.start_step is None:
+            self.start_step = trainer.global_step
         if self.first_batch_s is None:
             self.first_batch_s = job_age_s()
             usage = resource.getrusage(resource.RUSAGE_SELF)  # CPU time: comparable on a busy machine
@@ -172,8 +176,10 @@ class Throughput(Callback):
         self.seq_len_sum += self.pending[1] / max(self.pending[0], 1)
         self.pending = [0, 0]
         self.last_end = now
+        if self.steps <= self.warmup_steps:
+            self.marks[self.steps] = self._mark(now)
         if self.steps == self.warmup_steps:
-            self.warm = self._mark(now)
+            self.warm = self.marks[self.steps]
             self.last_log = self.warm
         every = self.log_every_n_steps or trainer.log_every_n_steps
         if self.last_log is not None and self.steps > self.warmup_steps and self.steps % every == 0:
@@ -221,7 +227,22 @@ class Throughput(Callback):
             "perf/time_to_first_batch_s": self.first_batch_s,
         }
         keys = ("samples_per_sec", "tokens_per_sec", "pad_fraction", "step_time_s")
-        if self.warm is None or self.last_end is None or self.steps <= self.warmup_steps:
+        resumed = bool(self.start_step)
+        warm = self.warm
+        if resumed:
+            # This process saw only the resumed attempt's steps: the numbers are of those (the first attempt's
+            # were never written), timed after fewer warm-up steps when the attempt was short.
+            out["perf/train_resumed"] = True
+            out["perf/train_resumed_from_step"] = self.start_step
+            if self.steps <= self.warmup_steps and self.steps >= 2:
+                warm = self.marks.get(self.steps - 1)
+            out["perf/train_note"] = (
+                f"measured over the resumed attempt's steps {self.start_step + 1}-{self.start_step + self.steps}, "
+                f"after {warm['steps'] if warm else self.warmup_steps} warm-up steps"
+            )
+        else:
+            out["perf/train_resumed"] = False
+        if warm is None or self.last_end is None or self.steps <= warm["steps"]:
             log.warning(
                 "perf/train_* throughput needs more than %d training steps; this run had %d",
                 self.warmup_steps,
@@ -231,9 +252,9 @@ class Throughput(Callback):
         else:
             # `excluded` only grows when training resumes, so a validation after the last step is not in it.
             end = self._mark(self.last_end)
-            rates = self._rates(self.warm, end, prefix="perf/train_")
+            rates = self._rates(warm, end, prefix="perf/train_")
             out.update({k: v for k, v in rates.items() if not k.endswith("peak_rss_mb")})
-            out["perf/train_timed_steps"] = end["steps"] - self.warm["steps"]
+            out["perf/train_timed_steps"] = end["steps"] - warm["steps"]
         out["perf/tokens_seen"] = float(self.real)  # real (non-padding) training tokens, warm-up steps included
         out["perf/peak_rss_mb"] = peak_rss_mb()
         return out

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lmlab.data.cache import RaggedColumn, cache_key, load_or_build
-from lmlab.data.resumable import ResumableRandomSampler
+from lmlab.data.resumable import ResumableDataLoader, ResumableRandomSampler
 from lmlab.data.sampler import LengthGroupedSampler
 from lmlab.data.sources import SPLITS, Example, SourceOutput
 from lmlab.data.splits import dedupe_mode, fingerprint, relabel_one_vs_rest, split_examples
@@ -279,7 +279,8 @@ class TextDataModule(pl.LightningDataModule):
             sampler.set_epoch(epoch)
             sampler.skip(epoch, batches_done * self.batch_size)
             self._resume_skip = None
-        return DataLoader(
+        # The training loader tells Lightning that a mid-epoch resume is exact (the sampler skips what was done).
+        return (ResumableDataLoader if train else DataLoader)(
             self.datasets[split],
             batch_size=self.batch_size if train else self.eval_batch_size,
             sampler=sampler,

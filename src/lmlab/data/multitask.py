@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lmlab.data.datamodule import TextDataModule
+from lmlab.data.resumable import ResumableDataLoader
 from lmlab.data.sources import SPLITS, Example
 from lmlab.errors import LmlabError
 
@@ -291,7 +292,7 @@ class MultiTaskDataModule(pl.LightningDataModule):
             self._resume_skip = None
         workers = dms[0].num_workers
         # batch_size=None: the sampler yields whole batches, the dataset collates them.
-        return DataLoader(
+        return ResumableDataLoader(  # a mid-epoch resume is exact: the sampler skips what was done
             SubtaskBatches([dm.datasets["train"] for dm in dms], [dm.collate for dm in dms]),
             batch_size=None,
             sampler=self.sampler,

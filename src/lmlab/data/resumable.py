@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterator, Sized
 
 import torch
-from torch.utils.data import RandomSampler
+from torch.utils.data import DataLoader, RandomSampler
 
 
 class ResumableRandomSampler(RandomSampler):
@@ -38,3 +38,17 @@ class ResumableRandomSampler(RandomSampler):
             order = order[self._skip[1] :]
             self._skip = None
         yield from order
+
+
+class ResumableDataLoader(DataLoader):
+    """The training loader: a mid-epoch resume continues exactly where the checkpoint stopped, because its sampler
+    (ResumableRandomSampler, LengthGroupedSampler, SubtaskBatchSampler) skips the batches already trained on
+    (`resume_train_sampler`, from the loop's own progress). Lightning only knows that a loader resumes when it has
+    `state_dict`/`load_state_dict`, and otherwise warns "your dataloader is not resumable ... unreliable results"
+    on every such resume. The position lives in the loop's progress, so the loader's own state is empty."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        pass

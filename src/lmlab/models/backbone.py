@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from lmlab.config.hub import check_loadable
-from lmlab.console import quiet_gguf_reader
+from lmlab.console import phase, quiet_gguf_reader
 from lmlab.data.tokenizer import offline_hint
 from lmlab.errors import LmlabError
 
@@ -29,7 +29,10 @@ def load_backbone(name_or_path: str | None, *, auto_class: str, **kwargs: Any) -
     (lmlab.models.init_from): every task gets the pretrain->finetune chain through this one place."""
     from lmlab.models import init_from
 
-    return init_from.apply(_load_backbone(name_or_path, auto_class=auto_class, **kwargs))
+    scratch = kwargs.get("from_scratch")
+    source = name_or_path if name_or_path is not None else (scratch or {}).get("model_type", "?")
+    with phase(f"{'building (random init)' if scratch is not None else 'loading'} model {source} ({auto_class})"):
+        return init_from.apply(_load_backbone(name_or_path, auto_class=auto_class, **kwargs))
 
 
 def _load_backbone(

@@ -473,6 +473,13 @@ def analyze(args: argparse.Namespace) -> dict[str, Any]:
             "mde_effect_alpha": stats.min_detectable_effect(n_typ, stats.ALPHA, paired_any),
         }
 
+    selection["support"] = support_statement(selection, rows, baseline.name if baseline else None, metric)
+    # The metric-vs-hyperparameter plot shows what the choice was made on (validation), never the test metric.
+    select_rows, _ = _metric_table(args.select, groups, None, args, mode, [])
+    hparam = numeric_hparam(groups, select_rows)
+    if hparam is not None:
+        hparam["metric"] = args.select
+
     result: dict[str, Any] = {
         "sweep_dir": _dirs(args),
         "sweep_dirs": [str(d) for d in args.sweep_dir],
@@ -517,7 +524,7 @@ def analyze(args: argparse.Namespace) -> dict[str, Any]:
         "plots": [],
         "seed_values": {g.name: _seed_points(g, metric) for g in groups},
         "curves": learning_curves(groups, args.select),
-        "hparam": numeric_hparam(groups, rows),
+        "hparam": hparam,
     }
     if args.paired_bootstrap:
         result["paired_bootstrap"] = paired_bootstrap(args, groups)
@@ -691,6 +698,48 @@ def learning_curves(groups: list[Group], metric: str) -> dict[str, Any]:
     return out
 
 
+def support_statement(selection: dict[str, Any], rows: list[dict[str, Any]], baseline: str | None, metric: str) -> str:
+    """One sentence next to "selected": what the data support about the selected group (a highest mean is not a
+    detected difference)."""
+    sel = selection["group"]
+    row = next((r for r in rows if r["group"] == sel), None)
+    pick = f"the {selection['rule']} on {selection['select_metric']}"
+    if baseline is None:
+        return (
+            f"What the data support: {pick} only; no difference was tested (--baseline <group> compares each "
+            f"group with one on {metric})."
+        )
+    if sel == baseline:
+        others = [r for r in rows if r["group"] != baseline and math.isfinite(r.get("p_holm", math.nan))]
+        better = [r["group"] for r in others if r["p_holm"] < stats.ALPHA]
+        if not better:
+            return (
+                f"What the data support: the baseline itself was selected; no other group differs detectably from "
+                f"it on {metric} at this power (Holm p ≥ {fmt(stats.ALPHA)})."
+            )
+        return (
+            f"What the data support: the baseline itself was selected; {len(better)} of the {len(others)} groups "
+            f"compared with it differ detectably on {metric} (Holm p < {fmt(stats.ALPHA)}): {', '.join(better)}."
+        )
+    p = row.get("p_holm", math.nan) if row else math.nan
+    if row is not None and math.isfinite(p) and p < stats.ALPHA:
+        return (
+            f"What the data support: a detectable difference from the baseline {baseline} on {metric} (diff "
+            f"{fmt(row['diff'])}, Holm p = {fmt(p)}, n = {row.get('n_compared', row['n'])})."
+        )
+    needed = row.get("seeds_needed", math.nan) if row else math.nan
+    seeds = (
+        f"{int(needed)} seeds needed to detect the observed diff"
+        if isinstance(needed, (int, float)) and math.isfinite(needed)
+        else f"seeds needed: more than {stats.MAX_SEEDS_NEEDED} (or no effect)"
+    )
+    return (
+        f"What the data support: no detectable difference from the baseline {baseline} on {metric} at this power "
+        f"(diff {fmt(row['diff'] if row else math.nan)}, Holm p = {fmt(p)}); MDE {fmt(row['mde'] if row else math.nan)}"
+        f" ({metric} units, 80% power), {seeds}."
+    )
+
+
 def numeric_hparam(groups: list[Group], rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The one numeric override that varies across groups (e.g. optimizer.lr) and the metric against it."""
     from lmlab.report.collect import override_key, parsed_value
@@ -771,7 +820,7 @@ def render_markdown(result: dict[str, Any]) -> str:
             f"reported on **{sel['report_metric']}**; the test metric played no part in the choice."
         ),
         "",
-        f"- selected: `{sel['group']}` ({sel['select_metric']} mean {fmt(sel['select_mean'])})",
+        f"- selected: `{sel['group']}` ({sel['select_metric']} mean {fmt(sel['select_mean'])}). {sel['support']}",
         (
             f"- {sel['report_metric']}: {fmt(sel['report_mean'])} ± {fmt(sel['report_std'])} (std), "
             f"95% CI [{fmt(sel['report_ci95_low'])}, {fmt(sel['report_ci95_high'])}], n={sel['n']}"
@@ -1011,6 +1060,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for w in result["warnings"]:
         print(f"WARNING: {w}", file=sys.stderr)
     print_table(result)
+    print(f"selected: {result['selection']['group']}. {result['selection']['support']}")
     statement = power_statement(result)
     if statement:
         print(statement.replace("`", ""))

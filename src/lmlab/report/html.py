@@ -104,7 +104,8 @@ def render(result: dict[str, Any], out: Path, columns: list[str], power: str | N
         f"<p>Chosen on <b>{e(sel['select_metric'])}</b> ({e(sel['rule'])}, {better} is better), reported on "
         f"<b>{e(sel['report_metric'])}</b>; the test metric played no part in the choice.</p>",
         f"<p>Selected: <code>{e(sel['group'])}</code>: {e(sel['report_metric'])} {fmt(sel['report_mean'])} "
-        f"(95% CI [{fmt(sel['report_ci95_low'])}, {fmt(sel['report_ci95_high'])}], n={sel['n']})</p>",
+        f"(95% CI [{fmt(sel['report_ci95_low'])}, {fmt(sel['report_ci95_high'])}], n={sel['n']}). "
+        f"{e(sel.get('support', ''))}</p>",
         *[f'<p class="warn">{e(f)}</p>' for f in sel["flags"]],
         f"<h2>{e(result['metric'])} per group</h2>",
         table(result["groups"], columns, "groups", sel["group"]),

@@ -183,6 +183,6 @@ def write_plots(result: dict[str, Any], out: Path) -> list[str]:
         written.append(CURVES_PNG)
     hp = result.get("hparam")
     if hp and len(hp["points"]) >= 2:
-        hparam_plot(hp, result["metric"], out / HPARAM_PNG)
+        hparam_plot(hp, hp.get("metric", result["select"]), out / HPARAM_PNG)
         written.append(HPARAM_PNG)
     return written

@@ -44,6 +44,22 @@ def umask_mode(mode: int = 0o666) -> int:
     return mode & ~current
 
 
+def follow_umask(directory: Path) -> None:
+    """Give every file (0666) and dir (0777) under `directory` the mode the umask allows, like any file the run
+    writes: safetensors >= 0.8 writes `model.safetensors` / `adapter_model.safetensors` through a 0600 temp file, so
+    a teammate could not read an exported model even with umask 0022."""
+    files, dirs = umask_mode(0o666), umask_mode(0o777)
+    directory = Path(directory)
+    if not directory.is_dir():
+        return
+    for path in [directory, *directory.rglob("*")]:
+        if path.is_symlink():
+            continue
+        wanted = dirs if path.is_dir() else files
+        if path.stat().st_mode & 0o777 != wanted:
+            os.chmod(path, wanted)
+
+
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
     """Atomic write: a reader never sees half a file, and a crash never leaves one."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,6 +118,7 @@ __all__ = [
     "LOCK",
     "now",
     "umask_mode",
+    "follow_umask",
     "write_json",
     "read_json",
     "write_predictions",

@@ -288,9 +288,12 @@ class TaskModule(ABC):
     def export_pretrained(self, directory: Path) -> None:
         """The run's `export/` (cfg.export_model): the weights (`_export_weights`) and the tokenizer, loadable with
         transformers and as a `model.init_from` parent."""
+        from lmlab.rundir import follow_umask
+
         directory.mkdir(parents=True, exist_ok=True)
         self._export_weights(directory)
         self.tokenizer.save_pretrained(directory)
+        follow_umask(directory)  # safetensors writes 0600 files: teammates could not read the export
 
     # ---- construction guards
     def _use_tokenizer(self, tokenizer_object: Any) -> None:
