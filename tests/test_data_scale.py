@@ -7,6 +7,7 @@ import gzip
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lmlab.data.readers import corpus_files, iter_documents
@@ -123,3 +124,177 @@ def test_bad_missing_text_field_names_the_override(tmp_path: Path) -> None:
     bad.write_text('{"text": "ok"}\n{"text": \n')
     with pytest.raises(LmlabError, match=r"bad\.jsonl, line 2 \(byte offset 15\): not valid JSON"):
         list(iter_documents(bad))
+
+
+# ---- token shards and hash splits
+
+
+def _chars(texts: list[str]) -> list[list[int]]:
+    """A stand-in tokenizer: code points, then 0 as EOS."""
+    return [[ord(c) for c in t] + [0] for t in texts]
+
+
+def _corpus(path: Path, n: int, seed: int = 0) -> list[str]:
+    import random
+
+    rng = random.Random(seed)
+    docs = [
+        " ".join(rng.choice(["alpha", "beta", "gamma", "delta", "eps"]) for _ in range(rng.randint(3, 30))) + f" {i}"
+        for i in range(n)
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    return docs
+
+
+def _prepare(path: Path, root: Path, **kw):
+    from lmlab.data.shards import prepare
+
+    kw.setdefault("tokenize", _chars)
+    kw.setdefault("vocab_size", 256)
+    kw.setdefault("identity", {"t": "chars"})
+    return prepare(path, root, **kw)
+
+
+def _contents(shards) -> dict[str, list[list[int]]]:
+    out = {}
+    for split in ("train", "val", "test"):
+        tokens = shards.split(split)
+        out[split] = [tokens.document(i).tolist() for i in range(len(tokens.offsets) - 1)]
+    return out
+
+
+def test_token_dtype_uint16_when_the_vocabulary_fits_else_uint32(tmp_path: Path) -> None:
+    from lmlab.data.shards import token_dtype
+
+    assert token_dtype(65536) == np.uint16 and token_dtype(65537) == np.uint32 and token_dtype(50257) == np.uint16
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps({"text": "a\U0001f600b"}) + "\n")  # a code point above 2^16
+    shards = _prepare(path, tmp_path / "s", vocab_size=0x110000, fractions={"train": 0.01, "val": 0.495, "test": 0.495})
+    assert shards.manifest["dtype"] == "uint32"
+    assert sum(_contents(shards).values(), []) == [[97, 0x1F600, 98, 0]]
+
+
+def test_shards_round_trip_equals_the_tokenizer_output(tmp_path: Path) -> None:
+    from lmlab.data.hashsplit import split_of
+    from lmlab.data.tokenizer import load_tokenizer
+    from tests.conftest import MINILM_DIR
+
+    tok = load_tokenizer(str(MINILM_DIR))
+
+    def encode(texts: list[str]) -> list[list[int]]:
+        ids = tok(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+        return [[*doc, tok.sep_token_id] for doc in ids]
+
+    docs = _corpus(tmp_path / "c.jsonl", 60)
+    docs[7] = docs[3]  # an exact duplicate: removed
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    shards = _prepare(tmp_path / "c.jsonl", tmp_path / "s", tokenize=encode, vocab_size=len(tok), shard_bytes=500)
+    assert shards.manifest["dtype"] == "uint16" and shards.manifest["shards"] > 3
+    kept = [d for i, d in enumerate(docs) if i != 7]
+    want = {
+        s: [ids for d, ids in zip(kept, encode(kept)) if split_of(d, 0, {"val": 0.1, "test": 0.1}) == s]
+        for s in ("train", "val", "test")
+    }
+    assert _contents(shards) == want
+    assert shards.manifest["duplicates_removed"] == 1
+    train = shards.split("train")
+    flat = [t for doc in want["train"] for t in doc]
+    assert train[0 : len(train)].tolist() == flat and train[5:900].tolist() == flat[5:900]  # across shard seams
+    again = _prepare(tmp_path / "c.jsonl", tmp_path / "s", tokenize=encode, vocab_size=len(tok), shard_bytes=500)
+    assert not again.built and _contents(again) == want
+
+
+def test_hash_split_stable_under_reordering_and_appends(tmp_path: Path) -> None:
+    from lmlab.data.hashsplit import HashSet
+
+    docs = _corpus(tmp_path / "a" / "1.jsonl", 80)
+    fr = {"train": 0.6, "val": 0.2, "test": 0.2}
+    base = _contents(_prepare(tmp_path / "a", tmp_path / "s", fractions=fr, num_proc=2))
+    assert all(base[s] for s in base)
+    # Re-read in another file order: the same documents in each split.
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "2.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[:40]))
+    (tmp_path / "b" / "1.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[40:]))
+    other = _contents(_prepare(tmp_path / "b", tmp_path / "s", fractions=fr))
+    assert {s: sorted(map(tuple, v)) for s, v in other.items()} == {s: sorted(map(tuple, v)) for s, v in base.items()}
+    # Appending documents keeps every existing document in its split.
+    with open(tmp_path / "a" / "1.jsonl", "a") as f:
+        f.write("".join(json.dumps({"text": f"new document {i}"}) + "\n" for i in range(40)))
+    grown = _contents(_prepare(tmp_path / "a", tmp_path / "s", fractions=fr))
+    for split in base:
+        assert grown[split][: len(base[split])] == base[split]
+    hs = HashSet()
+    assert hs.add([5, 3, 5]).tolist() == [True, True, False] and hs.add([3, 9]).tolist() == [False, True]
+    assert len(hs) == 3
+
+
+_KILLED_BUILD = """
+import os, signal, sys
+sys.path[:0] = {paths!r}
+from lmlab.data import shards
+from tests.test_data_scale import _prepare
+from pathlib import Path
+def hook(event, index):
+    if index == 2:  # the third shard is half-written
+        os.kill(os.getpid(), signal.SIGKILL)
+shards._TEST_HOOK = hook
+_prepare(Path({corpus!r}), Path({root!r}), shard_bytes=400, batch_docs=4)
+"""
+
+
+def test_preparation_killed_half_way_resumes_to_the_same_result(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    _corpus(tmp_path / "c.jsonl", 100)
+    root = tmp_path / "killed"
+    script = _KILLED_BUILD.format(paths=sys.path, corpus=str(tmp_path / "c.jsonl"), root=str(root))
+    proc = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[1])
+    assert proc.returncode == -9
+    (directory,) = [d for d in root.glob("shards-*") if d.is_dir()]
+    assert not (directory / "manifest.json").exists() and (directory / "shard-00001.json").exists()
+    assert not (directory / "shard-00002.json").exists() and list(directory.glob("shard-00002.*.tmp"))
+    resumed = _prepare(tmp_path / "c.jsonl", root, shard_bytes=400, batch_docs=4)
+    assert resumed.manifest["resumed_shards"] == 2 and not list(directory.glob("*.tmp*"))
+    fresh = _prepare(tmp_path / "c.jsonl", tmp_path / "fresh", shard_bytes=400, batch_docs=7, num_proc=2)
+    assert _contents(resumed) == _contents(fresh)
+    assert {k: resumed.manifest[k] for k in ("docs", "tokens", "shards")} == {
+        k: fresh.manifest[k] for k in ("docs", "tokens", "shards")
+    }
+
+
+_CONCURRENT = """
+import sys, time
+sys.path[:0] = {paths!r}
+from pathlib import Path
+from tests import test_data_scale as t
+def slow(texts):
+    time.sleep(0.01)
+    return t._chars(texts)
+print("BUILT" if t._prepare(Path({corpus!r}), Path({root!r}), tokenize=slow, batch_docs=8).built else "READ")
+"""
+
+
+def test_two_concurrent_preparations_build_once(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    _corpus(tmp_path / "c.jsonl", 200)
+    script = _CONCURRENT.format(paths=sys.path, corpus=str(tmp_path / "c.jsonl"), root=str(tmp_path / "s"))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script], cwd=Path(__file__).parents[1], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outs = sorted(p.communicate(timeout=120)[0].strip() for p in procs)
+    assert outs == ["BUILT", "READ"]
+
+
+def test_changed_corpus_is_detected_and_rebuilt(tmp_path: Path) -> None:
+    _corpus(tmp_path / "c.jsonl", 30)
+    first = _prepare(tmp_path / "c.jsonl", tmp_path / "s")
+    _corpus(tmp_path / "c.jsonl", 30, seed=1)  # same name, new content
+    second = _prepare(tmp_path / "c.jsonl", tmp_path / "s")
+    assert second.built and second.directory != first.directory
