@@ -343,3 +343,15 @@ def test_block_order_is_the_resumable_sampler_order_and_elastic_across_ranks() -
     assert len(before + after) == len(set(before + after)) == 20 + 80
     assert set(before + after) <= set(global_order(n, 7, 0).tolist())
     assert torch.equal(torch.tensor(before), torch.tensor(global_order(n, 7, 0)[:20].tolist()))
+
+
+def test_stratified_files_messages_name_the_real_override_paths(tmp_path: Path) -> None:
+    from lmlab.data.sources import files
+
+    with pytest.raises(LmlabError, match=r"Data file not found: .*missing\.txt"):
+        files(path=str(tmp_path / "missing.txt"))
+    path = _write(tmp_path / "c.jsonl", "jsonl")
+    with pytest.raises(LmlabError, match=r"dataset\.source\.label_column\) not found.*label_column=null"):
+        files(path=str(path))
+    with pytest.raises(LmlabError, match=r"Column 'body' \(dataset\.source\.text_column\).*text_column=<one of them>"):
+        files(path=str(path), text_column="body", label_column=None)
