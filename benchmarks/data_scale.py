@@ -51,7 +51,13 @@ if mode == "loader":
     from lmlab.data.packed import ElasticBlockSampler, PackedBlocks
     blocks = PackedBlocks(shards.split("train"), {block}, keep_partial=False)
     sampler = ElasticBlockSampler(len(blocks), {batch}, seed=0)
-    tokens, t0, it = 0, time.perf_counter(), iter(sampler)
+    def order():
+        epoch = 0
+        while True:
+            sampler.set_epoch(epoch)
+            yield from iter(sampler)
+            epoch += 1
+    tokens, t0, it = 0, time.perf_counter(), order()
     while time.perf_counter() - t0 < {seconds}:
         idx = [next(it) for _ in range({batch})]
         batch = torch.from_numpy(np.stack([blocks[i]["input_ids"] for i in idx]).astype(np.int64))
