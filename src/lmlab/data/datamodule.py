@@ -292,6 +292,7 @@ class TextDataModule(pl.LightningDataModule):
             root = Path(self._shard_tmp.name)
         shards = self.hashed.shards(self.tokenizer, self.encoding, self.max_length, root)
         for split in SPLITS:
+            self.splits[split].count = shards.manifest["docs"][split]  # type: ignore[attr-defined]
             tokens = shards.split(split)
             if len(tokens.offsets) == 1:
                 raise LmlabError(

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -101,12 +100,12 @@ class HashSplit(Sequence[Example]):
             if split == self.split:
                 yield Example(id=doc_id, text=text, label=None, origin=doc_id)
 
-    @functools.cached_property
-    def _count(self) -> int:
-        return sum(1 for _ in self)
+    count: int | None = None  # known once the shards exist (their manifest); else one streamed pass
 
     def __len__(self) -> int:
-        return self._count
+        if self.count is None:
+            self.count = sum(1 for _ in self)
+        return self.count
 
     def __getitem__(self, index: Any) -> Any:
         raise TypeError("a hash split is streamed: iterate it")
