@@ -355,3 +355,26 @@ def test_stratified_files_messages_name_the_real_override_paths(tmp_path: Path) 
         files(path=str(path))
     with pytest.raises(LmlabError, match=r"Column 'body' \(dataset\.source\.text_column\).*text_column=<one of them>"):
         files(path=str(path), text_column="body", label_column=None)
+
+
+def test_disk_full_while_writing_shards_is_a_clear_error_and_resumes(tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    from lmlab.data import shards
+
+    _corpus(tmp_path / "c.jsonl", 60)
+    real = shards._ShardWriter.finish
+    calls = iter(range(100))
+
+    def finish(self):
+        if next(calls) == 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self)
+
+    monkeypatch.setattr(shards._ShardWriter, "finish", finish)
+    with pytest.raises(LmlabError, match=r"No space left writing token shards in .*dataset\.cache_dir=<dir>"):
+        _prepare(tmp_path / "c.jsonl", tmp_path / "s", shard_bytes=300)
+    monkeypatch.setattr(shards._ShardWriter, "finish", real)
+    resumed = _prepare(tmp_path / "c.jsonl", tmp_path / "s", shard_bytes=300)
+    assert resumed.manifest["resumed_shards"] == 1
+    assert _contents(resumed) == _contents(_prepare(tmp_path / "c.jsonl", tmp_path / "fresh", shard_bytes=300))

@@ -25,6 +25,7 @@ the split settings — not the block length, which is cut at read time.
 from __future__ import annotations
 
 import collections
+import errno
 import fcntl
 import hashlib
 import json
@@ -276,7 +277,16 @@ def prepare(
         for stale in directory.glob("*.tmp*"):  # a killed build's half shard: never counted, removed
             stale.unlink()
         _TOKENIZE = tokenize
-        manifest = _build(path, directory, fingerprint, settings, num_proc, batch_docs, split_seed, fractions)
+        try:
+            manifest = _build(path, directory, fingerprint, settings, num_proc, batch_docs, split_seed, fractions)
+        except OSError as err:
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise LmlabError(
+                f"No space left writing token shards in {directory} ({err.strerror}). Free space there, or put "
+                f"them on a larger disk with dataset.cache_dir=<dir>; the shards finished so far are kept and the "
+                f"next run resumes after them."
+            ) from err
         _atomic_json(manifest_path, manifest)
         return ShardSet(directory, manifest, built=True)
     finally:
