@@ -79,6 +79,22 @@ def test_causal_lm_trains_on_an_unlabelled_jsonl_corpus_from_token_shards(train_
     assert len(found) == 1 and found[0]["docs"] == want
 
 
+def test_masked_lm_reads_the_same_token_shards(tmp_path: Path) -> None:
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose_train
+
+    corpus = _jsonl(tmp_path / "corpus.jsonl")
+    overrides = ["task=masked_lm", "model=tiny_bert", *LM[2:7], f"dataset.source.path={corpus}"]
+    cfg = compose_train(overrides, tmp_path / "run")
+    datamodule, task = instantiate(cfg.dataset), instantiate(cfg.task)
+    task.connect(datamodule, cfg.model)
+    datamodule.setup("fit")
+    assert datamodule.hashed is not None and len(datamodule.datasets["train"]) > 0
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch["input_ids"].shape == (8, 32) and (batch["labels"] != -100).any()
+
+
 def _gz_truncated(data: Path) -> str:
     blob = gzip.compress(("some text for a corpus\n" * 5000).encode())
     (data / "c.txt.gz").write_bytes(blob[: len(blob) // 2])
