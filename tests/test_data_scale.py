@@ -395,3 +395,24 @@ def test_preparation_peak_rss_of_a_50mb_corpus_is_bounded(tmp_path: Path) -> Non
     cold = bench.child("prep", tmp_path / "c.jsonl", tmp_path / "s", tok, args)
     assert cold["built"] and sum(cold["manifest"]["tokens"].values()) > 5_000_000
     assert cold["rss_mib"] < 200 and cold["workers_rss_mib"] < 200, cold
+
+
+def test_bpe_streams_its_training_text_and_stops_at_max_bytes() -> None:
+    import tokenizers
+
+    from lmlab.data.tokenizer import train_bpe
+
+    texts = [f"word{i % 50} other{i % 7} thing{i % 13}" for i in range(400)]
+    consumed = []
+
+    def stream():
+        for text in texts:
+            consumed.append(text)
+            yield text
+
+    full = train_bpe(iter(texts), 300, data_fingerprint="t", cache_dir=None)  # a generator: as a list did
+    reference = tokenizers.ByteLevelBPETokenizer()
+    reference.train_from_iterator(texts, vocab_size=300, min_frequency=2, special_tokens=["<|endoftext|>"])
+    assert full.backend_tokenizer.to_str() == reference._tokenizer.to_str()
+    train_bpe(stream(), 300, data_fingerprint="t", cache_dir=None, max_bytes=1000)
+    assert sum(len(t) for t in consumed[:-1]) < 1000 <= sum(len(t) for t in consumed) and len(consumed) < 60
