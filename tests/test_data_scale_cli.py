@@ -77,6 +77,8 @@ def test_causal_lm_trains_on_an_unlabelled_jsonl_corpus_from_token_shards(train_
         if json.loads(p.read_text())["fingerprint"]["files"][0][0] == str(corpus.resolve())
     ]
     assert len(found) == 1 and found[0]["docs"] == want
+    data = json.loads((run_dir / "manifest.json").read_text())["data"]
+    assert data["sizes"] == want and data["duplicates"] == {"in_pool": 0}
 
 
 def test_masked_lm_reads_the_same_token_shards(tmp_path: Path) -> None:

@@ -291,6 +291,7 @@ class TextDataModule(pl.LightningDataModule):
             self._shard_tmp = tempfile.TemporaryDirectory(prefix="lmlab-shards-")
             root = Path(self._shard_tmp.name)
         shards = self.hashed.shards(self.tokenizer, self.encoding, self.max_length, root)
+        self.duplicates = {"in_pool": int(shards.manifest["duplicates_removed"])}  # exact, removed (run manifest)
         for split in SPLITS:
             self.splits[split].count = shards.manifest["docs"][split]  # type: ignore[attr-defined]
             tokens = shards.split(split)
