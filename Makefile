@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install train eval test test-all lint bench bench-parity bench-quick bench-lm bench-lm-quality bench-gpu bench-lora quality slurm-up slurm-down clean
+.PHONY: install train eval test test-all lint bench bench-parity bench-quick bench-lm bench-lm-quality bench-data bench-gpu bench-lora quality slurm-up slurm-down clean
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "lmlab needs Python >= 3.10"'
@@ -92,6 +92,12 @@ bench-gpu: install  ## the GPU check (needs CUDA; BENCH_ARGS=--tiny for the CPU 
 # LoRA vs full fine-tuning of SmolLM2 (README, "LoRA"): parameters, optimizer state, peak RSS, tokens/s, test ppl.
 bench-lora: install  ## LoRA vs full fine-tuning on model=smollm2, 10 steps each (~4 min on a quiet 2-core CPU)
 	$(PY) benchmarks/lora.py --steps 10 --max-length 128 --batch-size 4 --json logs/bench/lora.json $(BENCH_ARGS)
+
+# Data at scale (benchmarks/data_scale.py): generated corpora -> token-shard preparation cold/warm, peak RSS, shard
+# bytes, loader tokens/s. Default sizes fit a 2-core machine (~10 min); larger: make bench-data DATA_SIZES=25,100,1000,4000
+DATA_SIZES ?= 5,25,100
+bench-data: install  ## corpus size -> shard prep wall (cold/warm), peak RSS, shard bytes, loader tokens/s
+	$(PY) benchmarks/data_scale.py --sizes $(DATA_SIZES) --num-proc 2 $(BENCH_ARGS)
 
 bench-lm-quality: install  ## default LM recipe vs n-gram baselines in bpb, and SmolLM2 zero-shot vs fine-tuned
 	$(PY) benchmarks/lm_quality.py recipe --json logs/bench/lm-recipe.json

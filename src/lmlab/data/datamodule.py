@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,6 +24,8 @@ from lmlab.data.resumable import ResumableDataLoader, ResumableRandomSampler
 from lmlab.data.sampler import LengthGroupedSampler
 from lmlab.data.sources import SPLITS, Example, SourceOutput
 from lmlab.data.splits import dedupe_mode, fingerprint, relabel_one_vs_rest, split_examples
+from lmlab.data.streaming import HashedCorpus, resolve_split_rule
+from lmlab.errors import LmlabError
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +126,8 @@ class TextDataModule(pl.LightningDataModule):
         packing: bool = True,
         seed: int = 0,
         cache_dir: str | None = None,
+        split_rule: str = "auto",
+        num_proc: int = 1,
     ):
         super().__init__()
         self.source = source
@@ -151,6 +156,9 @@ class TextDataModule(pl.LightningDataModule):
         self.tokenizer: Any = None
         self.encoding: Encoding | None = None
         self._resume_skip: tuple[int, int] | None = None
+        # auto | stratified | hash (lmlab.data.streaming): hash streams a files corpus into memory-mapped shards.
+        self.split_rule, self.num_proc = split_rule, num_proc
+        self.hashed: HashedCorpus | None = None
 
     # ---- data, before any model exists
     def load(self, shared: TextDataModule | None = None) -> dict[str, list[Example]]:
@@ -160,6 +168,8 @@ class TextDataModule(pl.LightningDataModule):
         if self.splits is not None:
             return self.splits
         mode = dedupe_mode(self.dedupe)
+        if shared is None and resolve_split_rule(self.split_rule, self.source) == "hash":
+            return self._load_hashed(mode)
         if shared is not None:
             shared.load()
             self.source_examples, self.base_splits = shared.source_examples, shared.base_splits
@@ -236,6 +246,8 @@ class TextDataModule(pl.LightningDataModule):
             raise RuntimeError("TextDataModule.connect(tokenizer, encoding) must be called before setup().")
         assert self.splits is not None
         self.collate = self.encoding.collator(self.tokenizer, self.pad_to_multiple_of)
+        if self.hashed is not None:
+            return self._setup_hashed()
         if self.cache_dir is None:
             log.info("tokenization cache off (dataset.cache_dir=null): tokenizing")
             columns = {name: _ragged(values) for name, values in self._tokenize().items()}
@@ -254,6 +266,42 @@ class TextDataModule(pl.LightningDataModule):
             cols = {name: RaggedColumn(col.flat, col.offsets[start : stop + 1]) for name, col in columns.items()}
             self.datasets[split] = self.encoding.dataset(split, cols, self.splits[split])
             start = stop
+
+    # ---- dataset.split_rule=hash: a streamed corpus in memory-mapped token shards
+    def _load_hashed(self, mode: str) -> dict[str, Any]:
+        self.hashed = HashedCorpus(
+            self.source,
+            split_seed=self.split_seed,
+            fractions=self.fractions,
+            dedupe=mode,
+            max_samples=self.max_samples,
+            num_proc=self.num_proc,
+        )
+        self.splits = self.base_splits = self.hashed.splits()  # type: ignore[assignment]  # streamed, lazy
+        self.source_examples, self.duplicates = [], {}
+        self.data_fingerprint = self.hashed.fingerprint
+        log.info("Data: %s split by hash (dataset.split_rule), fingerprint %s", self.hashed.path, self.data_fingerprint)
+        return self.splits
+
+    def _setup_hashed(self) -> None:
+        assert self.hashed is not None and self.encoding is not None and self.splits is not None
+        if self.cache_dir is not None:
+            root = self.cache_dir / "shards"
+        else:
+            self._shard_tmp = tempfile.TemporaryDirectory(prefix="lmlab-shards-")
+            root = Path(self._shard_tmp.name)
+        shards = self.hashed.shards(self.tokenizer, self.encoding, self.max_length, root)
+        self.duplicates = {"in_pool": int(shards.manifest["duplicates_removed"])}  # exact, removed (run manifest)
+        for split in SPLITS:
+            self.splits[split].count = shards.manifest["docs"][split]  # type: ignore[attr-defined]
+            tokens = shards.split(split)
+            if len(tokens.offsets) == 1:
+                raise LmlabError(
+                    f"The {split} split of {self.hashed.path} is empty ({shards.manifest['docs']} documents per "
+                    f"split, dataset.split_rule=hash): add documents, or raise dataset.fractions.{split}."
+                )
+            column = RaggedColumn(tokens, tokens.offsets)  # type: ignore[arg-type]  # memory-mapped shards
+            self.datasets[split] = self.encoding.dataset(split, {"input_ids": column}, self.splits[split])
 
     # ---- loaders
     def loader(self, split: str) -> DataLoader:

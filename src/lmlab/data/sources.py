@@ -65,6 +65,8 @@ csv.field_size_limit(2**31 - 1)  # the default 128 KiB per field is smaller than
 def _read_texts(path: Path) -> list[Example]:
     """Plain text for language modeling (no labels): a .txt file is one document per non-empty line; a directory
     is one document per .txt file in it (sorted by name)."""
+    if not path.exists():
+        raise LmlabError(f"Data file not found: {path}. Check the dataset path (absolute, or relative to the cwd).")
     if path.is_dir():
         docs = [(f"{path.name}/{f.name}", _read_text(f).strip()) for f in sorted(path.glob("*.txt"))]
     else:
@@ -273,8 +275,13 @@ def rows_to_examples(
     ):
         if name is not None and name not in columns:
             raise LmlabError(
-                f"Column '{name}' (dataset.{role}) not found in {where}. Columns found: {columns}. "
-                f"Set dataset.{role}=<one of them>."
+                f"Column '{name}' (dataset.source.{role}) not found in {where}. Columns found: {columns}. "
+                f"Set dataset.source.{role}=<one of them>"
+                + (
+                    " (or dataset.source.label_column=null: no labels, e.g. for task=causal_lm)."
+                    if role == "label_column"
+                    else "."
+                )
             )
     name = origin or where
     # row.get: a JSON record may lack a key that the first one has; that value is missing, not a crash.

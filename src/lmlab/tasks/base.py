@@ -60,7 +60,7 @@ def task_tokenizer(model_cfg: Mapping[str, Any], datamodule: Any) -> Any:
     if name == BPE:
         cache = datamodule.cache_dir.parent / "tokenizers" if datamodule.cache_dir else None
         return train_bpe(
-            [ex.text for ex in datamodule.splits["train"]],
+            (ex.text for ex in datamodule.splits["train"]),
             int(model_cfg.get("bpe_vocab_size") or 4096),
             data_fingerprint=datamodule.data_fingerprint,
             cache_dir=cache,

@@ -1,0 +1,103 @@
+"""Packed blocks cut at read time from a memory-mapped token stream, and their order: a pure function of
+(seed, epoch) over one global index, sliced by rank.
+
+`PackedBlocks` is what the causal-LM task's packed `BlockDataset` is (the same blocks: `length` tokens, stride
+`length - 1`, so every token but the stream's first is a target exactly once), without a precomputed start array:
+block k starts at k * (length - 1). Changing `max_length` re-cuts the blocks; the shards are never re-prepared.
+
+`global_order(n, seed, epoch)` is `ResumableRandomSampler`'s permutation (the same torch generator and seed mix),
+so at one rank the order is today's. `ElasticBlockSampler` gives step s, rank r of W ranks (batch B) the global
+positions [start + s*W*B + r*B, start + s*W*B + (r+1)*B), in full steps only (the remainder is logged): after S
+steps on W ranks exactly the first S*W*B positions are consumed, whatever W was, so a run resumed on another number
+of ranks with `start` = S*W*B continues the same global order with no block repeated or skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, DistributedSampler
+
+log = logging.getLogger(__name__)
+
+
+class PackedBlocks(Dataset):
+    """Blocks of `length` tokens with stride `length - 1` over tokens[begin:end] (any sliceable: a numpy array, a
+    memmap or `lmlab.data.shards.SplitTokens`). `keep_partial`: keep the last, shorter block (val/test)."""
+
+    def __init__(self, tokens: Any, length: int, keep_partial: bool, begin: int = 0, end: int | None = None):
+        if length < 2:
+            raise ValueError(f"length={length}: a language-model block needs at least 2 tokens.")
+        self.tokens, self.length, self.begin = tokens, length, begin
+        self.end = len(tokens) if end is None else end
+        n, stride = self.end - self.begin, length - 1
+        if n < 2:
+            self.count = 0
+        elif keep_partial:
+            self.count = -(-(n - 1) // stride)
+        else:
+            self.count = max(0, (n - length) // stride + 1)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def start(self, index: int) -> int:
+        return self.begin + index * (self.length - 1)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < self.count:
+            raise IndexError(index)
+        start = self.start(index)
+        return {"input_ids": self.tokens[start : min(start + self.length, self.end)], "idx": index}
+
+    @property
+    def lengths(self) -> np.ndarray:
+        starts = self.begin + np.arange(self.count, dtype=np.int64) * (self.length - 1)
+        return np.minimum(self.length, self.end - starts)
+
+
+def global_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The epoch's permutation of range(n): ResumableRandomSampler's, bit for bit."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=generator).numpy()
+
+
+class ElasticBlockSampler(DistributedSampler):
+    """Rank `rank`'s indices of the global order; a DistributedSampler by type only (Lightning leaves it alone)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, world_size: int = 1, rank: int = 0, start: int = 0):
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.world_size, self.rank = world_size, rank
+        self.epoch = 0
+        self.start = start  # global positions of this epoch already consumed (a resume)
+        self.per_step = world_size * batch_size
+        if n // self.per_step * self.per_step < n:
+            log.info(
+                "Each epoch uses %d of %d blocks (a multiple of %d ranks x %d)",
+                n // self.per_step * self.per_step,
+                n,
+                world_size,
+                batch_size,
+            )
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.start = 0
+        self.epoch = epoch
+
+    def positions(self) -> np.ndarray:
+        """The global positions this rank takes this epoch, in order."""
+        per_step, b = self.per_step, self.batch_size
+        steps = np.arange((self.n - self.start) // per_step, dtype=np.int64)
+        return (self.start + steps[:, None] * per_step + self.rank * b + np.arange(b)[None, :]).reshape(-1)
+
+    def __len__(self) -> int:
+        return (self.n - self.start) // self.per_step * self.batch_size
+
+    def __iter__(self) -> Iterator[int]:
+        order = global_order(self.n, self.seed, self.epoch)
+        yield from order[self.positions()].tolist()

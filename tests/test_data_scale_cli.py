@@ -1,0 +1,127 @@
+"""Issue 22 end to end: `task=causal_lm dataset=files` on an unlabelled corpus streams it into token shards
+(dataset.split_rule=auto -> hash); labelled sources keep the stratified split; bad corpora fail cleanly from the CLI."""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import json
+import math
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from lmlab.data.sources import bbc_news, files
+from lmlab.data.streaming import resolve_split_rule
+from lmlab.errors import LmlabError
+from tests.conftest import run_cli
+
+WORDS = "the a of market team film government minister player music game election company shares".split()
+LM = [
+    "task=causal_lm",
+    "model=llama_tiny",
+    "dataset=files",
+    "dataset.max_length=32",
+    "dataset.batch_size=8",
+    "dataset.eval_batch_size=16",
+    "dataset.fractions={train: 0.6, val: 0.2, test: 0.2}",
+    "trainer.max_epochs=1",
+    "trainer.max_steps=3",
+    "trainer.num_sanity_val_steps=0",
+    "export_model=false",
+    "task.samples.max_new_tokens=4",
+]
+
+
+def _jsonl(path: Path, n: int = 120) -> Path:
+    rng = random.Random(0)
+    rows = [{"id": i, "text": " ".join(rng.choice(WORDS) for _ in range(rng.randint(10, 40)))} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_split_rule_auto_is_hash_only_for_one_unlabelled_files_path(tmp_path: Path) -> None:
+    corpus = _jsonl(tmp_path / "c.jsonl")
+    labelled = tmp_path / "l.csv"
+    labelled.write_text("text,label\na,x\nb,y\n")
+    (tmp_path / "t.txt").write_text("one\ntwo\n")
+    source = functools.partial(files, path=str(corpus), label_column="label")
+    assert resolve_split_rule("auto", source) == "hash"  # no label column: language modeling
+    assert resolve_split_rule("auto", functools.partial(files, path=str(labelled))) == "stratified"
+    assert resolve_split_rule("auto", functools.partial(files, path=str(tmp_path / "t.txt"))) == "hash"
+    assert resolve_split_rule("auto", functools.partial(files, path=str(labelled), label_column=None)) == "hash"
+    assert resolve_split_rule("auto", bbc_news) == "stratified"  # BBC: today's split, bit for bit
+    assert resolve_split_rule("stratified", source) == "stratified"
+    split_files = functools.partial(files, train="a", val="b", test="c")
+    assert resolve_split_rule("auto", split_files) == "stratified"
+    with pytest.raises(LmlabError, match="split_rule=hash needs dataset=files with one dataset.source.path"):
+        resolve_split_rule("hash", bbc_news)
+    with pytest.raises(LmlabError, match="not one of"):
+        resolve_split_rule("random", source)
+
+
+def test_causal_lm_trains_on_an_unlabelled_jsonl_corpus_from_token_shards(train_tiny, tmp_path: Path) -> None:
+    from lmlab.data.hashsplit import split_of
+
+    corpus = _jsonl(tmp_path / "corpus.jsonl")  # {"id", "text"}: no label column, which used to be refused
+    metrics, run_dir = train_tiny(f"dataset.source.path={corpus}", "dataset.num_proc=2", base=LM)
+    assert math.isfinite(metrics["test/bpb"]) and metrics["test/tokens"] > 0
+    texts = [json.loads(line)["text"] for line in corpus.read_text().splitlines()]
+    fr = {"val": 0.2, "test": 0.2}
+    want = {s: sum(split_of(t, 0, fr) == s for t in dict.fromkeys(texts)) for s in ("train", "val", "test")}
+    found = [
+        json.loads(p.read_text())
+        for p in Path(os.environ["LMLAB_CACHE_DIR"]).glob("tokenized/shards/shards-*/manifest.json")
+        if json.loads(p.read_text())["fingerprint"]["files"][0][0] == str(corpus.resolve())
+    ]
+    assert len(found) == 1 and found[0]["docs"] == want
+    data = json.loads((run_dir / "manifest.json").read_text())["data"]
+    assert data["sizes"] == want and data["duplicates"] == {"in_pool": 0}
+
+
+def test_masked_lm_reads_the_same_token_shards(tmp_path: Path) -> None:
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose_train
+
+    corpus = _jsonl(tmp_path / "corpus.jsonl")
+    overrides = ["task=masked_lm", "model=tiny_bert", *LM[2:7], f"dataset.source.path={corpus}"]
+    cfg = compose_train(overrides, tmp_path / "run")
+    datamodule, task = instantiate(cfg.dataset), instantiate(cfg.task)
+    task.connect(datamodule, cfg.model)
+    datamodule.setup("fit")
+    assert datamodule.hashed is not None and len(datamodule.datasets["train"]) > 0
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch["input_ids"].shape == (8, 32) and (batch["labels"] != -100).any()
+
+
+def _gz_truncated(data: Path) -> str:
+    blob = gzip.compress(("some text for a corpus\n" * 5000).encode())
+    (data / "c.txt.gz").write_bytes(blob[: len(blob) // 2])
+    return "c.txt.gz"
+
+
+def _no_text(data: Path) -> str:
+    (data / "c.jsonl").write_text('{"body": "a"}\n')
+    return "c.jsonl"
+
+
+@pytest.mark.parametrize(
+    "write, message",
+    [
+        (_gz_truncated, "c.txt.gz: corrupt or truncated gzip file at uncompressed byte offset"),
+        (
+            _no_text,
+            "c.jsonl, line 1 (byte offset 0): no 'text' field (fields: ['body']). Set dataset.source.text_column",
+        ),
+    ],
+)
+def test_bad_corpus_through_the_cli(write, message: str, tmp_path: Path) -> None:
+    name = write(tmp_path)
+    result = run_cli("train.py", *LM, f"dataset.source.path={tmp_path / name}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert message in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "metrics.json").exists()
