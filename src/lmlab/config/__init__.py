@@ -2,7 +2,8 @@
 heavy import (torch, transformers, Lightning), so that a bad config fails in about a second."""
 
 from lmlab.config.instantiate import instantiate
-from lmlab.config.resolvers import config_dir, gpu_precision, package_path, register_resolvers
+from lmlab.config.paths import config_dir, package_path
+from lmlab.config.resolvers import gpu_precision, register_resolvers
 from lmlab.config.validate import check_accelerator, check_checkpoint_policy, check_mode, validate
 
 __all__ = [

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from lmlab.config.resolvers import config_dir
+from lmlab.config.paths import config_dir
 from lmlab.errors import LmlabError
 
 # Trainer arguments lmlab fills from other config groups: setting them under trainer.* would be ignored or clash.

@@ -159,6 +159,7 @@ class TextDataModule(pl.LightningDataModule):
         # auto | stratified | hash (lmlab.data.streaming): hash streams a files corpus into memory-mapped shards.
         self.split_rule, self.num_proc = split_rule, num_proc
         self.hashed: HashedCorpus | None = None
+        self.task_reads_labels: bool | None = None  # set by the task before load (Task.connect): split_rule=auto
 
     # ---- data, before any model exists
     def load(self, shared: TextDataModule | None = None) -> dict[str, list[Example]]:
@@ -168,7 +169,7 @@ class TextDataModule(pl.LightningDataModule):
         if self.splits is not None:
             return self.splits
         mode = dedupe_mode(self.dedupe)
-        if shared is None and resolve_split_rule(self.split_rule, self.source) == "hash":
+        if shared is None and resolve_split_rule(self.split_rule, self.source, self.task_reads_labels) == "hash":
             return self._load_hashed(mode)
         if shared is not None:
             shared.load()

@@ -4,8 +4,9 @@
 - `hash`: a `files` source with one `path` (file, directory or glob) is never held in memory: documents are read
   one at a time (`lmlab.data.readers`), split by `lmlab.data.hashsplit`, exact-deduped, tokenized into token shards
   (`lmlab.data.shards`) that the task's blocks read through memory maps.
-- `auto` (the default): `hash` for an unlabelled `files` source with one `path` (plain text, `label_column: null`,
-  or no label column in the data: what language modeling reads), else `stratified`. BBC, labelled files and split
+- `auto` (the default): for a task that reads no labels (causal and masked LM), `hash` for an unlabelled `files`
+  source with one `path` (plain text, `label_column: null`, or no label column in the data), else `stratified`;
+  for a task that reads labels (classification, multitask), `stratified`. BBC, labelled files and split
   files keep today's split bit for bit.
 """
 
@@ -66,8 +67,11 @@ def _has_column(path: Path, column: str) -> bool:
     return False
 
 
-def resolve_split_rule(rule: str, source: Any) -> str:
-    """`stratified` or `hash` for `dataset.split_rule=rule` on `source`."""
+def resolve_split_rule(rule: str, source: Any, labelled: bool | None = None) -> str:
+    """`stratified` or `hash` for `dataset.split_rule=rule` on `source`. `labelled`: whether the task reads labels
+    (the task says so before the data is loaded; None: unknown, decided by the data alone). A task that reads labels
+    (classification, multitask) always gets `stratified` under `auto`: the issue's rule is hash for LM tasks only, and
+    a bad or unlabelled file then gets the labelled readers' own messages."""
     if rule not in SPLIT_RULES:
         raise LmlabError(f"dataset.split_rule={rule!r} is not one of {list(SPLIT_RULES)}.")
     options = _files_options(source)
@@ -79,7 +83,7 @@ def resolve_split_rule(rule: str, source: Any) -> str:
         )
     if rule != "auto":
         return rule
-    if not single:
+    if not single or labelled:
         return "stratified"
     assert options is not None
     label = options.get("label_column", "label")

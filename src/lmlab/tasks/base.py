@@ -83,6 +83,7 @@ class Task(ABC):
 
     # The model.* keys the default `module` passes to the module's constructor; None: all of them (but _target_).
     model_keys: Sequence[str] | None = None
+    reads_labels: bool = True  # False for LM tasks: dataset.split_rule=auto may then stream a corpus (hash split)
 
     def __init__(self, name: str, monitor: str, mode: str, optimized_metric: str, ignores: Sequence[str] = ()):
         if type(self).encoding is Task.encoding:
@@ -148,6 +149,7 @@ class Task(ABC):
 
     def connect(self, datamodule: Any, model_cfg: Mapping[str, Any]) -> Any:
         """Load and check the data, and connect the tokenizer and this task's encoding; returns the tokenizer."""
+        datamodule.task_reads_labels = self.reads_labels  # dataset.split_rule=auto: hash only for LM tasks
         datamodule.load()
         self.prepare(datamodule)
         tokenizer = self.tokenizer(model_cfg, datamodule)

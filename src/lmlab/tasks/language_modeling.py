@@ -303,6 +303,7 @@ class LMTask(Task):
     model's position limit, and the LM model keys."""
 
     model_keys = MODEL_KEYS
+    reads_labels = False
 
     def prepare(self, datamodule: Any) -> None:
         self.max_length, self.packing = int(datamodule.max_length), bool(datamodule.packing)
