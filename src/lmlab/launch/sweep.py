@@ -21,6 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from lmlab import rundir
+from lmlab.errors import LmlabError
 
 log = logging.getLogger("lmlab.sweep")
 
@@ -85,7 +86,7 @@ def check_fixed_config(sweep_dir: Path, config: dict[str, Any], what: str) -> No
             return
     if recorded.get("digest") != rundir.digest(config):
         keys = rundir.differing_keys(recorded.get("config") or {}, config)
-        raise rundir.LmlabError(
+        raise LmlabError(
             f"{what} in {sweep_dir} was run with a different fixed configuration: "
             + "; ".join(keys[:10])
             + ". Its trials would mix two configurations. Use a new hydra.sweep.dir (a new study), or the same "
