@@ -117,6 +117,26 @@ class LMModule(TaskModule):
     auto_class: str  # the transformers Auto class of `self.net`; an exported dir loads with it
     accuracy: str  # the name of the argmax accuracy over the targets: token_acc, masked_acc
 
+    def _load_net(
+        self,
+        name_or_path: str | None,
+        from_scratch: Mapping[str, Any] | None,
+        config_overrides: Mapping[str, Any] | None,
+        attn_implementation: str | None,
+        gguf_file: str | None,
+    ) -> torch.nn.Module:
+        """The `auto_class` model (a hub/local checkpoint, or random init from `from_scratch`); a loaded one pads
+        with the connected tokenizer's pad token (`_use_tokenizer` runs first)."""
+        return load_backbone(
+            name_or_path,
+            auto_class=self.auto_class,
+            from_scratch=from_scratch,
+            config_overrides=dict(config_overrides or {}),
+            attn_implementation=attn_implementation,
+            gguf_file=gguf_file,
+            **({"pad_token_id": self.tokenizer.pad_token_id} if from_scratch is None else {}),
+        )
+
     # ---- the parts optimizer groups and the throughput callback work on: the base model, the head modules around it
     @property
     def backbone(self) -> torch.nn.Module:
@@ -201,15 +221,7 @@ class CausalLM(adapters.AdapterCheckpoints, LMModule, pl.LightningModule):
         self.configure_strict_loading()
         self._use_tokenizer(tokenizer_object)
         rng = adapters.seed_base(peft)  # a rebuild reproduces the frozen base: adapter checkpoints omit it
-        self.net = load_backbone(
-            name_or_path,
-            auto_class=self.auto_class,
-            from_scratch=from_scratch,
-            config_overrides=dict(config_overrides or {}),
-            attn_implementation=attn_implementation,
-            gguf_file=gguf_file,
-            **({"pad_token_id": self.tokenizer.pad_token_id} if from_scratch is None else {}),
-        )
+        self.net = self._load_net(name_or_path, from_scratch, config_overrides, attn_implementation, gguf_file)
         if adapters.enabled(peft):  # adapters only: the (tied) lm_head and embeddings stay frozen
             self.net = adapters.wrap(self.net, peft, "CAUSAL_LM")
         adapters.restore_rng(rng)

@@ -32,7 +32,6 @@ from torch.nn import functional as F
 from lmlab.data.datamodule import PadCollator
 from lmlab.data.sources import Example
 from lmlab.errors import LmlabError
-from lmlab.models.backbone import load_backbone
 from lmlab.tasks.base import task_tokenizer
 from lmlab.tasks.language_modeling import BlockDataset, LMModule, LMTask, lm_metrics
 
@@ -125,15 +124,7 @@ class MaskedLM(LMModule, pl.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["tokenizer_object"])
         self._use_tokenizer(tokenizer_object)
-        self.net = load_backbone(
-            name_or_path,
-            auto_class=self.auto_class,
-            from_scratch=from_scratch,
-            config_overrides=dict(config_overrides or {}),
-            attn_implementation=attn_implementation,
-            gguf_file=gguf_file,
-            **({"pad_token_id": self.tokenizer.pad_token_id} if from_scratch is None else {}),
-        )
+        self.net = self._load_net(name_or_path, from_scratch, config_overrides, attn_implementation, gguf_file)
         if from_scratch is None and name_or_path is not None:
             log_fresh_head(self.net, name_or_path)
         if compile:
