@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lmlab.data.cache import RaggedColumn, cache_key, load_or_build
+from lmlab.data.packed import ElasticBlockSampler
 from lmlab.data.resumable import ResumableDataLoader, ResumableRandomSampler
 from lmlab.data.sampler import LengthGroupedSampler
 from lmlab.data.sources import SPLITS, Example, SourceOutput
@@ -128,6 +129,7 @@ class TextDataModule(pl.LightningDataModule):
         cache_dir: str | None = None,
         split_rule: str = "auto",
         num_proc: int = 1,
+        log_positions: bool = False,
     ):
         super().__init__()
         self.source = source
@@ -155,7 +157,10 @@ class TextDataModule(pl.LightningDataModule):
         self.datasets: dict[str, Dataset] = {}
         self.tokenizer: Any = None
         self.encoding: Encoding | None = None
-        self._resume_skip: tuple[int, int] | None = None
+        self._resume_skip: tuple[int, int, int | None] | None = None
+        self.train_sampler: Any = None  # the training loader's sampler (its position is saved in checkpoints)
+        # Write which global positions each training batch took (<run dir>/data_positions.rank<r>.jsonl).
+        self.log_positions = bool(log_positions)
         # auto | stratified | hash (lmlab.data.streaming): hash streams a files corpus into memory-mapped shards.
         self.split_rule, self.num_proc = split_rule, num_proc
         self.hashed: HashedCorpus | None = None
@@ -309,10 +314,10 @@ class TextDataModule(pl.LightningDataModule):
         train = split == "train"
         # Training order is a function of (seed, epoch) and skips what a mid-epoch checkpoint already saw; the
         # loader's own generator keeps iter() from drawing on the global RNG (dropout stays reproducible).
-        sampler: LengthGroupedSampler | ResumableRandomSampler | None = None
+        sampler: LengthGroupedSampler | ResumableRandomSampler | ElasticBlockSampler | None = None
+        trainer = self.trainer
         if train and self.group_by_length:
             # Shards itself by rank; it is a DistributedSampler, so Lightning does not wrap it again.
-            trainer = self.trainer
             sampler = LengthGroupedSampler(
                 self.datasets[split].lengths,
                 self.batch_size,
@@ -320,14 +325,39 @@ class TextDataModule(pl.LightningDataModule):
                 num_replicas=trainer.world_size if trainer else None,
                 rank=trainer.global_rank if trainer else None,
             )
+        elif train and getattr(self.encoding, "global_order", False):
+            # One global order of the blocks, sliced by rank (lmlab.data.packed): at one rank the same batches as
+            # ResumableRandomSampler; a resume on any number of ranks continues it. A DistributedSampler by type.
+            sampler = ElasticBlockSampler(
+                len(self.datasets[split]),
+                self.batch_size,
+                world_size=trainer.world_size if trainer else 1,
+                rank=trainer.global_rank if trainer else 0,
+            )
         elif train:
             sampler = ResumableRandomSampler(self.datasets[split])
         if sampler is not None and self._resume_skip is not None:
             # Lightning iterates (and prefetches) the resumed epoch before it calls set_epoch.
-            epoch, batches_done = self._resume_skip
+            epoch, batches_done, positions = self._resume_skip
             sampler.set_epoch(epoch)
-            sampler.skip(epoch, batches_done * self.batch_size)
+            if isinstance(sampler, ElasticBlockSampler):
+                # The global positions the checkpoint had consumed, on whatever number of ranks saved it (a
+                # checkpoint without them was saved by this same world size and batch).
+                start = batches_done * sampler.per_step if positions is None else positions
+                sampler.resume(epoch, start, batches_done)
+                log.info(
+                    "Resuming epoch %d at global position %d of %d (%d ranks x batch %d now)",
+                    epoch,
+                    sampler.start,
+                    sampler.usable,
+                    sampler.world_size,
+                    sampler.batch_size,
+                )
+            else:
+                sampler.skip(epoch, batches_done * self.batch_size)
             self._resume_skip = None
+        if train:
+            self.train_sampler = sampler
         # The training loader tells Lightning that a mid-epoch resume is exact (the sampler skips what was done).
         return (ResumableDataLoader if train else DataLoader)(
             self.datasets[split],
@@ -340,9 +370,16 @@ class TextDataModule(pl.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
         )
 
-    def resume_train_sampler(self, epoch: int, batches_done: int) -> None:
-        """Called by the requeue callback on restore: epoch `epoch` had already trained on `batches_done`."""
-        self._resume_skip = (epoch, batches_done)
+    def resume_train_sampler(self, epoch: int, batches_done: int, positions: int | None = None) -> None:
+        """Called by the requeue callback on restore: epoch `epoch` had already trained on `batches_done` batches,
+        which took the global positions [0, positions) of the epoch's order (a global-order sampler, any world size)."""
+        self._resume_skip = (epoch, batches_done, positions)
+
+    def train_positions(self, batches_done: int) -> int | None:
+        """How many global positions of the current epoch `batches_done` batches consumed (what a checkpoint stores
+        so that a resume on another number of ranks continues the order); None for a sampler without a global order."""
+        sampler = self.train_sampler
+        return sampler.consumed(batches_done) if isinstance(sampler, ElasticBlockSampler) else None
 
     def train_dataloader(self) -> DataLoader:
         return self.loader("train")

@@ -331,6 +331,10 @@ class LMTask(Task):
 class CausalLMTask(LMTask):
     """Next-token prediction on the dataset's text (labels ignored); monitor val/loss, minimized."""
 
+    # Training blocks in one global order, sliced by rank (lmlab.data.packed.ElasticBlockSampler): a resume on
+    # another number of ranks continues it, no block repeated or skipped.
+    global_order = True
+
     def __init__(
         self,
         name: str,
