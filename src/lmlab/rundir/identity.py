@@ -26,6 +26,7 @@ NON_RESULT_KEYS = (
     "ckpt_path",
     "export_model",
     "dataset.num_workers",
+    "dataset.log_positions",  # a log of what was read, not what is read
     "dataset.cache_dir",
     "trainer.enable_progress_bar",
     "trainer.enable_model_summary",
@@ -36,6 +37,8 @@ NON_RESULT_KEYS = (
     "callbacks.lr_monitor",
     "checkpoint_policy",
     "callbacks.model_checkpoint.policy",  # what is kept on disk, not what is learnt
+    "callbacks.last_checkpoint.every_n_train_steps",  # how often last.ckpt is saved: resume is exact either way
+    "callbacks.last_checkpoint.train_time_interval",
 )
 
 
