@@ -334,6 +334,12 @@ class TextDataModule(pl.LightningDataModule):
                 world_size=trainer.world_size if trainer else 1,
                 rank=trainer.global_rank if trainer else 0,
             )
+            if sampler.usable == 0:
+                raise LmlabError(
+                    f"The train split has {sampler.n} blocks of dataset.max_length={self.max_length} tokens, fewer "
+                    f"than one step of {sampler.world_size} ranks x dataset.batch_size={self.batch_size}: lower "
+                    f"dataset.batch_size or dataset.max_length, or add data."
+                )
         elif train:
             sampler = ResumableRandomSampler(self.datasets[split])
         if sampler is not None and self._resume_skip is not None:

@@ -88,19 +88,25 @@ class ElasticBlockSampler(DistributedSampler):
         self.world_size, self.rank = world_size, rank
         self.epoch = 0
         self.per_step = world_size * batch_size
-        self.usable = n if world_size == 1 else n // self.per_step * self.per_step
         self.start, self.base = start, 0  # global positions of this epoch consumed before this loader (a resume)
-        if self.usable < n:
+        whole = n if world_size == 1 else n // self.per_step * self.per_step
+        if whole < n:
             log.info(
-                "Each epoch trains on %d of %d blocks (a multiple of %d ranks x batch %d); %d left out per epoch, a "
-                "different %d each epoch",
-                self.usable,
+                "Each epoch trains on %d of %d blocks (a multiple of %d ranks x batch %d): the last %d positions of "
+                "each epoch's order are left out",
+                whole,
                 n,
                 world_size,
                 batch_size,
-                n - self.usable,
-                n - self.usable,
+                n - whole,
             )
+
+    @property
+    def usable(self) -> int:
+        """Where this epoch's positions end: n at one rank, else the last whole step from `start`."""
+        if self.world_size == 1:
+            return self.n
+        return self.start + (self.n - self.start) // self.per_step * self.per_step
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
@@ -109,7 +115,7 @@ class ElasticBlockSampler(DistributedSampler):
 
     def resume(self, epoch: int, start: int, batches_done: int) -> None:
         """Epoch `epoch` had consumed global positions [0, start) in `batches_done` batches (the loop's count)."""
-        self.epoch, self.start, self.base = epoch, min(start, self.usable), batches_done
+        self.epoch, self.start, self.base = epoch, min(start, self.n), batches_done
 
     def consumed(self, batches_done: int) -> int:
         """Global positions of the current epoch consumed once the loop has counted `batches_done` batches."""
@@ -133,7 +139,8 @@ class ElasticBlockSampler(DistributedSampler):
         # epoch's batches from `base`: base batches + what is left, and never less than a whole epoch (a resume on
         # another world size: the later epochs are whole; an epoch that ends sooner ends when the loader does).
         left = len(self.positions())
-        return max(self.base * self.batch_size + left, self.usable // self.world_size)
+        whole = self.n // self.per_step * self.batch_size if self.world_size > 1 else self.n
+        return max(self.base * self.batch_size + left, whole)
 
     def __iter__(self) -> Iterator[int]:
         # seed_everything exports PL_GLOBAL_SEED; read late, as ResumableRandomSampler does.
