@@ -207,3 +207,9 @@ def test_time_interval_checkpoints_are_reachable_from_the_config(tmp_path: Path)
         single_run_dir(tmp_path / "run") / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
     )
     assert 1 <= checkpoint["global_step"] <= 6
+
+
+def test_fewer_blocks_than_one_step_of_all_ranks_is_refused(tmp_path: Path) -> None:
+    result = _train(tmp_path, *DDP, "dataset.max_samples.train=1", "dataset.batch_size=400")
+    assert result.returncode == 1
+    assert "fewer than one step of 2 ranks x dataset.batch_size=400" in result.stdout + result.stderr
