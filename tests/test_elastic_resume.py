@@ -59,6 +59,34 @@ def test_sampler_positions_after_a_resume_on_another_world_size() -> None:
     assert one.batch_positions(25) == (100, 103) and one.consumed(26) == 103  # the last, shorter batch
 
 
+def _rank_rng(rank: int, init: str, out: str) -> None:
+    """One of two gloo ranks with different RNG streams: gather, draw, restore its own gathered state, draw again."""
+    import random
+
+    import numpy as np
+
+    from lmlab.launch.requeue import _set_rng_states, gather_rng_states
+
+    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    torch.manual_seed(100 + rank), np.random.seed(100 + rank), random.seed(100 + rank)
+    gathered = gather_rng_states(2)
+    draws = [torch.rand(3).tolist(), np.random.rand(3).tolist(), random.random()]
+    _set_rng_states(gathered[rank])
+    again = [torch.rand(3).tolist(), np.random.rand(3).tolist(), random.random()]
+    torch.save({"draws": draws, "again": again, "n": len(gathered)}, f"{out}.{rank}")
+    torch.distributed.destroy_process_group()
+
+
+def test_every_rank_saves_and_restores_its_own_rng_states(tmp_path: Path) -> None:
+    """Lightning seeds every rank alike, so the CLI runs above cannot tell; two ranks seeded apart can."""
+    torch.multiprocessing.spawn(
+        _rank_rng, args=(f"file://{tmp_path / 'init'}", str(tmp_path / "out")), nprocs=2, join=True
+    )
+    ranks = [torch.load(tmp_path / f"out.{r}", weights_only=False) for r in range(2)]
+    assert all(r["n"] == 2 and r["again"] == r["draws"] for r in ranks)  # its own stream, restored exactly
+    assert ranks[0]["draws"] != ranks[1]["draws"]  # rank 0's state would have given rank 1 rank 0's draws
+
+
 def _train(log_dir: Path, *extra: str, env: dict[str, str] | None = None) -> Any:
     return run_cli("train.py", *ARGS, f"paths.log_dir={log_dir}", *extra, env=env, timeout=600)
 

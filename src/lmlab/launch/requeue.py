@@ -119,12 +119,12 @@ def _rng_states() -> dict[str, Any]:
     return states
 
 
-def _gather_rng_states(trainer: pl.Trainer) -> list[dict[str, Any]]:
+def gather_rng_states(world_size: int) -> list[dict[str, Any]]:
     """Every rank's RNG states, in rank order (a collective: every rank saves a checkpoint together)."""
     states = _rng_states()
-    if trainer.world_size == 1 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    if world_size == 1 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return [states]
-    gathered: list[Any] = [None] * trainer.world_size
+    gathered: list[Any] = [None] * world_size
     torch.distributed.all_gather_object(gathered, states)
     return gathered
 
@@ -273,7 +273,7 @@ class RequeueOnSignal(pl.Callback):
     ) -> None:
         # `processed` counts this epoch's batches whose step is done, whichever hook saves (batch or epoch end).
         done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        ranks = _gather_rng_states(trainer)
+        ranks = gather_rng_states(trainer.world_size)
         state = {"rng": ranks[0], "rng_ranks": ranks, "epoch": trainer.current_epoch, "batches_done": done}
         positions = getattr(trainer.datamodule, "train_positions", lambda done: None)(done)
         if positions is not None:  # a global order: where this epoch stands, whatever the world size
