@@ -416,3 +416,32 @@ def test_bpe_streams_its_training_text_and_stops_at_max_bytes() -> None:
     assert full.backend_tokenizer.to_str() == reference._tokenizer.to_str()
     train_bpe(stream(), 300, data_fingerprint="t", cache_dir=None, max_bytes=1000)
     assert sum(len(t) for t in consumed[:-1]) < 1000 <= sum(len(t) for t in consumed) and len(consumed) < 60
+
+
+@pytest.mark.parametrize("budget", [1, 150, 400, 10_000])
+def test_val_test_token_budgets_fill_in_increasing_u_and_hold_out_the_rest(tmp_path: Path, budget: int) -> None:
+    from lmlab.data.hashsplit import split_of, unit
+
+    docs = _corpus(tmp_path / "c.jsonl", 200)
+    fr = {"train": 0.6, "val": 0.2, "test": 0.2}
+    shards = _prepare(tmp_path / "c.jsonl", tmp_path / "s", fractions=fr, shard_bytes=700)
+    assert shards.manifest["shards"] > 3  # the budget crosses shard boundaries
+    for split in ("val", "test"):
+        # Independently: the split's documents by increasing u, taken while the running total fits the budget.
+        mine = [d for d in docs if split_of(d, 0, fr) == split]
+        by_u = sorted(range(len(mine)), key=lambda i: unit(mine[i], 0))
+        total, fits = 0, []
+        for i in by_u:
+            total += len(_chars([mine[i]])[0])
+            if total > budget:
+                break
+            fits.append(i)
+        want = [_chars([mine[i]])[0] for i in sorted(fits)]  # kept in corpus order
+        tokens = shards.split(split, budget)
+        got = [tokens.document(i).tolist() for i in range(len(tokens.offsets) - 1)]
+        assert got == want and len(tokens) == sum(map(len, want)) <= budget
+        held = shards.held_out[split]
+        assert held == {"docs": len(mine) - len(want), "tokens": sum(len(_chars([d])[0]) for d in mine) - len(tokens)}
+        if budget == 10_000:  # the whole split fits: the memory-mapped split itself, nothing held out
+            assert held == {"docs": 0, "tokens": 0} and got == _contents(shards)[split]
+    assert _contents(shards)["train"] == [_chars([d])[0] for d in docs if split_of(d, 0, fr) == "train"]

@@ -125,3 +125,39 @@ def test_bad_corpus_through_the_cli(write, message: str, tmp_path: Path) -> None
     assert message in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_val_and_test_token_budgets_through_the_cli(train_tiny, tmp_path: Path) -> None:
+    corpus = _jsonl(tmp_path / "corpus.jsonl", n=200)
+    full, _ = train_tiny(f"dataset.source.path={corpus}", base=LM)
+    metrics, run_dir = train_tiny(
+        f"dataset.source.path={corpus}", "dataset.val_tokens=300", "dataset.test_tokens=200", base=LM
+    )
+    data = json.loads((run_dir / "manifest.json").read_text())["data"]
+    held = data["held_out"]
+    assert held["val"]["docs"] > 0 and held["test"]["docs"] > 0  # the budgets cut both splits
+    # Scored tokens: a split's tokens minus its first (no target); within the budget, and what was held out is gone.
+    assert 0 < metrics["test/tokens"] < 200 < full["test/tokens"]
+    assert metrics["test/tokens"] + held["test"]["tokens"] == full["test/tokens"]  # whole documents, nothing lost
+    assert (
+        data["sizes"]["test"] + held["test"]["docs"]
+        == json.loads((tmp_path / "run0" / "manifest.json").read_text())["data"]["sizes"]["test"]
+    )
+    assert data["fingerprint"] != json.loads((tmp_path / "run0" / "manifest.json").read_text())["data"]["fingerprint"]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["dataset=bbc_news", "+dataset.val_tokens=1000"], "dataset.val_tokens=1000 needs dataset.split_rule=hash"),
+        (["dataset.test_tokens=0"], "dataset.test_tokens=0: a token budget is a positive integer"),
+        (["dataset.val_tokens=1"], "dataset.val_tokens=1 is smaller than every val document"),
+    ],
+)
+def test_bad_token_budgets_through_the_cli(overrides: list[str], message: str, tmp_path: Path) -> None:
+    source = [] if "dataset=bbc_news" in overrides else [f"dataset.source.path={_jsonl(tmp_path / 'corpus.jsonl')}"]
+    result = run_cli("train.py", *LM, *source, *overrides, f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert message in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "metrics.json").exists()

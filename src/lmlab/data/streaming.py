@@ -127,6 +127,7 @@ class HashedCorpus:
         dedupe: str,
         max_samples: Mapping[str, int | None],
         num_proc: int,
+        token_budgets: Mapping[str, int | None] | None = None,
     ):
         options = _files_options(source) or {}
         self.path = str(options["path"])
@@ -147,7 +148,11 @@ class HashedCorpus:
         from lmlab.data.shards import corpus_fingerprint
 
         self.corpus = corpus_fingerprint(self.path)
-        blob = json.dumps([self.corpus, self.text_column, split_seed, self.val, self.test, dedupe])
+        settings: list[Any] = [self.corpus, self.text_column, split_seed, self.val, self.test, dedupe]
+        budgets = {k: v for k, v in (token_budgets or {}).items() if v is not None}
+        if budgets:  # a budget changes the val/test sets (so the fingerprint), not the shards
+            settings.append(budgets)
+        blob = json.dumps(settings)
         self.fingerprint = hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def assigned(self) -> Iterator[tuple[str, str, str]]:
