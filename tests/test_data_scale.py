@@ -445,3 +445,28 @@ def test_val_test_token_budgets_fill_in_increasing_u_and_hold_out_the_rest(tmp_p
         if budget == 10_000:  # the whole split fits: the memory-mapped split itself, nothing held out
             assert held == {"docs": 0, "tokens": 0} and got == _contents(shards)[split]
     assert _contents(shards)["train"] == [_chars([d])[0] for d in docs if split_of(d, 0, fr) == "train"]
+
+
+@pytest.mark.parametrize("num_proc", [1, 2])
+@pytest.mark.parametrize("threshold", [0.3, 0.5])
+def test_streamed_near_copy_search_equals_the_in_memory_one_on_bbc(num_proc: int, threshold: float) -> None:
+    """BBC News split by hash: the streamed search (val/test indexed, train streamed past) finds exactly the
+    near-copies the in-memory search finds on the same splits, and it finds some (BBC has near-copies)."""
+    from lmlab.data.hashsplit import HashSet, content_hash, split_of
+    from lmlab.data.near_duplicates import _find, find_near_duplicates_streamed
+    from lmlab.data.sources import bbc_news
+
+    output = bbc_news()
+    texts = (
+        [ex.text for split in ("train", "val", "test") for ex in output[split]]
+        if isinstance(output, dict)
+        else [ex.text for ex in output]
+    )
+    seen, stream = HashSet(), []
+    for text in texts:
+        if seen.add([content_hash(text)])[0]:
+            stream.append((split_of(text, 0, {"val": 0.1, "test": 0.1}), text))
+    want = _find({s: [t for split, t in stream if split == s] for s in ("train", "val", "test")}, threshold)
+    got = find_near_duplicates_streamed(lambda: iter(stream), threshold, num_proc=num_proc, batch=64)
+    assert got == want
+    assert len(want[("train", "val")]) + len(want[("train", "test")]) > 0

@@ -78,7 +78,9 @@ def test_causal_lm_trains_on_an_unlabelled_jsonl_corpus_from_token_shards(train_
     ]
     assert len(found) == 1 and found[0]["docs"] == want
     data = json.loads((run_dir / "manifest.json").read_text())["data"]
-    assert data["sizes"] == want and data["duplicates"] == {"in_pool": 0}
+    # dataset.dedupe=near (the default) ran the streamed near-copy search: random word soup has no near-copies
+    assert data["sizes"] == want
+    assert data["duplicates"] == {"in_pool": 0, "near_train&val": 0, "near_train&test": 0, "near_val&test": 0}
 
 
 def test_masked_lm_reads_the_same_token_shards(tmp_path: Path) -> None:
@@ -161,3 +163,30 @@ def test_bad_token_budgets_through_the_cli(overrides: list[str], message: str, t
     assert message in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_dedupe_near_drops_val_and_test_near_copies_of_a_streamed_corpus(train_tiny, tmp_path: Path) -> None:
+    from lmlab.data.hashsplit import split_of
+    from lmlab.data.near_duplicates import _find
+
+    rng = random.Random(1)
+    base = [" ".join(rng.choice(WORDS) + str(rng.randint(0, 99)) for _ in range(40)) for _ in range(100)]
+    copies = [text + " one more sentence at the end" for text in base[:40]]  # near-copies, other hash draws
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in base + copies))
+    fr = {"val": 0.2, "test": 0.2}
+    splits = {s: [t for t in base + copies if split_of(t, 0, fr) == s] for s in ("train", "val", "test")}
+    near = _find(splits, 0.5)
+    assert near[("train", "val")] and near[("train", "test")]  # the corpus plants some of each
+    _, run_dir = train_tiny(f"dataset.source.path={corpus}", "dataset.dedupe=near", base=LM)
+    data = json.loads((run_dir / "manifest.json").read_text())["data"]
+    assert data["duplicates"] == {"in_pool": 0, **{f"near_{a}&{b}": len(v) for (a, b), v in near.items()}}
+    dropped_test = set(near[("train", "test")]) | set(near[("val", "test")])
+    assert data["sizes"] == {
+        "train": len(splits["train"]),
+        "val": len(splits["val"]) - len(near[("train", "val")]),
+        "test": len(splits["test"]) - len(dropped_test),
+    }
+    _, exact_dir = train_tiny(f"dataset.source.path={corpus}", "dataset.dedupe=exact", base=LM)
+    exact = json.loads((exact_dir / "manifest.json").read_text())["data"]
+    assert exact["sizes"] == {s: len(v) for s, v in splits.items()} and exact["duplicates"] == {"in_pool": 0}

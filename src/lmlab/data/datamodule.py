@@ -23,7 +23,7 @@ from lmlab.data.cache import RaggedColumn, cache_key, load_or_build
 from lmlab.data.resumable import ResumableDataLoader, ResumableRandomSampler
 from lmlab.data.sampler import LengthGroupedSampler
 from lmlab.data.sources import SPLITS, Example, SourceOutput
-from lmlab.data.splits import dedupe_mode, fingerprint, relabel_one_vs_rest, split_examples
+from lmlab.data.splits import check_threshold, dedupe_mode, fingerprint, relabel_one_vs_rest, split_examples
 from lmlab.data.streaming import HashedCorpus, resolve_split_rule
 from lmlab.errors import LmlabError
 
@@ -293,6 +293,7 @@ class TextDataModule(pl.LightningDataModule):
             max_samples=self.max_samples,
             num_proc=self.num_proc,
             token_budgets=self.token_budgets,
+            near_duplicate_threshold=check_threshold(self.near_duplicate_threshold),
         )
         self.splits = self.base_splits = self.hashed.splits()  # type: ignore[assignment]  # streamed, lazy
         self.source_examples, self.duplicates = [], {}
@@ -309,9 +310,15 @@ class TextDataModule(pl.LightningDataModule):
             root = Path(self._shard_tmp.name)
         shards = self.hashed.shards(self.tokenizer, self.encoding, self.max_length, root)
         self.duplicates = {"in_pool": int(shards.manifest["duplicates_removed"])}  # exact, removed (run manifest)
+        near = self.hashed.near_copies
+        drop: dict[str, set[int]] = {"train": set(), "val": set(), "test": set()}
+        if near is not None:  # as the stratified path: val near train dropped; test near train or val dropped
+            self.duplicates.update({f"near_{a}&{b}": len(v) for (a, b), v in near.items()})
+            drop["val"] = set(near[("train", "val")])
+            drop["test"] = set(near[("train", "test")]) | set(near[("val", "test")])
         for split in SPLITS:
             budget = self.token_budgets.get(split)
-            tokens = shards.split(split, budget)
+            tokens = shards.split(split, budget, drop=sorted(drop[split]))
             self.splits[split].count = len(tokens.offsets) - 1  # type: ignore[attr-defined]
             if len(tokens.offsets) == 1 and shards.manifest["docs"][split]:
                 raise LmlabError(

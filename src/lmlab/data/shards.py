@@ -120,11 +120,12 @@ class ShardSet:
     built: bool  # True when this process built (part of) it
     held_out: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> docs/tokens outside its budget
 
-    def split(self, split: str, max_tokens: int | None = None) -> SplitTokens:
-        """The split's tokens, memory-mapped. `max_tokens` (dataset.val_tokens / test_tokens): only the documents
-        that fit, taken in increasing u (the hash-split draw) until the next one would exceed the budget, kept in
-        corpus order and copied into memory (a budget is evaluation-sized); the rest are held out: in this split's
-        files, so never trained on, and never scored."""
+    def split(self, split: str, max_tokens: int | None = None, drop: Sequence[int] = ()) -> SplitTokens:
+        """The split's tokens, memory-mapped. `drop`: indices of documents left out (near-copies of an earlier
+        split). `max_tokens` (dataset.val_tokens / test_tokens): of the rest, only the documents that fit, taken in
+        increasing u (the hash-split draw) until the next one would exceed the budget, kept in corpus order and
+        copied into memory (evaluation-sized); the others are held out: in this split's files, so never trained
+        on, and never scored (`held_out`)."""
         dtype = np.dtype(self.manifest["dtype"])
         parts, lengths = [], []
         for shard in range(self.manifest["shards"]):
@@ -138,18 +139,24 @@ class ShardSet:
         np.cumsum(flat_lengths, out=offsets[1:])
         tokens = SplitTokens(parts, offsets)
         self.held_out[split] = {"docs": 0, "tokens": 0}
-        if max_tokens is None or int(offsets[-1]) <= max_tokens:
+        candidates = np.setdiff1d(np.arange(len(flat_lengths)), np.asarray(drop, dtype=np.int64))
+        selected = candidates
+        if max_tokens is not None and flat_lengths[candidates].sum() > max_tokens:
+            draws = np.concatenate(
+                [np.load(self.directory / f"shard-{i:05d}.{split}.u.npy") for i in range(self.manifest["shards"])]
+            )
+            by_draw = candidates[np.argsort(draws[candidates], kind="stable")]
+            fits = int(np.searchsorted(np.cumsum(flat_lengths[by_draw]), max_tokens, side="right"))
+            selected = np.sort(by_draw[:fits])
+            self.held_out[split] = {
+                "docs": len(candidates) - fits,
+                "tokens": int(flat_lengths[candidates].sum() - flat_lengths[selected].sum()),
+            }
+        if len(selected) == len(flat_lengths):
             return tokens
-        draws = np.concatenate(
-            [np.load(self.directory / f"shard-{shard:05d}.{split}.u.npy") for shard in range(self.manifest["shards"])]
-        )
-        by_draw = np.argsort(draws, kind="stable")
-        fits = int(np.searchsorted(np.cumsum(flat_lengths[by_draw]), max_tokens, side="right"))
-        keep = np.sort(by_draw[:fits])
-        kept = flat_lengths[keep]
-        self.held_out[split] = {"docs": len(flat_lengths) - fits, "tokens": int(offsets[-1] - kept.sum())}
-        flat = np.concatenate([tokens.document(int(i)) for i in keep]) if fits else np.zeros(0, dtype)
-        kept_offsets = np.zeros(fits + 1, dtype=np.int64)
+        kept = flat_lengths[selected]
+        flat = np.concatenate([tokens.document(int(i)) for i in selected]) if len(selected) else np.zeros(0, dtype)
+        kept_offsets = np.zeros(len(selected) + 1, dtype=np.int64)
         np.cumsum(kept, out=kept_offsets[1:])
         return SplitTokens([flat], kept_offsets)
 
