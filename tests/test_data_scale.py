@@ -470,3 +470,35 @@ def test_streamed_near_copy_search_equals_the_in_memory_one_on_bbc(num_proc: int
     got = find_near_duplicates_streamed(lambda: iter(stream), threshold, num_proc=num_proc, batch=64)
     assert got == want
     assert len(want[("train", "val")]) + len(want[("train", "test")]) > 0
+
+
+def test_bpe_learns_from_a_seeded_sample_spread_over_a_split_larger_than_its_budget() -> None:
+    import hashlib
+
+    from lmlab.data.tokenizer import train_bpe
+
+    texts = [f"doc {i}: word{i % 50} other{i % 7} thing{i % 13} and some more text" for i in range(2000)]
+    total = sum(len(t.encode()) for t in texts)
+    consumed: list[list[str]] = [[], []]
+
+    def stream(k: int):
+        for text in texts:
+            consumed[k].append(text)
+            yield text
+
+    kwargs = {"data_fingerprint": "t", "cache_dir": None, "max_bytes": total // 4, "total_bytes": total}
+    first = train_bpe(stream(0), 300, **kwargs)
+    second = train_bpe(stream(1), 300, **kwargs)
+    assert first.backend_tokenizer.to_str() == second.backend_tokenizer.to_str()  # seeded: the same sample
+    # Independently: the documents whose hash draw falls under rate = 1/4 (order kept), up to the byte budget.
+    rate = (total // 4) / total
+    want = [
+        t
+        for t in texts
+        if int.from_bytes(hashlib.sha256(b"bpe-sample\0" + t.encode()).digest()[:8], "big") < rate * 2**64
+    ]
+    assert 350 < len(want) < 650
+    # The stream was read to (nearly) its end: the sample spreads over the split, not its first quarter.
+    assert len(consumed[0]) > 1500
+    full = train_bpe(iter(texts), 300, data_fingerprint="t", cache_dir=None, total_bytes=total)  # under budget: all
+    assert full.backend_tokenizer.to_str() != first.backend_tokenizer.to_str()

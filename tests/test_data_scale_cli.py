@@ -190,3 +190,20 @@ def test_dedupe_near_drops_val_and_test_near_copies_of_a_streamed_corpus(train_t
     _, exact_dir = train_tiny(f"dataset.source.path={corpus}", "dataset.dedupe=exact", base=LM)
     exact = json.loads((exact_dir / "manifest.json").read_text())["data"]
     assert exact["sizes"] == {s: len(v) for s, v in splits.items()} and exact["duplicates"] == {"in_pool": 0}
+
+
+def test_bpe_train_bytes_is_a_result_key_only_away_from_its_default(train_tiny, tmp_path: Path) -> None:
+    from lmlab.rundir.identity import ADDED_KEYS
+
+    corpus = _jsonl(tmp_path / "corpus.jsonl")
+    _, default_dir = train_tiny(f"dataset.source.path={corpus}", base=LM)
+    _, small_dir = train_tiny(f"dataset.source.path={corpus}", "model.bpe_train_bytes=2000", base=LM)
+    default = json.loads((default_dir / "resolved_config.json").read_text())["config"]
+    small = json.loads((small_dir / "resolved_config.json").read_text())["config"]
+    # At its default the key is left out of the result config (older run dirs never recorded it: the same job).
+    assert ADDED_KEYS["model.bpe_train_bytes"] == 100_000_000 and "model.bpe_train_bytes" not in default
+    assert small["model.bpe_train_bytes"] == 2000
+    result = run_cli("train.py", *LM, f"dataset.source.path={corpus}", "model.bpe_train_bytes=0",
+                     f"hydra.run.dir={tmp_path / 'bad'}")  # fmt: skip
+    assert result.returncode == 1 and "model.bpe_train_bytes=0" in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr

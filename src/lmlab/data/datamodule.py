@@ -283,6 +283,15 @@ class TextDataModule(pl.LightningDataModule):
             self.datasets[split] = self.encoding.dataset(split, cols, self.splits[split])
             start = stop
 
+    def train_text_bytes(self) -> int:
+        """UTF-8 bytes of the train split's text: counted when it is in memory; for a streamed (hash) corpus an
+        estimate, its files' sizes times the train fraction (compressed files count their compressed size)."""
+        assert self.splits is not None
+        if self.hashed is None:
+            return sum(len(ex.text.encode("utf-8")) for ex in self.splits["train"])
+        files = self.hashed.corpus.get("files") or []
+        return int(sum(int(f[1]) for f in files) * (1 - self.hashed.val - self.hashed.test))
+
     # ---- dataset.split_rule=hash: a streamed corpus in memory-mapped token shards
     def _load_hashed(self, mode: str) -> dict[str, Any]:
         self.hashed = HashedCorpus(
