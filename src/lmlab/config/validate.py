@@ -66,6 +66,7 @@ RANGES: dict[str, tuple[type, float, float, str]] = {
     "max_samples.test": (int, 0, INF, "[)"),
     # model.*, peft.dropout, task.max_tokens
     "bpe_vocab_size": (int, 0, INF, "()"),
+    "bpe_train_bytes": (int, 0, INF, "()"),
     "threshold": (float, 0.0, 1.0, "()"),
     "dropout": (float, 0.0, 1.0, "[)"),
     "freeze_layers": (int, 0, INF, "[)"),
