@@ -146,6 +146,8 @@ def test_val_and_test_token_budgets_through_the_cli(train_tiny, tmp_path: Path) 
         == json.loads((tmp_path / "run0" / "manifest.json").read_text())["data"]["sizes"]["test"]
     )
     assert data["fingerprint"] != json.loads((tmp_path / "run0" / "manifest.json").read_text())["data"]["fingerprint"]
+    hashes = json.loads((run_dir / "example_hashes.json").read_text())
+    assert [len(hashes[s]) for s in ("val", "test")] == [data["sizes"]["val"], data["sizes"]["test"]]
 
 
 @pytest.mark.parametrize(
@@ -187,6 +189,14 @@ def test_dedupe_near_drops_val_and_test_near_copies_of_a_streamed_corpus(train_t
         "val": len(splits["val"]) - len(near[("train", "val")]),
         "test": len(splits["test"]) - len(dropped_test),
     }
+    # example_hashes.json (what lineage checks test overlap with) lists what each split scored, from one pass
+    from lmlab.rundir.lineage import example_hash
+
+    dropped = {"train": set(), "val": set(near[("train", "val")]), "test": dropped_test}
+    hashes = json.loads((run_dir / "example_hashes.json").read_text())
+    for s in ("train", "val", "test"):
+        want = sorted(example_hash(t) for i, t in enumerate(splits[s]) if i not in dropped[s])
+        assert hashes[s] == want, s
     _, exact_dir = train_tiny(f"dataset.source.path={corpus}", "dataset.dedupe=exact", base=LM)
     exact = json.loads((exact_dir / "manifest.json").read_text())["data"]
     assert exact["sizes"] == {s: len(v) for s, v in splits.items()} and exact["duplicates"] == {"in_pool": 0}

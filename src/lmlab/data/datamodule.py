@@ -333,6 +333,10 @@ class TextDataModule(pl.LightningDataModule):
         for split in SPLITS:
             budget = self.token_budgets.get(split)
             tokens = shards.split(split, budget, drop=sorted(drop[split]))
+            if split in shards.selected:  # what the split's examples (manifest, example hashes) then iterate
+                mask = np.zeros(shards.manifest["docs"][split], dtype=bool)
+                mask[shards.selected[split]] = True
+                self.hashed.keep[split] = mask
             self.splits[split].count = len(tokens.offsets) - 1  # type: ignore[attr-defined]
             if len(tokens.offsets) == 1 and shards.manifest["docs"][split]:
                 raise LmlabError(

@@ -135,7 +135,11 @@ def _matched_positions(texts: list[str]) -> np.ndarray:
 
 
 def find_near_duplicates_streamed(
-    documents: Callable[[], Iterable[tuple[str, str]]], threshold: float, num_proc: int = 1, batch: int = 512
+    documents: Callable[[], Iterable[tuple[str, str]]],
+    threshold: float,
+    num_proc: int = 1,
+    batch: int = 512,
+    train_bytes: int | None = None,
 ) -> dict[tuple[str, str], list[int]]:
     """`find_near_duplicates`' answer for a corpus too large to hold: `documents()` yields (split, text) in a fixed
     order and is called twice. Pass 1 keeps the shingles of the val and test documents only (sorted int64
@@ -150,7 +154,13 @@ def find_near_duplicates_streamed(
     flat = {s: np.concatenate(a) if a else np.zeros(0, np.int64) for s, a in grams.items()}
     _QUERY = np.unique(np.concatenate([flat["val"], flat["test"]]))
     matched = np.zeros(len(_QUERY), dtype=bool)
-    pool = multiprocessing.get_context("fork").Pool(num_proc) if num_proc > 1 and len(_QUERY) else None
+    # Worker processes only where they pay (a train split of more than ~64 MB of text): forking a process that has
+    # run Rust tokenizer threads is where a rare hang would come from, and a small corpus takes seconds in-process.
+    pool = (
+        multiprocessing.get_context("fork").Pool(num_proc)
+        if num_proc > 1 and len(_QUERY) and (train_bytes is None or train_bytes > 64 << 20)
+        else None
+    )
     try:
         pending: list[Any] = []
         texts: list[str] = []

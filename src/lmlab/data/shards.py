@@ -119,6 +119,7 @@ class ShardSet:
     manifest: dict[str, Any]
     built: bool  # True when this process built (part of) it
     held_out: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> docs/tokens outside its budget
+    selected: dict[str, np.ndarray] = field(default_factory=dict)  # split -> the documents `split` kept, if not all
 
     def split(self, split: str, max_tokens: int | None = None, drop: Sequence[int] = ()) -> SplitTokens:
         """The split's tokens, memory-mapped. `drop`: indices of documents left out (near-copies of an earlier
@@ -152,8 +153,10 @@ class ShardSet:
                 "docs": len(candidates) - fits,
                 "tokens": int(flat_lengths[candidates].sum() - flat_lengths[selected].sum()),
             }
+        self.selected.pop(split, None)
         if len(selected) == len(flat_lengths):
             return tokens
+        self.selected[split] = selected
         kept = flat_lengths[selected]
         flat = np.concatenate([tokens.document(int(i)) for i in selected]) if len(selected) else np.zeros(0, dtype)
         kept_offsets = np.zeros(len(selected) + 1, dtype=np.int64)

@@ -101,9 +101,13 @@ class HashSplit(Sequence[Example]):
         self.split, self.corpus = split, corpus
 
     def __iter__(self) -> Iterator[Example]:
-        for split, doc_id, text in self.corpus.assigned():
+        for split, doc_id, text in self.corpus.kept():
             if split == self.split:
                 yield Example(id=doc_id, text=text, label=None, origin=doc_id)
+
+    def hashes(self) -> list[str]:
+        """This split's sorted example hashes (lineage.example_hash), from one pass shared by the three splits."""
+        return self.corpus.example_hashes()[self.split]
 
     count: int | None = None  # known once the shards exist (their manifest); else one streamed pass
 
@@ -147,6 +151,8 @@ class HashedCorpus:
         from lmlab.data.shards import corpus_fingerprint
 
         self.corpus = corpus_fingerprint(self.path)
+        self.keep: dict[str, Any] = {}  # split -> bool mask over its documents (kept for scoring), set at setup
+        self._hashes: dict[str, list[str]] | None = None
         settings: list[Any] = [self.corpus, self.text_column, split_seed, self.val, self.test, dedupe]
         budgets = {k: v for k, v in (token_budgets or {}).items() if v is not None}
         if budgets:  # a budget changes the val/test sets (so the fingerprint), not the shards
@@ -164,6 +170,26 @@ class HashedCorpus:
                 continue
             u = unit(doc.text, self.split_seed)
             yield ("val" if u < self.val else "test" if u < self.val + self.test else "train"), doc.origin, doc.text
+
+    def kept(self) -> Iterator[tuple[str, str, str]]:
+        """`assigned()` less the val/test documents the run does not score (near-copies, outside a token budget):
+        what the shards' splits hold as read (`self.keep`, set by the datamodule from the shards; None = all)."""
+        index = {"train": 0, "val": 0, "test": 0}
+        for split, doc_id, text in self.assigned():
+            i, index[split] = index[split], index[split] + 1
+            keep = self.keep.get(split)
+            if keep is None or keep[i]:
+                yield split, doc_id, text
+
+    def example_hashes(self) -> dict[str, list[str]]:
+        if self._hashes is None:
+            from lmlab.rundir.lineage import example_hash
+
+            hashes: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+            for split, _, text in self.kept():
+                hashes[split].append(example_hash(text))
+            self._hashes = {split: sorted(h) for split, h in hashes.items()}
+        return self._hashes
 
     def splits(self) -> dict[str, HashSplit]:
         return {split: HashSplit(split, self) for split in ("train", "val", "test")}
@@ -215,7 +241,10 @@ class HashedCorpus:
             return {tuple(key.split("&")): value for key, value in raw.items()}  # type: ignore[misc]
         start = time.perf_counter()
         found = find_near_duplicates_streamed(
-            lambda: ((split, text) for split, _, text in self.assigned()), self.near_threshold, self.num_proc
+            lambda: ((split, text) for split, _, text in self.assigned()),
+            self.near_threshold,
+            self.num_proc,
+            train_bytes=int(sum(int(f[1]) for f in self.corpus["files"]) * (1 - self.val - self.test)),
         )
         write_json(path, {f"{a}&{b}": indices for (a, b), indices in found.items()})
         log.info(

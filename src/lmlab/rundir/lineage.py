@@ -29,7 +29,14 @@ def example_hash(text: str, text_pair: str | None = None) -> str:
 
 
 def split_hashes(splits: Mapping[str, Sequence[Any]]) -> dict[str, list[str]]:
-    return {split: sorted(example_hash(ex.text, ex.text_pair) for ex in examples) for split, examples in splits.items()}
+    """Per split, the sorted example hashes. A streamed split (data.streaming.HashSplit) gives its own from one pass
+    over the corpus shared by the three splits, instead of one pass per split."""
+    return {
+        split: examples.hashes()
+        if hasattr(examples, "hashes")
+        else sorted(example_hash(ex.text, ex.text_pair) for ex in examples)
+        for split, examples in splits.items()
+    }
 
 
 def write_example_hashes(run_dir: Path, splits: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
