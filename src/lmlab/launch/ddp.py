@@ -55,6 +55,13 @@ def is_primary_process() -> bool:
     return env_rank() == 0
 
 
+def rank_overrides(rank: int) -> list[str]:
+    """Hydra overrides for a rank > 0 that SLURM or torchrun started: its log goes to
+    `train_ddp_process_<rank>.log` (not rank 0's train.log) and it writes no `.hydra/` (rank 0's stays) --
+    what Lightning's own subprocess launcher passes its children."""
+    return [f"hydra.job.name=train_ddp_process_{rank}", "hydra.output_subdir=null"] if rank > 0 else []
+
+
 def _config_flags(argv: list[str]) -> list[str]:
     kept: list[str] = []
     args = iter(argv)
