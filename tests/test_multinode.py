@@ -239,6 +239,7 @@ def test_usr2_requeue_of_a_two_node_job_resumes(reference: Path, tmp_path: Path)
     assert [r["slurmd_nodename"] for r in manifest["ranks"]] == ["n1", "n2"]
     got, ref = model_metrics(job), model_metrics(reference)
     assert got.keys() == ref.keys()
+    print("\nrequeued vs uninterrupted:", {k: (got[k], ref[k]) for k in ref if got[k] != ref[k]} or "bitwise equal")
     # What holds on this branch: the same number of steps and a finished, finite run; the resumed epoch replays
     # its DistributedSampler order from its start and rank 1 gets rank 0's RNG state, so the numbers are close,
     # not bitwise (docs/scaling-out.md). With a global-index resumable sampler and per-rank RNG states this
@@ -285,7 +286,8 @@ def _torchrun_nodes(log_dir: Path, rdzv_id: str, private_node1: bool = False, **
 
 
 def _wait_all(procs: list[subprocess.Popen], timeout: float) -> list[tuple[int, str]]:
-    return [(p.returncode, p.communicate(timeout=timeout)[1]) for p in procs]
+    errs = [p.communicate(timeout=timeout)[1] for p in procs]
+    return [(p.returncode, err) for p, err in zip(procs, errs)]
 
 
 @needs_cluster
