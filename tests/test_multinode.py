@@ -9,6 +9,7 @@ one uninterrupted two-node run (the `reference` fixture) is what the others are 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -127,6 +128,7 @@ def _rank_pid(job_id: str, rank: int) -> int:
 # ---- DDP across nodes -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slurm
 @needs_cluster
 def test_two_node_run_equals_one_node_two_processes(reference: Path, tmp_path: Path) -> None:
     """One rank on each node, one run dir: rank 0 wrote the run files, rank 1 only its log; metrics.json equals the
@@ -149,6 +151,7 @@ def test_two_node_run_equals_one_node_two_processes(reference: Path, tmp_path: P
     assert model_metrics(reference) == local
 
 
+@pytest.mark.slurm
 @needs_cluster
 def test_allocation_that_does_not_match_the_trainer_is_refused(tmp_path: Path) -> None:
     """At submit (the launcher's request) and inside a job (your own srun): a message naming both numbers, nothing
@@ -173,6 +176,7 @@ def test_allocation_that_does_not_match_the_trainer_is_refused(tmp_path: Path) -
     assert not (run_dir / "checkpoints").exists()
 
 
+@pytest.mark.slurm
 @needs_cluster
 def test_sweeping_num_nodes_is_refused(tmp_path: Path) -> None:
     res = run_cli(
@@ -188,6 +192,7 @@ def test_sweeping_num_nodes_is_refused(tmp_path: Path) -> None:
 LOST_TIMEOUT_S = 30  # trainer.strategy.timeout.seconds for the lost-node run
 
 
+@pytest.mark.slurm
 @needs_cluster
 def test_lost_rank_fails_the_job_fast_and_resumes_from_the_last_checkpoint(reference: Path, tmp_path: Path) -> None:
     """SIGKILL of rank 1 (as a node failure would) mid-epoch 2: rank 0 does not wait in its all-reduce until the
@@ -218,6 +223,37 @@ def test_lost_rank_fails_the_job_fast_and_resumes_from_the_last_checkpoint(refer
     assert model_metrics(again) == model_metrics(reference)
 
 
+HUNG_TIMEOUT_S = 20  # trainer.strategy.timeout.seconds for the hung-rank run
+
+
+@pytest.mark.slurm
+@needs_cluster
+def test_hung_rank_fails_the_job_after_the_collective_timeout(tmp_path: Path) -> None:
+    """SIGSTOP of rank 1 (a frozen node: alive, silent) mid-epoch 2: rank 0 waits in its all-reduce for
+    trainer.strategy.timeout.seconds, then records `failed` and cancels the SLURM step, so the job ends instead of
+    holding the allocation (srun would wait for the stopped task until the time limit)."""
+    sweep = tmp_path / "sweep"
+    proc = _sweep(sweep, f"trainer.strategy.timeout.seconds={HUNG_TIMEOUT_S}")
+    job = _job_dir(sweep, "trainer.num_nodes=2", timeout=120)
+    _wait_file(job / "checkpoints" / "last.ckpt", timeout=300)
+    pid = _rank_pid(_slurm_id(job), 1)
+    os.kill(pid, signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        out, err = proc.communicate(timeout=HUNG_TIMEOUT_S + 180)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    ended_s = time.monotonic() - stopped
+    print(f"\nhung rank: the sweep ended {ended_s:.1f} s after SIGSTOP of rank 1 (timeout {HUNG_TIMEOUT_S} s)")
+    assert proc.returncode != 0
+    assert HUNG_TIMEOUT_S - 2 < ended_s < HUNG_TIMEOUT_S + 90, ended_s
+    status = _status(job)
+    assert status["status"] == "failed", status
+    print(f"status.json error: {status['error']}")
+
+
+@pytest.mark.slurm
 @needs_cluster
 def test_usr2_requeue_of_a_two_node_job_resumes(reference: Path, tmp_path: Path) -> None:
     """USR2 to the 2-node job mid-epoch 2: every rank stops at the same batch boundary (a collective decision), one
@@ -290,6 +326,7 @@ def _wait_all(procs: list[subprocess.Popen], timeout: float) -> list[tuple[int, 
     return [(p.returncode, err) for p, err in zip(procs, errs)]
 
 
+@pytest.mark.slurm
 @needs_cluster
 def test_torchrun_two_local_nodes_one_run_dir_same_metrics(reference: Path, tmp_path: Path) -> None:
     """torchrun --nnodes 2 without SLURM: one run dir named by the rendezvous id, rank 0 writes, the same metrics
