@@ -226,6 +226,7 @@ def test_lost_rank_fails_the_job_fast_and_resumes_from_the_last_checkpoint(refer
 HUNG_TIMEOUT_S = 20  # trainer.strategy.timeout.seconds for the hung-rank run
 
 
+@pytest.mark.slow  # ~75-245 s (the timeout + the run); CI's budget keeps the SIGKILL test instead
 @pytest.mark.slurm
 @needs_cluster
 def test_hung_rank_fails_the_job_after_the_collective_timeout(tmp_path: Path) -> None:
