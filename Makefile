@@ -107,7 +107,7 @@ bench-lm-quality: install  ## default LM recipe vs n-gram baselines in bpb, and 
 quality: install  ## time the default run and check its test macro-F1 (README, "Quality and time")
 	$(PY) benchmarks/quality.py $(ARGS)
 
-slurm-up:  ## a real single-node SLURM cluster on this machine (root; installs slurm/munge/mariadb on first use)
+slurm-up:  ## a real two-node SLURM cluster (n1, n2: two slurmd) on this machine (root; installs slurm/munge/mariadb on first use)
 	bash tests/slurm/up.sh
 
 slurm-down:  ## stop exactly the daemons slurm-up started

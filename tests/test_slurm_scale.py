@@ -86,12 +86,17 @@ def _kill_job_processes(job_id: str) -> None:
     import signal
 
     env = {**os.environ, "SLURM_CONF": str(_CONF)}
-    raw = subprocess.run(
-        ["squeue", "-h", "-j", job_id, "-o", "%A"], env=env, capture_output=True, text=True, timeout=30
-    ).stdout.strip()  # listpids wants the raw id, not <array>_<task>
-    res = subprocess.run(["scontrol", "listpids", raw], env=env, capture_output=True, text=True, timeout=30)
-    assert res.returncode == 0, res.stderr
-    pids = [int(line.split()[0]) for line in res.stdout.splitlines()[1:] if line.split()[0].isdigit()]
+    raw, nodelist = subprocess.run(
+        ["squeue", "-h", "-j", job_id, "-o", "%A %N"], env=env, capture_output=True, text=True, timeout=30
+    ).stdout.split()  # listpids wants the raw id, not <array>_<task>
+    nodes = subprocess.run(
+        ["scontrol", "show", "hostnames", nodelist], env=env, capture_output=True, text=True, timeout=30
+    ).stdout.split()
+    pids = []
+    for node in nodes:  # several slurmd on this host (n1, n2): listpids must name the node it asks
+        res = subprocess.run(["scontrol", "listpids", raw, node], env=env, capture_output=True, text=True, timeout=30)
+        assert res.returncode == 0, res.stderr
+        pids += [int(line.split()[0]) for line in res.stdout.splitlines()[1:] if line.split()[0].isdigit()]
     assert pids, res.stdout
     for pid in pids:
         try:

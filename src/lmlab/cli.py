@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 from lmlab.config.arglists import quote
 from lmlab.errors import LmlabError
+from lmlab.launch.ddp import env_rank, rank_overrides
 from lmlab.rundir import run_dir_of
 
 _CKPT = re.compile(r"^(\+{0,2}ckpt_path)=(.*)$", re.S)
@@ -97,8 +97,10 @@ def preparse(argv: list[str], entry: str = "train") -> list[str]:
         "--shell-completion",
         "-sc",
     )
-    ddp_child = os.environ.get("LOCAL_RANK", "0") != "0"  # rank 0 already checked and locked the dir
-    if entry != "train" or ddp_child or any(f in info_only or f.startswith("--cfg") for f in flags):
+    rank = env_rank()  # a DDP rank > 0 (Lightning's child, torchrun, srun): rank 0 checked and locked the dir
+    if rank > 0 and entry == "train" and not any(a.lstrip("+").startswith("hydra.job.name=") for a in args):
+        args.extend(rank_overrides(rank))  # torchrun / srun: its own log file, rank 0's .hydra/ left alone
+    if entry != "train" or rank > 0 or any(f in info_only or f.startswith("--cfg") for f in flags):
         return [argv[0], *args]
     overrides = [a for a in args if not a.startswith("-")]
     explicit = next((Path(_unquoted(m.group(1))) for a in overrides if (m := _RUN_DIR.match(a))), None)

@@ -28,6 +28,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     from lmlab.callbacks.loggers import wandb_resume_kwargs
     from lmlab.console import phase
     from lmlab.launch.ddp import trainer_plugins
+    from lmlab.launch.nodes import ClusterCheck
     from lmlab.launch.pruning import optuna_pruning
     from lmlab.launch.requeue import RequeueOnSignal
     from lmlab.models.peft import peft_settings  # torch: imported after the config is checked
@@ -46,6 +47,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     callbacks.append(RequeueOnSignal(cfg.paths.output_dir))  # RNG/epoch position in checkpoints; SLURM requeue
     if getattr(datamodule, "log_positions", False):
         callbacks.append(DataPositionLog(cfg.paths.output_dir))  # which global positions each batch read
+    callbacks.append(ClusterCheck(cfg.paths.output_dir))  # distributed: one shared run dir; each rank's node
     callbacks.extend(optuna_pruning(task.monitor))  # an Optuna trial with hydra.sweeper.pruner on, else none
     callbacks.append(
         RunInfo(
@@ -96,12 +98,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from lmlab.callbacks.loggers import finish_run, log_hyperparams
     from lmlab.callbacks.throughput import peak_rss_mb
     from lmlab.console import print_config, quiet_libraries
-    from lmlab.launch import ddp
+    from lmlab.launch import ddp, nodes
     from lmlab.models.peft import param_counts
     from lmlab.rundir import manifest
 
     run_dir = Path(cfg.paths.output_dir)
     check_accelerator(cfg.trainer.get("accelerator"))
+    nodes.check_allocation(cfg.trainer)  # before anything is built: SLURM/torchrun started the right processes
+    nodes.slurm_main_address()
     quiet_libraries()
     if ddp.is_primary_process():
         print_config(cfg, save_to=run_dir / "config_tree.log")

@@ -4,19 +4,26 @@
 
 STATE_DIR="${SLURM_STATE_DIR:-/tmp/lmlab-slurm}"
 # Slurm ports are fixed numbers in slurm.conf; a base lets a laptop that already runs a real Slurm (6817-6819)
-# or MariaDB move this cluster out of the way: ctld=base, slurmd=base+1, slurmdbd=base+2, mariadb=base+3.
+# or MariaDB move this cluster out of the way: ctld=base, slurmd n1=base+1, slurmdbd=base+2, mariadb=base+3,
+# slurmd n2=base+4.
 PORT_BASE="${LMLAB_SLURM_PORT_BASE:-6817}"
 CTLD_PORT=$((PORT_BASE))
 SLURMD_PORT=$((PORT_BASE + 1))
 DBD_PORT=$((PORT_BASE + 2))
 DB_PORT=$((PORT_BASE + 3))
+SLURMD2_PORT=$((PORT_BASE + 4))
+# The cluster's nodes: two slurmd on this one host, each its own SLURM node with 1 CPU (see up.sh for why).
+NODES=(n1 n2)
 CLUSTER_NAME=lmlab
 ACCOUNT_NAME=lmlab
 
 PID_DIR="$STATE_DIR/pids"
 LOG_DIR="$STATE_DIR/log"
-# Start order; down.sh walks it backwards so nothing loses a server it still talks to.
-DAEMONS=(munged mariadbd slurmdbd slurmctld slurmd)
+# Start order; down.sh walks it backwards so nothing loses a server it still talks to. A daemon's record name is
+# PROGRAM or PROGRAM@INSTANCE (one slurmd per node: slurmd@n1, slurmd@n2); its pid and log files carry that name.
+DAEMONS=(munged mariadbd slurmdbd slurmctld slurmd@n1 slurmd@n2)
+# Names an older up.sh recorded (one slurmd); down.sh still stops them.
+LEGACY_DAEMONS=(slurmd)
 
 log() { printf '[slurm %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -40,8 +47,8 @@ live_pid() {
   [[ "$pid" =~ ^[0-9]+$ ]] || return 1
   running "$pid" || return 1
   comm="$(cat "/proc/$pid/comm" 2>/dev/null)" || return 1
-  # /proc/PID/comm is cut to 15 characters; the daemon names here are shorter.
-  [[ "$comm" == "$name" ]] || return 1
+  # /proc/PID/comm is cut to 15 characters; the program names here are shorter.
+  [[ "$comm" == "${name%%@*}" ]] || return 1
   echo "$pid"
 }
 

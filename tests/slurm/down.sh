@@ -16,7 +16,7 @@ export SLURM_CONF="$STATE_DIR/slurm.conf"
 
 # Cancel jobs first while slurmctld and slurmd still run: otherwise their slurmstepd and user processes would
 # outlive the daemons and still be running when the cluster comes back.
-if live_pid slurmctld >/dev/null && live_pid slurmd >/dev/null; then
+if live_pid slurmctld >/dev/null && live_pid slurmd@n1 >/dev/null; then
   jobs_left="$(timeout 10 squeue -h -o %A 2>/dev/null || true)"
   if [[ -n "$jobs_left" ]]; then
     log "cancelling jobs: $(echo $jobs_left)"
@@ -28,8 +28,9 @@ if live_pid slurmctld >/dev/null && live_pid slurmd >/dev/null; then
 fi
 
 stopped=0
-for ((i = ${#DAEMONS[@]} - 1; i >= 0; i--)); do
-  name="${DAEMONS[i]}"
+ALL=("${DAEMONS[@]}" "${LEGACY_DAEMONS[@]}")
+for ((i = ${#ALL[@]} - 1; i >= 0; i--)); do
+  name="${ALL[i]}"
   if pid="$(live_pid "$name")"; then
     kill -TERM "$pid" 2>/dev/null || true
     # Slurm daemons and MariaDB save state on SIGTERM; give them time, then insist.

@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
-# Bring up a real single-node SLURM cluster (munge + MariaDB + slurmdbd + slurmctld + slurmd) on this machine,
-# for the SLURM tests and for trying the SLURM launcher on a laptop. Needs root (apt-get, munge user) and no
+# Bring up a real two-node SLURM cluster (munge + MariaDB + slurmdbd + slurmctld + one slurmd per node, nodes n1
+# and n2 with 1 CPU each) on this machine, for the SLURM tests and for trying the SLURM launcher on a laptop. Needs root (apt-get, munge user) and no
 # systemd: every daemon is started by hand, in the foreground under setsid, and its PID recorded.
 #
 #   SLURM_STATE_DIR        state dir (default /tmp/lmlab-slurm); everything lives there
-#   LMLAB_SLURM_PORT_BASE  first of 4 TCP ports (default 6817): slurmctld, slurmd, slurmdbd, mariadb
+#   LMLAB_SLURM_PORT_BASE  first of 5 TCP ports (default 6817): slurmctld, slurmd n1, slurmdbd, mariadb, slurmd n2
+#
+# Two nodes on one host: both slurmd run here, told apart by `slurmd -N <node>` and a per-node `Port=` in
+# slurm.conf. Debian's slurm-wlm is built with --enable-multiple-slurmd (checked: with 22.05.8 two slurmd on one
+# host register as two nodes, and a 2-node job gets one task on each), so no network namespaces, veth pairs or
+# bridge are needed: nothing outside the state dir to set up or tear down, and the start costs one more slurmd.
+# The price: both "nodes" share one filesystem, one clock and one loopback address, so what differs between real
+# nodes (hostname, a node-local /tmp) is not exercised by the cluster itself; SLURMD_NODENAME/SLURM_NODEID do differ.
 #
 # Afterwards: `source $SLURM_STATE_DIR/env` (sets SLURM_CONF) and use sbatch/squeue/sacct/submitit.
 # Idempotent: when the cluster is already up it only reprints the guidance. A stale state (daemons dead after a
@@ -31,9 +38,11 @@ Stop it with tests/slurm/down.sh (same SLURM_STATE_DIR).
 EOF
 }
 
+# Every node registered and usable, and accounting answers.
 cluster_answers() {
-  timeout 10 sinfo -h -N -o '%T' 2>/dev/null | grep -qE '^(idle|mixed|allocated|completing)' \
-    && timeout 10 sacct -n -X -S now >/dev/null 2>&1
+  local up
+  up="$(timeout 10 sinfo -h -N -o '%N %T' 2>/dev/null | grep -cE ' (idle|mixed|allocated|completing)$')" || true
+  [[ "$up" == "${#NODES[@]}" ]] && timeout 10 sacct -n -X -S now >/dev/null 2>&1
 }
 
 # ---- already up? ----------------------------------------------------------------------------------------
@@ -77,9 +86,9 @@ fi
 
 # ---- ports ----------------------------------------------------------------------------------------------
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in "$CTLD_PORT" "$SLURMD_PORT" "$DBD_PORT" "$DB_PORT"; do
+for p in "$CTLD_PORT" "$SLURMD_PORT" "$DBD_PORT" "$DB_PORT" "$SLURMD2_PORT"; do
   port_busy "$p" && die "TCP port $p on 127.0.0.1 is already in use (another Slurm or MariaDB?); \
-set LMLAB_SLURM_PORT_BASE to a free range (uses 4 ports from it), e.g. LMLAB_SLURM_PORT_BASE=16817"
+set LMLAB_SLURM_PORT_BASE to a free range (uses 5 ports from it), e.g. LMLAB_SLURM_PORT_BASE=16817"
 done
 
 # ---- state dir layout -----------------------------------------------------------------------------------
@@ -91,12 +100,12 @@ install -d -o mysql -g mysql -m 750 "$STATE_DIR/mysql" "$STATE_DIR/mysqld"
 install -d -o munge -g munge -m 755 /run/munge   # munged's default socket, where Slurm's auth/munge looks
 
 HOST="$(hostname -s)"
-# Slurm's own probe of the hardware (what slurmd will report), so the node config always matches it;
-# a mismatch would put the node in INVAL/DRAIN.
+# Slurm's own probe of the hardware: each of the two nodes gets 1 CPU and half the memory. slurmd reports the
+# configured sizes (SlurmdParameters=config_overrides below), so sharing the host does not drain them as INVAL.
 read -r -a HW <<<"$(slurmd -C | head -1)"
 hw() { local kv; for kv in "${HW[@]}"; do [[ $kv == "$1="* ]] && { echo "${kv#*=}"; return; }; done; die "slurmd -C lacks $1"; }
-CPUS=$(hw CPUs); SOCKETS=$(hw SocketsPerBoard); CORES=$(hw CoresPerSocket); THREADS=$(hw ThreadsPerCore)
 MEM=$(hw RealMemory)
+NODE_MEM=$((MEM / ${#NODES[@]}))
 
 # ---- configs (regenerated on every start: hardware or hostname may have changed) -------------------------
 DB_PASS_FILE="$STATE_DIR/db.pass"
@@ -108,7 +117,6 @@ cat >"$CONF" <<EOF
 ClusterName=$CLUSTER_NAME
 SlurmctldHost=$HOST(127.0.0.1)
 SlurmctldPort=$CTLD_PORT
-SlurmdPort=$SLURMD_PORT
 # Root runs everything: a test/laptop cluster, no separate slurm user to set up.
 SlurmUser=root
 SlurmdUser=root
@@ -118,11 +126,14 @@ AuthType=auth/munge
 AuthInfo=cred_expire=10
 CryptoType=crypto/munge
 StateSaveLocation=$STATE_DIR/ctld
-SlurmdSpoolDir=$STATE_DIR/slurmd
+# One slurmd per node on this host (--enable-multiple-slurmd build): %n = the node name keeps their files apart.
+SlurmdSpoolDir=$STATE_DIR/slurmd/%n
 SlurmctldPidFile=$STATE_DIR/run/slurmctld.pid
-SlurmdPidFile=$STATE_DIR/run/slurmd.pid
+SlurmdPidFile=$STATE_DIR/run/slurmd-%n.pid
 SlurmctldLogFile=$LOG_DIR/slurmctld.log
-SlurmdLogFile=$LOG_DIR/slurmd.log
+SlurmdLogFile=$LOG_DIR/slurmd-%n.log
+# Both nodes share the host's 2 CPUs and memory; each reports its configured 1 CPU / half the memory.
+SlurmdParameters=config_overrides
 SlurmctldDebug=info
 SlurmdDebug=info
 # No cgroups here (containers, gVisor, no systemd): track processes by parent PID, no task binding.
@@ -159,8 +170,9 @@ AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 AccountingStoragePort=$DBD_PORT
 JobCompType=jobcomp/none
-NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$CPUS Sockets=$SOCKETS CoresPerSocket=$CORES ThreadsPerCore=$THREADS RealMemory=$MEM State=UNKNOWN
-PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
+NodeName=n1 NodeHostname=$HOST NodeAddr=127.0.0.1 Port=$SLURMD_PORT CPUs=1 Sockets=1 CoresPerSocket=1 ThreadsPerCore=1 RealMemory=$NODE_MEM State=UNKNOWN
+NodeName=n2 NodeHostname=$HOST NodeAddr=127.0.0.1 Port=$SLURMD2_PORT CPUs=1 Sockets=1 CoresPerSocket=1 ThreadsPerCore=1 RealMemory=$NODE_MEM State=UNKNOWN
+PartitionName=debug Nodes=n1,n2 Default=YES MaxTime=INFINITE State=UP
 EOF
 
 # slurmdbd insists on its config being private (it holds the DB password) and owned by SlurmUser.
@@ -251,10 +263,13 @@ for u in root ${SUDO_USER:-}; do
 done
 log "slurmdbd ready, cluster '$CLUSTER_NAME' registered ($((SECONDS - T0)) s)"
 
-rm -f "$STATE_DIR/run/slurmctld.pid" "$STATE_DIR/run/slurmd.pid"
+rm -f "$STATE_DIR/run/"*.pid
 start slurmctld slurmctld -D -f "$CONF"
 wait_for slurmctld 60 scontrol ping
-start slurmd slurmd -D -f "$CONF"
-wait_for slurmd 60 cluster_answers
-log "cluster up in $((SECONDS - T0)) s: $(sinfo -h -N -o '%N %T cpus=%c mem=%m')"
+for node in "${NODES[@]}"; do
+  mkdir -p "$STATE_DIR/slurmd/$node"
+  start "slurmd@$node" slurmd -D -N "$node" -f "$CONF"
+done
+for node in "${NODES[@]}"; do wait_for "slurmd@$node" 60 cluster_answers; done
+log "cluster up in $((SECONDS - T0)) s: $(sinfo -h -N -o '%N %T cpus=%c mem=%m' | paste -sd ';' | sed 's/;/; /g')"
 print_guidance

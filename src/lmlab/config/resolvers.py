@@ -86,6 +86,16 @@ def run_stamp() -> str:
         task = os.environ.get("SLURM_ARRAY_TASK_ID")
         step = os.environ.get("SLURM_STEP_ID")
         return "slurm-" + "_".join(x for x in (job, task, f"step{step}" if step else None) if x)
+    if "TORCHELASTIC_RUN_ID" in os.environ and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        # torchrun: every process (on every node) must land in one dir, and only the rendezvous id is shared.
+        run_id = os.environ["TORCHELASTIC_RUN_ID"]
+        if run_id in ("", "none"):  # torchrun's default when --rdzv-id is not given
+            raise LmlabError(
+                "under torchrun the run dir is named by the rendezvous id, and none was given: add "
+                "--rdzv-id=<a name unique to this run> to torchrun (or --standalone on one machine), or set "
+                "hydra.run.dir=<a dir every node sees> on every node."
+            )
+        return "torchrun-" + re.sub(r"[^\w.\-]", "_", run_id)
     return datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")
 
 

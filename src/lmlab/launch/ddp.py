@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -53,6 +54,41 @@ def env_rank() -> int:
 
 def is_primary_process() -> bool:
     return env_rank() == 0
+
+
+def end_slurm_step_after_failure() -> None:
+    """Rank 0 of a multi-task SLURM step, after recording a failure: cancel the step. srun waits for every task,
+    and a peer that hangs (a frozen node, a rank stopped in a collective) would otherwise hold the job until its
+    time limit although rank 0 gave up after the process group's timeout. A no-op outside such a step."""
+    import subprocess
+
+    job, step = os.environ.get("SLURM_JOB_ID"), os.environ.get("SLURM_STEP_ID")
+    if not job or not step or int(os.environ.get("SLURM_NTASKS", "1") or 1) <= 1 or env_rank() != 0:
+        return
+    log.error("ending SLURM step %s.%s: its other tasks may be stuck waiting for this one", job, step)
+    for handler in logging.getLogger().handlers:  # the KILL below ends this process too
+        handler.flush()
+    # Detached (`setsid --fork`: reparented away from this task): the KILL reaches this process first, and a
+    # scancel killed with it mid-request left the other node's task running (seen on the test cluster).
+    try:
+        subprocess.run(
+            ["setsid", "--fork", "scancel", "--signal=KILL", f"{job}.{step}"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=30,
+            check=False,
+        )
+        time.sleep(30)  # the KILL ends this process; give up waiting after that long
+    except (OSError, subprocess.TimeoutExpired) as err:
+        log.error("could not cancel the SLURM step: %s", err)
+
+
+def rank_overrides(rank: int) -> list[str]:
+    """Hydra overrides for a rank > 0 that SLURM or torchrun started: its log goes to
+    `train_ddp_process_<rank>.log` (not rank 0's train.log) and it writes no `.hydra/` (rank 0's stays) --
+    what Lightning's own subprocess launcher passes its children."""
+    return [f"hydra.job.name=train_ddp_process_{rank}", "hydra.output_subdir=null"] if rank > 0 else []
 
 
 def _config_flags(argv: list[str]) -> list[str]:

@@ -116,6 +116,9 @@ def run_task(task: Any, cfg: DictConfig) -> dict[str, Any] | None:
                 )
             except (OSError, LmlabError) as status_err:  # e.g. the disk is full: still say what went wrong
                 log.error("could not record the failure in %s: %s", run_dir, status_err)
+            from lmlab.launch.ddp import end_slurm_step_after_failure
+
+            end_slurm_step_after_failure()  # several nodes: a hung peer must not hold the job until its limit
             if isinstance(err, LmlabError) and single:
                 log.error("%s", err)
                 sys.exit(1)

@@ -54,9 +54,35 @@ def _refresh_sweep_json(sweep_dir: Path) -> None:
         sweep.summary(sweep_dir)
 
 
+def check_allocation(launcher: Any, trainer: Any) -> None:
+    """Refuse at submit a request whose SLURM tasks differ from the trainer's processes: `hydra.launcher.nodes x
+    tasks_per_node` must equal `trainer.num_nodes x trainer.devices`, node for node (else Lightning trains on part
+    of the allocation or waits for ranks that never start). The job checks it again (lmlab.launch.nodes)."""
+    got_nodes, per_node = launcher.get("nodes"), launcher.get("tasks_per_node")
+    nodes, devices = trainer.get("num_nodes", 1), trainer.get("devices")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (got_nodes, per_node, nodes, devices)):
+        return
+    if (got_nodes, per_node) != (nodes, devices):
+        raise LmlabError(
+            f"hydra.launcher requests {got_nodes} node(s) x {per_node} task(s) = {got_nodes * per_node} SLURM "
+            f"task(s), but trainer.num_nodes x trainer.devices = {nodes} x {devices} = {nodes * devices}: DDP needs "
+            f"one task per device on every node. Drop the hydra.launcher.nodes / tasks_per_node overrides (they "
+            f"default to trainer.num_nodes and trainer.devices), or set the trainer to match. Nothing was submitted."
+        )
+
+
 class SlurmLauncher(_SubmititSlurmLauncher):
-    """Same submission as hydra-submitit-launcher's (its `__call__` and `checkpoint` run each job); `launch`
-    differs only in refusing resource sweeps and in how submission errors and dead jobs are reported."""
+    """Same submission as hydra-submitit-launcher's (its `checkpoint` runs each job); `launch` differs in refusing
+    resource sweeps and mismatched allocations and in how submission errors and dead jobs are reported;
+    `__call__` gives the ranks > 0 of a multi-task job their own log file."""
+
+    def __call__(self, sweep_overrides: list[str], *args: Any, **kwargs: Any) -> JobReturn:
+        import os
+
+        from lmlab.launch.ddp import rank_overrides
+
+        rank = int(os.environ.get("SLURM_PROCID", "0") or 0)
+        return super().__call__([*sweep_overrides, *rank_overrides(rank)], *args, **kwargs)
 
     def _executor(self) -> Any:
         """The stock launcher's executor set-up: init-only keys to the constructor, the rest as parameters."""
@@ -106,6 +132,9 @@ class SlurmLauncher(_SubmititSlurmLauncher):
 
         assert self.config is not None
         refuse_resource_sweeps(job_overrides)
+        if job_overrides:  # resources are the same for every job (just checked): the first job's config says them
+            first = self.hydra_context.config_loader.load_sweep_config(self.config, list(job_overrides[0]))
+            check_allocation(first.hydra.launcher, first.trainer)
         executor = self._executor()
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)

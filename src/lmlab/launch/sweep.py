@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 
 from lmlab import rundir
 from lmlab.errors import LmlabError
+from lmlab.launch.ddp import is_primary_process
 
 log = logging.getLogger("lmlab.sweep")
 
@@ -231,7 +232,7 @@ class SweepSummary(Callback):
     W&B runs between jobs."""
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if _is_multirun(config):
+        if _is_multirun(config) and is_primary_process():  # a multi-node job runs this on every rank
             record_job(
                 Path(config.hydra.sweep.dir),
                 Path(config.hydra.runtime.output_dir),
@@ -246,7 +247,7 @@ class SweepSummary(Callback):
         from lmlab.callbacks.loggers import finish_wandb  # here: lmlab.callbacks imports Lightning
 
         finish_wandb(failed)
-        if _is_multirun(config):
+        if _is_multirun(config) and is_primary_process():
             record_job(
                 Path(config.hydra.sweep.dir),
                 Path(config.hydra.runtime.output_dir),

@@ -189,6 +189,16 @@ def write_start(run_dir: Path, cfg: DictConfig, datamodule: Any, trainer: Any, e
     )
 
 
+def record_ranks(run_dir: Path, ranks: list[dict[str, Any]]) -> None:
+    """Where each rank of a distributed run ran (hostname, SLURMD_NODENAME, SLURM_NODEID, ...), gathered to rank 0
+    once the process group is up (lmlab.launch.nodes.ClusterCheck)."""
+    path = Path(run_dir) / MANIFEST
+    data = rundir.read_json(path) if path.is_file() else {}
+    data["world_size"] = len(ranks)
+    data["ranks"] = ranks
+    rundir.write_json(path, data)
+
+
 def write_end(run_dir: Path) -> None:
     path = Path(run_dir) / MANIFEST
     if path.is_file():
