@@ -63,12 +63,14 @@ RANGES: dict[str, tuple[type, float, float, str]] = {
     "max_samples.train": (int, 0, INF, "[)"),  # 0 = an empty split, refused with its own message
     "max_samples.val": (int, 0, INF, "[)"),
     "max_samples.test": (int, 0, INF, "[)"),
-    # model.*, peft.dropout, task.max_tokens
+    # model.*, peft.dropout, task.max_tokens / max_flops / eval_every_tokens
     "bpe_vocab_size": (int, 0, INF, "()"),
     "threshold": (float, 0.0, 1.0, "()"),
     "dropout": (float, 0.0, 1.0, "[)"),
     "freeze_layers": (int, 0, INF, "[)"),
     "max_tokens": (int, 0, INF, "()"),
+    "max_flops": (float, 0.0, INF, "()"),
+    "eval_every_tokens": (int, 0, INF, "()"),
     # trainer.*
     "accumulate_grad_batches": (int, 0, INF, "()"),
     "gradient_clip_val": (float, 0.0, INF, "[)"),
