@@ -99,7 +99,7 @@ def ranged_keys(cfg: DictConfig) -> list[tuple[str, tuple[type, float, float, st
             return
         for key, value in node.items():
             path = (*parts, str(key))
-            if path == ("hydra",):
+            if path in (("hydra",), ("compare",)):  # compare: the sweeper's plan (grids as text), not a run's values
                 continue
             rule = RANGES.get(".".join(path[-2:])) or RANGES.get(path[-1])
             if rule is not None or (path[-1] in LIMITS and path[:-1] == ("trainer",)):

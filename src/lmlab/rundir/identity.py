@@ -36,6 +36,7 @@ NON_RESULT_KEYS = (
     "callbacks.lr_monitor",
     "checkpoint_policy",
     "callbacks.model_checkpoint.policy",  # what is kept on disk, not what is learnt
+    "compare",  # the compare sweeper's plan (arms, seeds): each job's own overrides say what it runs
 )
 
 
