@@ -110,3 +110,27 @@ def test_bad_budgets_are_refused(args: list[str], message: str, tmp_path: Path) 
     assert result.returncode != 0
     assert message in result.stdout + result.stderr, (result.stdout + result.stderr)[-2000:]
     assert not list(tmp_path.rglob("metrics.json"))
+
+
+def test_a_resumed_run_continues_the_token_count_and_its_curve(tmp_path: Path) -> None:
+    # Run A: 4 steps, validated at 2 and 4, every checkpoint complete (optimizer state kept to resume from).
+    _, first = train(tmp_path / "a", "trainer.max_steps=4", "task.eval_every_tokens=1024", "checkpoint_policy=keep")
+    # Run B resumes A's last.ckpt (step 4) to step 8 in a dir that holds what a killed attempt had written: rows up
+    # to step 6, the last one past the checkpoint (stale). It is replaced, each step appears once, tokens go on.
+    run_b = tmp_path / "b"
+    run_b.mkdir()
+    stale = (first / "curves.csv").read_text() + "6,99999,1.0,1.0,1.0,1.0,1.0,1.0\n"
+    (run_b / "curves.csv").write_text(stale)
+    result = run_cli(
+        "train.py",
+        *LM,
+        "trainer.max_steps=8",
+        "task.eval_every_tokens=1024",
+        f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}",
+        f"hydra.run.dir={run_b}",
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    rows = curves(run_b)
+    assert [int(r["step"]) for r in rows] == [2, 4, 6, 8]
+    assert [int(r["tokens"]) for r in rows] == [1024, 2048, 3072, 4096]
+    assert read_metrics(run_b)["budget/tokens_trained"] == 4096

@@ -154,6 +154,9 @@ class EvalSchedule(pl.Callback):
     # ---- during fit
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._local = 0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Here, not at fit start: Lightning restores the loops (global_step) of a resumed run after on_fit_start.
         path = self.run_dir / CURVES
         if trainer.is_global_zero and path.is_file():  # a resumed attempt: drop what the killed one wrote later
             with path.open() as f:
