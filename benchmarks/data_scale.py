@@ -64,7 +64,9 @@ if mode == "loader":
         tokens += batch.numel()
     out["loader_tokens_per_s"] = tokens / (time.perf_counter() - t0)
 out["bytes"] = sum(f.stat().st_size for f in shards.directory.iterdir())
-self_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# VmHWM, not RUSAGE_SELF: Linux carries ru_maxrss over exec, so a child of a big process (pytest) would report
+# its parent's peak; VmHWM belongs to this process's own address space.
+self_rss = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) / 1024
 kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 out.update(rss_mib=self_rss, workers_rss_mib=kids)
 print("RESULT " + json.dumps(out))

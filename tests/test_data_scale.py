@@ -332,7 +332,7 @@ def test_block_order_is_the_resumable_sampler_order_and_elastic_across_ranks() -
     assert global_order(n, 7, 3).tolist() == list(sampler)
     one = ElasticBlockSampler(n, b, seed=7)
     one.set_epoch(3)
-    assert list(one) == global_order(n, 7, 3)[:100].tolist()  # 100 = a multiple of 1 x 4
+    assert list(one) == list(sampler)  # one rank: today's whole epoch, its last batch of 3 included
     # Every block of the usable epoch once: 2 ranks take disjoint slices.
     ranks = [ElasticBlockSampler(n, b, seed=7, world_size=2, rank=r) for r in range(2)]
     taken = [i for s in ranks for i in s]
@@ -416,3 +416,89 @@ def test_bpe_streams_its_training_text_and_stops_at_max_bytes() -> None:
     assert full.backend_tokenizer.to_str() == reference._tokenizer.to_str()
     train_bpe(stream(), 300, data_fingerprint="t", cache_dir=None, max_bytes=1000)
     assert sum(len(t) for t in consumed[:-1]) < 1000 <= sum(len(t) for t in consumed) and len(consumed) < 60
+
+
+@pytest.mark.parametrize("budget", [1, 150, 400, 10_000])
+def test_val_test_token_budgets_fill_in_increasing_u_and_hold_out_the_rest(tmp_path: Path, budget: int) -> None:
+    from lmlab.data.hashsplit import split_of, unit
+
+    docs = _corpus(tmp_path / "c.jsonl", 200)
+    fr = {"train": 0.6, "val": 0.2, "test": 0.2}
+    shards = _prepare(tmp_path / "c.jsonl", tmp_path / "s", fractions=fr, shard_bytes=700)
+    assert shards.manifest["shards"] > 3  # the budget crosses shard boundaries
+    for split in ("val", "test"):
+        # Independently: the split's documents by increasing u, taken while the running total fits the budget.
+        mine = [d for d in docs if split_of(d, 0, fr) == split]
+        by_u = sorted(range(len(mine)), key=lambda i: unit(mine[i], 0))
+        total, fits = 0, []
+        for i in by_u:
+            total += len(_chars([mine[i]])[0])
+            if total > budget:
+                break
+            fits.append(i)
+        want = [_chars([mine[i]])[0] for i in sorted(fits)]  # kept in corpus order
+        tokens = shards.split(split, budget)
+        got = [tokens.document(i).tolist() for i in range(len(tokens.offsets) - 1)]
+        assert got == want and len(tokens) == sum(map(len, want)) <= budget
+        held = shards.held_out[split]
+        assert held == {"docs": len(mine) - len(want), "tokens": sum(len(_chars([d])[0]) for d in mine) - len(tokens)}
+        if budget == 10_000:  # the whole split fits: the memory-mapped split itself, nothing held out
+            assert held == {"docs": 0, "tokens": 0} and got == _contents(shards)[split]
+    assert _contents(shards)["train"] == [_chars([d])[0] for d in docs if split_of(d, 0, fr) == "train"]
+
+
+@pytest.mark.parametrize("num_proc", [1, 2])
+@pytest.mark.parametrize("threshold", [0.3, 0.5])
+def test_streamed_near_copy_search_equals_the_in_memory_one_on_bbc(num_proc: int, threshold: float) -> None:
+    """BBC News split by hash: the streamed search (val/test indexed, train streamed past) finds exactly the
+    near-copies the in-memory search finds on the same splits, and it finds some (BBC has near-copies)."""
+    from lmlab.data.hashsplit import HashSet, content_hash, split_of
+    from lmlab.data.near_duplicates import _find, find_near_duplicates_streamed
+    from lmlab.data.sources import bbc_news
+
+    output = bbc_news()
+    texts = (
+        [ex.text for split in ("train", "val", "test") for ex in output[split]]
+        if isinstance(output, dict)
+        else [ex.text for ex in output]
+    )
+    seen, stream = HashSet(), []
+    for text in texts:
+        if seen.add([content_hash(text)])[0]:
+            stream.append((split_of(text, 0, {"val": 0.1, "test": 0.1}), text))
+    want = _find({s: [t for split, t in stream if split == s] for s in ("train", "val", "test")}, threshold)
+    got = find_near_duplicates_streamed(lambda: iter(stream), threshold, num_proc=num_proc, batch=64)
+    assert got == want
+    assert len(want[("train", "val")]) + len(want[("train", "test")]) > 0
+
+
+def test_bpe_learns_from_a_seeded_sample_spread_over_a_split_larger_than_its_budget() -> None:
+    import hashlib
+
+    from lmlab.data.tokenizer import train_bpe
+
+    texts = [f"doc {i}: word{i % 50} other{i % 7} thing{i % 13} and some more text" for i in range(2000)]
+    total = sum(len(t.encode()) for t in texts)
+    consumed: list[list[str]] = [[], []]
+
+    def stream(k: int):
+        for text in texts:
+            consumed[k].append(text)
+            yield text
+
+    kwargs = {"data_fingerprint": "t", "cache_dir": None, "max_bytes": total // 4, "total_bytes": total}
+    first = train_bpe(stream(0), 300, **kwargs)
+    second = train_bpe(stream(1), 300, **kwargs)
+    assert first.backend_tokenizer.to_str() == second.backend_tokenizer.to_str()  # seeded: the same sample
+    # Independently: the documents whose hash draw falls under rate = 1/4 (order kept), up to the byte budget.
+    rate = (total // 4) / total
+    want = [
+        t
+        for t in texts
+        if int.from_bytes(hashlib.sha256(b"bpe-sample\0" + t.encode()).digest()[:8], "big") < rate * 2**64
+    ]
+    assert 350 < len(want) < 650
+    # The stream was read to (nearly) its end: the sample spreads over the split, not its first quarter.
+    assert len(consumed[0]) > 1500
+    full = train_bpe(iter(texts), 300, data_fingerprint="t", cache_dir=None, total_bytes=total)  # under budget: all
+    assert full.backend_tokenizer.to_str() != first.backend_tokenizer.to_str()

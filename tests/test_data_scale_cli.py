@@ -78,7 +78,9 @@ def test_causal_lm_trains_on_an_unlabelled_jsonl_corpus_from_token_shards(train_
     ]
     assert len(found) == 1 and found[0]["docs"] == want
     data = json.loads((run_dir / "manifest.json").read_text())["data"]
-    assert data["sizes"] == want and data["duplicates"] == {"in_pool": 0}
+    # dataset.dedupe=near (the default) ran the streamed near-copy search: random word soup has no near-copies
+    assert data["sizes"] == want
+    assert data["duplicates"] == {"in_pool": 0, "near_train&val": 0, "near_train&test": 0, "near_val&test": 0}
 
 
 def test_masked_lm_reads_the_same_token_shards(tmp_path: Path) -> None:
@@ -125,3 +127,83 @@ def test_bad_corpus_through_the_cli(write, message: str, tmp_path: Path) -> None
     assert message in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_val_and_test_token_budgets_through_the_cli(train_tiny, tmp_path: Path) -> None:
+    corpus = _jsonl(tmp_path / "corpus.jsonl", n=200)
+    full, _ = train_tiny(f"dataset.source.path={corpus}", base=LM)
+    metrics, run_dir = train_tiny(
+        f"dataset.source.path={corpus}", "dataset.val_tokens=300", "dataset.test_tokens=200", base=LM
+    )
+    data = json.loads((run_dir / "manifest.json").read_text())["data"]
+    held = data["held_out"]
+    assert held["val"]["docs"] > 0 and held["test"]["docs"] > 0  # the budgets cut both splits
+    # Scored tokens: a split's tokens minus its first (no target); within the budget, and what was held out is gone.
+    assert 0 < metrics["test/tokens"] < 200 < full["test/tokens"]
+    assert metrics["test/tokens"] + held["test"]["tokens"] == full["test/tokens"]  # whole documents, nothing lost
+    assert (
+        data["sizes"]["test"] + held["test"]["docs"]
+        == json.loads((tmp_path / "run0" / "manifest.json").read_text())["data"]["sizes"]["test"]
+    )
+    assert data["fingerprint"] != json.loads((tmp_path / "run0" / "manifest.json").read_text())["data"]["fingerprint"]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["dataset=bbc_news", "+dataset.val_tokens=1000"], "dataset.val_tokens=1000 needs dataset.split_rule=hash"),
+        (["dataset.test_tokens=0"], "dataset.test_tokens=0: a token budget is a positive integer"),
+        (["dataset.val_tokens=1"], "dataset.val_tokens=1 is smaller than every val document"),
+    ],
+)
+def test_bad_token_budgets_through_the_cli(overrides: list[str], message: str, tmp_path: Path) -> None:
+    source = [] if "dataset=bbc_news" in overrides else [f"dataset.source.path={_jsonl(tmp_path / 'corpus.jsonl')}"]
+    result = run_cli("train.py", *LM, *source, *overrides, f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert message in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_dedupe_near_drops_val_and_test_near_copies_of_a_streamed_corpus(train_tiny, tmp_path: Path) -> None:
+    from lmlab.data.hashsplit import split_of
+    from lmlab.data.near_duplicates import _find
+
+    rng = random.Random(1)
+    base = [" ".join(rng.choice(WORDS) + str(rng.randint(0, 99)) for _ in range(40)) for _ in range(100)]
+    copies = [text + " one more sentence at the end" for text in base[:40]]  # near-copies, other hash draws
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in base + copies))
+    fr = {"val": 0.2, "test": 0.2}
+    splits = {s: [t for t in base + copies if split_of(t, 0, fr) == s] for s in ("train", "val", "test")}
+    near = _find(splits, 0.5)
+    assert near[("train", "val")] and near[("train", "test")]  # the corpus plants some of each
+    _, run_dir = train_tiny(f"dataset.source.path={corpus}", "dataset.dedupe=near", base=LM)
+    data = json.loads((run_dir / "manifest.json").read_text())["data"]
+    assert data["duplicates"] == {"in_pool": 0, **{f"near_{a}&{b}": len(v) for (a, b), v in near.items()}}
+    dropped_test = set(near[("train", "test")]) | set(near[("val", "test")])
+    assert data["sizes"] == {
+        "train": len(splits["train"]),
+        "val": len(splits["val"]) - len(near[("train", "val")]),
+        "test": len(splits["test"]) - len(dropped_test),
+    }
+    _, exact_dir = train_tiny(f"dataset.source.path={corpus}", "dataset.dedupe=exact", base=LM)
+    exact = json.loads((exact_dir / "manifest.json").read_text())["data"]
+    assert exact["sizes"] == {s: len(v) for s, v in splits.items()} and exact["duplicates"] == {"in_pool": 0}
+
+
+def test_bpe_train_bytes_is_a_result_key_only_away_from_its_default(train_tiny, tmp_path: Path) -> None:
+    from lmlab.rundir.identity import ADDED_KEYS
+
+    corpus = _jsonl(tmp_path / "corpus.jsonl")
+    _, default_dir = train_tiny(f"dataset.source.path={corpus}", base=LM)
+    _, small_dir = train_tiny(f"dataset.source.path={corpus}", "model.bpe_train_bytes=2000", base=LM)
+    default = json.loads((default_dir / "resolved_config.json").read_text())["config"]
+    small = json.loads((small_dir / "resolved_config.json").read_text())["config"]
+    # At its default the key is left out of the result config (older run dirs never recorded it: the same job).
+    assert ADDED_KEYS["model.bpe_train_bytes"] == 100_000_000 and "model.bpe_train_bytes" not in default
+    assert small["model.bpe_train_bytes"] == 2000
+    result = run_cli("train.py", *LM, f"dataset.source.path={corpus}", "model.bpe_train_bytes=0",
+                     f"hydra.run.dir={tmp_path / 'bad'}")  # fmt: skip
+    assert result.returncode == 1 and "model.bpe_train_bytes=0" in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr

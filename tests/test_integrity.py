@@ -188,6 +188,9 @@ def test_result_config_ignores_only_keys_that_cannot_change_a_result(tmp_path: P
         "logger=many",
         "callbacks.progress_bar=null",
         "task_name=other",
+        "dataset.log_positions=true",
+        "callbacks.last_checkpoint.every_n_train_steps=5",
+        "callbacks.last_checkpoint.train_time_interval=00:30:00",
     ]
     for override in same:
         cfg = compose_train([*TINY, override], tmp_path / "b")

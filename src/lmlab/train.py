@@ -24,7 +24,7 @@ register_resolvers()
 
 def build(cfg: DictConfig) -> dict[str, Any]:
     """Instantiate task, datamodule, model, callbacks, loggers and trainer from the composed config."""
-    from lmlab.callbacks import RunInfo
+    from lmlab.callbacks import DataPositionLog, RunInfo
     from lmlab.callbacks.eval_schedule import EvalSchedule
     from lmlab.callbacks.loggers import wandb_resume_kwargs
     from lmlab.console import phase
@@ -45,6 +45,8 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     )
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     callbacks.append(RequeueOnSignal(cfg.paths.output_dir))  # RNG/epoch position in checkpoints; SLURM requeue
+    if getattr(datamodule, "log_positions", False):
+        callbacks.append(DataPositionLog(cfg.paths.output_dir))  # which global positions each batch read
     # The budget in steps, the eval schedule, a validation at the budget's end, curves.csv (the task sets the budget)
     callbacks.append(EvalSchedule(cfg.paths.output_dir))
     callbacks.extend(optuna_pruning(task.monitor))  # an Optuna trial with hydra.sweeper.pruner on, else none

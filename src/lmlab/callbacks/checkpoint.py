@@ -12,7 +12,7 @@ from typing import Any
 
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from lmlab.config import check_checkpoint_policy
+from lmlab.config import check_checkpoint_policy, time_interval
 from lmlab.rundir.files import CHECKPOINTS, LAST_CKPT
 
 log = logging.getLogger("lmlab.checkpoint")
@@ -73,11 +73,28 @@ class ResumableCheckpoint(ModelCheckpoint):
     Lightning forgets the best score and top-k when a run resumes into another dir ("dirpath has changed ...
     best_model_score won't be reloaded"), so the resumed run would call its first new checkpoint the best. Here the
     earlier run's top-k checkpoints are copied into the new dir and the state is reloaded as if it had been
-    written there: the new run dir is complete on its own (eval.py ckpt_path=<new dir> finds its best)."""
+    written there: the new run dir is complete on its own (eval.py ckpt_path=<new dir> finds its best).
 
-    def __init__(self, *args: Any, policy: str = "keep", **kwargs: Any) -> None:
+    `every_n_train_steps` / `train_time_interval` ("HH:MM:SS", "DD:HH:MM:SS" or minutes) on a checkpoint without a
+    monitor (`last.ckpt`) save it that often *as well as* at every epoch end (Lightning's ModelCheckpoint would stop
+    the epoch-end saves): a long epoch killed mid-way loses at most that much."""
+
+    def __init__(
+        self,
+        *args: Any,
+        policy: str = "keep",
+        every_n_train_steps: int | None = None,
+        train_time_interval: Any = None,
+        **kwargs: Any,
+    ) -> None:
         check_checkpoint_policy(policy)
+        interval = time_interval(train_time_interval, "train_time_interval")
         super().__init__(*args, **kwargs)
+        # Set after ModelCheckpoint's check that its three triggers exclude each other: here they add up (steps
+        # and/or time, and the epoch trigger it chose). A step saved twice over is saved once (it skips a step
+        # it has saved).
+        self._every_n_train_steps = int(every_n_train_steps or 0)
+        self._train_time_interval = interval
         self.policy = policy
 
     def _save_checkpoint(self, trainer: Any, filepath: str) -> None:

@@ -232,9 +232,9 @@ class EvalSchedule(pl.Callback):
     # ---- for metrics.json
     def summary(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         """budget/* (what the budget became), the tokens and model FLOPs trained, the final step."""
-        local = torch.as_tensor(self._local, dtype=torch.float64, device=pl_module.device)
-        pending = float(trainer.strategy.reduce(local, reduce_op="sum")) if trainer.world_size > 1 else float(local)
-        tokens = self.tokens + pending
+        # Tokens after the last validation (none when it ran at the end, as it does unless validation is off): no
+        # collective here, the fit's process group may be torn down already; ranks see equal packed batches.
+        tokens = self.tokens + float(self._local) * self.world_size
         fpt = self._flops_per_token(pl_module)
         return {
             **self.info,

@@ -6,6 +6,7 @@ Kept free of torch/transformers/lightning imports so that a bad config fails in 
 from __future__ import annotations
 
 import math
+from datetime import timedelta
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -65,6 +66,7 @@ RANGES: dict[str, tuple[type, float, float, str]] = {
     "max_samples.test": (int, 0, INF, "[)"),
     # model.*, peft.dropout, task.max_tokens / max_flops / eval_every_tokens
     "bpe_vocab_size": (int, 0, INF, "()"),
+    "bpe_train_bytes": (int, 0, INF, "()"),
     "threshold": (float, 0.0, 1.0, "()"),
     "dropout": (float, 0.0, 1.0, "[)"),
     "freeze_layers": (int, 0, INF, "[)"),
@@ -81,6 +83,8 @@ RANGES: dict[str, tuple[type, float, float, str]] = {
     "limit_train_batches": (float, 0.0, INF, "()"),
     "limit_val_batches": (float, 0.0, INF, "[)"),
     "limit_test_batches": (float, 0.0, INF, "()"),
+    # callbacks.last_checkpoint.* (and any checkpoint callback's)
+    "every_n_train_steps": (int, 0, INF, "()"),
     # seeds: what seed_everything accepts
     "seed": (int, 0, 2**32, "[)"),
     "split_seed": (int, 0, 2**32, "[)"),
@@ -126,6 +130,24 @@ def check_checkpoint_policy(policy: Any) -> None:
             f"checkpoint_policy={policy!r} is not one of {list(CHECKPOINT_POLICIES)} (compact: optimizer state "
             f"only in last.ckpt, removed when the run completes; keep: every checkpoint complete)."
         )
+
+
+def time_interval(value: Any, key: str) -> timedelta | None:
+    """A checkpoint interval: "HH:MM:SS" or "DD:HH:MM:SS" (as trainer.max_time), or a number of minutes."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
+        return timedelta(minutes=float(value))
+    parts = str(value).split(":")
+    if isinstance(value, str) and len(parts) in (3, 4) and all(p.isdigit() for p in parts):
+        days, hours, minutes, seconds = ([0] * (4 - len(parts))) + [int(p) for p in parts]
+        interval = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+        if interval.total_seconds() > 0:
+            return interval
+    raise LmlabError(
+        f'{key}={value!r} is not a time interval: give "HH:MM:SS" or "DD:HH:MM:SS" (e.g. {key}=00:30:00) or a '
+        f"positive number of minutes, or null for none."
+    )
 
 
 def _check_number(key: str, value: Any, kind: type, low: float, high: float = INF, ends: str = "[)") -> None:
@@ -240,6 +262,9 @@ def validate(cfg: DictConfig) -> None:
             _check_number(f"optimizer.betas[{i}]", beta, float, 0.0, 1.0, "[)")
     if cfg.get("checkpoint_policy") is not None:
         check_checkpoint_policy(cfg.checkpoint_policy)
+    for name, callback in (cfg.get("callbacks") or {}).items():
+        if isinstance(callback, DictConfig) and callback.get("train_time_interval") is not None:
+            time_interval(callback.train_time_interval, f"callbacks.{name}.train_time_interval")
     if isinstance(cfg.get("task"), DictConfig) and "mode" in cfg.task:
         check_mode(cfg.task.mode)  # also Task.__init__ and the Optuna direction: here before torch is imported
     trainer = cfg.get("trainer")

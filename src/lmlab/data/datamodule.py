@@ -20,10 +20,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lmlab.data.cache import RaggedColumn, cache_key, load_or_build
+from lmlab.data.packed import ElasticBlockSampler
 from lmlab.data.resumable import ResumableDataLoader, ResumableRandomSampler
 from lmlab.data.sampler import LengthGroupedSampler
 from lmlab.data.sources import SPLITS, Example, SourceOutput
-from lmlab.data.splits import dedupe_mode, fingerprint, relabel_one_vs_rest, split_examples
+from lmlab.data.splits import check_threshold, dedupe_mode, fingerprint, relabel_one_vs_rest, split_examples
 from lmlab.data.streaming import HashedCorpus, resolve_split_rule
 from lmlab.errors import LmlabError
 
@@ -128,6 +129,9 @@ class TextDataModule(pl.LightningDataModule):
         cache_dir: str | None = None,
         split_rule: str = "auto",
         num_proc: int = 1,
+        log_positions: bool = False,
+        val_tokens: int | None = None,
+        test_tokens: int | None = None,
     ):
         super().__init__()
         self.source = source
@@ -155,9 +159,15 @@ class TextDataModule(pl.LightningDataModule):
         self.datasets: dict[str, Dataset] = {}
         self.tokenizer: Any = None
         self.encoding: Encoding | None = None
-        self._resume_skip: tuple[int, int] | None = None
+        self._resume_skip: tuple[int, int, int | None] | None = None
+        self.train_sampler: Any = None  # the training loader's sampler (its position is saved in checkpoints)
+        # Write which global positions each training batch took (<run dir>/data_positions.rank<r>.jsonl).
+        self.log_positions = bool(log_positions)
         # auto | stratified | hash (lmlab.data.streaming): hash streams a files corpus into memory-mapped shards.
         self.split_rule, self.num_proc = split_rule, num_proc
+        # split_rule=hash: val/test token budgets (documents in increasing u; the rest held out, never trained on)
+        self.token_budgets = {"val": val_tokens, "test": test_tokens}
+        self.held_out: dict[str, dict[str, int]] = {}
         self.hashed: HashedCorpus | None = None
         self.task_reads_labels: bool | None = None  # set by the task before load (Task.connect): split_rule=auto
 
@@ -169,7 +179,17 @@ class TextDataModule(pl.LightningDataModule):
         if self.splits is not None:
             return self.splits
         mode = dedupe_mode(self.dedupe)
-        if shared is None and resolve_split_rule(self.split_rule, self.source, self.task_reads_labels) == "hash":
+        rule = resolve_split_rule(self.split_rule, self.source, self.task_reads_labels)
+        budgets = {f"dataset.{split}_tokens": n for split, n in self.token_budgets.items() if n is not None}
+        for key, n in budgets.items():
+            if rule != "hash" or shared is not None:
+                raise LmlabError(
+                    f"{key}={n} needs dataset.split_rule=hash (a streamed corpus, split by document hash); this "
+                    f"run splits by {rule!r}. Cap a stratified split with dataset.max_samples instead, or remove {key}."
+                )
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise LmlabError(f"{key}={n!r}: a token budget is a positive integer (e.g. {key}=1000000), or null.")
+        if shared is None and rule == "hash":
             return self._load_hashed(mode)
         if shared is not None:
             shared.load()
@@ -268,6 +288,15 @@ class TextDataModule(pl.LightningDataModule):
             self.datasets[split] = self.encoding.dataset(split, cols, self.splits[split])
             start = stop
 
+    def train_text_bytes(self) -> int:
+        """UTF-8 bytes of the train split's text: counted when it is in memory; for a streamed (hash) corpus an
+        estimate, its files' sizes times the train fraction (compressed files count their compressed size)."""
+        assert self.splits is not None
+        if self.hashed is None:
+            return sum(len(ex.text.encode("utf-8")) for ex in self.splits["train"])
+        files = self.hashed.corpus.get("files") or []
+        return int(sum(int(f[1]) for f in files) * (1 - self.hashed.val - self.hashed.test))
+
     # ---- dataset.split_rule=hash: a streamed corpus in memory-mapped token shards
     def _load_hashed(self, mode: str) -> dict[str, Any]:
         self.hashed = HashedCorpus(
@@ -277,6 +306,8 @@ class TextDataModule(pl.LightningDataModule):
             dedupe=mode,
             max_samples=self.max_samples,
             num_proc=self.num_proc,
+            token_budgets=self.token_budgets,
+            near_duplicate_threshold=check_threshold(self.near_duplicate_threshold),
         )
         self.splits = self.base_splits = self.hashed.splits()  # type: ignore[assignment]  # streamed, lazy
         self.source_examples, self.duplicates = [], {}
@@ -293,13 +324,38 @@ class TextDataModule(pl.LightningDataModule):
             root = Path(self._shard_tmp.name)
         shards = self.hashed.shards(self.tokenizer, self.encoding, self.max_length, root)
         self.duplicates = {"in_pool": int(shards.manifest["duplicates_removed"])}  # exact, removed (run manifest)
+        near = self.hashed.near_copies
+        drop: dict[str, set[int]] = {"train": set(), "val": set(), "test": set()}
+        if near is not None:  # as the stratified path: val near train dropped; test near train or val dropped
+            self.duplicates.update({f"near_{a}&{b}": len(v) for (a, b), v in near.items()})
+            drop["val"] = set(near[("train", "val")])
+            drop["test"] = set(near[("train", "test")]) | set(near[("val", "test")])
         for split in SPLITS:
-            self.splits[split].count = shards.manifest["docs"][split]  # type: ignore[attr-defined]
-            tokens = shards.split(split)
+            budget = self.token_budgets.get(split)
+            tokens = shards.split(split, budget, drop=sorted(drop[split]))
+            self.splits[split].count = len(tokens.offsets) - 1  # type: ignore[attr-defined]
+            if len(tokens.offsets) == 1 and shards.manifest["docs"][split]:
+                raise LmlabError(
+                    f"dataset.{split}_tokens={budget} is smaller than every {split} document of {self.hashed.path} "
+                    f"(the shortest has {int(np.diff(shards.split(split).offsets).min())} tokens): raise it."
+                )
             if len(tokens.offsets) == 1:
                 raise LmlabError(
                     f"The {split} split of {self.hashed.path} is empty ({shards.manifest['docs']} documents per "
                     f"split, dataset.split_rule=hash): add documents, or raise dataset.fractions.{split}."
+                )
+            if shards.held_out.get(split, {}).get("docs"):
+                self.held_out[split] = shards.held_out[split]
+                log.info(
+                    "dataset.%s_tokens=%d: %s scored on %d tokens of %d documents; %d documents (%d tokens) held "
+                    "out (never trained on)",
+                    split,
+                    budget,
+                    split,
+                    len(tokens),
+                    len(tokens.offsets) - 1,
+                    shards.held_out[split]["docs"],
+                    shards.held_out[split]["tokens"],
                 )
             column = RaggedColumn(tokens, tokens.offsets)  # type: ignore[arg-type]  # memory-mapped shards
             self.datasets[split] = self.encoding.dataset(split, {"input_ids": column}, self.splits[split])
@@ -309,10 +365,10 @@ class TextDataModule(pl.LightningDataModule):
         train = split == "train"
         # Training order is a function of (seed, epoch) and skips what a mid-epoch checkpoint already saw; the
         # loader's own generator keeps iter() from drawing on the global RNG (dropout stays reproducible).
-        sampler: LengthGroupedSampler | ResumableRandomSampler | None = None
+        sampler: LengthGroupedSampler | ResumableRandomSampler | ElasticBlockSampler | None = None
+        trainer = self.trainer
         if train and self.group_by_length:
             # Shards itself by rank; it is a DistributedSampler, so Lightning does not wrap it again.
-            trainer = self.trainer
             sampler = LengthGroupedSampler(
                 self.datasets[split].lengths,
                 self.batch_size,
@@ -320,14 +376,45 @@ class TextDataModule(pl.LightningDataModule):
                 num_replicas=trainer.world_size if trainer else None,
                 rank=trainer.global_rank if trainer else None,
             )
+        elif train and getattr(self.encoding, "global_order", False):
+            # One global order of the blocks, sliced by rank (lmlab.data.packed): at one rank the same batches as
+            # ResumableRandomSampler; a resume on any number of ranks continues it. A DistributedSampler by type.
+            sampler = ElasticBlockSampler(
+                len(self.datasets[split]),
+                self.batch_size,
+                world_size=trainer.world_size if trainer else 1,
+                rank=trainer.global_rank if trainer else 0,
+            )
+            if sampler.usable == 0:
+                raise LmlabError(
+                    f"The train split has {sampler.n} blocks of dataset.max_length={self.max_length} tokens, fewer "
+                    f"than one step of {sampler.world_size} ranks x dataset.batch_size={self.batch_size}: lower "
+                    f"dataset.batch_size or dataset.max_length, or add data."
+                )
         elif train:
             sampler = ResumableRandomSampler(self.datasets[split])
         if sampler is not None and self._resume_skip is not None:
             # Lightning iterates (and prefetches) the resumed epoch before it calls set_epoch.
-            epoch, batches_done = self._resume_skip
+            epoch, batches_done, positions = self._resume_skip
             sampler.set_epoch(epoch)
-            sampler.skip(epoch, batches_done * self.batch_size)
+            if isinstance(sampler, ElasticBlockSampler):
+                # The global positions the checkpoint had consumed, on whatever number of ranks saved it (a
+                # checkpoint without them was saved by this same world size and batch).
+                start = batches_done * sampler.per_step if positions is None else positions
+                sampler.resume(epoch, start, batches_done)
+                log.info(
+                    "Resuming epoch %d at global position %d of %d (%d ranks x batch %d now)",
+                    epoch,
+                    sampler.start,
+                    sampler.usable,
+                    sampler.world_size,
+                    sampler.batch_size,
+                )
+            else:
+                sampler.skip(epoch, batches_done * self.batch_size)
             self._resume_skip = None
+        if train:
+            self.train_sampler = sampler
         # The training loader tells Lightning that a mid-epoch resume is exact (the sampler skips what was done).
         return (ResumableDataLoader if train else DataLoader)(
             self.datasets[split],
@@ -340,9 +427,16 @@ class TextDataModule(pl.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
         )
 
-    def resume_train_sampler(self, epoch: int, batches_done: int) -> None:
-        """Called by the requeue callback on restore: epoch `epoch` had already trained on `batches_done`."""
-        self._resume_skip = (epoch, batches_done)
+    def resume_train_sampler(self, epoch: int, batches_done: int, positions: int | None = None) -> None:
+        """Called by the requeue callback on restore: epoch `epoch` had already trained on `batches_done` batches,
+        which took the global positions [0, positions) of the epoch's order (a global-order sampler, any world size)."""
+        self._resume_skip = (epoch, batches_done, positions)
+
+    def train_positions(self, batches_done: int) -> int | None:
+        """How many global positions of the current epoch `batches_done` batches consumed (what a checkpoint stores
+        so that a resume on another number of ranks continues the order); None for a sampler without a global order."""
+        sampler = self.train_sampler
+        return sampler.consumed(batches_done) if isinstance(sampler, ElasticBlockSampler) else None
 
     def train_dataloader(self) -> DataLoader:
         return self.loader("train")

@@ -29,10 +29,15 @@ def check_fractions(fractions: Mapping[str, float]) -> tuple[float, float]:
     return val, test
 
 
+def draw_of(text: str, split_seed: int) -> int:
+    """The first 8 bytes of sha256(split_seed ‖ NUL ‖ text) as an integer: u * 2^64 (kept exact in the shards)."""
+    digest = hashlib.sha256(f"{split_seed}\0".encode() + text.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
 def unit(text: str, split_seed: int) -> float:
     """u in [0, 1) for `text`: the first 8 bytes of sha256(split_seed ‖ NUL ‖ text) over 2^64."""
-    digest = hashlib.sha256(f"{split_seed}\0".encode() + text.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0**64
+    return draw_of(text, split_seed) / 2.0**64
 
 
 def split_of(text: str, split_seed: int, fractions: Mapping[str, float]) -> str:

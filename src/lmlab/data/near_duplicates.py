@@ -12,9 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from lmlab.data.sources import Example
 from lmlab.errors import LmlabError
@@ -105,3 +109,84 @@ def _find(texts: Mapping[str, Sequence[str]], threshold: float) -> dict[tuple[st
         ]
         for reference, split in _PAIRS
     }
+
+
+# ---- dataset.split_rule=hash: the same rule over a streamed corpus, memory following val/test only
+
+
+def _shingle_array(text: str) -> np.ndarray:
+    """`shingles(text)` as a sorted int64 array (8 bytes a shingle instead of a Python set's ~60)."""
+    words = _WORD.findall(text.lower())
+    grams = zip(*(words[k:] for k in range(NGRAM)))
+    return np.unique(np.fromiter(map(hash, grams), dtype=np.int64))
+
+
+_QUERY: np.ndarray | None = None  # the val/test shingles, inherited by forked workers
+
+
+def _matched_positions(texts: list[str]) -> np.ndarray:
+    """Positions in `_QUERY` of the shingles that occur in `texts`."""
+    assert _QUERY is not None
+    if not texts:
+        return np.zeros(0, np.int64)
+    grams = np.concatenate([_shingle_array(t) for t in texts])
+    pos = np.minimum(np.searchsorted(_QUERY, grams), len(_QUERY) - 1)
+    return np.unique(pos[_QUERY[pos] == grams])
+
+
+def find_near_duplicates_streamed(
+    documents: Callable[[], Iterable[tuple[str, str]]], threshold: float, num_proc: int = 1, batch: int = 512
+) -> dict[tuple[str, str], list[int]]:
+    """`find_near_duplicates`' answer for a corpus too large to hold: `documents()` yields (split, text) in a fixed
+    order and is called twice. Pass 1 keeps the shingles of the val and test documents only (sorted int64
+    arrays); pass 2 streams the train documents past them and marks which of those shingles train contains (in
+    `num_proc` forked workers). The containment of each val/test document is then the same set arithmetic as
+    `_find`'s: memory follows the val/test size, not the corpus size."""
+    global _QUERY
+    grams: dict[str, list[np.ndarray]] = {"val": [], "test": []}
+    for split, text in documents():
+        if split in grams:
+            grams[split].append(_shingle_array(text))
+    flat = {s: np.concatenate(a) if a else np.zeros(0, np.int64) for s, a in grams.items()}
+    _QUERY = np.unique(np.concatenate([flat["val"], flat["test"]]))
+    matched = np.zeros(len(_QUERY), dtype=bool)
+    pool = multiprocessing.get_context("fork").Pool(num_proc) if num_proc > 1 and len(_QUERY) else None
+    try:
+        pending: list[Any] = []
+        texts: list[str] = []
+
+        def collect(limit: int) -> None:  # bounded batches in flight: memory follows the batch size
+            while len(pending) > limit:
+                job = pending.pop(0)
+                matched[job.get() if pool else job] = True
+
+        def submit() -> None:
+            if texts:
+                pending.append(
+                    pool.apply_async(_matched_positions, (list(texts),)) if pool else _matched_positions(texts)
+                )
+                texts.clear()
+            collect(2 * num_proc)
+
+        if len(_QUERY):
+            for split, text in documents():
+                if split == "train":
+                    texts.append(text)
+                    if len(texts) >= batch:
+                        submit()
+            submit()
+            collect(0)
+    finally:
+        if pool is not None:
+            pool.terminate()
+        query, _QUERY = _QUERY, None
+    references = {"train": query[matched], "val": np.unique(flat["val"])}
+
+    def near(split: str, reference: np.ndarray) -> list[int]:
+        return [
+            i
+            for i, doc in enumerate(grams[split])
+            if len(doc) and np.isin(doc, reference, assume_unique=True).sum() / len(doc) >= threshold
+        ]
+
+    return {(a, b): near(b, references[a]) for a, b in _PAIRS}

@@ -7,14 +7,16 @@ block k starts at k * (length - 1). Changing `max_length` re-cuts the blocks; th
 
 `global_order(n, seed, epoch)` is `ResumableRandomSampler`'s permutation (the same torch generator and seed mix),
 so at one rank the order is today's. `ElasticBlockSampler` gives step s, rank r of W ranks (batch B) the global
-positions [start + s*W*B + r*B, start + s*W*B + (r+1)*B), in full steps only (the remainder is logged): after S
-steps on W ranks exactly the first S*W*B positions are consumed, whatever W was, so a run resumed on another number
-of ranks with `start` = S*W*B continues the same global order with no block repeated or skipped.
+positions [start + s*W*B + r*B, start + s*W*B + (r+1)*B), in full steps only at W > 1 (the remainder is logged; one
+rank keeps its last, shorter batch, as today): after S steps on W ranks exactly the first S*W*B positions are
+consumed, whatever W was, so a run resumed on another number of ranks with `start` = S*W*B (the checkpoint stores
+it: lmlab.launch.requeue) continues the same global order with no block repeated or skipped.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -67,37 +69,81 @@ def global_order(n: int, seed: int, epoch: int) -> np.ndarray:
 
 
 class ElasticBlockSampler(DistributedSampler):
-    """Rank `rank`'s indices of the global order; a DistributedSampler by type only (Lightning leaves it alone)."""
+    """Rank `rank`'s indices of the global order; a DistributedSampler by type only (Lightning leaves it alone).
 
-    def __init__(self, n: int, batch_size: int, seed: int, world_size: int = 1, rank: int = 0, start: int = 0):
+    One step of W ranks takes W x B consecutive global positions; rank r's batch is the r-th B of them. At W > 1 an
+    epoch is cut to a multiple of W x B (every rank has the same number of full batches: DDP steps together); at
+    one rank the last, shorter batch is kept, as a plain DataLoader over ResumableRandomSampler has it (the order and
+    batches of today's single-process runs, bit for bit).
+
+    A resume (`resume`) starts the epoch at global position `start`, counted by whatever world size saved it, and
+    remembers the loop's batch count `base` there: Lightning numbers the resumed epoch's batches from the restored
+    count, so batch `i` is this loader's batch `i - base`.
+    """
+
+    def __init__(
+        self, n: int, batch_size: int, seed: int | None = None, world_size: int = 1, rank: int = 0, start: int = 0
+    ):
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.world_size, self.rank = world_size, rank
         self.epoch = 0
-        self.start = start  # global positions of this epoch already consumed (a resume)
         self.per_step = world_size * batch_size
-        if n // self.per_step * self.per_step < n:
+        self.start, self.base = start, 0  # global positions of this epoch consumed before this loader (a resume)
+        whole = n if world_size == 1 else n // self.per_step * self.per_step
+        if whole < n:
             log.info(
-                "Each epoch uses %d of %d blocks (a multiple of %d ranks x %d)",
-                n // self.per_step * self.per_step,
+                "Each epoch trains on %d of %d blocks (a multiple of %d ranks x batch %d): the last %d positions of "
+                "each epoch's order are left out",
+                whole,
                 n,
                 world_size,
                 batch_size,
+                n - whole,
             )
+
+    @property
+    def usable(self) -> int:
+        """Where this epoch's positions end: n at one rank, else the last whole step from `start`."""
+        if self.world_size == 1:
+            return self.n
+        return self.start + (self.n - self.start) // self.per_step * self.per_step
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
-            self.start = 0
+            self.start = self.base = 0
         self.epoch = epoch
+
+    def resume(self, epoch: int, start: int, batches_done: int) -> None:
+        """Epoch `epoch` had consumed global positions [0, start) in `batches_done` batches (the loop's count)."""
+        self.epoch, self.start, self.base = epoch, min(start, self.n), batches_done
+
+    def consumed(self, batches_done: int) -> int:
+        """Global positions of the current epoch consumed once the loop has counted `batches_done` batches."""
+        return min(self.usable, self.start + max(0, batches_done - self.base) * self.per_step)
+
+    def batch_positions(self, batch_idx: int) -> tuple[int, int]:
+        """[first, stop): the global positions of this rank's batch `batch_idx` (the loop's index) of the epoch."""
+        first = self.start + (batch_idx - self.base) * self.per_step + self.rank * self.batch_size
+        return first, min(first + self.batch_size, self.usable)
 
     def positions(self) -> np.ndarray:
         """The global positions this rank takes this epoch, in order."""
+        if self.world_size == 1:
+            return np.arange(self.start, self.usable, dtype=np.int64)
         per_step, b = self.per_step, self.batch_size
-        steps = np.arange((self.n - self.start) // per_step, dtype=np.int64)
+        steps = np.arange((self.usable - self.start) // per_step, dtype=np.int64)
         return (self.start + steps[:, None] * per_step + self.rank * b + np.arange(b)[None, :]).reshape(-1)
 
     def __len__(self) -> int:
-        return (self.n - self.start) // self.per_step * self.batch_size
+        # Lightning sizes the epoch (num_training_batches, once per fit) from this length and counts the resumed
+        # epoch's batches from `base`: base batches + what is left, and never less than a whole epoch (a resume on
+        # another world size: the later epochs are whole; an epoch that ends sooner ends when the loader does).
+        left = len(self.positions())
+        whole = self.n // self.per_step * self.batch_size if self.world_size > 1 else self.n
+        return max(self.base * self.batch_size + left, whole)
 
     def __iter__(self) -> Iterator[int]:
-        order = global_order(self.n, self.seed, self.epoch)
+        # seed_everything exports PL_GLOBAL_SEED; read late, as ResumableRandomSampler does.
+        seed = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+        order = global_order(self.n, seed, self.epoch)
         yield from order[self.positions()].tolist()

@@ -7,6 +7,8 @@ open bugs, litData #248/#775). In `<root>/shards-<key>/`:
 - `shard-NNNNN.<split>.bin`: the token ids of that shard's documents of `split`, concatenated (each document as
   the `tokenize` callable returns it, e.g. ending in EOS), raw `uint16` when every id < 2^16, else `uint32`;
 - `shard-NNNNN.<split>.len.npy`: each document's token count (uint32), so document offsets are its cumsum;
+- `shard-NNNNN.<split>.u.npy`: each document's hash-split draw u * 2^64 (uint64), so a val/test token budget
+  (dataset.val_tokens / test_tokens) fills a split in increasing u at read time without re-preparing;
 - `shard-NNNNN.hashes.npy`: the 8-byte content hashes of the documents kept (exact dedupe state for a resume);
 - `shard-NNNNN.json`: written last, by atomic rename: the shard is complete (a half-written shard has none and
   never counts); it records how many corpus documents the shard consumed, so a resume skips exactly those;
@@ -34,19 +36,19 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lmlab.data.hashsplit import SPLIT_IDS, HashSet, check_fractions, content_hash, unit
+from lmlab.data.hashsplit import SPLIT_IDS, HashSet, check_fractions, content_hash, draw_of
 from lmlab.data.readers import corpus_files, iter_documents
 from lmlab.errors import LmlabError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-document u (the hash-split draw) stored, for dataset.val_tokens/test_tokens
 SPLITS = tuple(SPLIT_IDS)
 SAMPLE_BYTES = 1 << 16
 Tokenize = Callable[[list[str]], Sequence[Sequence[int]]]
@@ -116,8 +118,14 @@ class ShardSet:
     directory: Path
     manifest: dict[str, Any]
     built: bool  # True when this process built (part of) it
+    held_out: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> docs/tokens outside its budget
 
-    def split(self, split: str) -> SplitTokens:
+    def split(self, split: str, max_tokens: int | None = None, drop: Sequence[int] = ()) -> SplitTokens:
+        """The split's tokens, memory-mapped. `drop`: indices of documents left out (near-copies of an earlier
+        split). `max_tokens` (dataset.val_tokens / test_tokens): of the rest, only the documents that fit, taken in
+        increasing u (the hash-split draw) until the next one would exceed the budget, kept in corpus order and
+        copied into memory (evaluation-sized); the others are held out: in this split's files, so never trained
+        on, and never scored (`held_out`)."""
         dtype = np.dtype(self.manifest["dtype"])
         parts, lengths = [], []
         for shard in range(self.manifest["shards"]):
@@ -126,10 +134,31 @@ class ShardSet:
             lengths.append(n)
             if n.sum():
                 parts.append(np.memmap(f"{stem}.bin", dtype=dtype, mode="r"))
-        flat_lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.uint32)
+        flat_lengths = np.concatenate(lengths).astype(np.int64) if lengths else np.zeros(0, np.int64)
         offsets = np.zeros(len(flat_lengths) + 1, dtype=np.int64)
         np.cumsum(flat_lengths, out=offsets[1:])
-        return SplitTokens(parts, offsets)
+        tokens = SplitTokens(parts, offsets)
+        self.held_out[split] = {"docs": 0, "tokens": 0}
+        candidates = np.setdiff1d(np.arange(len(flat_lengths)), np.asarray(drop, dtype=np.int64))
+        selected = candidates
+        if max_tokens is not None and flat_lengths[candidates].sum() > max_tokens:
+            draws = np.concatenate(
+                [np.load(self.directory / f"shard-{i:05d}.{split}.u.npy") for i in range(self.manifest["shards"])]
+            )
+            by_draw = candidates[np.argsort(draws[candidates], kind="stable")]
+            fits = int(np.searchsorted(np.cumsum(flat_lengths[by_draw]), max_tokens, side="right"))
+            selected = np.sort(by_draw[:fits])
+            self.held_out[split] = {
+                "docs": len(candidates) - fits,
+                "tokens": int(flat_lengths[candidates].sum() - flat_lengths[selected].sum()),
+            }
+        if len(selected) == len(flat_lengths):
+            return tokens
+        kept = flat_lengths[selected]
+        flat = np.concatenate([tokens.document(int(i)) for i in selected]) if len(selected) else np.zeros(0, dtype)
+        kept_offsets = np.zeros(len(selected) + 1, dtype=np.int64)
+        np.cumsum(kept, out=kept_offsets[1:])
+        return SplitTokens([flat], kept_offsets)
 
 
 # ---- worker processes: forked, the tokenize callable inherited through this global
@@ -150,11 +179,12 @@ class _ShardWriter:
         self.stem = directory / f"shard-{index:05d}"
         self.files = {s: open(f"{self.stem}.{s}.bin.tmp", "wb") for s in SPLITS}
         self.lengths: dict[str, list[int]] = {s: [] for s in SPLITS}
+        self.draws: dict[str, list[int]] = {s: [] for s in SPLITS}  # u * 2^64 of each document (hashsplit.unit)
         self.hashes: list[int] = []
         self.raw_docs = 0
         self.text_bytes = 0
 
-    def write(self, split: str, ids: np.ndarray) -> None:
+    def write(self, split: str, ids: np.ndarray, draw: int) -> None:
         if len(ids) and (ids.min() < 0 or ids.max() >= self.vocab_size):
             raise LmlabError(
                 f"The tokenizer returned id {int(ids.max())} outside its vocabulary of {self.vocab_size} tokens; "
@@ -162,6 +192,7 @@ class _ShardWriter:
             )
         self.files[split].write(ids.astype(self.dtype).tobytes())
         self.lengths[split].append(len(ids))
+        self.draws[split].append(draw)
 
     def discard(self) -> None:
         for split, f in self.files.items():
@@ -174,10 +205,12 @@ class _ShardWriter:
             os.fsync(f.fileno())
             f.close()
             np.save(f"{self.stem}.{split}.len.tmp.npy", np.asarray(self.lengths[split], dtype=np.uint32))
+            np.save(f"{self.stem}.{split}.u.tmp.npy", np.asarray(self.draws[split], dtype=np.uint64))
         np.save(f"{self.stem}.hashes.tmp.npy", np.asarray(self.hashes, dtype=np.uint64))
         for split in SPLITS:
             os.replace(f"{self.stem}.{split}.bin.tmp", f"{self.stem}.{split}.bin")
             os.replace(f"{self.stem}.{split}.len.tmp.npy", f"{self.stem}.{split}.len.npy")
+            os.replace(f"{self.stem}.{split}.u.tmp.npy", f"{self.stem}.{split}.u.npy")
         os.replace(f"{self.stem}.hashes.tmp.npy", f"{self.stem}.hashes.npy")
         meta = {
             "raw_docs": self.raw_docs,
@@ -326,25 +359,31 @@ def _build(
 
     def drain(limit: int) -> None:
         while len(pending) > limit:
-            result, batch_splits = pending.popleft()
+            result, batch_splits, batch_draws = pending.popleft()
             ids = result.get() if pool is not None else result
-            for split, doc in zip(batch_splits, ids):
-                writer.write(split, doc)
+            for split, doc, draw in zip(batch_splits, ids, batch_draws):
+                writer.write(split, doc, draw)
             if _TEST_HOOK is not None:
                 _TEST_HOOK("batch", writer.index)
 
     texts: list[str] = []
     text_splits: list[str] = []
+    text_draws: list[int] = []
 
     def submit() -> None:
         if not texts:
             return
         batch = list(texts)
         pending.append(
-            (pool.apply_async(_tokenize_batch, (batch,)) if pool else _tokenize_batch(batch), list(text_splits))
+            (
+                pool.apply_async(_tokenize_batch, (batch,)) if pool else _tokenize_batch(batch),
+                list(text_splits),
+                list(text_draws),
+            )
         )
         texts.clear()
         text_splits.clear()
+        text_draws.clear()
         drain(2 * num_proc)
 
     try:
@@ -357,9 +396,11 @@ def _build(
             if settings["dedupe"] and not seen.add([h])[0]:
                 duplicates += 1
             else:
-                u = unit(doc.text, split_seed)
+                draw = draw_of(doc.text, split_seed)
+                u = draw / 2.0**64
                 texts.append(doc.text)
                 text_splits.append("val" if u < val else "test" if u < val + test else "train")
+                text_draws.append(draw)
                 writer.hashes.append(h)
                 if len(texts) >= batch_docs:
                     submit()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,8 @@ class HashedCorpus:
         dedupe: str,
         max_samples: Mapping[str, int | None],
         num_proc: int,
+        token_budgets: Mapping[str, int | None] | None = None,
+        near_duplicate_threshold: float = 0.5,
     ):
         options = _files_options(source) or {}
         self.path = str(options["path"])
@@ -138,16 +141,19 @@ class HashedCorpus:
             )
         self.split_seed, self.fractions, self.num_proc = split_seed, dict(fractions), max(1, int(num_proc))
         self.dedupe = dedupe != "none"
-        if dedupe == "near":
-            log.info(
-                "dataset.split_rule=hash: exact duplicates are removed; the near-copy search of dataset.dedupe=near "
-                "is not run on streamed corpora (identical texts share a split by construction)."
-            )
+        # dataset.dedupe=near: val/test near-copies of an earlier split are found by streaming (near_duplicates)
+        self.near_threshold = float(near_duplicate_threshold) if dedupe == "near" else None
         self.val, self.test = check_fractions(fractions)
         from lmlab.data.shards import corpus_fingerprint
 
         self.corpus = corpus_fingerprint(self.path)
-        blob = json.dumps([self.corpus, self.text_column, split_seed, self.val, self.test, dedupe])
+        settings: list[Any] = [self.corpus, self.text_column, split_seed, self.val, self.test, dedupe]
+        budgets = {k: v for k, v in (token_budgets or {}).items() if v is not None}
+        if budgets:  # a budget changes the val/test sets (so the fingerprint), not the shards
+            settings.append(budgets)
+        if self.near_threshold is not None:
+            settings.append({"near_duplicate_threshold": self.near_threshold})
+        blob = json.dumps(settings)
         self.fingerprint = hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def assigned(self) -> Iterator[tuple[str, str, str]]:
@@ -184,6 +190,7 @@ class HashedCorpus:
             text_column=self.text_column,
             num_proc=self.num_proc,
         )
+        self.near_copies = self._near_copies(shards.directory) if self.near_threshold is not None else None
         m = shards.manifest
         log.info(
             "Token shards %s: %s documents, %s tokens (%s), %d exact duplicates removed",
@@ -194,3 +201,27 @@ class HashedCorpus:
             m["duplicates_removed"],
         )
         return shards
+
+    def _near_copies(self, directory: Path) -> dict[tuple[str, str], list[int]]:
+        """`find_near_duplicates`' pairs for the shards' val/test documents (indices in shard order), computed by
+        streaming and kept beside the shards (`near-<threshold>.json`), so the next run reads them."""
+        from lmlab.data.near_duplicates import find_near_duplicates_streamed
+        from lmlab.rundir import write_json
+
+        assert self.near_threshold is not None
+        path = directory / f"near-{self.near_threshold:g}.json"
+        if path.is_file():
+            raw = json.loads(path.read_text())
+            return {tuple(key.split("&")): value for key, value in raw.items()}  # type: ignore[misc]
+        start = time.perf_counter()
+        found = find_near_duplicates_streamed(
+            lambda: ((split, text) for split, _, text in self.assigned()), self.near_threshold, self.num_proc
+        )
+        write_json(path, {f"{a}&{b}": indices for (a, b), indices in found.items()})
+        log.info(
+            "Near-copies (dataset.dedupe=near, threshold %g) found by streaming in %.1f s: %s",
+            self.near_threshold,
+            time.perf_counter() - start,
+            {f"{a}&{b}": len(v) for (a, b), v in found.items()},
+        )
+        return found

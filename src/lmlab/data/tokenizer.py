@@ -72,15 +72,21 @@ def wrap_bpe(tokenizer_json: str) -> Any:
     )
 
 
-# The BPE learns from at most this many UTF-8 bytes of training text: the first documents of the train split in
-# its order (streamed, never one list of a large corpus). BBC News' train split (~4 MB) is used whole, as before.
+# The BPE learns from at most this many UTF-8 bytes of training text (model.bpe_train_bytes): a seeded sample of the
+# train split's documents (streamed, never one list of a large corpus). BBC News' train split (~4 MB) is used whole,
+# in its order, as before.
 BPE_TRAIN_BYTES = 100_000_000
 
 
-def _first_bytes(texts: Iterable[str], limit: int, seen: list[int]) -> Iterator[str]:
+def _sample(texts: Iterable[str], limit: int, rate: float, seen: list[int]) -> Iterator[str]:
+    """Each document with probability `rate`, decided by its own hash (seeded, so the same corpus gives the same
+    sample in any run), until `limit` bytes: `rate` is set so that the sample spreads over the whole split."""
     total = 0
     for text in texts:
-        total += len(text.encode("utf-8"))
+        data = text.encode("utf-8")
+        if rate < 1 and int.from_bytes(hashlib.sha256(b"bpe-sample\0" + data).digest()[:8], "big") >= rate * 2.0**64:
+            continue
+        total += len(data)
         seen[0] += 1
         yield text
         if total >= limit:  # no further document is read
@@ -94,10 +100,12 @@ def train_bpe(
     data_fingerprint: str,
     cache_dir: str | Path | None,
     max_bytes: int = BPE_TRAIN_BYTES,
+    total_bytes: int | None = None,
 ) -> Any:
     """A byte-level BPE of `vocab_size` tokens learnt from `texts` (pass the training split only, so no val/test
-    text shapes the vocabulary; at most `max_bytes` of it, streamed), cached by the data fingerprint and settings
-    like the tokenization cache."""
+    text shapes the vocabulary; at most `max_bytes` of it, streamed: when the split's `total_bytes` (an estimate)
+    exceed `max_bytes`, a seeded sample of its documents at rate max_bytes / total_bytes, else all of it in order),
+    cached by the data fingerprint and settings like the tokenization cache."""
     import tokenizers
 
     if vocab_size < 257 + 1:
@@ -105,8 +113,14 @@ def train_bpe(
             f"model.bpe_vocab_size={vocab_size} is too small: a byte-level BPE needs the 256 bytes "
             f"and {EOS}; use e.g. model.bpe_vocab_size=4096."
         )
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+        raise LmlabError(
+            f"model.bpe_train_bytes={max_bytes!r}: the BPE's training text budget is a positive number of bytes, "
+            f"e.g. model.bpe_train_bytes=100000000 (100 MB, the default)."
+        )
+    rate = 1.0 if not total_bytes or total_bytes <= max_bytes else max_bytes / total_bytes
     parts = [data_fingerprint, vocab_size, tokenizers.__version__, 1] + (
-        [max_bytes] if max_bytes != BPE_TRAIN_BYTES else []
+        [max_bytes, round(rate, 6)] if max_bytes != BPE_TRAIN_BYTES or rate < 1 else []
     )
     key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()
     path = Path(cache_dir).expanduser() / f"bpe-{key[:24]}.json" if cache_dir else None
@@ -117,7 +131,7 @@ def train_bpe(
     # The trainer is deterministic for a given input order (one merge at a time, ties broken by pair order).
     count = [0]
     bpe.train_from_iterator(
-        _first_bytes(texts, max_bytes, count),
+        _sample(texts, max_bytes, rate, count),
         vocab_size=vocab_size,
         min_frequency=2,
         special_tokens=[EOS],
@@ -129,7 +143,12 @@ def train_bpe(
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(blob)
         os.replace(tmp, path)
-    log.info("BPE tokenizer: %d tokens trained on %d training documents", bpe.get_vocab_size(), count[0])
+    log.info(
+        "BPE tokenizer: %d tokens trained on %d training documents%s",
+        bpe.get_vocab_size(),
+        count[0],
+        f" (a seeded {rate:.2%} sample: model.bpe_train_bytes={max_bytes})" if rate < 1 else "",
+    )
     return wrap_bpe(blob)
 
 

@@ -19,9 +19,11 @@ auto-requeue stays off (`SLURMEnvironment(auto_requeue=False)`, see `lmlab.launc
 exactly one component requeues.
 
 Exact resume: the checkpoint has weights, optimizer, scheduler and loop state (Lightning), plus what Lightning does
-not store: the global RNG states (dropout) and how many samples of the current epoch were already trained on, so
-the training sampler (`ResumableRandomSampler`, or `LengthGroupedSampler` with `dataset.group_by_length=true`) skips
-them (Lightning restarts a mid-epoch resume at the first batch of a non-stateful loader).
+not store: every rank's global RNG states (dropout; each rank restores its own) and how many samples of the current
+epoch were already trained on, so the training sampler (`ResumableRandomSampler`, or `LengthGroupedSampler` with
+`dataset.group_by_length=true`) skips them (Lightning restarts a mid-epoch resume at the first batch of a
+non-stateful loader). With a global-order sampler (task=causal_lm: `ElasticBlockSampler`) it stores the global
+positions consumed in the epoch and the world size, and a resume on any number of ranks starts there.
 """
 
 from __future__ import annotations
@@ -115,6 +117,16 @@ def _rng_states() -> dict[str, Any]:
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
+
+
+def gather_rng_states(world_size: int) -> list[dict[str, Any]]:
+    """Every rank's RNG states, in rank order (a collective: every rank saves a checkpoint together)."""
+    states = _rng_states()
+    if world_size == 1 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [states]
+    gathered: list[Any] = [None] * world_size
+    torch.distributed.all_gather_object(gathered, states)
+    return gathered
 
 
 def _set_rng_states(states: dict[str, Any]) -> None:
@@ -261,7 +273,12 @@ class RequeueOnSignal(pl.Callback):
     ) -> None:
         # `processed` counts this epoch's batches whose step is done, whichever hook saves (batch or epoch end).
         done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        checkpoint["lmlab_resume"] = {"rng": _rng_states(), "epoch": trainer.current_epoch, "batches_done": done}
+        ranks = gather_rng_states(trainer.world_size)
+        state = {"rng": ranks[0], "rng_ranks": ranks, "epoch": trainer.current_epoch, "batches_done": done}
+        positions = getattr(trainer.datamodule, "train_positions", lambda done: None)(done)
+        if positions is not None:  # a global order: where this epoch stands, whatever the world size
+            state.update(positions=positions, world_size=trainer.world_size)
+        checkpoint["lmlab_resume"] = state
 
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
@@ -269,7 +286,11 @@ class RequeueOnSignal(pl.Callback):
         state = checkpoint.get("lmlab_resume")
         if not state or trainer.state.fn != "fit":
             return
-        self._restore_rng = state["rng"]
+        # This rank's own states (rank 0's in a checkpoint from before they were gathered, or for a rank the saving
+        # run did not have: a resume on more ranks).
+        ranks = state.get("rng_ranks") or [state["rng"]]
+        self._restore_rng = ranks[trainer.global_rank] if trainer.global_rank < len(ranks) else ranks[0]
         resume = getattr(trainer.datamodule, "resume_train_sampler", None)
         if resume is not None:
-            resume(state["epoch"], state["batches_done"])
+            extra = {"positions": state["positions"]} if "positions" in state else {}
+            resume(state["epoch"], state["batches_done"], **extra)

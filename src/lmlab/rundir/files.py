@@ -31,6 +31,7 @@ EXAMPLE_HASHES = "example_hashes.json"  # per-split content hashes of the exampl
 RESOLVED = "resolved_config.json"  # the config as the run used it + its digest: what "the same job" means
 RESUME_CKPT = "resume.ckpt"  # the exact position where an interrupted attempt stopped
 LAST_CKPT = "last.ckpt"
+DATA_POSITIONS = "data_positions.rank{rank}.jsonl"  # dataset.log_positions: what each training batch read
 LOCK = ".lock"
 
 
@@ -131,6 +132,7 @@ __all__ = [
     "RESOLVED",
     "RESUME_CKPT",
     "LAST_CKPT",
+    "DATA_POSITIONS",
     "LOCK",
     "now",
     "umask_mode",

@@ -26,6 +26,7 @@ NON_RESULT_KEYS = (
     "ckpt_path",
     "export_model",
     "dataset.num_workers",
+    "dataset.log_positions",  # a log of what was read, not what is read
     "dataset.cache_dir",
     "trainer.enable_progress_bar",
     "trainer.enable_model_summary",
@@ -36,8 +37,24 @@ NON_RESULT_KEYS = (
     "callbacks.lr_monitor",
     "checkpoint_policy",
     "callbacks.model_checkpoint.policy",  # what is kept on disk, not what is learnt
+    "callbacks.last_checkpoint.every_n_train_steps",  # how often last.ckpt is saved: resume is exact either way
+    "callbacks.last_checkpoint.train_time_interval",
     "compare",  # the compare sweeper's plan (arms, seeds): each job's own overrides say what it runs
 )
+
+
+# Result keys added after runs already existed, each with the value that reproduces those runs. A key at that
+# value is left out of the result config, so an older run dir (which never recorded it) stays the same job and its
+# resume and re-run checks still match; any other value is part of the run's identity like every key. Add a key
+# here when a new config key's default keeps old results (tests/test_upgrade_fixtures.py retrains old runs).
+ADDED_KEYS: dict[str, Any] = {
+    "model.bpe_train_bytes": 100_000_000,
+    # issue 23: classification's old scoring (causal LM's default is now `final`: a new result, not an old one),
+    # no FLOP budget, no token eval schedule
+    "task.score": "best_val",
+    "task.max_flops": None,
+    "task.eval_every_tokens": None,
+}
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -65,6 +82,7 @@ def result_config(cfg: Any) -> dict[str, Any]:
         k: json.loads(json.dumps(v, default=str))
         for k, v in sorted(flat.items())
         if not any(k == n or k.startswith(n + ".") for n in NON_RESULT_KEYS)
+        and not (k in ADDED_KEYS and v == ADDED_KEYS[k])
     }
 
 

@@ -175,6 +175,8 @@ def write_start(run_dir: Path, cfg: DictConfig, datamodule: Any, trainer: Any, e
                 "sizes": {name: len(split) for name, split in splits.items()},
                 # exact and near-duplicate counts within/across splits (dataset.dedupe, near_duplicate_threshold)
                 "duplicates": dict(getattr(datamodule, "duplicates", None) or {}),
+                # dataset.val_tokens / test_tokens: documents and tokens of a split outside its budget (not scored)
+                "held_out": dict(getattr(datamodule, "held_out", None) or {}),
                 "example_hashes": hashes,
             },
             # model.init_from: the parent run, its data, commit and optimized_metric, test-set overlap (lmlab.lineage)

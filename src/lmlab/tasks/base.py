@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from lmlab.config import check_mode
 from lmlab.data.datamodule import Encoding
-from lmlab.data.tokenizer import BPE, load_tokenizer, train_bpe
+from lmlab.data.tokenizer import BPE, BPE_TRAIN_BYTES, load_tokenizer, train_bpe
 from lmlab.errors import LmlabError
 
 if TYPE_CHECKING:
@@ -68,6 +68,8 @@ def task_tokenizer(model_cfg: Mapping[str, Any], datamodule: Any) -> Any:
             int(model_cfg.get("bpe_vocab_size") or 4096),
             data_fingerprint=datamodule.data_fingerprint,
             cache_dir=cache,
+            max_bytes=model_cfg.get("bpe_train_bytes") or BPE_TRAIN_BYTES,
+            total_bytes=datamodule.train_text_bytes(),
         )
     if name is None:
         raise LmlabError(

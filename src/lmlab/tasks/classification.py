@@ -125,6 +125,7 @@ class TextClassifier(adapters.AdapterCheckpoints, TaskModule, pl.LightningModule
         compile_dynamic: bool | None = None,
         gguf_file: str | None = None,
         bpe_vocab_size: int | None = None,
+        bpe_train_bytes: int | None = None,
         tokenizer_object: Any = None,
         peft: Mapping[str, Any] | None = None,
     ):

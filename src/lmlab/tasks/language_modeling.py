@@ -43,6 +43,7 @@ MODEL_KEYS = (
     "name_or_path",
     "tokenizer",
     "bpe_vocab_size",
+    "bpe_train_bytes",
     "from_scratch",
     "config_overrides",
     "attn_implementation",
@@ -207,6 +208,7 @@ class CausalLM(adapters.AdapterCheckpoints, LMModule, pl.LightningModule):
         scheduler: Mapping[str, Any],
         tokenizer: str | None = None,
         bpe_vocab_size: int | None = None,
+        bpe_train_bytes: int | None = None,
         from_scratch: Mapping[str, Any] | None = None,
         config_overrides: Mapping[str, Any] | None = None,
         attn_implementation: str | None = None,
@@ -330,6 +332,10 @@ class LMTask(Task):
 
 class CausalLMTask(LMTask):
     """Next-token prediction on the dataset's text (labels ignored); monitor val/loss, minimized."""
+
+    # Training blocks in one global order, sliced by rank (lmlab.data.packed.ElasticBlockSampler): a resume on
+    # another number of ranks continues it, no block repeated or skipped.
+    global_order = True
 
     def __init__(
         self,

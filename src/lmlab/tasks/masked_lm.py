@@ -113,6 +113,7 @@ class MaskedLM(LMModule, pl.LightningModule):
         scheduler: Mapping[str, Any],
         tokenizer: str | None = None,
         bpe_vocab_size: int | None = None,
+        bpe_train_bytes: int | None = None,
         from_scratch: Mapping[str, Any] | None = None,
         config_overrides: Mapping[str, Any] | None = None,
         attn_implementation: str | None = None,
