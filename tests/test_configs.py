@@ -95,6 +95,8 @@ def test_config_instantiates(group: str, option: str, tmp_path: Path, tiny_check
         pytest.skip(f"trainer={option} needs a GPU (none here)")
     if group == "dataset" and option in ("files", "hf"):
         pytest.skip(f"dataset={option} needs data files; covered by test_train.py::test_fast_dev_run_sources")
+    if group == "experiment" and option == "compare_optimizers":  # causal LM: a decoder, not TINY's tiny_bert
+        overrides = [o for o in overrides if not o.startswith("model=")] + ["model=llama_tiny"]
     if group == "experiment":  # experiments pick their models; keep them tiny here
         overrides += [
             "model.from_scratch={hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 64}"

@@ -191,6 +191,7 @@ def test_result_config_ignores_only_keys_that_cannot_change_a_result(tmp_path: P
         "dataset.log_positions=true",
         "callbacks.last_checkpoint.every_n_train_steps=5",
         "callbacks.last_checkpoint.train_time_interval=00:30:00",
+        "compare={baseline: a, tune_seeds: [1]}",  # the compare sweeper's plan; each job's overrides say what it runs
     ]
     for override in same:
         cfg = compose_train([*TINY, override], tmp_path / "b")
@@ -202,6 +203,7 @@ def test_result_config_ignores_only_keys_that_cannot_change_a_result(tmp_path: P
         "dataset.max_length=64",
         "callbacks.early_stopping.patience=1",
         "dataset.split_seed=1",
+        "task.score=final",  # classification's default best_val is left out (ADDED_KEYS); another value is not
     ]:
         changed = rundir.result_config(compose_train([*TINY, override], tmp_path / "c"))
         assert rundir.digest(changed) != rundir.digest(base), override

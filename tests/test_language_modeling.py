@@ -238,7 +238,8 @@ def test_width_sweep_then_report_selects_on_val_loss_min(tmp_path: Path) -> None
     assert report.returncode == 0, report.stderr[-3000:]
     data = json.loads((sweep / "report.json").read_text())
     sel = data["selection"]
-    assert (sel["select_metric"], sel["select_mode"], sel["report_metric"]) == ("val/loss", "min", "test/loss")
+    # reported on test/bpb, the LM default since issue 23 (tokenizer-independent; selection stays on val/loss)
+    assert (sel["select_metric"], sel["select_mode"], sel["report_metric"]) == ("val/loss", "min", "test/bpb")
     means = {}
     for j in jobs:
         m = read_metrics(j)

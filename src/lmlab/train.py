@@ -25,6 +25,7 @@ register_resolvers()
 def build(cfg: DictConfig) -> dict[str, Any]:
     """Instantiate task, datamodule, model, callbacks, loggers and trainer from the composed config."""
     from lmlab.callbacks import DataPositionLog, RunInfo
+    from lmlab.callbacks.eval_schedule import EvalSchedule
     from lmlab.callbacks.loggers import wandb_resume_kwargs
     from lmlab.console import phase
     from lmlab.launch.ddp import trainer_plugins
@@ -48,6 +49,8 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     if getattr(datamodule, "log_positions", False):
         callbacks.append(DataPositionLog(cfg.paths.output_dir))  # which global positions each batch read
     callbacks.append(ClusterCheck(cfg.paths.output_dir))  # distributed: one shared run dir; each rank's node
+    # The budget in steps, the eval schedule, a validation at the budget's end, curves.csv (the task sets the budget)
+    callbacks.append(EvalSchedule(cfg.paths.output_dir))
     callbacks.extend(optuna_pruning(task.monitor))  # an Optuna trial with hydra.sweeper.pruner on, else none
     callbacks.append(
         RunInfo(
@@ -95,6 +98,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     from lmlab import rundir
     from lmlab.callbacks import perf_summary
+    from lmlab.callbacks.checkpoint import scored_checkpoint
+    from lmlab.callbacks.eval_schedule import EvalSchedule
     from lmlab.callbacks.loggers import finish_run, log_hyperparams
     from lmlab.callbacks.throughput import peak_rss_mb
     from lmlab.console import print_config, quiet_libraries
@@ -125,12 +130,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     with ddp.ddp_children_argv(cfg, trainer):
         trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
     best_path, best = rundir.after_fit(trainer, run_dir)
+    best_path, best = scored_checkpoint(
+        trainer, run_dir, task.score, cfg.get("checkpoint_policy", "keep"), best_path, best
+    )
     perf = perf_summary(trainer, model)  # of the fit, before the eval trainer (no Throughput callback) replaces it
+    perf.update(EvalSchedule.find(trainer).summary(trainer, model))  # budget/*, perf/model_flops
     trainer = ddp.eval_trainer(cfg, trainer)  # after DDP: one device, no padded test batches
     if trainer is None:  # a non-zero rank: rank 0 evaluates and writes
         return {}
 
-    # Val and test are both measured on the best checkpoint (or the final weights when none was kept).
+    # Val and test are both measured on the scored checkpoint (task.score: the best, or the end of the budget).
     log.info("evaluating %s on val and test", best["best/ckpt_path"] or "the final weights")
     val = trainer.validate(model, datamodule=datamodule, ckpt_path=best_path, verbose=False)[0]
     test = trainer.test(model, datamodule=datamodule, ckpt_path=best_path, verbose=False)[0]

@@ -2,16 +2,67 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from lmlab.config import check_checkpoint_policy, time_interval
+from lmlab.rundir.files import CHECKPOINTS, LAST_CKPT
 
 log = logging.getLogger("lmlab.checkpoint")
+
+
+@contextlib.contextmanager
+def without_optimizer_state(trainer: Any) -> Iterator[None]:
+    """Checkpoints saved inside hold the weights, loops and callback states, but no optimizer or scheduler state.
+
+    Not Lightning's save_weights_only: it also skips the callbacks' on_save_checkpoint, which store the run's
+    identity (RunInfo) that eval and resume read. The full dict, minus the optimizer and scheduler states."""
+    connector = trainer._checkpoint_connector
+    dump = connector.dump_checkpoint
+
+    def without_optimizer(weights_only: bool | None = None) -> dict[str, Any]:
+        checkpoint = dump(weights_only=False)
+        checkpoint.pop("optimizer_states", None)
+        checkpoint.pop("lr_schedulers", None)
+        return checkpoint
+
+    connector.dump_checkpoint = without_optimizer
+    try:
+        yield
+    finally:
+        del connector.dump_checkpoint  # the class's method again
+
+
+def scored_checkpoint(
+    trainer: Any, run_dir: Path, score: str, policy: str, best_path: str | None, best: dict[str, Any]
+) -> tuple[str | None, dict[str, Any]]:
+    """The checkpoint train.py evaluates on val and test, by `task.score`. best_val: the monitored best (as
+    `rundir.after_fit` found it). final: the weights at the end of the budget, written to last.ckpt now (the
+    fit loop validated there; with checkpoint_policy=compact without optimizer state), so eval.py ckpt_path=<run
+    dir> reads the same weights. Every rank calls this (a distributed save is collective)."""
+    import torch
+
+    if score == "final":
+        path = Path(run_dir) / CHECKPOINTS / LAST_CKPT
+        with without_optimizer_state(trainer) if policy == "compact" else contextlib.nullcontext():
+            trainer.save_checkpoint(path)
+        best = {
+            **best,
+            "best/epoch": max(trainer.current_epoch - 1, 0),
+            "best/ckpt_path": os.path.relpath(path, run_dir),
+        }
+        return str(path), {**best, "best/step": trainer.global_step}
+    step = None
+    if best_path:
+        step = torch.load(best_path, map_location="cpu", mmap=True, weights_only=False).get("global_step")
+    return best_path, {**best, "best/step": step if best_path else trainer.global_step}
 
 
 class ResumableCheckpoint(ModelCheckpoint):
@@ -49,22 +100,8 @@ class ResumableCheckpoint(ModelCheckpoint):
     def _save_checkpoint(self, trainer: Any, filepath: str) -> None:
         if self.policy == "keep" or self.monitor is None:
             return super()._save_checkpoint(trainer, filepath)
-        # Not Lightning's save_weights_only: it also skips the callbacks' on_save_checkpoint, which store the run's
-        # identity (RunInfo) that eval and resume read. The full dict, minus the optimizer and scheduler states.
-        connector = trainer._checkpoint_connector
-        dump = connector.dump_checkpoint
-
-        def without_optimizer(weights_only: bool | None = None) -> dict[str, Any]:
-            checkpoint = dump(weights_only=False)
-            checkpoint.pop("optimizer_states", None)
-            checkpoint.pop("lr_schedulers", None)
-            return checkpoint
-
-        connector.dump_checkpoint = without_optimizer
-        try:
+        with without_optimizer_state(trainer):
             super()._save_checkpoint(trainer, filepath)
-        finally:
-            del connector.dump_checkpoint  # the class's method again
 
     def _save_topk_checkpoint(self, trainer: Any, monitor_candidates: dict[str, Any]) -> None:
         # A run that trainer.max_steps (or limit_val_batches=0) ends before its first validation reaches the epoch

@@ -64,13 +64,15 @@ RANGES: dict[str, tuple[type, float, float, str]] = {
     "max_samples.train": (int, 0, INF, "[)"),  # 0 = an empty split, refused with its own message
     "max_samples.val": (int, 0, INF, "[)"),
     "max_samples.test": (int, 0, INF, "[)"),
-    # model.*, peft.dropout, task.max_tokens
+    # model.*, peft.dropout, task.max_tokens / max_flops / eval_every_tokens
     "bpe_vocab_size": (int, 0, INF, "()"),
     "bpe_train_bytes": (int, 0, INF, "()"),
     "threshold": (float, 0.0, 1.0, "()"),
     "dropout": (float, 0.0, 1.0, "[)"),
     "freeze_layers": (int, 0, INF, "[)"),
     "max_tokens": (int, 0, INF, "()"),
+    "max_flops": (float, 0.0, INF, "()"),
+    "eval_every_tokens": (int, 0, INF, "()"),
     # trainer.*
     "accumulate_grad_batches": (int, 0, INF, "()"),
     "gradient_clip_val": (float, 0.0, INF, "[)"),
@@ -101,7 +103,7 @@ def ranged_keys(cfg: DictConfig) -> list[tuple[str, tuple[type, float, float, st
             return
         for key, value in node.items():
             path = (*parts, str(key))
-            if path == ("hydra",):
+            if path in (("hydra",), ("compare",)):  # compare: the sweeper's plan (grids as text), not a run's values
                 continue
             rule = RANGES.get(".".join(path[-2:])) or RANGES.get(path[-1])
             if rule is not None or (path[-1] in LIMITS and path[:-1] == ("trainer",)):

@@ -104,6 +104,13 @@ class ResumableSweeper(BasicSweeper):
     def sweep(self, arguments: list[str]) -> Any:
         assert self.config is not None
         jobs, constant = self._all_jobs(arguments)
+        self.prepare(jobs, constant)
+        return super().sweep(arguments)
+
+    def prepare(self, jobs: Sequence[Sequence[str]], constant: Sequence[str] = ()) -> None:
+        """Before launching `jobs`: name their dirs, refuse dirs that hold another config's run, mark completed
+        jobs as skipped, list them in sweep.json (also each stage of the compare sweeper)."""
+        assert self.config is not None
         if constant:
             # Name dirs (and W&B runs) by what varies: hydra.job.override_dirname without the constant keys.
             excluded = list(self.config.hydra.job.config.override_dirname.exclude_keys or [])
@@ -119,7 +126,8 @@ class ResumableSweeper(BasicSweeper):
                 "(numbers shift between invocations); use the default subdir to resume",
                 subdir,
             )
-        entries, configs = [], {}
+        entries: list[tuple[str, Sequence[str]]] = []
+        configs = {}
         for idx, overrides in enumerate(jobs):
             job_dir, configs[idx] = self._job_dir(overrides, idx)
             dirname = str(job_dir.absolute().relative_to(sweep_dir.absolute()))
@@ -139,15 +147,16 @@ class ResumableSweeper(BasicSweeper):
             sys.exit(1)
         if mismatched or not self.resume:
             sweep.move_aside(sweep_dir, [d for d, _ in entries])
+        skipped = set()
         if self.resume and not by_number:
-            self.skipped = {d for d, _ in entries if sweep.is_completed(sweep_dir / d)}
-        if self.skipped:
+            skipped = {d for d, _ in entries if sweep.is_completed(sweep_dir / d)}
+            self.skipped |= skipped
+        if skipped:
             log.info(
                 "resuming %s: %d of %d jobs already completed, launching %d",
                 sweep_dir,
-                len(self.skipped),
+                len(skipped),
                 len(entries),
-                len(entries) - len(self.skipped),
+                len(entries) - len(skipped),
             )
-        sweep.register_invocation(sweep_dir, entries, self.skipped)
-        return super().sweep(arguments)
+        sweep.register_invocation(sweep_dir, entries, skipped)

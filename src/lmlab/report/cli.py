@@ -132,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="also the almost-stochastic-order test (Dror et al. 2019, via deepsig): ε_min per comparison "
         "(< 0.5: the group is almost stochastically better than the baseline); slow, imports torch",
     )
+    p.add_argument(
+        "--target",
+        type=float,
+        default=None,
+        help="a compare sweep (compare.json): the val/loss target of tokens-to-target (default: the worst final "
+        "val/loss among the baseline arm's confirm seeds)",
+    )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (report.html has no images then)")
     p.add_argument(
         "--wandb",
@@ -334,11 +341,13 @@ def analyze(args: argparse.Namespace) -> dict[str, Any]:
     task = task_meta(finished)
     if args.select is None:
         args.select = task["monitor"] if task else "val/f1_macro"
+    known = scalar_metrics(finished)
     if not args.metric:
         args.metric = [("test/" + task["monitor"].split("/", 1)[-1]) if task else "test/f1_macro"]
+        if task and task["task"] == "causal_lm" and "test/bpb" in known:
+            args.metric = ["test/bpb"]  # bits per byte: comparable across tokenizers, unlike the loss per token
     metrics = list(dict.fromkeys(args.metric))
     metric = metrics[0]
-    known = scalar_metrics(finished)
     for opt, name in [*(("--metric", m) for m in metrics), ("--select", args.select)]:
         if name not in known:
             raise ReportError(f"unknown metric {name!r} for {opt}; metrics found: {', '.join(known)}")
@@ -928,6 +937,10 @@ def render_markdown(result: dict[str, Any]) -> str:
             f"resamples: 95% CI [{fmt(pb['diff_ci95_low'])}, {fmt(pb['diff_ci95_high'])}], "
             f"p = {fmt(pb['p_value'])}"
         )
+    if result.get("compare"):
+        from lmlab.report import compare
+
+        lines += ["", *compare.markdown(result["compare"])]
     if result["optuna"]:
         lines += [
             "",
@@ -1043,9 +1056,16 @@ def log_wandb(result: dict[str, Any], out: Path, project: str | None) -> str | N
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from lmlab.report import html, plots
+    from lmlab.report import compare, html, plots
 
+    record = compare.read(args.sweep_dir[0]) if len(args.sweep_dir) == 1 else None
+    sweep = args.sweep_dir[0]
+    if record is not None:
+        compare.configure(args, record)  # stage 2 (confirm/) only, the baseline arm as the baseline
     result = analyze(args)
+    if record is not None:
+        result["compare"] = compare.section(record, sweep, args.target)
+        result["warnings"] += result["compare"]["warnings"]
     if result.get("power"):
         names = {c["effect_name"] for c in result["comparisons"].values()}
         result["power"]["effect_name"] = "/".join(sorted(names))
@@ -1061,6 +1081,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"WARNING: {w}", file=sys.stderr)
     print_table(result)
     print(f"selected: {result['selection']['group']}. {result['selection']['support']}")
+    if result.get("compare"):
+        print("\n".join(compare.markdown(result["compare"])).replace("`", ""))
     statement = power_statement(result)
     if statement:
         print(statement.replace("`", ""))

@@ -22,6 +22,7 @@ METRICS = "metrics.json"
 STATUS = "status.json"
 PREDICTIONS = "test_predictions.csv"
 SAMPLES = "samples.md"
+CURVES = "curves.csv"  # one row per validation during fit: step, tokens, model FLOPs, val/* (callbacks.eval_schedule)
 TRACEBACK = "traceback.txt"
 CHECKPOINTS = "checkpoints"
 EXPORT = "model"
@@ -82,6 +83,20 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
         raise
 
 
+def write_text(path: Path, text: str) -> None:
+    """Atomic write of a text file (curves.csv is rewritten at every validation; a kill never leaves half of it)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        os.chmod(tmp, umask_mode())
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def read_json(path: Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 
@@ -108,6 +123,7 @@ __all__ = [
     "STATUS",
     "PREDICTIONS",
     "SAMPLES",
+    "CURVES",
     "TRACEBACK",
     "CHECKPOINTS",
     "EXPORT",
@@ -122,6 +138,7 @@ __all__ = [
     "umask_mode",
     "follow_umask",
     "write_json",
+    "write_text",
     "read_json",
     "write_predictions",
 ]

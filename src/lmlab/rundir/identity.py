@@ -39,6 +39,7 @@ NON_RESULT_KEYS = (
     "callbacks.model_checkpoint.policy",  # what is kept on disk, not what is learnt
     "callbacks.last_checkpoint.every_n_train_steps",  # how often last.ckpt is saved: resume is exact either way
     "callbacks.last_checkpoint.train_time_interval",
+    "compare",  # the compare sweeper's plan (arms, seeds): each job's own overrides say what it runs
 )
 
 
@@ -48,6 +49,11 @@ NON_RESULT_KEYS = (
 # here when a new config key's default keeps old results (tests/test_upgrade_fixtures.py retrains old runs).
 ADDED_KEYS: dict[str, Any] = {
     "model.bpe_train_bytes": 100_000_000,
+    # issue 23: classification's old scoring (causal LM's default is now `final`: a new result, not an old one),
+    # no FLOP budget, no token eval schedule
+    "task.score": "best_val",
+    "task.max_flops": None,
+    "task.eval_every_tokens": None,
 }
 
 

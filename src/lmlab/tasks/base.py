@@ -36,6 +36,10 @@ if TYPE_CHECKING:
 
 __all__ = ["ENCODING_HOOKS", "Encoding", "Task", "TaskModule", "from_scratch_for", "task_tokenizer"]
 
+# task.score: which weights a run reports. final: the end of its budget (LM pre-training: a comparison at equal
+# tokens); best_val: the checkpoint with the best validation monitor (classification: early-stopping style).
+SCORES = ("final", "best_val")
+
 # The `Encoding` methods the datamodule calls on what `Task.encoding()` returns (by default the task itself).
 ENCODING_HOOKS = ("tokenize", "cache_options", "dataset", "collator")
 
@@ -80,14 +84,22 @@ class Task(ABC):
 
     Must implement: `module_class`, and (unless `encoding` is overridden) the four `Encoding` methods
     `tokenize`, `cache_options`, `dataset`, `collator`, which the datamodule calls on the task itself.
-    Attributes callers read: `name`, `monitor`, `mode` ('min' | 'max'), `optimized_metric`, `ignores`.
+    Attributes callers read: `name`, `monitor`, `mode` ('min' | 'max'), `optimized_metric`, `ignores`, `score`.
     """
 
     # The model.* keys the default `module` passes to the module's constructor; None: all of them (but _target_).
     model_keys: Sequence[str] | None = None
     reads_labels: bool = True  # False for LM tasks: dataset.split_rule=auto may then stream a corpus (hash split)
 
-    def __init__(self, name: str, monitor: str, mode: str, optimized_metric: str, ignores: Sequence[str] = ()):
+    def __init__(
+        self,
+        name: str,
+        monitor: str,
+        mode: str,
+        optimized_metric: str,
+        ignores: Sequence[str] = (),
+        score: str = "best_val",
+    ):
         if type(self).encoding is Task.encoding:
             missing = [hook for hook in ENCODING_HOOKS if not callable(getattr(self, hook, None))]
             if missing:
@@ -96,6 +108,12 @@ class Task(ABC):
                     f"does not implement {', '.join(missing)}"
                 )
         check_mode(mode)
+        if score not in SCORES:
+            raise LmlabError(
+                f"task.score={score!r} is not one of {list(SCORES)} (final: the weights at the end of the budget; "
+                f"best_val: the checkpoint with the best {monitor})."
+            )
+        self.score = score  # which weights metrics.json reports (train.py; callbacks.checkpoint.scored_checkpoint)
         self.name = name
         self.monitor = monitor  # a validation metric, e.g. val/loss
         self.mode = mode
@@ -194,7 +212,7 @@ class Task(ABC):
     # ---- results
     def meta(self) -> dict[str, Any]:
         """metrics.json's `meta/*` keys of the task."""
-        return {"meta/task": self.name, "meta/monitor": self.monitor, "meta/mode": self.mode}
+        return {"meta/task": self.name, "meta/monitor": self.monitor, "meta/mode": self.mode, "meta/score": self.score}
 
     def best_key(self) -> str:
         """metrics.json's key of the selected checkpoint's monitor value."""

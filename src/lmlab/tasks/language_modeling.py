@@ -346,11 +346,19 @@ class CausalLMTask(LMTask):
         ignores: Sequence[str] = (),
         max_tokens: int | None = None,
         samples: Mapping[str, Any] | None = None,
+        score: str = "final",
+        max_flops: float | None = None,
+        eval_every_tokens: int | None = None,
     ):
-        super().__init__(name, monitor, mode, optimized_metric, ignores)
-        if max_tokens is not None and int(max_tokens) <= 0:
-            raise LmlabError(f"task.max_tokens={max_tokens} must be a positive number of tokens (or null).")
-        self.max_tokens = max_tokens
+        super().__init__(name, monitor, mode, optimized_metric, ignores, score)
+        for key, value in (
+            ("max_tokens", max_tokens),
+            ("max_flops", max_flops),
+            ("eval_every_tokens", eval_every_tokens),
+        ):
+            if value is not None and float(value) <= 0:
+                raise LmlabError(f"task.{key}={value} must be a positive number (or null).")
+        self.max_tokens, self.max_flops, self.eval_every_tokens = max_tokens, max_flops, eval_every_tokens
         self.samples = dict(samples or {})
 
     # ---- the encoding
@@ -400,19 +408,18 @@ class CausalLMTask(LMTask):
         return CausalLM
 
     def configure_trainer(self, trainer: Any, datamodule: Any, global_batch: int) -> None:
-        """task.max_tokens (real training tokens, padding not counted) -> optimizer steps, epochs unlimited."""
-        if self.max_tokens is None:
-            return
+        """task.max_tokens | task.max_flops -> optimizer steps, task.eval_every_tokens -> the validation interval
+        (lmlab.callbacks.eval_schedule), from the real tokens of a training block (padding not counted)."""
+        from lmlab.callbacks.eval_schedule import EvalSchedule
+
         train = datamodule.datasets["train"]
         tokens_per_example = float(np.mean(train.lengths)) if len(train) else float(self.max_length)
-        steps = max(1, math.ceil(int(self.max_tokens) / (tokens_per_example * global_batch)))
-        trainer.fit_loop.epoch_loop.max_steps = steps
-        trainer.fit_loop.max_epochs = -1
-        log.info(
-            "task.max_tokens=%d -> trainer.max_steps=%d (%.0f tokens per optimizer step)",
-            int(self.max_tokens),
-            steps,
-            tokens_per_example * global_batch,
+        EvalSchedule.find(trainer).set_budget(
+            tokens_per_example,
+            global_batch,
+            max_tokens=None if self.max_tokens is None else int(self.max_tokens),
+            max_flops=None if self.max_flops is None else float(self.max_flops),
+            eval_every_tokens=None if self.eval_every_tokens is None else int(self.eval_every_tokens),
         )
 
     # ---- results

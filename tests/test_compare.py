@@ -1,0 +1,155 @@
+"""`python train.py -m experiment=compare_optimizers` (the two-stage compare sweeper) on llama_tiny, as a user runs
+it: per-arm choices from the tune seeds, stage 2 on disjoint confirm seeds in interleaved order, compare.json before
+stage 2, a kill between the stages resumed without retraining stage 1, and the refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.conftest import ROOT, run_cli
+
+BASE = [
+    "experiment=compare_optimizers",
+    "model=llama_tiny",
+    "dataset.max_length=64",
+    "dataset.batch_size=8",
+    "dataset.eval_batch_size=16",
+    "dataset.max_samples.train=32",
+    "dataset.max_samples.val=8",
+    "dataset.max_samples.test=8",
+    "trainer.num_sanity_val_steps=0",
+    "export_model=false",
+    "task.samples.max_new_tokens=4",
+    "callbacks.progress_bar=null",
+    "task.max_tokens=2048",  # 4 steps of 512 tokens
+    "task.eval_every_tokens=1024",
+    # two arms of two lrs each, one tune seed, two confirm seeds: 4 + 4 runs
+    "~compare.arms.muon",
+    "~compare.arms.schedulefree",
+    "compare.arms.adamw.space.optimizer.lr='1e-3,3e-3'",
+    "compare.arms.lion.space.optimizer.lr='1e-4,3e-4'",
+    "compare.trials_per_arm=2",
+    "compare.tune_seeds=[1]",
+    "compare.confirm_seeds=[5,6]",
+]
+TUNE_DIRS = [
+    "tune/adamw/optimizer.lr=0.001,seed=1",
+    "tune/adamw/optimizer.lr=0.003,seed=1",
+    "tune/lion/optimizer.lr=0.0001,seed=1",
+    "tune/lion/optimizer.lr=0.0003,seed=1",
+]
+CONFIRM_DIRS = [
+    "confirm/arm=adamw,seed=5",
+    "confirm/arm=lion,seed=5",
+    "confirm/arm=adamw,seed=6",
+    "confirm/arm=lion,seed=6",
+]
+
+
+def start(sweep_dir: Path, *args: str) -> subprocess.Popen:
+    cmd = [sys.executable, str(ROOT / "train.py"), "-m", *BASE, *args, f"hydra.sweep.dir={sweep_dir}"]
+    return subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # a kill reaches every child
+    )
+
+
+def metric(run_dir: Path) -> float:
+    return json.loads((run_dir / "metrics.json").read_text())["best/val_loss"]
+
+
+def started_order(sweep_dir: Path, dirs: list[str]) -> list[str]:
+    return sorted(dirs, key=lambda d: json.loads((sweep_dir / d / "status.json").read_text())["started"] + d)
+
+
+def test_two_stages_killed_between_them_then_resumed(tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "cmp"
+    proc = start(sweep_dir)
+    # Kill (SIGKILL: no handler runs) as soon as stage 2 is planned: compare.json holds the choices by then.
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        path = sweep_dir / "compare.json"
+        if path.is_file() and json.loads(path.read_text()).get("stage") == "confirm":
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "sweep ended before it could be killed:\n" + proc.communicate()[0][-3000:]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    record = json.loads((sweep_dir / "compare.json").read_text())
+    # Stage 1: each arm's choice is its best mean val loss over the tune seeds, computed here from the job dirs
+    for arm, dirs in (("adamw", TUNE_DIRS[:2]), ("lion", TUNE_DIRS[2:])):
+        values = [metric(sweep_dir / d) for d in dirs]
+        best = min(range(2), key=lambda i: values[i])
+        assert [t["values"] for t in record["arms"][arm]["trials"]] == [[v] for v in values]
+        assert record["arms"][arm]["choice"]["index"] == best
+        assert record["arms"][arm]["space"] == {"optimizer.lr": ["0.001", "0.003"] if arm == "adamw" else
+                                                ["0.0001", "0.0003"]}  # fmt: skip
+    assert record["tune_seeds"] == [1] and record["confirm_seeds"] == [5, 6]
+    assert [(c["arm"], c["seed"]) for c in record["confirm"]] == [("adamw", 5), ("lion", 5), ("adamw", 6), ("lion", 6)]
+    stamps = {d: (sweep_dir / d / "metrics.json").stat().st_mtime_ns for d in TUNE_DIRS}
+
+    # Re-issued: stage 1 is not retrained, stage 2 runs every confirm job, interleaved A, B, A, B
+    proc = start(sweep_dir)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    assert {d: (sweep_dir / d / "metrics.json").stat().st_mtime_ns for d in TUNE_DIRS} == stamps
+    assert all((sweep_dir / d / "metrics.json").is_file() for d in CONFIRM_DIRS)
+    assert started_order(sweep_dir, CONFIRM_DIRS) == CONFIRM_DIRS
+    record = json.loads((sweep_dir / "compare.json").read_text())
+    assert record["stage"] == "done"
+    for entry in record["confirm"]:
+        seed = json.loads((sweep_dir / entry["dir"] / "resolved_config.json").read_text())["config"]["seed"]
+        assert seed == entry["seed"] and seed not in record["tune_seeds"]
+        chosen = record["arms"][entry["arm"]]["choice"]["overrides"]
+        assert entry["overrides"][-len(chosen) :] == chosen and entry["value"] == metric(sweep_dir / entry["dir"])
+    # A third issue trains nothing
+    proc = start(sweep_dir)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    invocations = json.loads((sweep_dir / "sweep.json").read_text())["invocations"]
+    assert invocations[-1]["launched"] == [] and invocations[-2]["launched"] == []  # stage 1, stage 2
+
+
+def refused(tmp_path: Path, *args: str) -> str:
+    result = run_cli("train.py", "-m", *BASE, *args, f"hydra.sweep.dir={tmp_path / 'cmp'}")
+    assert result.returncode != 0
+    assert not (tmp_path / "cmp" / "confirm").exists()
+    return result.stdout + result.stderr
+
+
+def test_a_confirm_seed_that_is_a_tune_seed_is_refused(tmp_path: Path) -> None:
+    out = refused(tmp_path, "compare.confirm_seeds=[1,6]")
+    assert "compare.confirm_seeds=[1, 6] shares seed(s) [1] with compare.tune_seeds=[1]" in out
+    assert not (tmp_path / "cmp" / "tune").exists()
+
+
+def test_an_arm_naming_a_key_that_does_not_exist_is_refused(tmp_path: Path) -> None:
+    out = refused(tmp_path, 'compare.arms.lion.overrides=["optimizer=lion","optimizer.bettas=1"]')
+    assert "compare.arms.lion: its overrides or space name something that does not exist" in out
+    assert "bettas" in out
+    assert not (tmp_path / "cmp" / "tune").exists()
+
+
+def test_unequal_trials_are_refused(tmp_path: Path) -> None:
+    out = refused(tmp_path, "compare.arms.lion.space.optimizer.lr='1e-4,3e-4,1e-3'")
+    assert "compare.arms.lion.space has 3 grid point(s) but compare.trials_per_arm=2" in out
+
+
+def test_an_arm_whose_tuning_trials_all_failed_stops_before_stage_2(tmp_path: Path) -> None:
+    # weight_decay=-1 is refused by every lion job (before torch), adamw's jobs train
+    out = refused(tmp_path, 'compare.arms.lion.overrides=["optimizer=lion","optimizer.weight_decay=-1"]')
+    assert "every tuning trial of arm(s) lion failed, so there is no configuration to confirm" in out
+    record = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert record["arms"]["lion"]["choice"] is None and record["arms"]["adamw"]["choice"] is not None
+    assert "confirm" not in record and "stage" not in record
