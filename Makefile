@@ -73,7 +73,8 @@ bench-quick: $(VENV)/.bench  ## a quick look (~10 min): the tiny model at 512 to
 
 # Causal LM (benchmarks/lm_throughput.py): lmlab's train.py task=causal_lm against a nanoGPT-style raw loop, HF Trainer
 # (run_clm.py packing) and model.compile=true, all on llama_small with lmlab's causal-LM batch shape (dataset.max_length
-# x batch_size packed blocks), 30 steps (27 timed); 5 interleaved rounds of raw + lmlab, the first 2 also run hf_trainer
+# x batch_size packed blocks), gradient clipping at 1.0 in every variant (BENCH_ARGS=--clip 0: none), 30 steps (27 timed);
+# 5 interleaved rounds of raw + lmlab, the first 2 also run hf_trainer
 # and lmlab_compile. MFU is against the fp32 GEMM peak measured in the same run. Each run first waits (<= 90 s) for
 # other processes to go quiet. ~15 min on 2 quiet CPU cores. Extra options, e.g. the RichProgressBar's cost:
 # make bench-lm BENCH_ARGS="--variants raw,lmlab,lmlab_nobar,hf_trainer,lmlab_compile --max-length 256 --batch-size 16"

@@ -81,3 +81,38 @@ def test_cosine_min_lr_ratio_equals_a_hand_computation(min_lr_ratio: float) -> N
         expected.append(min_lr_ratio + (1 - min_lr_ratio) * cosine)
     lrs = lr_curve({"name": "cosine", "warmup": warmup, "min_lr_ratio": min_lr_ratio}, total, lr=1.0)
     assert lrs == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("name", "min_lr_ratio"), [("linear", 0.0), ("constant_warmup", 0.0), ("cosine", 0.0), ("cosine", 0.2)]
+)
+def test_schedules_equal_transformers_value_for_value(name: str, min_lr_ratio: float) -> None:
+    # lmlab writes these schedules out (issue 25: importing transformers.optimization pulls in accelerate and peft
+    # at every start-up); they must stay transformers' own, bit for bit.
+    from transformers import get_scheduler
+    from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
+
+    total, warmup = 23, 4
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.3)
+    if name == "cosine":
+        theirs = get_cosine_with_min_lr_schedule_with_warmup(optimizer, warmup, total, min_lr_rate=min_lr_ratio)
+    else:
+        hf_name = {"linear": "linear", "constant_warmup": "constant_with_warmup"}[name]
+        theirs = get_scheduler(hf_name, optimizer, num_warmup_steps=warmup, num_training_steps=total)
+    expected = [theirs.lr_lambdas[0](step) for step in range(total + 2)]
+    ours = lr_curve({"name": name, "warmup": warmup, "min_lr_ratio": min_lr_ratio}, total, lr=1.0)
+    assert ours == expected[:total]  # exact: the same expressions
+
+
+def test_building_a_schedule_imports_no_transformers_trainer_code() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch; from lmlab.optim import build_scheduler; "
+        "o = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0); "
+        "[build_scheduler(o, {'name': n, 'warmup': 2}, 10) for n in ('linear', 'cosine', 'constant_warmup')]; "
+        "print(sorted(m for m in ('transformers.optimization', 'peft', 'accelerate') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

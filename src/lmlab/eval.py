@@ -24,9 +24,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """A checkpoint (the task, data split and model come from it) or, without one, the composed task/dataset/model
     as they are (e.g. a pretrained model's zero-shot numbers), on one split; writes metrics.json + the task's files."""
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import RichProgressBar
 
     from lmlab import rundir
+    from lmlab.callbacks.progress import TimedRichProgressBar
     from lmlab.config import instantiate
     from lmlab.rundir import check_same_data
 
@@ -68,7 +68,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         accelerator=cfg.accelerator,
         devices=1,
         logger=False,
-        callbacks=[RichProgressBar()],
+        callbacks=[TimedRichProgressBar()],
         enable_model_summary=False,
         default_root_dir=cfg.paths.output_dir,
     )

@@ -66,7 +66,12 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         for c in (cfg.get("logger") or {}).values()
         if c and "_target_" in c
     ]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **trainer_plugins(cfg.trainer))
+    # A compiled model evaluates under no_grad, as validation during the fit does: under inference_mode (the
+    # post-fit validate/test) torch.compile would build and keep a second set of eval graphs (tests/test_compile.py).
+    eval_mode = {"inference_mode": False} if cfg.model.get("compile") else {}
+    trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, **trainer_plugins(cfg.trainer), **eval_mode
+    )
     with phase("preparing the data (tokenizing, or reading the tokenization cache)"):
         datamodule.setup("fit")  # the task may size the run from the data (task.max_tokens)
     task.configure_trainer(trainer, datamodule, effective_batch_size(cfg, trainer))

@@ -85,6 +85,18 @@ def flops_per_token(config: Any, non_embedding_params: int, seq_len: float) -> f
     return 6.0 * non_embedding_params + 12.0 * layers * hidden * seq_len
 
 
+def compile_seconds() -> float:
+    """Seconds torch.compile has spent in this process so far, as torch's own timers record them: dynamo's frame
+    compiles (tracing, AOT autograd, the forward's code generation) plus the backward graphs compiled at their first
+    backward. 0 when torch._dynamo was never imported (nothing was compiled)."""
+    if "torch._dynamo" not in sys.modules:
+        return 0.0
+    from torch._dynamo.utils import compilation_time_metrics
+
+    keys = ("_compile.compile_inner", "backward._backward_impl")  # torch's timer names (torch 2.13)
+    return sum(sum(compilation_time_metrics.get(key, ())) for key in keys)
+
+
 class Throughput(Callback):
     """Measures training throughput without adding a device sync per step on CPU (one per step on CUDA, as
     Lightning's ThroughputMonitor does, so step end times are real)."""
@@ -113,6 +125,8 @@ class Throughput(Callback):
         self.seq_len_sum = 0.0
         self.first_batch_s: float | None = None
         self.first_batch_cpu_s = 0.0
+        self.compiled = bool(getattr(pl_module, "compiled", False))  # model.compile took effect
+        self.compile_s0 = compile_seconds()
         self.attn_implementation = getattr(pl_module, "attn_implementation", None)
         if self.attn_implementation:
             for logger in trainer.loggers:
@@ -133,6 +147,11 @@ class Throughput(Callback):
         return time.perf_counter()
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.compiled:
+            compile_s = compile_seconds() - self.compile_s0
+            log.info("torch.compile: %.1f s of the fit (train and validation graphs)", compile_s)
+            for logger in trainer.loggers:
+                logger.log_metrics({"perf/compile_s": compile_s}, step=trainer.global_step)
         # Logged here, not at the first batch: a line printed while the rich progress bar is live breaks it.
         if self.first_batch_s is not None:
             log.info(
@@ -255,6 +274,8 @@ class Throughput(Callback):
             rates = self._rates(warm, end, prefix="perf/train_")
             out.update({k: v for k, v in rates.items() if not k.endswith("peak_rss_mb")})
             out["perf/train_timed_steps"] = end["steps"] - warm["steps"]
+        if self.compiled:  # the fit's compile time (train and validation graphs), outside perf/train_* windows
+            out["perf/compile_s"] = compile_seconds() - self.compile_s0
         out["perf/tokens_seen"] = float(self.real)  # real (non-padding) training tokens, warm-up steps included
         out["perf/peak_rss_mb"] = peak_rss_mb()
         return out

@@ -98,3 +98,51 @@ def _load_backbone(
         if name_or_path is not None and Path(name_or_path).exists():
             raise LmlabError(f"Could not load a model from {name_or_path}: {err}") from err
         raise offline_hint(name_or_path, err) from err
+
+
+def compile_unavailable(backend: str) -> str | None:
+    """Why torch.compile with `backend` cannot run here (None: it can). inductor generates C++ for CPU kernels (and
+    Triton for CUDA ones), so it needs a C++ compiler (or Triton) that a plain `pip install torch` does not bring."""
+    import os
+    import shutil
+
+    import torch
+    import torch._dynamo
+
+    if not torch._dynamo.is_dynamo_supported():
+        return f"torch {torch.__version__} has no torch.compile support on this Python/platform"
+    if backend != "inductor":
+        return None  # aot_eager, eager, cudagraphs...: no code generation
+    if torch.cuda.is_available():
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            return "inductor needs Triton for CUDA kernels and it is not installed (pip install triton)"
+    compilers = [os.environ.get("CXX", ""), "g++", "c++", "clang++"]
+    if not any(c and shutil.which(c) for c in compilers):
+        return (
+            "inductor needs a C++ compiler for CPU kernels (g++ or clang++ on PATH, or CXX=<compiler>) and none "
+            "was found"
+        )
+    return None
+
+
+def compile_in_place(net: Any, compile: bool | str, dynamic: bool | None) -> bool:
+    """`model.compile`: false | true (= inductor) | a torch.compile backend name (aot_eager: no code generation, for
+    debugging graph breaks and recompiles). In place (nn.Module.compile), so parameter names and checkpoints are the
+    same as without compile. Where the backend cannot run, says why and trains eager (returns False)."""
+    import logging
+
+    if compile is False or compile is None:
+        return False
+    backend = "inductor" if compile is True else str(compile)
+    why = compile_unavailable(backend)
+    if why is not None:
+        logging.getLogger("lmlab.compile").warning(
+            "model.compile=%s: %s; training without compile (eager). Set model.compile=false to silence this.",
+            compile,
+            why,
+        )
+        return False
+    net.compile(dynamic=dynamic, backend=backend)
+    return True

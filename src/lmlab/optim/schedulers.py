@@ -45,18 +45,25 @@ def build_scheduler(
         raise LmlabError(f"scheduler.min_lr_ratio={min_lr_ratio} must be in [0, 1] (a fraction of optimizer.lr).")
     if name == "wsd":
         scheduler = wsd_scheduler(optimizer, cfg, warmup, total_steps, min_lr_ratio)
-    elif name == "cosine":
-        from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
-
-        # min_lr_rate=0 is transformers' plain cosine factor, value for value.
-        scheduler = get_cosine_with_min_lr_schedule_with_warmup(
-            optimizer, num_warmup_steps=warmup, num_training_steps=total_steps, min_lr_rate=min_lr_ratio
-        )
     else:
-        from transformers import get_scheduler
-
-        scheduler = get_scheduler(hf_names[name], optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+        factor = partial(hf_factor, name, warmup=warmup, total=total_steps, min_lr_ratio=min_lr_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     return {"scheduler": scheduler, "interval": "step", "frequency": 1}
+
+
+def hf_factor(name: str, step: int, *, warmup: int, total: int, min_lr_ratio: float = 0.0) -> float:
+    """transformers' linear, constant_with_warmup and cosine (with min_lr_rate) lr multipliers, expression for
+    expression (tests/test_optim_schedules.py compares them value for value). Written out here because importing
+    transformers.optimization imports its Trainer utilities, accelerate and peft: ~0.5 s of every start-up."""
+    if step < warmup:
+        return float(step) / float(max(1, warmup))
+    if name == "constant_warmup":
+        return 1.0
+    if name == "linear":
+        return max(0.0, float(total - step) / float(max(1, total - warmup)))
+    progress = float(step - warmup) / float(max(1, total - warmup))
+    factor = 0.5 * (1.0 + math.cos(math.pi * 0.5 * 2.0 * progress))
+    return max(0, factor * (1 - min_lr_ratio) + min_lr_ratio)
 
 
 WSD_SHAPES = ("linear", "cosine", "1-sqrt")

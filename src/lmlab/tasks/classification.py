@@ -25,7 +25,7 @@ from lmlab.data.splits import label_names
 from lmlab.data.tokenizer import load_tokenizer
 from lmlab.errors import LmlabError
 from lmlab.models import peft as adapters
-from lmlab.models.backbone import load_backbone
+from lmlab.models.backbone import compile_in_place, load_backbone
 from lmlab.tasks.base import Task, TaskModule
 
 
@@ -121,7 +121,7 @@ class TextClassifier(adapters.AdapterCheckpoints, TaskModule, pl.LightningModule
         num_train_examples: int | None = None,
         threshold: float = 0.5,
         tokenizer: str | None = None,
-        compile: bool = False,
+        compile: bool | str = False,
         compile_dynamic: bool | None = None,
         gguf_file: str | None = None,
         bpe_vocab_size: int | None = None,
@@ -179,10 +179,8 @@ class TextClassifier(adapters.AdapterCheckpoints, TaskModule, pl.LightningModule
                 self.encoder = adapters.wrap(self.encoder, peft, None)
         adapters.restore_rng(rng)
         self._freeze(freeze_embeddings, freeze_layers)
-        if compile:
-            # In place (nn.Module.compile), so parameter names and checkpoints are the same as without compile.
-            # Each new batch shape recompiles until torch marks the length dynamic; see README "Speed".
-            (self.net if pooling == "native" else self.encoder).compile(dynamic=compile_dynamic)
+        # Each new batch shape recompiles until torch marks the length dynamic; see docs/speed.md.
+        self.compiled = compile_in_place(self.net if pooling == "native" else self.encoder, compile, compile_dynamic)
         self.register_buffer("loss_weight", self._loss_weight(class_weights, label_counts), persistent=False)
         self.metrics = nn.ModuleDict(
             {stage: classification_metrics(problem_type, len(self.labels)) for stage in ("val", "test")}

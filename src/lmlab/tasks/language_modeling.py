@@ -13,6 +13,7 @@ boundary a byte-level model would also have to encode), as in benchmarks/ngram.p
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from abc import abstractmethod
@@ -33,7 +34,7 @@ from lmlab.data.sources import Example
 from lmlab.data.tokenizer import token_byte_lengths
 from lmlab.errors import LmlabError
 from lmlab.models import peft as adapters
-from lmlab.models.backbone import load_backbone
+from lmlab.models.backbone import compile_in_place, load_backbone
 from lmlab.tasks.base import Task, TaskModule, task_tokenizer
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,19 @@ def lm_blocks(flat: np.ndarray, offsets: np.ndarray, length: int, packing: bool,
         np.concatenate(starts) if starts else np.zeros(0, np.int64),
         np.concatenate(lengths) if lengths else np.zeros(0, np.int64),
     )
+
+
+class CausalCollator(PadCollator):
+    """PadCollator that also says, as batch["padded"], whether the batch has padding: decided on the host when
+    the batch is built, so the model needs no device sync to learn that a batch (every packed training block) has
+    none. Such a batch runs with no attention mask: transformers then takes SDPA's is_causal path without reading
+    the mask itself (a sync per step), and a compiled model does not build a 4-D mask (which rules out the flash
+    kernel)."""
+
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        batch: dict[str, Any] = super().__call__(features)
+        batch["padded"] = not bool(batch["attention_mask"].all())
+        return batch
 
 
 def lm_metrics(names: Sequence[str] = ("nats", "tokens", "correct", "bytes")) -> torchmetrics.MetricCollection:
@@ -212,7 +226,7 @@ class CausalLM(adapters.AdapterCheckpoints, LMModule, pl.LightningModule):
         from_scratch: Mapping[str, Any] | None = None,
         config_overrides: Mapping[str, Any] | None = None,
         attn_implementation: str | None = None,
-        compile: bool = False,
+        compile: bool | str = False,
         compile_dynamic: bool | None = None,
         gguf_file: str | None = None,
         tokenizer_object: Any = None,
@@ -227,31 +241,63 @@ class CausalLM(adapters.AdapterCheckpoints, LMModule, pl.LightningModule):
         if adapters.enabled(peft):  # adapters only: the (tied) lm_head and embeddings stay frozen
             self.net = adapters.wrap(self.net, peft, "CAUSAL_LM")
         adapters.restore_rng(rng)
-        if compile:
-            self.net.compile(dynamic=compile_dynamic)  # in place: same parameter names and checkpoints
+        self.compiled = compile_in_place(self.net, compile, compile_dynamic)
         self.register_buffer(
             "token_bytes", torch.tensor(token_byte_lengths(self.tokenizer), dtype=torch.float64), persistent=False
         )
         self.metrics = torch.nn.ModuleDict({stage: lm_metrics() for stage in ("val", "test")})
+        self.on_train_epoch_start()
         self.train()  # from_pretrained returns eval mode, and Lightning keeps each module's mode as found
 
     # ---- loss
-    def token_losses(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-target nats (0 where masked), the target ids (-100 where masked), and the argmax predictions."""
-        logits = self.net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    def token_losses(
+        self, batch: Mapping[str, torch.Tensor], predictions: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Per-target nats (0 where masked), the target ids (-100 where masked), and the argmax predictions
+        (None when not asked for: training does not need them, and an argmax over the vocabulary is not free)."""
+        ids = batch["input_ids"]
+        mask = batch["attention_mask"] if batch.get("padded", True) else None
+        if self.compiled and not torch.is_grad_enabled():
+            # Eval batches: the last one of a split has fewer rows; a batch dimension dynamic from the first eval
+            # graph means val and test reuse it instead of recompiling (tests/test_compile.py counts).
+            torch._dynamo.maybe_mark_dynamic(ids, 0)
+            if mask is not None:
+                torch._dynamo.maybe_mark_dynamic(mask, 0)
+        # use_cache=False: training and scoring never reuse keys/values; the cache would be built and dropped.
+        logits = self.net(input_ids=ids, attention_mask=mask, use_cache=False).logits
         logits = logits[:, :-1].float()
         target = batch["labels"][:, 1:]
         nats = F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="none"
         ).view_as(target)
-        return nats, target, logits.argmax(-1)
+        return nats, target, logits.argmax(-1) if predictions else None
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        nats, target, _ = self.token_losses(batch)
+        nats, target, _ = self.token_losses(batch, predictions=False)
         count = (target != -100).sum()
         loss = nats.sum() / count.clamp(min=1)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=int(count))
+        self._log_train_loss(loss, nats, count)
         return loss
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_nats: torch.Tensor | float = 0.0  # device tensors once the first batch is in: no sync per step
+        self._epoch_tokens: torch.Tensor | float = 0.0
+
+    def _log_train_loss(self, loss: torch.Tensor, nats: torch.Tensor, count: torch.Tensor) -> None:
+        """train/loss_step (also on the progress bar) on the steps the loggers write (and the first), and
+        train/loss_epoch, the token-weighted mean, at the epoch end: the names `self.log(on_step=True,
+        on_epoch=True)` gives. Lightning's self.log costs ~1-2 ms a call on CPU (it moves its metric state to the
+        device again each call) and its epoch mean wants the batch size as a host int, a device sync per step."""
+        self._epoch_nats = self._epoch_nats + nats.detach().sum().double()
+        self._epoch_tokens = self._epoch_tokens + count
+        every = max(int(self.trainer.log_every_n_steps), 1)
+        if self.global_step == 0 or (self.global_step + 1) % every == 0:
+            self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
+
+    def on_train_epoch_end(self) -> None:
+        if isinstance(self._epoch_tokens, torch.Tensor):
+            mean = self._epoch_nats / self._epoch_tokens.clamp(min=1)
+            self.log("train/loss_epoch", mean.float(), on_step=False, on_epoch=True)
 
     # ---- samples
     @torch.no_grad()
@@ -262,7 +308,9 @@ class CausalLM(adapters.AdapterCheckpoints, LMModule, pl.LightningModule):
         was_training = self.training
         self.eval()
         out = []
-        with torch.random.fork_rng(devices=[]):
+        # A compiled model generates eager: every new cache length would be a new graph (a recompile per token).
+        eager = torch.compiler.set_stance("force_eager") if self.compiled else contextlib.nullcontext()
+        with torch.random.fork_rng(devices=[]), eager:
             torch.manual_seed(seed)
             for prompt in prompts:
                 ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
@@ -386,7 +434,10 @@ class CausalLMTask(LMTask):
         return blocks
 
     def collator(self, tokenizer: Any, pad_to_multiple_of: int | None) -> PadCollator:
-        return PadCollator(tokenizer.pad_token_id, "right", pad_to_multiple_of, causal_labels=True)
+        # Packed blocks: every batch max_length wide (only a split's last, partial block is shorter), so eval
+        # batches have one width and a compiled model one graph for them.
+        multiple = pad_to_multiple_of or (self.max_length if self.packing else None)
+        return CausalCollator(tokenizer.pad_token_id, "right", multiple, causal_labels=True)
 
     # ---- the module
     def tokenizer(self, model_cfg: Mapping[str, Any], datamodule: Any) -> Any:

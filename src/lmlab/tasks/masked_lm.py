@@ -32,6 +32,7 @@ from torch.nn import functional as F
 from lmlab.data.datamodule import PadCollator
 from lmlab.data.sources import Example
 from lmlab.errors import LmlabError
+from lmlab.models.backbone import compile_in_place
 from lmlab.tasks.base import task_tokenizer
 from lmlab.tasks.language_modeling import BlockDataset, LMModule, LMTask, lm_metrics
 
@@ -117,7 +118,7 @@ class MaskedLM(LMModule, pl.LightningModule):
         from_scratch: Mapping[str, Any] | None = None,
         config_overrides: Mapping[str, Any] | None = None,
         attn_implementation: str | None = None,
-        compile: bool = False,
+        compile: bool | str = False,
         compile_dynamic: bool | None = None,
         gguf_file: str | None = None,
         tokenizer_object: Any = None,
@@ -128,8 +129,7 @@ class MaskedLM(LMModule, pl.LightningModule):
         self.net = self._load_net(name_or_path, from_scratch, config_overrides, attn_implementation, gguf_file)
         if from_scratch is None and name_or_path is not None:
             log_fresh_head(self.net, name_or_path)
-        if compile:
-            self.net.compile(dynamic=compile_dynamic)
+        self.compiled = compile_in_place(self.net, compile, compile_dynamic)
         # No bytes total: bits-per-byte is a causal-LM metric.
         self.metrics = torch.nn.ModuleDict(
             {stage: lm_metrics(("nats", "tokens", "correct")) for stage in ("val", "test")}
