@@ -34,6 +34,22 @@ os.environ.update(
 os.environ["LMLAB_CACHE_DIR"] = tempfile.mkdtemp(prefix="lmlab-test-cache-")
 
 # A few small batches of a tiny random-init BERT: each training takes seconds.
+# A llama_tiny causal LM on packed 64-token blocks, 8 per step (512 tokens an optimizer step), 32/8/8 examples: the
+# tiny LM run the optimizer, budget and compare tests build on (each adds its steps, budget or experiment).
+TINY_LM = [
+    "model=llama_tiny",
+    "dataset.max_length=64",
+    "dataset.batch_size=8",
+    "dataset.eval_batch_size=16",
+    "dataset.max_samples.train=32",
+    "dataset.max_samples.val=8",
+    "dataset.max_samples.test=8",
+    "trainer.num_sanity_val_steps=0",
+    "export_model=false",
+    "task.samples.max_new_tokens=4",
+    "callbacks.progress_bar=null",
+]
+
 TINY = [
     "model=tiny_bert",
     "dataset.max_length=32",

@@ -10,24 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY, read_metrics, run_cli, single_run_dir
+from tests.conftest import TINY, TINY_LM, read_metrics, run_cli, single_run_dir
 
 # llama_tiny on packed 64-token blocks, 8 per step: 512 tokens per optimizer step, exactly (training drops the
 # partial last block, so every block has 64 real tokens).
-LM = [
-    "task=causal_lm",
-    "model=llama_tiny",
-    "dataset.max_length=64",
-    "dataset.batch_size=8",
-    "dataset.eval_batch_size=16",
-    "dataset.max_samples.train=32",
-    "dataset.max_samples.val=8",
-    "dataset.max_samples.test=8",
-    "trainer.num_sanity_val_steps=0",
-    "export_model=false",
-    "task.samples.max_new_tokens=4",
-    "callbacks.progress_bar=null",
-]
+LM = ["task=causal_lm", *TINY_LM]
 TOKENS_PER_STEP = 8 * 64
 # llama_tiny's FLOPs per token, by hand: non-embedding parameters N (2 layers x (q, k, v, o: 4 x 32 x 32; MLP:
 # 3 x 32 x 64; 2 norms of 32), the final norm, the tied lm_head 32 x 512 (the BPE has 512 tokens)), then

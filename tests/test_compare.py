@@ -12,21 +12,11 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, TINY_LM, run_cli
 
 BASE = [
     "experiment=compare_optimizers",
-    "model=llama_tiny",
-    "dataset.max_length=64",
-    "dataset.batch_size=8",
-    "dataset.eval_batch_size=16",
-    "dataset.max_samples.train=32",
-    "dataset.max_samples.val=8",
-    "dataset.max_samples.test=8",
-    "trainer.num_sanity_val_steps=0",
-    "export_model=false",
-    "task.samples.max_new_tokens=4",
-    "callbacks.progress_bar=null",
+    *TINY_LM,
     "task.max_tokens=2048",  # 4 steps of 512 tokens
     "task.eval_every_tokens=1024",
     # two arms of two lrs each, one tune seed, two confirm seeds: 4 + 4 runs

@@ -7,26 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import read_metrics, run_cli, single_run_dir
+from tests.conftest import TINY_LM, read_metrics, run_cli, single_run_dir
 
 # 5 optimizer steps of a tiny Llama, one validation (and a best checkpoint) at step 4: Schedule-Free must switch
 # to eval mode for it, back to train mode for step 5, and to eval mode again for the test and last.ckpt.
-LM_STEPS = [
-    "task=causal_lm",
-    "model=llama_tiny",
-    "dataset.max_length=64",
-    "dataset.batch_size=8",
-    "dataset.eval_batch_size=16",
-    "dataset.max_samples.train=32",
-    "dataset.max_samples.val=8",
-    "dataset.max_samples.test=8",
-    "trainer.max_steps=5",
-    "trainer.val_check_interval=4",
-    "trainer.num_sanity_val_steps=0",
-    "export_model=false",
-    "task.samples.max_new_tokens=4",
-    "callbacks.progress_bar=null",
-]
+LM_STEPS = ["task=causal_lm", *TINY_LM, "trainer.max_steps=5", "trainer.val_check_interval=4"]
 ARGS = {
     "muon": ["optimizer=muon"],
     "schedulefree": ["optimizer=schedulefree", "scheduler=constant_warmup"],
