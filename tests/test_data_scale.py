@@ -502,3 +502,31 @@ def test_bpe_learns_from_a_seeded_sample_spread_over_a_split_larger_than_its_bud
     assert len(consumed[0]) > 1500
     full = train_bpe(iter(texts), 300, data_fingerprint="t", cache_dir=None, total_bytes=total)  # under budget: all
     assert full.backend_tokenizer.to_str() != first.backend_tokenizer.to_str()
+
+
+def test_worker_pool_ends_under_a_runs_signal_handlers() -> None:
+    """A run's Python SIGTERM/SIGINT handlers (interrupt-safe runs) were inherited by forked workers, and a 1 GB
+    preparation hung in Pool.terminate() with a worker waiting on the task queue's lock. The data workers restore
+    the default dispositions and the pool is closed and joined on success: it ends, on success and on an error
+    with busy workers, within seconds. (The hang itself was not reproduced at this size.)"""
+    import subprocess
+    import sys
+
+    code = """
+import time
+from lmlab.data.workers import fork_pool
+from lmlab.launch.requeue import Interrupts
+with Interrupts():  # the run's SIGINT/SIGTERM handlers, as during data preparation
+    with fork_pool(2) as pool:
+        assert pool.map(abs, [-1, -2, -3]) == [1, 2, 3]
+    try:
+        with fork_pool(2) as pool:
+            jobs = [pool.apply_async(time.sleep, (2,)) for _ in range(4)]  # busy workers when it is terminated
+            time.sleep(0.3)
+            raise RuntimeError("boom")
+    except RuntimeError:
+        pass
+print("ended")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ended", proc.stderr[-2000:]

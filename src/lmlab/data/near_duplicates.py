@@ -9,10 +9,10 @@ cache (`dataset.cache_dir`) and a second run on the same texts reads it instead 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
-import multiprocessing
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from lmlab.data.sources import Example
+from lmlab.data.workers import fork_pool
 from lmlab.errors import LmlabError
 from lmlab.rundir import write_json
 
@@ -154,41 +155,37 @@ def find_near_duplicates_streamed(
     flat = {s: np.concatenate(a) if a else np.zeros(0, np.int64) for s, a in grams.items()}
     _QUERY = np.unique(np.concatenate([flat["val"], flat["test"]]))
     matched = np.zeros(len(_QUERY), dtype=bool)
-    # Worker processes only where they pay (a train split of more than ~64 MB of text): forking a process that has
-    # run Rust tokenizer threads is where a rare hang would come from, and a small corpus takes seconds in-process.
-    pool = (
-        multiprocessing.get_context("fork").Pool(num_proc)
-        if num_proc > 1 and len(_QUERY) and (train_bytes is None or train_bytes > 64 << 20)
-        else None
-    )
+    # Worker processes only where they pay (a train split of more than ~64 MB of text: a small one takes seconds).
+    stack = contextlib.ExitStack()  # joined on success, terminated on an error (data.workers)
+    big = train_bytes is None or train_bytes > 64 << 20
+    pool = stack.enter_context(fork_pool(num_proc)) if num_proc > 1 and len(_QUERY) and big else None
     try:
-        pending: list[Any] = []
-        texts: list[str] = []
+        with stack:
+            pending: list[Any] = []
+            texts: list[str] = []
 
-        def collect(limit: int) -> None:  # bounded batches in flight: memory follows the batch size
-            while len(pending) > limit:
-                job = pending.pop(0)
-                matched[job.get() if pool else job] = True
+            def collect(limit: int) -> None:  # bounded batches in flight: memory follows the batch size
+                while len(pending) > limit:
+                    job = pending.pop(0)
+                    matched[job.get() if pool else job] = True
 
-        def submit() -> None:
-            if texts:
-                pending.append(
-                    pool.apply_async(_matched_positions, (list(texts),)) if pool else _matched_positions(texts)
-                )
-                texts.clear()
-            collect(2 * num_proc)
+            def submit() -> None:
+                if texts:
+                    pending.append(
+                        pool.apply_async(_matched_positions, (list(texts),)) if pool else _matched_positions(texts)
+                    )
+                    texts.clear()
+                collect(2 * num_proc)
 
-        if len(_QUERY):
-            for split, text in documents():
-                if split == "train":
-                    texts.append(text)
-                    if len(texts) >= batch:
-                        submit()
-            submit()
-            collect(0)
+            if len(_QUERY):
+                for split, text in documents():
+                    if split == "train":
+                        texts.append(text)
+                        if len(texts) >= batch:
+                            submit()
+                submit()
+                collect(0)
     finally:
-        if pool is not None:
-            pool.terminate()
         query, _QUERY = _QUERY, None
     references = {"train": query[matched], "val": np.unique(flat["val"])}
 

@@ -27,12 +27,12 @@ the split settings — not the block length, which is cut at read time.
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import fcntl
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -44,6 +44,7 @@ import numpy as np
 
 from lmlab.data.hashsplit import SPLIT_IDS, HashSet, check_fractions, content_hash, draw_of
 from lmlab.data.readers import corpus_files, iter_documents
+from lmlab.data.workers import fork_pool
 from lmlab.errors import LmlabError
 
 log = logging.getLogger(__name__)
@@ -355,7 +356,8 @@ def _build(
     if done:
         log.info("Token shards: resuming after %d complete shards (%d documents)", len(done), skip)
     duplicates = sum(m["raw_docs"] - sum(m["docs"].values()) for m in done)
-    pool = multiprocessing.get_context("fork").Pool(num_proc) if num_proc > 1 else None
+    stack = contextlib.ExitStack()  # the worker pool: joined on success, terminated on an error (data.workers)
+    pool = stack.enter_context(fork_pool(num_proc)) if num_proc > 1 else None
     pending: collections.deque = collections.deque()
     writer = _ShardWriter(directory, len(done), dtype, vocab_size)
     shards = list(done)
@@ -389,7 +391,7 @@ def _build(
         text_draws.clear()
         drain(2 * num_proc)
 
-    try:
+    with stack:
         for n, doc in enumerate(iter_documents(path, str(settings["text_column"]), str(settings["txt"]))):
             if n < skip:
                 continue
@@ -419,9 +421,6 @@ def _build(
             shards.append(writer.finish())
         else:
             writer.discard()
-    finally:
-        if pool is not None:
-            pool.terminate()
     tokens = {s: sum(m["tokens"][s] for m in shards) for s in SPLITS}
     docs = {s: sum(m["docs"][s] for m in shards) for s in SPLITS}
     return {
