@@ -41,9 +41,13 @@ class TimedRichProgressBar(RichProgressBar):
         self.renders = 0
         self._last = -math.inf
 
-    def _due(self, last: bool) -> bool:
+    def _due(self, last: Callable[[], bool]) -> bool:
+        """Whether this batch end renders. `last` is called only on an enabled bar: a disabled one (DDP ranks > 0)
+        never set the loop's current dataloader, which the last-batch test reads."""
+        if self.is_disabled:
+            return False
         now = self.clock()
-        if last or now - self._last >= self.refresh_s:
+        if last() or now - self._last >= self.refresh_s:
             self._last = now
             self.renders += 1
             return True
@@ -65,7 +69,7 @@ class TimedRichProgressBar(RichProgressBar):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self._due(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch):
+        if self._due(lambda: trainer.fit_loop.epoch_loop.batch_progress.is_last_batch):
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -84,7 +88,7 @@ class TimedRichProgressBar(RichProgressBar):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if self._due(batch_idx + 1 >= self.total_val_batches_current_dataloader):
+        if self._due(lambda: batch_idx + 1 >= self.total_val_batches_current_dataloader):
             super().on_validation_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
 
     def on_test_batch_end(
@@ -96,5 +100,5 @@ class TimedRichProgressBar(RichProgressBar):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if self._due(batch_idx + 1 >= self.total_test_batches_current_dataloader):
+        if self._due(lambda: batch_idx + 1 >= self.total_test_batches_current_dataloader):
             super().on_test_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
