@@ -294,8 +294,7 @@ class TextDataModule(pl.LightningDataModule):
         assert self.splits is not None
         if self.hashed is None:
             return sum(len(ex.text.encode("utf-8")) for ex in self.splits["train"])
-        files = self.hashed.corpus.get("files") or []
-        return int(sum(int(f[1]) for f in files) * (1 - self.hashed.val - self.hashed.test))
+        return self.hashed.train_bytes()
 
     # ---- dataset.split_rule=hash: a streamed corpus in memory-mapped token shards
     def _load_hashed(self, mode: str) -> dict[str, Any]:

@@ -171,6 +171,11 @@ class HashedCorpus:
             u = unit(doc.text, self.split_seed)
             yield ("val" if u < self.val else "test" if u < self.val + self.test else "train"), doc.origin, doc.text
 
+    def train_bytes(self) -> int:
+        """An estimate of the train split's text bytes without reading it: the files' sizes times the train
+        fraction (compressed files count their compressed size)."""
+        return int(sum(int(f[1]) for f in self.corpus["files"]) * (1 - self.val - self.test))
+
     def kept(self) -> Iterator[tuple[str, str, str]]:
         """`assigned()` less the val/test documents the run does not score (near-copies, outside a token budget):
         what the shards' splits hold as read (`self.keep`, set by the datamodule from the shards; None = all)."""
@@ -244,7 +249,7 @@ class HashedCorpus:
             lambda: ((split, text) for split, _, text in self.assigned()),
             self.near_threshold,
             self.num_proc,
-            train_bytes=int(sum(int(f[1]) for f in self.corpus["files"]) * (1 - self.val - self.test)),
+            train_bytes=self.train_bytes(),
         )
         write_json(path, {f"{a}&{b}": indices for (a, b), indices in found.items()})
         log.info(
