@@ -1111,7 +1111,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     _table(result).to_csv(out / "report.csv", index=False, float_format="%.17g")
     (out / "report.json").write_text(json.dumps(_json_safe(result), indent=2) + "\n")
     (out / "report.md").write_text(render_markdown(result))
-    (out / "report.html").write_text(html.render(result, out, CSV_COLUMNS, power_statement(result)))
+    extra = compare.html_section(result["compare"]) if result.get("compare") else None
+    (out / "report.html").write_text(html.render(result, out, CSV_COLUMNS, power_statement(result), extra))
     for w in result["warnings"]:
         print(f"WARNING: {w}", file=sys.stderr)
     print_table(result)
@@ -1139,7 +1140,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def run_workloads(args: argparse.Namespace, records: list[dict[str, Any] | None]) -> dict[str, Any]:
     """Several compare sweeps, one workload each: every sweep's own report in its dir (as `lmlab-report <sweep>`
     writes it), then the performance profiles over them into --out."""
-    from lmlab.report import compare, html, plots
+    from lmlab.report import compare, plots
 
     dirs = list(args.sweep_dir)
     plain = [str(d) for d, r in zip(dirs, records, strict=True) if r is None]
@@ -1194,7 +1195,7 @@ def run_workloads(args: argparse.Namespace, records: list[dict[str, Any] | None]
     md += [f"![{p}]({p})" for p in result["plots"]]
     (out / "report.json").write_text(json.dumps(_json_safe(result), indent=2) + "\n")
     (out / "report.md").write_text("\n".join(md) + "\n")
-    (out / "report.html").write_text(html.render_profiles(result, out))
+    (out / "report.html").write_text(compare.render_profiles(result, out))
     print("\n".join(compare.profile_markdown(result["profile"])).replace("`", ""))
     print(f"wrote {out / 'report.md'}, report.html, report.json" + "".join(f", {p}" for p in result["plots"]))
     return result

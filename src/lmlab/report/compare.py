@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+from html import escape
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import stats as sps
 
+from lmlab.report import html
 from lmlab.report.collect import ReportError
 from lmlab.report.html import fmt
 from lmlab.rundir.files import CURVES
@@ -363,3 +366,37 @@ def markdown(c: dict[str, Any]) -> list[str]:
     lines.append("")
     lines += [f"- **{w}**" for w in c["warnings"]]
     return [*lines, ""]
+
+
+def html_section(c: dict[str, Any], table_id: str = "compare") -> list[str]:
+    """A compare sweep's arms (choice, stage-1 scores, tokens-to-target, speedup) and edge-of-grid warnings."""
+    table_rows = rows(c)
+    return [
+        "<h2>Optimizer comparison (compare.json)</h2>",
+        *(f"<p>{html.md_text(t)}</p>" for t in intro(c)),
+        html.table(table_rows, list(table_rows[0]), table_id),
+        *(f'<p class="warn">{escape(w)}</p>' for w in c["warnings"]),
+    ]
+
+
+def render_profiles(result: dict[str, Any], out: Path) -> str:
+    """report.html of several compare sweeps: the performance profiles (table and step curves) and, per workload,
+    its arms and a link to its own report."""
+    e = escape
+    p = result["profile"]
+    rho_rows, token_rows = profile_rows(p)
+    parts = [
+        f"<h1>Performance profiles: {len(p['workloads'])} workloads</h1>",
+        f"<p>{e(PROFILE_RULE)}</p>",
+        html.table(rho_rows, list(rho_rows[0]), "profile"),
+        "<h2>Tokens to target (median over confirm seeds) and r = T / T_best</h2>",
+        html.table(token_rows, list(token_rows[0]), "profile_tokens"),
+        *(f'<p class="warn">arms missing from a workload count as unreached there: {e(m)}</p>' for m in p["missing"]),
+    ]
+    if result["plots"]:
+        parts += ["<h2>Plots</h2>"] + [html.image(out, name) for name in result["plots"]]
+    for i, (w, d) in enumerate(result["workloads"].items()):
+        link = os.path.relpath(Path(d) / "report.html", out)
+        parts += [f'<h2>Workload {e(w)} (<a href="{e(link)}">its report</a>)</h2>']
+        parts += html_section(result["compare"][w], f"compare{i}")[1:]  # its own heading above
+    return html.page(result["sweep_dir"], parts)

@@ -80,12 +80,15 @@ def table(rows: list[dict[str, Any]], columns: list[str], table_id: str, selecte
     )
 
 
-def _img(out: Path, name: str) -> str:
+def image(out: Path, name: str) -> str:
     data = base64.b64encode((out / name).read_bytes()).decode("ascii")
     return f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{data}"></figure>'
 
 
-def render(result: dict[str, Any], out: Path, columns: list[str], power: str | None) -> str:
+def render(
+    result: dict[str, Any], out: Path, columns: list[str], power: str | None, extra: list[str] | None = None
+) -> str:
+    """The report page; `extra`: HTML sections placed after the tables (a compare sweep's arms)."""
     e = html.escape
     sel = result["selection"]
     better = "higher" if sel["select_mode"] == "max" else "lower"
@@ -130,13 +133,12 @@ def render(result: dict[str, Any], out: Path, columns: list[str], power: str | N
             )
         ]
         parts += ["<h2>Expected best validation score</h2>", table(rows, list(rows[0]), "expected_max")]
-    if result.get("compare"):
-        parts += compare_section(result["compare"])
+    parts += extra or []
     pb = result.get("paired_bootstrap")
     if pb:
         parts += ["<h2>Bootstrap over test examples</h2>", f"<pre>{e(json.dumps(pb, indent=2, default=str))}</pre>"]
     if result["plots"]:
-        parts += ["<h2>Plots</h2>"] + [_img(out, p) for p in result["plots"]]
+        parts += ["<h2>Plots</h2>"] + [image(out, p) for p in result["plots"]]
     prov = result.get("provenance") or {}
     parts += [
         "<h2>Provenance</h2><ul>",
@@ -148,10 +150,11 @@ def render(result: dict[str, Any], out: Path, columns: list[str], power: str | N
         parts += ["<h2>Warnings</h2><ul>"] + [f'<li class="warn">{e(w)}</li>' for w in result["warnings"]] + ["</ul>"]
     if result["notes"]:
         parts += ["<h2>Notes</h2><ul>"] + [f"<li>{e(n)}</li>" for n in result["notes"]] + ["</ul>"]
-    return _page(result["sweep_dir"], parts)
+    return page(result["sweep_dir"], parts)
 
 
-def _page(title: str, parts: list[str]) -> str:
+def page(title: str, parts: list[str]) -> str:
+    """One self-contained page around `parts` (HTML snippets): inline CSS and the table-sorting script."""
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>lmlab report: {html.escape(title)}</title><style>{CSS}</style></head><body>\n"
@@ -160,49 +163,9 @@ def _page(title: str, parts: list[str]) -> str:
     )
 
 
-def _md_text(text: str) -> str:
+def md_text(text: str) -> str:
     """A markdown sentence of the report as HTML: escaped, `code` and **bold** kept."""
     import re
 
     text = re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(text))
     return re.sub(r"\*\*([^*]*)\*\*", r"<b>\1</b>", text)
-
-
-def compare_section(c: dict[str, Any], table_id: str = "compare") -> list[str]:
-    """A compare sweep's arms (choice, stage-1 scores, tokens-to-target, speedup) and edge-of-grid warnings."""
-    from lmlab.report import compare
-
-    rows = compare.rows(c)
-    return [
-        "<h2>Optimizer comparison (compare.json)</h2>",
-        *(f"<p>{_md_text(t)}</p>" for t in compare.intro(c)),
-        table(rows, list(rows[0]), table_id),
-        *(f'<p class="warn">{html.escape(w)}</p>' for w in c["warnings"]),
-    ]
-
-
-def render_profiles(result: dict[str, Any], out: Path) -> str:
-    """report.html of several compare sweeps: the performance profiles (table and step curves) and, per workload,
-    its arms and a link to its own report."""
-    import os
-
-    from lmlab.report import compare
-
-    e = html.escape
-    p = result["profile"]
-    rho_rows, token_rows = compare.profile_rows(p)
-    parts = [
-        f"<h1>Performance profiles: {len(p['workloads'])} workloads</h1>",
-        f"<p>{e(compare.PROFILE_RULE)}</p>",
-        table(rho_rows, list(rho_rows[0]), "profile"),
-        "<h2>Tokens to target (median over confirm seeds) and r = T / T_best</h2>",
-        table(token_rows, list(token_rows[0]), "profile_tokens"),
-        *(f'<p class="warn">arms missing from a workload count as unreached there: {e(m)}</p>' for m in p["missing"]),
-    ]
-    if result["plots"]:
-        parts += ["<h2>Plots</h2>"] + [_img(out, name) for name in result["plots"]]
-    for i, (w, d) in enumerate(result["workloads"].items()):
-        link = os.path.relpath(Path(d) / "report.html", out)
-        parts += [f'<h2>Workload {e(w)} (<a href="{e(link)}">its report</a>)</h2>']
-        parts += compare_section(result["compare"][w], f"compare{i}")[1:]  # its own heading above
-    return _page(result["sweep_dir"], parts)
