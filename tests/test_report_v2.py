@@ -3,14 +3,17 @@ an independent computation (scipy, statsmodels, exact enumeration with fractions
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
 import os
 import shutil
 import socket
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -591,7 +594,9 @@ def _chromium() -> tuple[str, str] | None:
     return (browser, driver) if browser and driver else None
 
 
-def test_html_report_in_chromium(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def headless_chromium() -> Iterator[Any]:
+    """A headless Chromium (selenium) that logs the page's console; skipped where it is not installed (not on CI)."""
     found = _chromium()
     if found is None:
         if os.environ.get("CI"):
@@ -599,6 +604,34 @@ def test_html_report_in_chromium(tmp_path: Path) -> None:
         pytest.skip("chromium/chromedriver not installed (apt-get install chromium chromium-driver)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = found[0]
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+    ):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(found[1]), options=opts)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def loaded_images(driver: Any) -> list[int]:
+    """The natural width of every <img> on the page (0: it did not load)."""
+    from selenium.webdriver.common.by import By
+
+    script = "return arguments[0].complete && arguments[0].naturalWidth"
+    return [driver.execute_script(script, i) for i in driver.find_elements(By.TAG_NAME, "img")]
+
+
+def test_html_report_in_chromium(tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
 
     sweep = sweep_of(
@@ -614,26 +647,11 @@ def test_html_report_in_chromium(tmp_path: Path) -> None:
     assert "http://" not in page and "https://" not in page  # nothing from the network
     assert page.count("data:image/png;base64,") == 4  # groups, forest, expected max, metric vs lr
 
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = found[0]
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1400,1000",
-    ):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(found[1]), options=opts)
-    try:
+    with headless_chromium() as driver:
         driver.get((sweep / "report.html").as_uri())
         assert driver.title.startswith("lmlab report")
-        imgs = driver.find_elements(By.TAG_NAME, "img")
-        assert len(imgs) == 4
-        assert all(
-            driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", i) > 100 for i in imgs
-        )
+        widths = loaded_images(driver)
+        assert len(widths) == 4 and all(w > 100 for w in widths)
         table = driver.find_element(By.ID, "groups")
         first = lambda: table.find_elements(By.CSS_SELECTOR, "tbody tr")[0].find_elements(By.TAG_NAME, "td")[0].text  # noqa: E731
         assert first() == "optimizer.lr=1e-4"
@@ -647,8 +665,6 @@ def test_html_report_in_chromium(tmp_path: Path) -> None:
         assert errors == []
         shot = tmp_path / "report.png"
         assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10000
-    finally:
-        driver.quit()
 
 
 @pytest.mark.slow

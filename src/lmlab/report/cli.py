@@ -66,6 +66,7 @@ CSV_COLUMNS = [
 MIN_CONFIGS_FOR_CURVE = 3
 # Metric names where lower is better, for runs without meta/mode (and metrics other than the monitor).
 LOWER_IS_BETTER = ("loss", "ppl", "perplexity", "bpb", "error", "wer", "cer")
+LM_TASKS = ("causal_lm", "masked_lm")  # their default report metric is test/bpb when the runs logged it
 UNFINISHED = ("running", "dead", "interrupted", "requeued", "pruned", "unknown", "pending")
 
 
@@ -82,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         nargs="+",
         help="Hydra multirun dir(s) holding job dirs (0/, 1/, ... or trial_<n>/seed=<s>/); several "
-        "dirs are read as one sweep and the report is written into the first (or --out)",
+        "dirs are read as one sweep and the report is written into the first (or --out); several compare sweeps "
+        "(compare.json) are several workloads: each gets its own report in its dir, and --out the performance "
+        "profiles over them",
     )
     p.add_argument("--out", type=Path, default=None, help="where report.* go (default: the first sweep dir)")
     p.add_argument(
@@ -90,8 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=None,
         help="metric reported per group (repeat for several: the first drives the comparisons' "
-        "summary; default: the test twin of the runs' task monitor meta/monitor, e.g. test/loss; runs "
-        "without one: test/f1_macro)",
+        "summary; default: test/bpb for language-model runs that logged it, else the test twin of the runs' task "
+        "monitor meta/monitor, e.g. test/loss; runs without one: test/f1_macro)",
     )
     p.add_argument(
         "--select",
@@ -135,9 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--target",
         type=float,
+        action="append",
         default=None,
         help="a compare sweep (compare.json): the val/loss target of tokens-to-target (default: the worst final "
-        "val/loss among the baseline arm's confirm seeds)",
+        "val/loss among the baseline arm's confirm seeds); with several compare sweeps (workloads), once per sweep "
+        "dir in their order",
     )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (report.html has no images then)")
     p.add_argument(
@@ -344,7 +349,7 @@ def analyze(args: argparse.Namespace) -> dict[str, Any]:
     known = scalar_metrics(finished)
     if not args.metric:
         args.metric = [("test/" + task["monitor"].split("/", 1)[-1]) if task else "test/f1_macro"]
-        if task and task["task"] == "causal_lm" and "test/bpb" in known:
+        if task and task["task"] in LM_TASKS and "test/bpb" in known:
             args.metric = ["test/bpb"]  # bits per byte: comparable across tokenizers, unlike the loss per token
     metrics = list(dict.fromkeys(args.metric))
     metric = metrics[0]
@@ -676,34 +681,56 @@ def _provenance(jobs: list[Job]) -> dict[str, Any]:
     return out
 
 
+def _seed_curve(job: Job, metric: str) -> tuple[pd.Series, str] | None:
+    """One run's `metric` against training progress: curves.csv (every evaluation, x = tokens trained) when the
+    run wrote one with that column, else csv/metrics.csv (logger=csv; the last value per epoch, or per step)."""
+    from lmlab.rundir.files import CURVES
+
+    for path, x in ((job.dir / CURVES, "tokens"), (job.dir / "csv" / "metrics.csv", None)):
+        if not path.is_file():
+            continue
+        try:
+            df = pd.read_csv(path)
+        except (OSError, ValueError, pd.errors.ParserError):
+            continue
+        if metric not in df.columns:
+            continue
+        x = x or ("epoch" if "epoch" in df.columns else "step")
+        if x not in df.columns:
+            continue
+        df = df[[x, metric]].apply(pd.to_numeric, errors="coerce").dropna()
+        return df.groupby(x)[metric].last(), x
+    return None
+
+
 def learning_curves(groups: list[Group], metric: str) -> dict[str, Any]:
-    """Per group: `metric` per epoch from each seed's csv/metrics.csv (logger=csv), mean and range over seeds."""
+    """Per group: `metric` against tokens (curves.csv) or epochs (csv/metrics.csv) per seed, and the mean and
+    min..max over seeds. Seeds evaluated at different x (e.g. token counts that differ by a batch) are linearly
+    interpolated onto the union of their x within each seed's own range; a group mixing both sources uses the one
+    most of its seeds have."""
     out: dict[str, Any] = {}
     for g in groups:
-        per_seed = []
-        for j in g.finished:
-            path = j.dir / "csv" / "metrics.csv"
-            if not path.is_file():
-                continue
-            try:
-                df = pd.read_csv(path)
-            except (OSError, ValueError, pd.errors.ParserError):
-                continue
-            if metric not in df.columns:
-                continue
-            x = "epoch" if "epoch" in df.columns else "step"
-            s = df[[x, metric]].dropna().groupby(x)[metric].last()
-            per_seed.append(s)
-        if per_seed:
-            frame = pd.concat(per_seed, axis=1)
-            out[g.name] = {
-                "x": [float(v) for v in frame.index],
-                "mean": frame.mean(axis=1).tolist(),
-                "low": frame.min(axis=1).tolist(),
-                "high": frame.max(axis=1).tolist(),
-                "n_seeds": len(per_seed),
-                "x_name": x,
-            }
+        found = [c for j in g.finished if (c := _seed_curve(j, metric)) is not None]
+        if not found:
+            continue
+        x_name = max({x for _, x in found}, key=[x for _, x in found].count)
+        per_seed = [s for s, x in found if x == x_name and len(s)]
+        if not per_seed:
+            continue
+        grid = np.array(sorted({float(v) for s in per_seed for v in s.index}))
+        stack = np.full((len(per_seed), grid.size), np.nan)
+        for i, s in enumerate(per_seed):
+            xs, ys = s.index.to_numpy(dtype=float), s.to_numpy(dtype=float)
+            inside = (grid >= xs.min()) & (grid <= xs.max())
+            stack[i, inside] = np.interp(grid[inside], xs, ys)
+        out[g.name] = {
+            "x": grid.tolist(),
+            "mean": np.nanmean(stack, axis=0).tolist(),
+            "low": np.nanmin(stack, axis=0).tolist(),
+            "high": np.nanmax(stack, axis=0).tolist(),
+            "n_seeds": len(per_seed),
+            "x_name": x_name,
+        }
     return out
 
 
@@ -1058,13 +1085,21 @@ def log_wandb(result: dict[str, Any], out: Path, project: str | None) -> str | N
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from lmlab.report import compare, html, plots
 
-    record = compare.read(args.sweep_dir[0]) if len(args.sweep_dir) == 1 else None
+    records = [compare.read(d) for d in args.sweep_dir]
+    if len(records) > 1 and any(r is not None for r in records):
+        return run_workloads(args, records)
+    record = records[0]
     sweep = args.sweep_dir[0]
+    if args.target and (record is None or len(args.target) > 1):
+        raise ReportError(
+            f"--target {args.target} needs "
+            + ("a compare sweep (compare.json); this is not one" if record is None else "one value for one sweep")
+        )
     if record is not None:
         compare.configure(args, record)  # stage 2 (confirm/) only, the baseline arm as the baseline
     result = analyze(args)
     if record is not None:
-        result["compare"] = compare.section(record, sweep, args.target)
+        result["compare"] = compare.section(record, sweep, args.target[0] if args.target else None)
         result["warnings"] += result["compare"]["warnings"]
     if result.get("power"):
         names = {c["effect_name"] for c in result["comparisons"].values()}
@@ -1076,7 +1111,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     _table(result).to_csv(out / "report.csv", index=False, float_format="%.17g")
     (out / "report.json").write_text(json.dumps(_json_safe(result), indent=2) + "\n")
     (out / "report.md").write_text(render_markdown(result))
-    (out / "report.html").write_text(html.render(result, out, CSV_COLUMNS, power_statement(result)))
+    extra = compare.html_section(result["compare"]) if result.get("compare") else None
+    (out / "report.html").write_text(html.render(result, out, CSV_COLUMNS, power_statement(result), extra))
     for w in result["warnings"]:
         print(f"WARNING: {w}", file=sys.stderr)
     print_table(result)
@@ -1098,6 +1134,70 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(
         f"wrote {out / 'report.md'}, report.html, report.csv, report.json" + "".join(f", {p}" for p in result["plots"])
     )
+    return result
+
+
+def run_workloads(args: argparse.Namespace, records: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """Several compare sweeps, one workload each: every sweep's own report in its dir (as `lmlab-report <sweep>`
+    writes it), then the performance profiles over them into --out."""
+    from lmlab.report import compare, plots
+
+    dirs = list(args.sweep_dir)
+    plain = [str(d) for d, r in zip(dirs, records, strict=True) if r is None]
+    if plain:
+        raise ReportError(
+            f"{', '.join(plain)} hold(s) no compare.json while the other dirs do: several compare sweeps are "
+            f"several workloads (performance profiles); report a plain sweep on its own"
+        )
+    resolved = {d.resolve() for d in dirs}
+    if args.out is None or args.out.resolve() in resolved:
+        raise ReportError(
+            f"several compare sweeps ({len(dirs)} workloads): pass --out DIR, a dir of its own for the performance "
+            f"profiles (each sweep's own report is written into its sweep dir)"
+        )
+    if len(resolved) < len(dirs):
+        raise ReportError(f"a compare sweep is given twice in {[str(d) for d in dirs]}: one dir per workload")
+    targets = list(args.target or [None] * len(dirs))
+    if len(targets) != len(dirs):
+        raise ReportError(
+            f"--target given {len(targets)} time(s) for {len(dirs)} workloads: give it once per sweep dir, in their "
+            f"order, or leave it out (each workload's target is then the worst final val/loss of its baseline arm)"
+        )
+    names = [d.name for d in dirs]
+    if len(set(names)) < len(names):
+        names = [str(d) for d in dirs]
+    sections: dict[str, dict[str, Any]] = {}
+    for name, d, target in zip(names, dirs, targets, strict=True):
+        print(f"== workload {name} ({d})")
+        own = {"sweep_dir": [d], "out": None, "target": None if target is None else [target]}
+        # a fresh namespace per workload: the report fills in metric/select/baseline from each sweep's own runs
+        sub = argparse.Namespace(**{**vars(args), **own, "metric": list(args.metric) if args.metric else None})
+        sections[name] = run(sub)["compare"]
+    tokens = {
+        w: {arm: compare.workload_tokens(a.get("tokens_to_target") or {}) for arm, a in c["arms"].items()}
+        for w, c in sections.items()
+    }
+    result: dict[str, Any] = {
+        "sweep_dir": _dirs(args),
+        "workloads": {w: str(d) for w, d in zip(names, dirs, strict=True)},
+        "profile": compare.profiles(tokens),
+        "compare": sections,
+        "plots": [],
+    }
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.no_plots:
+        plots.profile_plot(result["profile"], out / plots.PROFILE_PNG)
+        result["plots"] = [plots.PROFILE_PNG]
+    md = [f"# Performance profiles: {len(names)} workloads", ""]
+    md += [f"- `{w}`: `{d}` (its own report: `{Path(d) / 'report.md'}`)" for w, d in result["workloads"].items()]
+    md += ["", *compare.profile_markdown(result["profile"])]
+    md += [f"![{p}]({p})" for p in result["plots"]]
+    (out / "report.json").write_text(json.dumps(_json_safe(result), indent=2) + "\n")
+    (out / "report.md").write_text("\n".join(md) + "\n")
+    (out / "report.html").write_text(compare.render_profiles(result, out))
+    print("\n".join(compare.profile_markdown(result["profile"])).replace("`", ""))
+    print(f"wrote {out / 'report.md'}, report.html, report.json" + "".join(f", {p}" for p in result["plots"]))
     return result
 
 

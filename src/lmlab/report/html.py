@@ -80,12 +80,15 @@ def table(rows: list[dict[str, Any]], columns: list[str], table_id: str, selecte
     )
 
 
-def _img(out: Path, name: str) -> str:
+def image(out: Path, name: str) -> str:
     data = base64.b64encode((out / name).read_bytes()).decode("ascii")
     return f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{data}"></figure>'
 
 
-def render(result: dict[str, Any], out: Path, columns: list[str], power: str | None) -> str:
+def render(
+    result: dict[str, Any], out: Path, columns: list[str], power: str | None, extra: list[str] | None = None
+) -> str:
+    """The report page; `extra`: HTML sections placed after the tables (a compare sweep's arms)."""
     e = html.escape
     sel = result["selection"]
     better = "higher" if sel["select_mode"] == "max" else "lower"
@@ -130,11 +133,12 @@ def render(result: dict[str, Any], out: Path, columns: list[str], power: str | N
             )
         ]
         parts += ["<h2>Expected best validation score</h2>", table(rows, list(rows[0]), "expected_max")]
+    parts += extra or []
     pb = result.get("paired_bootstrap")
     if pb:
         parts += ["<h2>Bootstrap over test examples</h2>", f"<pre>{e(json.dumps(pb, indent=2, default=str))}</pre>"]
     if result["plots"]:
-        parts += ["<h2>Plots</h2>"] + [_img(out, p) for p in result["plots"]]
+        parts += ["<h2>Plots</h2>"] + [image(out, p) for p in result["plots"]]
     prov = result.get("provenance") or {}
     parts += [
         "<h2>Provenance</h2><ul>",
@@ -146,9 +150,22 @@ def render(result: dict[str, Any], out: Path, columns: list[str], power: str | N
         parts += ["<h2>Warnings</h2><ul>"] + [f'<li class="warn">{e(w)}</li>' for w in result["warnings"]] + ["</ul>"]
     if result["notes"]:
         parts += ["<h2>Notes</h2><ul>"] + [f"<li>{e(n)}</li>" for n in result["notes"]] + ["</ul>"]
+    return page(result["sweep_dir"], parts)
+
+
+def page(title: str, parts: list[str]) -> str:
+    """One self-contained page around `parts` (HTML snippets): inline CSS and the table-sorting script."""
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>lmlab report: {e(result['sweep_dir'])}</title><style>{CSS}</style></head><body>\n"
+        f"<title>lmlab report: {html.escape(title)}</title><style>{CSS}</style></head><body>\n"
         + "\n".join(parts)
         + f"\n<script>{SORT_JS}</script>\n</body></html>\n"
     )
+
+
+def md_text(text: str) -> str:
+    """A markdown sentence of the report as HTML: escaped, `code` and **bold** kept."""
+    import re
+
+    text = re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(text))
+    return re.sub(r"\*\*([^*]*)\*\*", r"<b>\1</b>", text)

@@ -12,6 +12,8 @@ FOREST_PNG = "report_forest.png"
 EXPMAX_PNG = "report_expected_max.png"
 CURVES_PNG = "report_learning_curves.png"
 HPARAM_PNG = "report_hparam.png"
+STAGE1_PNG = "report_stage1.png"
+PROFILE_PNG = "report_profile.png"
 
 
 def _nan(v: Any) -> float:
@@ -134,7 +136,8 @@ def curves_plot(curves: dict[str, Any], metric: str, path: Path) -> None:
     for name, c in curves.items():
         (line,) = ax.plot(c["x"], c["mean"], label=f"{name} (n={c['n_seeds']})")
         ax.fill_between(c["x"], c["low"], c["high"], alpha=0.15, color=line.get_color())
-    ax.set_xlabel(next(iter(curves.values()))["x_name"])
+    x_name = next(iter(curves.values()))["x_name"]
+    ax.set_xlabel(x_name + (" trained (curves.csv)" if x_name == "tokens" else ""))
     ax.set_ylabel(metric)
     ax.set_title(f"Learning curves: {metric} (mean, band = min..max over seeds)")
     ax.legend(fontsize=7)
@@ -169,6 +172,63 @@ def hparam_plot(hp: dict[str, Any], metric: str, path: Path) -> None:
     fig.savefig(path, dpi=90)
 
 
+def stage1_plot(c: dict[str, Any], path: Path) -> None:
+    """Per arm: the stage-1 mean of the selection metric against its swept hyperparameter; a star on the choice.
+    One panel per swept key (arms usually share one, e.g. optimizer.lr)."""
+    from matplotlib.figure import Figure
+
+    keys = list(dict.fromkeys(curve["key"] for curve in c["stage1_curves"]))
+    fig = Figure(figsize=(6.5 * len(keys), 4.2))
+    axes = fig.subplots(1, len(keys), squeeze=False)[0]
+    for ax, key in zip(axes, keys, strict=True):
+        log = False
+        for curve in (cv for cv in c["stage1_curves"] if cv["key"] == key):
+            log = log or curve["log"]
+            series: dict[str, list[dict[str, Any]]] = {}
+            for p in curve["points"]:
+                series.setdefault(p["series"], []).append(p)
+            for label, pts in series.items():
+                pts = sorted((p for p in pts if p["mean"] is not None and p["x"] is not None), key=lambda p: p["x"])
+                if not pts:
+                    continue
+                name = curve["arm"] + (f" ({label})" if label else "")
+                (line,) = ax.plot([p["x"] for p in pts], [p["mean"] for p in pts], "o-", label=name)
+                chosen = [p for p in pts if p["chosen"]]
+                ax.plot([p["x"] for p in chosen], [p["mean"] for p in chosen], "*", ms=16, color=line.get_color())
+        if log:
+            ax.set_xscale("log")
+        ax.set_xlabel(key + (" (log)" if log else ""))
+        ax.set_ylabel(f"{c['optimized_metric']} (mean over tune seeds)")
+        ax.set_title(f"Stage 1: {c['optimized_metric']} vs {key} (★ = choice)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def profile_plot(p: dict[str, Any], path: Path) -> None:
+    """ρ(τ) per arm as a step curve from τ = 1 to a little past the largest finite ratio (at least 2)."""
+    from matplotlib.figure import Figure
+
+    from lmlab.report.compare import rho_at
+
+    finite = [r for a in p["arms"] for r in p["ratios"][a].values() if r is not None]
+    tau_max = max([2.0, *finite]) * 1.05
+    fig = Figure(figsize=(6.5, 4.2))
+    ax = fig.subplots()
+    for a in p["arms"]:
+        ratios = list(p["ratios"][a].values())
+        xs = sorted({1.0, tau_max, *(r for r in ratios if r is not None and r <= tau_max)})
+        ax.step(xs, [rho_at(ratios, x) for x in xs], where="post", label=a)
+    ax.set_xlim(1.0, tau_max)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("τ (tokens-to-target ÷ the best arm's on that workload)")
+    ax.set_ylabel("ρ(τ): fraction of workloads")
+    ax.set_title(f"Performance profiles over {len(p['workloads'])} workloads")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
 def write_plots(result: dict[str, Any], out: Path) -> list[str]:
     written = []
     groups_plot(result, out / GROUPS_PNG)
@@ -185,4 +245,8 @@ def write_plots(result: dict[str, Any], out: Path) -> list[str]:
     if hp and len(hp["points"]) >= 2:
         hparam_plot(hp, hp.get("metric", result["select"]), out / HPARAM_PNG)
         written.append(HPARAM_PNG)
+    c = result.get("compare")
+    if c and c.get("stage1_curves"):
+        stage1_plot(c, out / STAGE1_PNG)
+        written.append(STAGE1_PNG)
     return written
