@@ -5,7 +5,6 @@ Only hydra/omegaconf are imported at module level, so a bad config fails before 
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import math
 import sys
@@ -75,19 +74,8 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     )
     with phase("preparing the data (tokenizing, or reading the tokenization cache)"):
         datamodule.setup("fit")  # the task may size the run from the data (task.max_tokens)
-    return_freed_memory()
     task.configure_trainer(trainer, datamodule, effective_batch_size(cfg, trainer))
     return {"task": task, "datamodule": datamodule, "model": model, "trainer": trainer}
-
-
-def return_freed_memory() -> None:
-    """Give the heap that data preparation freed back to the OS (glibc `malloc_trim`). Without it a run that
-    tokenized or sampled BPE text keeps that peak resident for the whole of training: glibc returns freed memory
-    only from the top of the heap, and preparation leaves it fragmented. A no-op off glibc."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def check_finite(metrics: dict[str, Any], monitor: str) -> None:
