@@ -10,7 +10,8 @@ vocabulary of 20k made-up words, so every document is distinct), then, each in a
 - the loader alone: `PackedBlocks` over the memory-mapped train shards, `ElasticBlockSampler` order, batches of
   `--batch-size` x `--block` tokens collated as int64 tensors, for `--loader-seconds`; tokens/s and peak RSS.
 The tokenizer is a 4096-token byte-level BPE trained once on the first 2 MB of the 5 MB corpus (cached under the
-output directory; its training is not timed). Peak RSS is `resource.getrusage` ru_maxrss (self and children).
+output directory; its training is not timed). Peak RSS is the process's VmHWM and its workers' ru_maxrss; the
+loader's anonymous memory (RssAnon) is reported beside its RSS, which counts the shard pages it touched.
 Results: a markdown table on stdout and JSON in `--out`.
 """
 
@@ -66,9 +67,12 @@ if mode == "loader":
 out["bytes"] = sum(f.stat().st_size for f in shards.directory.iterdir())
 # VmHWM, not RUSAGE_SELF: Linux carries ru_maxrss over exec, so a child of a big process (pytest) would report
 # its parent's peak; VmHWM belongs to this process's own address space.
-self_rss = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) / 1024
+status = open("/proc/self/status").read().splitlines()
+self_rss = next(int(l.split()[1]) for l in status if l.startswith("VmHWM:")) / 1024
+# RssAnon now: the loader's own memory, without the shard pages it touched (page cache, shared, reclaimable)
+anon = next(int(l.split()[1]) for l in status if l.startswith("RssAnon:")) / 1024
 kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-out.update(rss_mib=self_rss, workers_rss_mib=kids)
+out.update(rss_mib=self_rss, workers_rss_mib=kids, anon_mib=anon)
 print("RESULT " + json.dumps(out))
 """
 
@@ -171,6 +175,7 @@ def main() -> None:
                 "cold_workers_rss_mib": cold["workers_rss_mib"],
                 "warm_prep_s": warm["prep_s"],
                 "loader_rss_mib": warm["rss_mib"],
+                "loader_anon_mib": warm["anon_mib"],
                 "shard_bytes": cold["bytes"],
                 "loader_tokens_per_s": warm["loader_tokens_per_s"],
                 "dtype": cold["manifest"]["dtype"],
@@ -188,7 +193,7 @@ def main() -> None:
     args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(f"\n{meta}\n")
     print(
-        "| text | tokens | cold prep wall (process) | cold peak RSS main / workers | warm prep | loader RSS "
+        "| text | tokens | cold prep wall (process) | cold peak RSS main / workers | warm prep | loader RSS (anon) "
         "| shard bytes | loader tokens/s |"
     )
     print("|---|---|---|---|---|---|---|---|")
@@ -196,7 +201,8 @@ def main() -> None:
         print(
             f"| {r['mb']:g} MB | {r['tokens'] / 1e6:.1f}M | {r['cold_prep_s']:.1f} s ({r['cold_process_s']:.1f} s) | "
             f"{r['cold_rss_mib']:.0f} / {r['cold_workers_rss_mib']:.0f} MiB | {r['warm_prep_s']:.2f} s | "
-            f"{r['loader_rss_mib']:.0f} MiB | {r['shard_bytes'] / 1e6:.1f} MB | {r['loader_tokens_per_s'] / 1e6:.1f}M |"
+            f"{r['loader_rss_mib']:.0f} ({r['loader_anon_mib']:.0f}) MiB | {r['shard_bytes'] / 1e6:.1f} MB | "
+            f"{r['loader_tokens_per_s'] / 1e6:.1f}M |"
         )
     if len(rows) >= 2:
         a, b = rows[0], rows[-1]

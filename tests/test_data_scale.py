@@ -394,7 +394,7 @@ def test_preparation_peak_rss_of_a_50mb_corpus_is_bounded(tmp_path: Path) -> Non
     args = argparse.Namespace(num_proc=2, block=256, batch_size=32, loader_seconds=1.0)
     cold = bench.child("prep", tmp_path / "c.jsonl", tmp_path / "s", tok, args)
     assert cold["built"] and sum(cold["manifest"]["tokens"].values()) > 5_000_000
-    assert cold["rss_mib"] < 200 and cold["workers_rss_mib"] < 200, cold
+    assert cold["rss_mib"] < 200 and cold["workers_rss_mib"] < 200 and cold["anon_mib"] < 200, cold
 
 
 def test_bpe_streams_its_training_text_and_stops_at_max_bytes() -> None:

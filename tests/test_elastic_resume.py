@@ -1,7 +1,8 @@
-"""Causal-LM training reads one global order of blocks, sliced by rank: a run SIGKILLed after a step checkpoint
-resumes to the uninterrupted run's batches and metrics bit for bit, at one rank and at two (trainer=ddp_cpu); a
-resume on two ranks of a one-rank run continues the same order (no block twice or skipped); every block is read
-once per epoch. Through the CLI; `dataset.log_positions=true` is the data log each check reads."""
+"""Causal-LM (and masked-LM) training reads one global order of blocks, sliced by rank: a run SIGKILLed after a
+step checkpoint resumes to the uninterrupted run's batches and metrics bit for bit, at one rank and at two
+(trainer=ddp_cpu); a resume on two ranks of a one-rank run continues the same order (no block twice or skipped);
+every block is read once per epoch. Through the CLI; `dataset.log_positions=true` is the data log each check
+reads."""
 
 from __future__ import annotations
 
@@ -87,8 +88,8 @@ def test_every_rank_saves_and_restores_its_own_rng_states(tmp_path: Path) -> Non
     assert ranks[0]["draws"] != ranks[1]["draws"]  # rank 0's state would have given rank 1 rank 0's draws
 
 
-def _train(log_dir: Path, *extra: str, env: dict[str, str] | None = None) -> Any:
-    return run_cli("train.py", *ARGS, f"paths.log_dir={log_dir}", *extra, env=env, timeout=600)
+def _train(log_dir: Path, *extra: str, env: dict[str, str] | None = None, args: list[str] = ARGS) -> Any:
+    return run_cli("train.py", *args, f"paths.log_dir={log_dir}", *extra, env=env, timeout=600)
 
 
 def _comparable(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -112,9 +113,9 @@ def _blocks(log: dict[tuple[int, int, int], dict[str, Any]]) -> list[int]:
     return [i for record in log.values() for i in record["blocks"]]
 
 
-def _killed(log_dir: Path, *extra: str) -> tuple[Path, dict[str, Any]]:
+def _killed(log_dir: Path, *extra: str, args: list[str] = ARGS) -> tuple[Path, dict[str, Any]]:
     """A run SIGKILLed after step 6: its run dir and the lmlab state of the step-4 checkpoint it left."""
-    killed = _train(log_dir, *extra, env=KILL)
+    killed = _train(log_dir, *extra, env=KILL, args=args)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     run_dir = single_run_dir(log_dir)
     assert not (run_dir / "metrics.json").exists()
@@ -239,3 +240,27 @@ def test_fewer_blocks_than_one_step_of_all_ranks_is_refused(tmp_path: Path) -> N
     result = _train(tmp_path, *DDP, "dataset.max_samples.train=1", "dataset.batch_size=400")
     assert result.returncode == 1
     assert "fewer than one step of 2 ranks x dataset.batch_size=400" in result.stdout + result.stderr
+
+
+def test_masked_lm_reads_the_same_global_order_and_resumes_bitwise(tmp_path: Path) -> None:
+    """task=masked_lm trains through the same global block order (its masks are drawn by the collator from the
+    restored RNG), so a SIGKILLed run resumes to the uninterrupted one's batches and metrics bit for bit."""
+    from lmlab.data.packed import global_order
+
+    # The same run with a tiny random-init BERT (attention dropout on) in place of the Llama.
+    replace = {"task=causal_lm": "task=masked_lm", "model=llama_tiny": "model=tiny_bert"}
+    mlm = [replace.get(a, a) for a in ARGS if "attention_dropout" not in a and "task.samples" not in a]
+    mlm.append("+model.from_scratch.attention_probs_dropout_prob=0.1")
+    whole = _train(tmp_path / "whole", args=mlm)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    reference = single_run_dir(tmp_path / "whole")
+    log = _log(reference)
+    n = max(record["positions"][1] for record in log.values())
+    assert _blocks(log) == global_order(n, 42, 0).tolist() and n > 100
+    run_dir, state = _killed(tmp_path / "killed", args=mlm)
+    assert state["positions"] == 16 and state["world_size"] == 1
+    resumed = _train(tmp_path / "killed", f"ckpt_path={run_dir}", args=mlm)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert read_metrics(run_dir)["meta/task"] == "masked_lm"
+    assert _comparable(read_metrics(run_dir)) == _comparable(read_metrics(reference))
+    assert _log(run_dir) == _log(reference)

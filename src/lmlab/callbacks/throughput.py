@@ -39,6 +39,17 @@ def peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
+def anon_rss_mb() -> float | None:
+    """This process's anonymous resident memory now (Linux `RssAnon`; None elsewhere). Unlike RSS it leaves out
+    file-backed pages: the memory-mapped token shards a run has touched are page cache, shared by every rank and
+    reclaimable, so RSS would grow with the corpus while the memory training really holds does not."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) / 1024 for line in f if line.startswith("RssAnon:"))
+    except (OSError, StopIteration):
+        return None
+
+
 def matmul_params(module: torch.nn.Module) -> int:
     """Parameters that take part in a matmul per token: all but embedding lookups (found by module type, not by
     name: GPT-2's are `wte`/`wpe`), plus a tied lm_head (the d x V projection is a matmul even when its weight is
@@ -123,6 +134,7 @@ class Throughput(Callback):
         self.start_step: int | None = None  # the global step this attempt started at (> 0: a resumed run)
         self.last_log: dict[str, Any] | None = None
         self.seq_len_sum = 0.0
+        self.anon_rss: float | None = None  # the largest RssAnon sampled during training (warm-up end, fit end)
         self.first_batch_s: float | None = None
         self.first_batch_cpu_s = 0.0
         self.compiled = bool(getattr(pl_module, "compiled", False))  # model.compile took effect
@@ -146,7 +158,13 @@ class Throughput(Callback):
             torch.cuda.synchronize()
         return time.perf_counter()
 
+    def _sample_anon_rss(self) -> None:
+        now = anon_rss_mb()
+        if now is not None:
+            self.anon_rss = max(now, self.anon_rss or 0.0)
+
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._sample_anon_rss()
         if self.compiled:
             compile_s = compile_seconds() - self.compile_s0
             log.info("torch.compile: %.1f s of the fit (train and validation graphs)", compile_s)
@@ -198,6 +216,7 @@ class Throughput(Callback):
         if self.steps <= self.warmup_steps:
             self.marks[self.steps] = self._mark(now)
         if self.steps == self.warmup_steps:
+            self._sample_anon_rss()
             self.warm = self.marks[self.steps]
             self.last_log = self.warm
         every = self.log_every_n_steps or trainer.log_every_n_steps
@@ -277,7 +296,8 @@ class Throughput(Callback):
         if self.compiled:  # the fit's compile time (train and validation graphs), outside perf/train_* windows
             out["perf/compile_s"] = compile_seconds() - self.compile_s0
         out["perf/tokens_seen"] = float(self.real)  # real (non-padding) training tokens, warm-up steps included
-        out["perf/peak_rss_mb"] = peak_rss_mb()
+        out["perf/peak_rss_mb"] = peak_rss_mb()  # the process's peak, data preparation included
+        out["perf/train_anon_rss_mb"] = self.anon_rss
         return out
 
 

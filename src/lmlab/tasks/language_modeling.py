@@ -366,6 +366,9 @@ class LMTask(Task):
 
     model_keys = MODEL_KEYS
     reads_labels = False
+    # Training blocks in one global order, sliced by rank (lmlab.data.packed.ElasticBlockSampler): a resume on
+    # another number of ranks continues it, no block repeated or skipped.
+    global_order = True
 
     def prepare(self, datamodule: Any) -> None:
         self.max_length, self.packing = int(datamodule.max_length), bool(datamodule.packing)
@@ -380,10 +383,6 @@ class LMTask(Task):
 
 class CausalLMTask(LMTask):
     """Next-token prediction on the dataset's text (labels ignored); monitor val/loss, minimized."""
-
-    # Training blocks in one global order, sliced by rank (lmlab.data.packed.ElasticBlockSampler): a resume on
-    # another number of ranks continues it, no block repeated or skipped.
-    global_order = True
 
     def __init__(
         self,
