@@ -191,7 +191,7 @@ def write_start(run_dir: Path, cfg: DictConfig, datamodule: Any, trainer: Any, e
                 ckpt_path=cfg.get("ckpt_path"),
                 run_dir=run_dir,
             ),
-            # callbacks.branch_checkpoints: the complete checkpoints kept at stated token counts (record_branch)
+            # callbacks.branch_checkpoints: complete checkpoints at stated token counts (record_branch_checkpoint)
             "branch_checkpoints": kept,
             "start_time": rundir.now(),
             "end_time": None,
