@@ -192,6 +192,8 @@ def test_result_config_ignores_only_keys_that_cannot_change_a_result(tmp_path: P
         "callbacks.last_checkpoint.every_n_train_steps=5",
         "callbacks.last_checkpoint.train_time_interval=00:30:00",
         "compare={baseline: a, tune_seeds: [1]}",  # the compare sweeper's plan; each job's overrides say what it runs
+        "wsd_branches={at_tokens: [1000], decay: 0.5}",  # the decay-branch sweeper's plan, likewise
+        "callbacks.branch_checkpoints.at_tokens=[1000]",  # extra complete checkpoints: what is kept, not learnt
     ]
     for override in same:
         cfg = compose_train([*TINY, override], tmp_path / "b")

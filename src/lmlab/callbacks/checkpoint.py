@@ -1,19 +1,25 @@
-"""ModelCheckpoint that keeps the best model across a resume into a new run dir, and the disk policy of checkpoints."""
+"""ModelCheckpoint that keeps the best model across a resume into a new run dir, the disk policy of checkpoints, and
+the complete checkpoints decay branches start from (`callbacks.branch_checkpoints`)."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from lmlab.config import check_checkpoint_policy, time_interval
-from lmlab.rundir.files import CHECKPOINTS, LAST_CKPT
+from lmlab.callbacks.eval_schedule import EvalSchedule
+from lmlab.config import check_checkpoint_policy, time_interval, token_counts
+from lmlab.errors import LmlabError
+from lmlab.rundir import manifest
+from lmlab.rundir.files import BRANCH_CKPT, CHECKPOINTS, LAST_CKPT
 
 log = logging.getLogger("lmlab.checkpoint")
 
@@ -167,3 +173,92 @@ class ResumableCheckpoint(ModelCheckpoint):
                 old,
             )
         super().load_state_dict(state)
+
+
+class BranchCheckpoints(pl.Callback):
+    """`callbacks.branch_checkpoints.at_tokens: [N, ...]`: a complete checkpoint (weights, optimizer and scheduler
+    state, loops, sampler position, RNG: what an exact resume needs) when the run's training tokens first reach
+    each N, as `checkpoints/branch-tokens<N>.ckpt`, kept whatever `checkpoint_policy` says. Decay branches start
+    from them (experiment=wsd_branches, docs/experiments.md "Decay branches").
+
+    Tokens count as `task.max_tokens` counts them (EvalSchedule: real tokens per optimizer step x steps), so the
+    checkpoint of N is saved after optimizer step ceil(N / tokens per step). Refused before the first step: a count
+    past the run's budget (never reached) or one whose step is not in the stable phase of the lr schedule (in the
+    warmup or the decay: a branch must start from the stable lr). Each save is listed in manifest.json
+    `branch_checkpoints` (N, step, tokens trained by then, the lr, the file)."""
+
+    def __init__(self, dirpath: str | Path, at_tokens: Any = None) -> None:
+        self.dirpath = Path(dirpath)
+        self.at_tokens = token_counts(at_tokens, "callbacks.branch_checkpoints.at_tokens")
+        self.steps: dict[int, list[int]] = {}  # optimizer step -> the token counts saved after it
+        self._saved: set[int] = set()
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Here: the budget has become max_steps (EvalSchedule.setup) and the lr scheduler exists.
+        if not self.at_tokens:
+            return
+        key = "callbacks.branch_checkpoints.at_tokens"
+        per_step = EvalSchedule.find(trainer).tokens_per_step
+        if per_step is None:
+            raise LmlabError(
+                f"{key}={self.at_tokens}: this task does not count training tokens per optimizer step; branch "
+                f"checkpoints need a task that does (task=causal_lm)."
+            )
+        self.steps = {}
+        for tokens in self.at_tokens:
+            self.steps.setdefault(math.ceil(tokens / per_step), []).append(tokens)
+        last = max(self.steps)
+        if 0 < trainer.max_steps < last:
+            raise LmlabError(
+                f"{key}={self.at_tokens}: {max(self.at_tokens)} tokens is optimizer step {last} ({per_step:g} tokens "
+                f"per step), past this run's budget of {trainer.max_steps} steps ({trainer.max_steps * per_step:g} "
+                f"tokens): that checkpoint would never be written. Give counts up to the budget, or raise "
+                f"task.max_tokens."
+            )
+        factors = {step: _lr_factors(trainer, step) for step in self.steps}
+        off = {step: f for step, f in factors.items() if any(x != 1.0 for x in f)}
+        if off:
+            step, f = min(off.items())
+            raise LmlabError(
+                f"{key}: {self.steps[step][0]} tokens is optimizer step {step}, where the lr schedule is at "
+                f"{min(f):g} x optimizer.lr (in its warmup or decay, not the stable phase): a decay branch starts "
+                f"from the stable lr. Branch after the warmup (scheduler.warmup) and before any decay "
+                f"(scheduler=wsd scheduler.decay_steps=0: no decay in this run)."
+            )
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        if step not in self.steps or step in self._saved or trainer.fit_loop.epoch_loop._should_accumulate():
+            return
+        self._saved.add(step)  # once per step, also when several counts share it or a resume passes it again
+        tokens_trained = EvalSchedule.find(trainer).tokens_trained()
+        lrs = [float(g["lr"]) for g in trainer.optimizers[0].param_groups] if trainer.optimizers else []
+        for tokens in self.steps[step]:
+            path = self.dirpath / BRANCH_CKPT.format(tokens=tokens)
+            trainer.save_checkpoint(path)  # every rank: a distributed save is collective
+            if trainer.is_global_zero:
+                run_dir = self.dirpath.parent
+                entry = {
+                    "tokens": tokens,
+                    "step": step,
+                    "tokens_trained": tokens_trained,
+                    "lr": lrs,
+                    "path": os.path.relpath(path, run_dir),
+                }
+                manifest.record_branch_checkpoint(run_dir, entry)
+                log.info("branch checkpoint at %d tokens (step %d, %.0f tokens trained): %s", tokens, step,
+                         tokens_trained, path)  # fmt: skip
+
+
+def _lr_factors(trainer: pl.Trainer, step: int) -> list[float]:
+    """The lr multipliers the run's step-wise schedule gives the step after optimizer step `step` (what a branch
+    from there starts with); [] without one (a constant lr, or a schedule that is not a LambdaLR)."""
+    import torch
+
+    out: list[float] = []
+    for config in trainer.lr_scheduler_configs:
+        if isinstance(config.scheduler, torch.optim.lr_scheduler.LambdaLR):
+            out.extend(float(f(step)) for f in config.scheduler.lr_lambdas)
+    return out

@@ -218,12 +218,15 @@ class EvalSchedule(pl.Callback):
         writer.writerows(rows)
         write_text(path, "".join(lines))
 
+    def tokens_trained(self) -> float:
+        """Real training tokens so far, all ranks. Those since the last validation are this rank's count x the world
+        size: exact on one device and for packed LM blocks (ranks see equal batches), without a collective here
+        (a checkpoint save, or the end of fit, whose process group may be torn down already)."""
+        return self.tokens + float(self._local) * self.world_size
+
     # ---- resume: the token count travels with the checkpoint
     def state_dict(self) -> dict[str, Any]:
-        # Tokens since the last validation (a mid-interval requeue checkpoint): this rank's count x the world size,
-        # exact on one device (ranks see equal batches of packed LM blocks) without a collective here.
-        local = float(self._local) * self.world_size
-        return {"tokens": self.tokens + local, "last_val_step": self.last_val_step}
+        return {"tokens": self.tokens_trained(), "last_val_step": self.last_val_step}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.tokens = float(state_dict.get("tokens", 0.0))
@@ -232,9 +235,7 @@ class EvalSchedule(pl.Callback):
     # ---- for metrics.json
     def summary(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         """budget/* (what the budget became), the tokens and model FLOPs trained, the final step."""
-        # Tokens after the last validation (none when it ran at the end, as it does unless validation is off): no
-        # collective here, the fit's process group may be torn down already; ranks see equal packed batches.
-        tokens = self.tokens + float(self._local) * self.world_size
+        tokens = self.tokens_trained()  # those after the last validation: none unless validation is off
         fpt = self._flops_per_token(pl_module)
         return {
             **self.info,

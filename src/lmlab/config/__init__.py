@@ -4,7 +4,14 @@ heavy import (torch, transformers, Lightning), so that a bad config fails in abo
 from lmlab.config.instantiate import instantiate
 from lmlab.config.paths import config_dir, package_path
 from lmlab.config.resolvers import gpu_precision, register_resolvers
-from lmlab.config.validate import check_accelerator, check_checkpoint_policy, check_mode, time_interval, validate
+from lmlab.config.validate import (
+    check_accelerator,
+    check_checkpoint_policy,
+    check_mode,
+    time_interval,
+    token_counts,
+    validate,
+)
 
 __all__ = [
     "check_accelerator",
@@ -16,5 +23,6 @@ __all__ = [
     "package_path",
     "register_resolvers",
     "time_interval",
+    "token_counts",
     "validate",
 ]

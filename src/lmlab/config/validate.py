@@ -6,6 +6,7 @@ Kept free of torch/transformers/lightning imports so that a bad config fails in 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -130,6 +131,22 @@ def check_checkpoint_policy(policy: Any) -> None:
             f"checkpoint_policy={policy!r} is not one of {list(CHECKPOINT_POLICIES)} (compact: optimizer state "
             f"only in last.ckpt, removed when the run completes; keep: every checkpoint complete)."
         )
+
+
+def token_counts(value: Any, key: str) -> list[int]:
+    """A list of training token counts (decay branch points), each a positive integer, none twice; [] for null."""
+    if value is None:
+        return []
+    counts = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value]
+    bad = [c for c in counts if isinstance(c, bool) or not isinstance(c, int) or c <= 0]
+    if bad or not counts:
+        raise LmlabError(
+            f"{key}={list(counts)!r}: {'an empty list' if not counts else f'{bad[0]!r} is not a positive integer'}. "
+            f"Give positive whole token counts, e.g. {key}=[100000,200000,400000] (null for none)."
+        )
+    if len(set(counts)) != len(counts):
+        raise LmlabError(f"{key}={list(counts)} lists a count twice: give each branch point once.")
+    return sorted(counts)
 
 
 def time_interval(value: Any, key: str) -> timedelta | None:
@@ -265,6 +282,8 @@ def validate(cfg: DictConfig) -> None:
     for name, callback in (cfg.get("callbacks") or {}).items():
         if isinstance(callback, DictConfig) and callback.get("train_time_interval") is not None:
             time_interval(callback.train_time_interval, f"callbacks.{name}.train_time_interval")
+        if isinstance(callback, DictConfig) and callback.get("at_tokens") is not None:  # branch_checkpoints
+            token_counts(callback.at_tokens, f"callbacks.{name}.at_tokens")
     if isinstance(cfg.get("task"), DictConfig) and "mode" in cfg.task:
         check_mode(cfg.task.mode)  # also Task.__init__ and the Optuna direction: here before torch is imported
     trainer = cfg.get("trainer")

@@ -90,23 +90,45 @@ def wsd_factor(step: int, *, warmup: int, decay_start: int, decay_steps: int, sh
 def wsd_scheduler(
     optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any], warmup: int, total_steps: int, min_lr_ratio: float
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Warmup -> stable -> decay over the last `decay` fraction of the run's optimizer steps."""
-    decay = cfg.get("decay", 0.2)
+    """Warmup -> stable -> decay over the last `decay` fraction of the run's optimizer steps, or over its last
+    `decay_steps` steps when that is set (0: no decay in this run, the stable run of experiment=wsd_branches; a
+    decay branch sets it to its own decay, so its decay starts exactly at the step it branched from)."""
     shape = cfg.get("decay_shape", "1-sqrt")
+    if shape not in WSD_SHAPES:
+        raise LmlabError(f"scheduler.decay_shape={shape!r} is unknown; use one of {list(WSD_SHAPES)}.")
+    decay_steps = wsd_decay_steps(cfg, warmup, total_steps)
+    factor = partial(
+        wsd_factor,
+        warmup=warmup,
+        decay_start=total_steps - decay_steps,
+        decay_steps=max(1, decay_steps),  # 0: decay_start is the run's end, the decay is never reached
+        shape=shape,
+        min_lr_ratio=min_lr_ratio,
+    )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def wsd_decay_steps(cfg: Mapping[str, Any], warmup: int, total_steps: int) -> int:
+    """How many of the run's last optimizer steps decay: `scheduler.decay_steps` as given, else
+    ceil(decay x total), at least 1 and at most the steps after the warmup."""
+    steps = cfg.get("decay_steps")
+    if steps is not None:
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise LmlabError(
+                f"scheduler.decay_steps={steps!r} must be a whole number of optimizer steps >= 0 (0: no decay in "
+                f"this run), or null to use scheduler.decay (a fraction of the run)."
+            )
+        if steps > total_steps - warmup:
+            raise LmlabError(
+                f"scheduler.decay_steps={steps} is longer than the {total_steps - warmup} optimizer steps this run "
+                f"has after its {warmup} warmup steps ({total_steps} in all): the decay would start before the "
+                f"warmup ends. Give at most {total_steps - warmup}, or train longer."
+            )
+        return steps
+    decay = cfg.get("decay", 0.2)
     if decay is None or not 0.0 < float(decay) <= 1.0:
         raise LmlabError(
             f"scheduler.decay={decay} must be a fraction of the run in (0, 1]: the last decay x optimizer steps "
             f"decay the lr (e.g. scheduler.decay=0.2; 1 = decay right after the warmup)."
         )
-    if shape not in WSD_SHAPES:
-        raise LmlabError(f"scheduler.decay_shape={shape!r} is unknown; use one of {list(WSD_SHAPES)}.")
-    decay_steps = max(1, min(math.ceil(float(decay) * total_steps), total_steps - warmup))
-    factor = partial(
-        wsd_factor,
-        warmup=warmup,
-        decay_start=total_steps - decay_steps,
-        decay_steps=decay_steps,
-        shape=shape,
-        min_lr_ratio=min_lr_ratio,
-    )
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return max(1, min(math.ceil(float(decay) * total_steps), total_steps - warmup))

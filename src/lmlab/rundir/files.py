@@ -31,6 +31,7 @@ EXAMPLE_HASHES = "example_hashes.json"  # per-split content hashes of the exampl
 RESOLVED = "resolved_config.json"  # the config as the run used it + its digest: what "the same job" means
 RESUME_CKPT = "resume.ckpt"  # the exact position where an interrupted attempt stopped
 LAST_CKPT = "last.ckpt"
+BRANCH_CKPT = "branch-tokens{tokens}.ckpt"  # callbacks.branch_checkpoints: a complete checkpoint at N tokens
 DATA_POSITIONS = "data_positions.rank{rank}.jsonl"  # dataset.log_positions: what each training batch read
 LOCK = ".lock"
 
@@ -132,6 +133,7 @@ __all__ = [
     "RESOLVED",
     "RESUME_CKPT",
     "LAST_CKPT",
+    "BRANCH_CKPT",
     "DATA_POSITIONS",
     "LOCK",
     "now",

@@ -39,7 +39,9 @@ NON_RESULT_KEYS = (
     "callbacks.model_checkpoint.policy",  # what is kept on disk, not what is learnt
     "callbacks.last_checkpoint.every_n_train_steps",  # how often last.ckpt is saved: resume is exact either way
     "callbacks.last_checkpoint.train_time_interval",
+    "callbacks.branch_checkpoints",  # extra complete checkpoints (decay branch points): what is kept, not learnt
     "compare",  # the compare sweeper's plan (arms, seeds): each job's own overrides say what it runs
+    "wsd_branches",  # the decay-branch sweeper's plan: likewise
 )
 
 
@@ -54,6 +56,7 @@ ADDED_KEYS: dict[str, Any] = {
     "task.score": "best_val",
     "task.max_flops": None,
     "task.eval_every_tokens": None,
+    "scheduler.decay_steps": None,  # scheduler=wsd's decay in steps (decay branches); null = scheduler.decay as before
 }
 
 

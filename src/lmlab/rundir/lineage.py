@@ -5,7 +5,9 @@ example's content (text and text pair, not its id, so the same article under ano
 still matches), and the manifest records their per-split digests. A run started with `model.init_from` records
 in its manifest's `lineage` the parent run dir, its data fingerprint, commit, `optimized_metric` (name and
 value), task, and how many of this run's test examples were in the parent's training split — warned about when
-any were (the parent then saw this run's test texts: its test numbers are not clean).
+any were (the parent then saw this run's test texts: its test numbers are not clean). A run resumed from another
+run's checkpoint (`ckpt_path=`, e.g. a decay branch of experiment=wsd_branches) records the same about that run,
+plus the checkpoint, its optimizer step and (a branch checkpoint) the token count it was saved at.
 """
 
 from __future__ import annotations
@@ -58,12 +60,25 @@ def read_example_hashes(run_dir: Path) -> dict[str, list[str]] | None:
     return {k: v for k, v in rundir.read_json(path).items() if isinstance(v, list)}
 
 
-def lineage(init_from: str | None, splits: Mapping[str, Sequence[Any]]) -> dict[str, Any] | None:
-    """The manifest's `lineage` for a run started from `init_from` (None without one)."""
+def lineage(
+    init_from: str | None,
+    splits: Mapping[str, Sequence[Any]],
+    ckpt_path: str | None = None,
+    run_dir: Path | None = None,
+) -> dict[str, Any] | None:
+    """The manifest's `lineage` for a run started from `init_from`, or resumed from another run's checkpoint
+    (`ckpt_path=`: a decay branch of experiment=wsd_branches, a resume into a new dir); None for neither. The
+    checkpoint wins: its weights overwrite what init_from loaded."""
+    resumed = _resumed_from(ckpt_path, run_dir)
+    if resumed is not None:
+        ckpt, parent_dir = resumed
+        out: dict[str, Any] = {"resumed_from": str(ckpt), "parent_run_dir": str(parent_dir)}
+        out.update(_checkpoint_position(ckpt, parent_dir))
+        return _describe_parent(out, parent_dir, splits, f"ckpt_path={ckpt_path}")
     if not init_from:
         return None
     parent = resolve(init_from)
-    out: dict[str, Any] = {
+    out = {
         "init_from": str(init_from),
         "export": str(parent.export),
         "parent_run_dir": str(parent.run_dir) if parent.run_dir else None,
@@ -75,25 +90,62 @@ def lineage(init_from: str | None, splits: Mapping[str, Sequence[Any]]) -> dict[
             init_from,
         )
         return out
-    manifest = _read(parent.run_dir / rundir.MANIFEST)
-    metrics = _read(parent.run_dir / rundir.METRICS)
-    name = ((rundir.read_resolved(parent.run_dir) or {}).get("config") or {}).get("optimized_metric")
+    return _describe_parent(out, parent.run_dir, splits, f"model.init_from={init_from}")
+
+
+def _resumed_from(ckpt_path: str | None, run_dir: Path | None) -> tuple[Path, Path] | None:
+    """(checkpoint, its run dir) when `ckpt_path` names a checkpoint of another run dir than `run_dir`."""
+    if not ckpt_path or run_dir is None:
+        return None
+    path = Path(ckpt_path).expanduser()
+    if path.is_dir():
+        if path.resolve() == Path(run_dir).resolve():  # this run's own earlier attempt: no parent
+            return None
+        path = rundir.find_checkpoint(path, "resume")
+    if not path.is_file():
+        return None  # resume_point says what is wrong with it
+    parent = rundir.run_dir_of(path.resolve())
+    if parent == path.resolve() or parent == Path(run_dir).resolve():
+        return None
+    return path.resolve(), parent
+
+
+def _checkpoint_position(ckpt: Path, parent_dir: Path) -> dict[str, Any]:
+    """Where in the parent's training the checkpoint was saved: its optimizer step, and the tokens the parent
+    recorded for it (a branch checkpoint, manifest.json `branch_checkpoints`; None for other checkpoints)."""
+    import torch
+
+    step = torch.load(ckpt, map_location="cpu", mmap=True, weights_only=False).get("global_step")
+    entries = read_optional(parent_dir / rundir.MANIFEST).get("branch_checkpoints") or []
+    entry = next((e for e in entries if (parent_dir / e.get("path", "")).resolve() == ckpt), {})
+    return {"checkpoint_step": step, "checkpoint_tokens": entry.get("tokens"), "checkpoint_tokens_trained":
+            entry.get("tokens_trained")}  # fmt: skip
+
+
+def _describe_parent(
+    out: dict[str, Any], parent_dir: Path, splits: Mapping[str, Sequence[Any]], what: str
+) -> dict[str, Any]:
+    """`out` plus the parent run's data fingerprint, commit, task, optimized_metric and status, and how many of
+    this run's test examples were in the parent's training split (warned about when any were)."""
+    manifest = read_optional(parent_dir / rundir.MANIFEST)
+    metrics = read_optional(parent_dir / rundir.METRICS)
+    name = ((rundir.read_resolved(parent_dir) or {}).get("config") or {}).get("optimized_metric")
     out.update(
         {
             "parent_data_fingerprint": (manifest.get("data") or {}).get("fingerprint"),
             "parent_commit": (manifest.get("git") or {}).get("commit"),
             "parent_task": metrics.get("meta/task"),
             "parent_optimized_metric": {"name": name, "value": metrics.get(name) if name else None},
-            "parent_status": rundir.read_status(parent.run_dir).get("status"),
+            "parent_status": rundir.read_status(parent_dir).get("status"),
         }
     )
-    theirs = read_example_hashes(parent.run_dir)
+    theirs = read_example_hashes(parent_dir)
     if theirs is None:
         out["parent_train_in_test"] = None
         log.warning(
-            "model.init_from=%s: the parent run recorded no %s, so whether its training data holds this "
-            "run's test examples cannot be checked",
-            init_from,
+            "%s: the parent run recorded no %s, so whether its training data holds this run's test examples "
+            "cannot be checked",
+            what,
             rundir.EXAMPLE_HASHES,
         )
         return out
@@ -102,17 +154,18 @@ def lineage(init_from: str | None, splits: Mapping[str, Sequence[Any]]) -> dict[
     out["parent_train_in_test"] = overlap
     if overlap:
         log.warning(
-            "model.init_from=%s: %d of this run's %d test examples were in the parent's training data: the "
-            "parent saw them, so this run's test numbers are optimistic. Use the same split for both "
-            "stages (dataset.split_seed, dataset.fractions, the same source).",
-            init_from,
+            "%s: %d of this run's %d test examples were in the parent's training data: the parent saw them, so "
+            "this run's test numbers are optimistic. Use the same split for both stages (dataset.split_seed, "
+            "dataset.fractions, the same source).",
+            what,
             overlap,
             len(test),
         )
     return out
 
 
-def _read(path: Path) -> dict[str, Any]:
+def read_optional(path: Path) -> dict[str, Any]:
+    """A run file's JSON, or {} when it is missing or unreadable (a parent's files are informative, not required)."""
     try:
         return rundir.read_json(path) if path.is_file() else {}
     except ValueError:

@@ -147,6 +147,10 @@ def write_start(run_dir: Path, cfg: DictConfig, datamodule: Any, trainer: Any, e
         (run_dir / GIT_DIFF).write_text(git["diff"])
     splits = getattr(datamodule, "splits", {}) or {}
     hashes = lineage.write_example_hashes(run_dir, splits) if splits else None
+    # An earlier attempt's branch checkpoints stay recorded (a resumed stable run of experiment=wsd_branches
+    # does not save again those it passed before the kill).
+    earlier = lineage.read_optional(run_dir / MANIFEST)
+    kept = [e for e in earlier.get("branch_checkpoints") or [] if (run_dir / e.get("path", "")).is_file()]
     rundir.write_json(
         run_dir / MANIFEST,
         {
@@ -179,10 +183,16 @@ def write_start(run_dir: Path, cfg: DictConfig, datamodule: Any, trainer: Any, e
                 "held_out": dict(getattr(datamodule, "held_out", None) or {}),
                 "example_hashes": hashes,
             },
-            # model.init_from: the parent run, its data, commit and optimized_metric, test-set overlap (lmlab.lineage)
+            # model.init_from or ckpt_path= another run's checkpoint: the parent run, its data, commit and
+            # optimized_metric, test-set overlap (lmlab.lineage); the checkpoint's step and tokens
             "lineage": lineage.lineage(
-                parent_path(cfg.model.get("init_from"), cfg.get("seed")) if cfg.get("model") else None, splits
+                parent_path(cfg.model.get("init_from"), cfg.get("seed")) if cfg.get("model") else None,
+                splits,
+                ckpt_path=cfg.get("ckpt_path"),
+                run_dir=run_dir,
             ),
+            # callbacks.branch_checkpoints: complete checkpoints at stated token counts (record_branch_checkpoint)
+            "branch_checkpoints": kept,
             "start_time": rundir.now(),
             "end_time": None,
         },
@@ -196,6 +206,16 @@ def record_ranks(run_dir: Path, ranks: list[dict[str, Any]]) -> None:
     data = rundir.read_json(path) if path.is_file() else {}
     data["world_size"] = len(ranks)
     data["ranks"] = ranks
+    rundir.write_json(path, data)
+
+
+def record_branch_checkpoint(run_dir: Path, entry: dict[str, Any]) -> None:
+    """A branch checkpoint written (lmlab.callbacks.checkpoint.BranchCheckpoints): `branch_checkpoints` lists the
+    token count asked for, the optimizer step, the tokens trained by then, the lr and the file (run-dir relative)."""
+    path = Path(run_dir) / MANIFEST
+    data = rundir.read_json(path) if path.is_file() else {}
+    entries = [e for e in data.get("branch_checkpoints") or [] if e.get("tokens") != entry["tokens"]]
+    data["branch_checkpoints"] = sorted([*entries, entry], key=lambda e: e["tokens"])
     rundir.write_json(path, data)
 
 
