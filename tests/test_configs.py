@@ -95,7 +95,7 @@ def test_config_instantiates(group: str, option: str, tmp_path: Path, tiny_check
         pytest.skip(f"trainer={option} needs a GPU (none here)")
     if group == "dataset" and option in ("files", "hf"):
         pytest.skip(f"dataset={option} needs data files; covered by test_train.py::test_fast_dev_run_sources")
-    if group == "experiment" and option == "compare_optimizers":  # causal LM: a decoder, not TINY's tiny_bert
+    if group == "experiment" and option in ("compare_optimizers", "wsd_branches"):  # causal LM: not TINY's tiny_bert
         overrides = [o for o in overrides if not o.startswith("model=")] + ["model=llama_tiny"]
     if group == "experiment":  # experiments pick their models; keep them tiny here
         overrides += [
