@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from tests.conftest import read_metrics, run_cli, single_run_dir
-from tests.test_elastic_resume import KILL, _blocks, _comparable, _log
+from tests.test_elastic_resume import DDP, KILL, _blocks, _comparable, _log
 
 WORDS = "the a of market team film government minister player music game election company shares".split()
 
@@ -208,3 +208,23 @@ def test_bad_mixtures_through_the_cli(overrides: list[str], message: str, tmp_pa
     assert result.returncode != 0
     assert message in result.stdout + result.stderr, (result.stdout + result.stderr)[-3000:]
     assert "Traceback" not in result.stderr or "Key 'bcc'" in message
+
+
+def test_mixture_resumed_on_two_ranks_continues_its_order(reference: tuple[Path, Path], tmp_path: Path) -> None:
+    """The 1 -> 2 rank elastic resume of tests/test_elastic_resume.py, on a mixture: the same global positions."""
+    corpus, run_dir = reference
+    killed = _train(corpus, tmp_path / "one", env=KILL)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    one = single_run_dir(tmp_path / "one")
+    resumed = _train(corpus, tmp_path / "two", *DDP, "dataset.batch_size=2", f"ckpt_path={one}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming epoch 0 at global position 16 of" in resumed.stdout + resumed.stderr
+    before, after = _log(one, up_to_step=4), _log(single_run_dir(tmp_path / "two"))
+    assert {rank for rank, _, _ in after} == {0, 1}
+    reference_log = _log(run_dir)
+    # Positions 0-47 each once (steps 1-4 at one rank, 5-12 on two ranks of 2), holding the reference's blocks (a
+    # mixture's order may hold a block twice: an upsampled source).
+    taken = {p: b for r in [*before.values(), *after.values()] for p, b in zip(range(*r["positions"]), r["blocks"])}
+    expected = {p: b for r in reference_log.values() for p, b in zip(range(*r["positions"]), r["blocks"])}
+    assert sum(len(r["blocks"]) for r in [*before.values(), *after.values()]) == len(taken) == 48
+    assert taken == expected
