@@ -95,6 +95,8 @@ def test_config_instantiates(group: str, option: str, tmp_path: Path, tiny_check
         pytest.skip(f"trainer={option} needs a GPU (none here)")
     if group == "dataset" and option in ("files", "hf"):
         pytest.skip(f"dataset={option} needs data files; covered by test_train.py::test_fast_dev_run_sources")
+    if group == "dataset" and option == "mixture":
+        pytest.skip("dataset=mixture needs a corpus file and task=causal_lm; covered by test_mixture.py")
     if group == "experiment" and option in ("compare_optimizers", "wsd_branches"):  # causal LM: not TINY's tiny_bert
         overrides = [o for o in overrides if not o.startswith("model=")] + ["model=llama_tiny"]
     if group == "experiment":  # experiments pick their models; keep them tiny here

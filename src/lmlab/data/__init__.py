@@ -4,7 +4,7 @@ time)."""
 
 from typing import Any
 
-__all__ = ["TextDataModule"]
+__all__ = ["MixtureDataModule", "TextDataModule"]
 
 
 def __getattr__(name: str) -> Any:
@@ -12,4 +12,8 @@ def __getattr__(name: str) -> Any:
         from lmlab.data.datamodule import TextDataModule
 
         return TextDataModule
+    if name == "MixtureDataModule":  # dataset=mixture
+        from lmlab.data.mixture import MixtureDataModule
+
+        return MixtureDataModule
     raise AttributeError(f"module 'lmlab.data' has no attribute {name!r}")

@@ -76,7 +76,7 @@ class PadCollator:
         mask = (positions >= width - lengths[:, None]) if self.left else (positions < lengths[:, None])
         batch: dict[str, torch.Tensor] = {}
         for name in features[0]:
-            if name in ("labels", "idx"):
+            if name in ("labels", "idx", "source"):
                 continue
             fill = self.pad_token_id if name == "input_ids" else 0
             out = np.full((len(features), width), fill, dtype=np.int64)
@@ -88,6 +88,8 @@ class PadCollator:
         else:
             batch["labels"] = torch.tensor([f["labels"] for f in features])  # int64 class ids or float32 targets
         batch["idx"] = torch.tensor([f["idx"] for f in features])
+        if "source" in features[0]:  # a data mixture's blocks say which source they are from (per-source metrics)
+            batch["source"] = torch.tensor([f["source"] for f in features])
         return batch
 
 
@@ -382,12 +384,7 @@ class TextDataModule(pl.LightningDataModule):
         elif train and getattr(self.encoding, "global_order", False):
             # One global order of the blocks, sliced by rank (lmlab.data.packed): at one rank the same batches as
             # ResumableRandomSampler; a resume on any number of ranks continues it. A DistributedSampler by type.
-            sampler = ElasticBlockSampler(
-                len(self.datasets[split]),
-                self.batch_size,
-                world_size=trainer.world_size if trainer else 1,
-                rank=trainer.global_rank if trainer else 0,
-            )
+            sampler = self.block_sampler(trainer.world_size if trainer else 1, trainer.global_rank if trainer else 0)
             if sampler.usable == 0:
                 raise LmlabError(
                     f"The train split has {sampler.n} blocks of dataset.max_length={self.max_length} tokens, fewer "
@@ -429,6 +426,10 @@ class TextDataModule(pl.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
+
+    def block_sampler(self, world_size: int, rank: int) -> ElasticBlockSampler:
+        """The training blocks' global-order sampler (a data mixture overrides it with its weighted draw)."""
+        return ElasticBlockSampler(len(self.datasets["train"]), self.batch_size, world_size=world_size, rank=rank)
 
     def resume_train_sampler(self, epoch: int, batches_done: int, positions: int | None = None) -> None:
         """Called by the requeue callback on restore: epoch `epoch` had already trained on `batches_done` batches,

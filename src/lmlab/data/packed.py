@@ -145,8 +145,13 @@ class ElasticBlockSampler(DistributedSampler):
     def __iter__(self) -> Iterator[int]:
         # seed_everything exports PL_GLOBAL_SEED; read late, as ResumableRandomSampler does.
         seed = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
-        order = global_order(self.n, seed, self.epoch)[self.positions()]
+        order = self.order(seed)[self.positions()]
         # In chunks: a list of the whole epoch would hold ~36 bytes per block for the whole epoch (~50 MB for a
         # 1 GB corpus at 128 tokens a block).
         for begin in range(0, len(order), 65_536):
             yield from order[begin : begin + 65_536].tolist()
+
+    def order(self, seed: int) -> np.ndarray:
+        """The epoch's global order: block index at each global position (a mixture draws its own:
+        lmlab.data.mixture.MixtureBlockSampler); positions, resume and rank slicing are this class's alone."""
+        return global_order(self.n, seed, self.epoch)

@@ -182,6 +182,8 @@ def write_start(run_dir: Path, cfg: DictConfig, datamodule: Any, trainer: Any, e
                 # dataset.val_tokens / test_tokens: documents and tokens of a split outside its budget (not scored)
                 "held_out": dict(getattr(datamodule, "held_out", None) or {}),
                 "example_hashes": hashes,
+                # dataset=mixture: per source, its normalised weight, train blocks and tokens, blocks per epoch
+                **({"mixture": mixture} if (mixture := getattr(datamodule, "mixture_info", None)) else {}),
             },
             # model.init_from or ckpt_path= another run's checkpoint: the parent run, its data, commit and
             # optimized_metric, test-set overlap (lmlab.lineage); the checkpoint's step and tokens

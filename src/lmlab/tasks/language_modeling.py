@@ -175,18 +175,43 @@ class LMModule(TaskModule):
         metrics["correct"].update(((pred == target) & valid).sum().double())
         if "bytes" in metrics:
             metrics["bytes"].update((self.token_bytes[target.clamp(min=0)] * valid).sum())
+        per_source = getattr(self, "source_metrics", None)
+        if per_source is not None and "source" in batch:
+            # dataset=mixture: each block's source; every source's sums are updated on every batch (zeros where
+            # absent), so none is computed without an update (torchmetrics warns) whatever a rank's shard holds.
+            nats, rows = nats.double(), batch["source"].to(target.device)
+            for k, sums in enumerate(per_source[stage]):
+                mine = valid & (rows == k)[:, None]
+                sums["nats"].update((nats * mine).sum())
+                sums["tokens"].update(mine.sum().double())
+                sums["correct"].update(((pred == target) & mine).sum().double())
+                sums["bytes"].update((self.token_bytes[target.clamp(min=0)] * mine).sum())
 
-    def _log_epoch_metrics(self, stage: str) -> None:
-        totals = {k: float(v) for k, v in self.metrics[stage].compute().items()}
-        self.metrics[stage].reset()
+    def _epoch_values(self, collection: torchmetrics.MetricCollection) -> dict[str, float]:
+        """loss, ppl, accuracy, bpb (where bytes are summed) and tokens of a collection's totals; resets it."""
+        totals = {k: float(v) for k, v in collection.compute().items()}
+        collection.reset()
         tokens = max(totals["tokens"], 1.0)
         loss = totals["nats"] / tokens
         values = {"loss": loss, "ppl": math.exp(min(loss, 700.0)), self.accuracy: totals["correct"] / tokens}
         if "bytes" in totals:
             values["bpb"] = totals["nats"] / (math.log(2) * totals["bytes"]) if totals["bytes"] else float("nan")
         values["tokens"] = totals["tokens"]
+        return values
+
+    def _log_epoch_metrics(self, stage: str) -> None:
+        values = self._epoch_values(self.metrics[stage])
         # Already reduced over ranks by torchmetrics; logged as plain numbers.
-        self.log_dict({f"{stage}/{name}": value for name, value in values.items()}, prog_bar=False)
+        logged = {f"{stage}/{name}": value for name, value in values.items()}
+        per_source = getattr(self, "source_metrics", None)
+        if per_source is not None:
+            # dataset=mixture: <stage>/<source>/<metric>, and its bytes (the totals above are over all sources:
+            # loss weighted by tokens, bpb by bytes).
+            for source, sums in zip(self.hparams.sources, per_source[stage]):
+                bytes_ = float(sums["bytes"].compute())
+                source_values = {**self._epoch_values(sums), "bytes": bytes_}
+                logged.update({f"{stage}/{source}/{name}": value for name, value in source_values.items()})
+        self.log_dict(logged, prog_bar=False)
         self.log(f"{stage}/ppl_bar", values["ppl"], prog_bar=True, logger=False)
 
     def _export_weights(self, directory: Path) -> None:
@@ -231,6 +256,7 @@ class CausalLM(adapters.AdapterCheckpoints, LMModule, pl.LightningModule):
         gguf_file: str | None = None,
         tokenizer_object: Any = None,
         peft: Mapping[str, Any] | None = None,
+        sources: Sequence[str] | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["tokenizer_object"])
@@ -246,6 +272,10 @@ class CausalLM(adapters.AdapterCheckpoints, LMModule, pl.LightningModule):
             "token_bytes", torch.tensor(token_byte_lengths(self.tokenizer), dtype=torch.float64), persistent=False
         )
         self.metrics = torch.nn.ModuleDict({stage: lm_metrics() for stage in ("val", "test")})
+        if sources:  # dataset=mixture: the sums of each source too (a hyperparameter: eval.py rebuilds them)
+            self.source_metrics = torch.nn.ModuleDict(
+                {stage: torch.nn.ModuleList(lm_metrics() for _ in sources) for stage in ("val", "test")}
+            )
         self.on_train_epoch_start()
         self.train()  # from_pretrained returns eval mode, and Lightning keeps each module's mode as found
 
@@ -456,6 +486,20 @@ class CausalLMTask(LMTask):
 
     def module_class(self) -> type:
         return CausalLM
+
+    scores_sources = True  # dataset=mixture: CausalLM keeps val/test sums per source (masked LM does not)
+
+    def module_kwargs(self, model_cfg: Mapping[str, Any], datamodule: Any) -> dict[str, Any]:
+        # dataset=mixture: the module keeps val/test sums per source (lmlab.data.mixture)
+        sources = getattr(datamodule, "source_names", None)
+        return {"sources": list(sources)} if sources else {}
+
+    def results(self, module: Any, datamodule: Any, logged: Mapping[str, float]) -> dict[str, Any]:
+        """The logged numbers, plus a data mixture's normalised weights and train tokens per source."""
+        metrics = super().results(module, datamodule, logged)
+        for name, info in (getattr(datamodule, "mixture_info", None) or {}).items():
+            metrics.update({f"mixture/{name}/{key}": value for key, value in info.items()})
+        return metrics
 
     def configure_trainer(self, trainer: Any, datamodule: Any, global_batch: int) -> None:
         """task.max_tokens | task.max_flops -> optimizer steps, task.eval_every_tokens -> the validation interval
