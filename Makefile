@@ -96,9 +96,11 @@ bench-lora: install  ## LoRA vs full fine-tuning on model=smollm2, 10 steps each
 
 # Data at scale (benchmarks/data_scale.py): generated corpora -> token-shard preparation cold/warm, peak RSS, shard
 # bytes, loader tokens/s. Default sizes fit a 2-core machine (~10 min); larger: make bench-data DATA_SIZES=25,100,1000,4000
+# TRAIN_SIZES=1000: also the issue-22 acceptance run, train.py llama_small 50 steps on 1 GB under /usr/bin/time -v, cold and warm.
 DATA_SIZES ?= 5,25,100
+TRAIN_SIZES ?=
 bench-data: install  ## corpus size -> shard prep wall (cold/warm), peak RSS, shard bytes, loader tokens/s
-	$(PY) benchmarks/data_scale.py --sizes $(DATA_SIZES) --num-proc 2 $(BENCH_ARGS)
+	$(PY) benchmarks/data_scale.py --sizes $(DATA_SIZES) --train-sizes "$(TRAIN_SIZES)" --num-proc 2 $(BENCH_ARGS)
 
 bench-lm-quality: install  ## default LM recipe vs n-gram baselines in bpb, and SmolLM2 zero-shot vs fine-tuned
 	$(PY) benchmarks/lm_quality.py recipe --json logs/bench/lm-recipe.json

@@ -139,6 +139,46 @@ def child(mode: str, corpus: Path, root: Path, tok: Path, args: argparse.Namespa
     return result
 
 
+def end_to_end(corpus: Path, work: Path, model: str, steps: int, num_proc: int) -> list[dict]:
+    """The issue's acceptance run: `train.py task=causal_lm dataset=files` on `corpus` under `/usr/bin/time -v`,
+    cold (an empty LMLAB_CACHE_DIR: BPE, shards, near-copy search) then warm (the same cache)."""
+    cache = work / f"e2e-cache-{corpus.stem}"
+    subprocess.run(["rm", "-rf", str(cache)], check=True)
+    rows = []
+    for phase in ("cold", "warm"):
+        run_dir = work / f"e2e-{corpus.stem}-{phase}"
+        subprocess.run(["rm", "-rf", str(run_dir)], check=True)
+        command = [
+            "/usr/bin/time", "-v", sys.executable, str(ROOT / "train.py"), "task=causal_lm", "dataset=files",
+            f"dataset.source.path={corpus}", f"model={model}", f"trainer.max_steps={steps}",
+            f"dataset.num_proc={num_proc}", "dataset.fractions={train: 0.98, val: 0.01, test: 0.01}",
+            "dataset.val_tokens=200000", "dataset.test_tokens=200000", f"hydra.run.dir={run_dir}",
+        ]  # fmt: skip
+        env = {**os.environ, "LMLAB_CACHE_DIR": str(cache)}
+        proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
+        if proc.returncode:
+            raise SystemExit(f"end-to-end {phase} run failed:\n{proc.stderr[-3000:]}")
+        timed = dict(
+            line.strip().rsplit(": ", 1) for line in proc.stderr.splitlines() if line.startswith("\t") and ": " in line
+        )
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        h, m, sec = ([0] + timed["Elapsed (wall clock) time (h:mm:ss or m:ss)"].split(":"))[-3:]
+        rows.append(
+            {
+                "corpus": corpus.name,
+                "phase": phase,
+                "wall_s": int(h) * 3600 + int(m) * 60 + float(sec),
+                "first_batch_s": metrics["perf/time_to_first_batch_s"],
+                "peak_rss_mib": int(timed["Maximum resident set size (kbytes)"]) / 1024,
+                "train_anon_rss_mib": metrics.get("perf/train_anon_rss_mb"),
+                "train_tokens_per_s": metrics["perf/train_tokens_per_sec"],
+                "test_bpb": metrics["test/bpb"],
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="5,25,100", help="MB of text, comma-separated")
@@ -148,6 +188,9 @@ def main() -> None:
     parser.add_argument("--loader-seconds", type=float, default=5.0)
     parser.add_argument("--work", type=Path, default=ROOT / "logs" / "bench" / "data_scale")
     parser.add_argument("--out", type=Path, default=ROOT / "logs" / "bench" / "data_scale.json")
+    parser.add_argument("--train-sizes", default="", help="MB: also run train.py end to end on these (cold, warm)")
+    parser.add_argument("--train-model", default="llama_small")
+    parser.add_argument("--train-steps", type=int, default=50)
     args = parser.parse_args()
     sizes = [float(s) for s in args.sizes.split(",")]
     args.work.mkdir(parents=True, exist_ok=True)
@@ -208,6 +251,22 @@ def main() -> None:
         a, b = rows[0], rows[-1]
         exponent = math.log(b["cold_prep_s"] / a["cold_prep_s"]) / math.log(b["mb"] / a["mb"])
         print(f"\ngrowth exponent of cold prep wall: {exponent:.2f}")
+    e2e = []
+    for size in [float(s) for s in args.train_sizes.split(",") if s]:
+        corpus = args.work / f"corpus-{size:g}MB.jsonl"
+        generate(corpus, size)
+        e2e += end_to_end(corpus, args.work, args.train_model, args.train_steps, args.num_proc)
+    if e2e:
+        args.out.write_text(json.dumps({"meta": meta, "rows": rows, "end_to_end": e2e}, indent=1))
+        print(f"\n`train.py task=causal_lm model={args.train_model} trainer.max_steps={args.train_steps}` end to end:")
+        print("| corpus | phase | wall | first batch | peak RSS (time -v) | train RssAnon | train tok/s | test/bpb |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in e2e:
+            print(
+                f"| {r['corpus']} | {r['phase']} | {r['wall_s']:.0f} s | {r['first_batch_s']:.1f} s | "
+                f"{r['peak_rss_mib']:.0f} MiB | {r['train_anon_rss_mib']:.0f} MiB | {r['train_tokens_per_s']:.0f} | "
+                f"{r['test_bpb']:.4f} |"
+            )
 
 
 if __name__ == "__main__":
