@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("which", choices=["recipe", "smollm2"])
     parser.add_argument("--max-minutes", type=float, default=10.0)
-    parser.add_argument("--max-order", type=int, default=8, help="n-gram orders 1..N (chosen on val)")
+    parser.add_argument("--max-order", type=int, default=24, help="byte KN orders 1..N (chosen on val)")
     parser.add_argument("--steps", type=int, default=60, help="smollm2: fine-tuning steps")
     parser.add_argument("--lr", type=float, default=1e-4, help="smollm2: fine-tuning lr")
     parser.add_argument("--max-length", type=int, default=256, help="smollm2: block length")
