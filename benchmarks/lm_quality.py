@@ -5,6 +5,7 @@ its own zero-shot evaluation (README, "Language models: measured").
     python benchmarks/lm_quality.py smollm2 --steps 40 --max-length 128 --batch-size 4 \
         dataset.max_samples.val=20 dataset.max_samples.test=60   # zero-shot test ppl, a short fine-tune, again
     python benchmarks/lm_quality.py recipe --from-run DIR --from-run DIR2   # score finished runs instead
+    python benchmarks/lm_quality.py ablate --seeds 1 --variant today= --variant 'muon=optimizer=muon'  # a speedrun log
 Exit status 1 when a target is missed. recipe: every seed's run (default seeds 1,2,3) within --max-minutes of wall
 time, and the upper bound of the 95 % t interval of their test bpb below the best n-gram's test bpb, the n-grams
 (byte and word Kneser-Ney, order chosen on val) fitted on the split rebuilt from the runs' own resolved dataset
@@ -165,6 +166,29 @@ def recipe(args: argparse.Namespace, log_dir: Path) -> tuple[dict[str, Any], boo
     return result, ok
 
 
+def ablate(args: argparse.Namespace, log_dir: Path) -> tuple[dict[str, Any], bool]:
+    """A speedrun log: `train.py task=causal_lm seed=<first seed>` once per --variant ("NAME=override override";
+    the first is the reference, usually today's recipe with no overrides), each in a fresh process timed from start
+    to exit. Prints test bpb, its delta against the reference, wall minutes and training tokens/s per variant.
+    One seed each: a screen for what to confirm over seeds with `recipe`, not a comparison."""
+    seed = args.seeds[0]
+    rows = []
+    for spec in args.variant:
+        name, _, overrides = spec.partition("=")
+        extra = overrides.split()
+        r = run("train.py", log_dir / name, ["task=causal_lm", f"seed={seed}", *extra, *args.overrides])
+        rows.append({"name": name, "overrides": extra, **r})
+    ref = rows[0]["metrics"]["test/bpb"]
+    print(f"\n{f'variant (seed {seed})':<34} {'test bpb':>9} {'delta':>8} {'minutes':>8} {'tok/s':>8}  overrides")
+    for r in rows:
+        m = r["metrics"]
+        print(
+            f"{r['name']:<34} {m['test/bpb']:>9.4f} {m['test/bpb'] - ref:>+8.4f} {r['minutes']:>8.2f} "
+            f"{m.get('perf/train_tokens_per_sec') or float('nan'):>8.0f}  {' '.join(r['overrides']) or '-'}"
+        )
+    return {"seed": seed, "variants": rows}, True
+
+
 def smollm2(args: argparse.Namespace, log_dir: Path) -> tuple[dict[str, Any], bool]:
     data = [f"dataset.max_length={args.max_length}", "dataset.eval_batch_size=8"]
     zero = (
@@ -200,7 +224,13 @@ def smollm2(args: argparse.Namespace, log_dir: Path) -> tuple[dict[str, Any], bo
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", choices=["recipe", "smollm2"])
+    parser.add_argument("which", choices=["recipe", "ablate", "smollm2"])
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=None,
+        help='ablate: "NAME=override override" (repeat; the first is the reference, e.g. today=)',
+    )
     parser.add_argument("--max-minutes", type=float, default=10.0)
     parser.add_argument("--max-order", type=int, default=24, help="byte KN orders 1..N (chosen on val)")
     parser.add_argument("--steps", type=int, default=60, help="smollm2: fine-tuning steps")
@@ -232,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="extra train.py/eval.py overrides")
     args = parser.parse_intermixed_args(argv)  # overrides may follow the options
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="lmlab-lm-quality-"))
-    result, ok = (recipe if args.which == "recipe" else smollm2)(args, log_dir)
+    result, ok = {"recipe": recipe, "ablate": ablate, "smollm2": smollm2}[args.which](args, log_dir)
     result.update(date=time.strftime("%Y-%m-%d"), which=args.which, overrides=args.overrides)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -84,3 +84,28 @@ def test_from_run_refuses_a_run_whose_config_rebuilds_other_data(tiny: tuple, tm
     assert res.returncode == 1
     assert f"but the run trained on {q['data_fingerprint']} (manifest.json)" in res.stderr
     assert "best n-gram" not in res.stdout
+
+
+def test_ablate_prints_each_variant_against_the_first(tmp_path: Path) -> None:
+    res = subprocess.run(
+        [
+            sys.executable, str(ROOT / "benchmarks" / "lm_quality.py"), "ablate", "--seeds", "3",
+            "--variant", "today=", "--variant", "lr=optimizer.lr=1e-2 optimizer.weight_decay=0.0",
+            "--log-dir", str(tmp_path / "logs"), "--json", str(tmp_path / "a.json"), *TINY_RECIPE,
+        ],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    rows = json.loads((tmp_path / "a.json").read_text())["variants"]
+    assert [r["name"] for r in rows] == ["today", "lr"]
+    assert rows[1]["overrides"] == ["optimizer.lr=1e-2", "optimizer.weight_decay=0.0"]
+    for r in rows:  # each variant ran as named: seed 3, its own overrides, in its own log dir
+        run = Path(r["run_dir"])
+        assert run.parent.parent.parent == tmp_path / "logs" / r["name"]
+        assert json.loads((run / "manifest.json").read_text())["seed"] == 3
+    config = json.loads((Path(rows[1]["run_dir"]) / "resolved_config.json").read_text())["config"]
+    assert config["optimizer.lr"] == 1e-2 and config["optimizer.weight_decay"] == 0.0
+    a, b = (r["metrics"]["test/bpb"] for r in rows)
+    assert a != b
+    line = next(x for x in res.stdout.splitlines() if x.startswith("lr "))
+    assert f"{b:.4f}" in line and f"{b - a:+.4f}" in line and "optimizer.lr=1e-2 optimizer.weight_decay=0.0" in line
