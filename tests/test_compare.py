@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ROOT, TINY_LM, run_cli
 
 BASE = [
@@ -145,3 +147,61 @@ def test_an_arm_whose_tuning_trials_all_failed_stops_before_stage_2(tmp_path: Pa
     record = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert record["arms"]["lion"]["choice"] is None and record["arms"]["adamw"]["choice"] is not None
     assert "confirm" not in record and "stage" not in record
+
+
+OPTUNA = [
+    "compare.search=optuna",
+    "compare.sampler.n_startup_trials=1",  # the second trial is TPE's, not random
+    "compare.arms.adamw.space.optimizer.lr='tag(log, interval(1e-3, 1e-2))'",
+    "compare.arms.lion.space.optimizer.lr='tag(log, interval(1e-4, 1e-3))'",
+    "compare.confirm_seeds=[5]",
+]
+
+
+def test_optuna_per_arm_search_then_confirm_and_a_reissue_reruns_nothing(tmp_path: Path) -> None:
+    import optuna
+
+    sweep_dir = tmp_path / "cmp"
+    args = ["train.py", "-m", *BASE, *OPTUNA, f"hydra.sweep.dir={sweep_dir}"]
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    record = json.loads((sweep_dir / "compare.json").read_text())
+    assert record["search"] == "optuna" and record["stage"] == "done"
+    bounds = {"adamw": (1e-3, 1e-2), "lion": (1e-4, 1e-3)}
+    for arm, (low, high) in bounds.items():
+        entry = record["arms"][arm]
+        assert [t["dirs"] for t in entry["trials"]] == [[f"tune/{arm}/trial=0,seed=1"], [f"tune/{arm}/trial=1,seed=1"]]
+        lrs = [float(t["overrides"][0].split("=", 1)[1]) for t in entry["trials"]]
+        assert all(low <= lr <= high for lr in lrs) and lrs[0] != lrs[1]
+        assert sorted(map(float, entry["space"]["optimizer.lr"])) == sorted(lrs)  # the values tried
+        for t in entry["trials"]:  # each trial's job trained with its point, and its value is the job's metric
+            run = sweep_dir / t["dirs"][0]
+            config = json.loads((run / "resolved_config.json").read_text())["config"]
+            assert config["optimizer.lr"] == pytest.approx(float(t["overrides"][0].split("=", 1)[1]))
+            assert t["values"] == [metric(run)] and t["mean"] == metric(run)
+        # The arm's study holds the same two trials, told the same values.
+        storage = optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(sweep_dir / "tune" / arm / "optuna.journal"))
+        )
+        study = optuna.load_study(study_name=arm, storage=storage)
+        assert [t.value for t in study.trials] == [t["mean"] for t in entry["trials"]]
+        best = min(range(2), key=lambda i: entry["trials"][i]["mean"])
+        assert entry["choice"]["index"] == best
+        confirm = next(c for c in record["confirm"] if c["arm"] == arm)
+        assert confirm["overrides"] == [f"optimizer={arm}", *entry["trials"][best]["overrides"]]
+        assert confirm["status"] == "completed"
+    # Re-issued: every job is found completed, the studies are not asked again, the choices stand.
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert json.loads((sweep_dir / "compare.json").read_text())["arms"] == record["arms"]
+    invocations = json.loads((sweep_dir / "sweep.json").read_text())["invocations"]
+    first_count = len(invocations) // 2
+    assert all(inv["launched"] == [] for inv in invocations[first_count:])
+
+
+def test_optuna_search_refusals(tmp_path: Path) -> None:
+    out = refused(tmp_path, "compare.search=random")
+    assert "compare.search='random': use grid (each arm's grid in full) or optuna (TPE per arm)." in out
+    out = refused(tmp_path, *OPTUNA, "compare.arms.lion.space.optimizer.lr=3e-4")
+    assert "compare.arms.lion.space has nothing to search ({'optimizer.lr': '0.0003'})" in out
+    assert not (tmp_path / "cmp" / "tune").exists()

@@ -14,7 +14,7 @@ import pytest
 
 from lmlab.callbacks.eval_schedule import EvalSchedule
 from lmlab.report.cli import main
-from lmlab.report.compare import tokens_to_target
+from lmlab.report.compare import edge_warning, tokens_to_target
 from lmlab.rundir.files import CURVES, write_json
 from tests.test_report_v2 import headless_chromium, loaded_images, row_of, write_job
 
@@ -126,6 +126,19 @@ def test_compare_report_uses_stage_2_and_computes_speedups(tmp_path: Path) -> No
     )
     md = (sweep / "report.md").read_text()
     assert "the comparison above uses stage 2 only" in md and "extend the grid" in md
+
+
+def test_edge_warning_for_an_optuna_search_names_the_values_tried() -> None:
+    entry = {
+        "space": {"optimizer.lr": ["0.0011", "0.0042", "0.0093"]},
+        "choice": {"overrides": ["optimizer.lr=0.0093"]},
+    }
+    assert edge_warning("adamw", entry, "optuna") == (
+        "arm adamw: the choice is at the edge of the values its Optuna trials tried (optimizer.lr=0.0093 is the "
+        "highest of ['0.0011', '0.0042', '0.0093']): widen the range or give it more trials"
+    )
+    entry["choice"] = {"overrides": ["optimizer.lr=0.0042"]}
+    assert edge_warning("adamw", entry, "optuna") is None
 
 
 def test_an_arm_that_never_reaches_the_target_is_a_bound(tmp_path: Path) -> None:

@@ -117,8 +117,9 @@ def speedup(base: dict[Any, float | None], arm: dict[Any, float | None], budgets
     return {**out, "kind": "estimate", "ci95_low": low, "ci95_high": high}
 
 
-def edge_warning(arm: str, entry: dict[str, Any]) -> str | None:
-    """The choice at the first or last value of a swept key: the optimum may lie outside the grid."""
+def edge_warning(arm: str, entry: dict[str, Any], search: str = "grid") -> str | None:
+    """The choice at the first or last value of a swept key (grid) or of the values Optuna tried: the optimum may
+    lie outside them."""
     choice = entry.get("choice") or {}
     chosen = dict(o.split("=", 1) for o in choice.get("overrides", []))
     edges = []
@@ -129,6 +130,11 @@ def edge_warning(arm: str, entry: dict[str, Any]) -> str | None:
             )
     if not edges:
         return None
+    if search == "optuna":
+        return (
+            f"arm {arm}: the choice is at the edge of the values its Optuna trials tried ({'; '.join(edges)}): "
+            f"widen the range or give it more trials"
+        )
     return f"arm {arm}: the choice sits at the edge of its grid ({'; '.join(edges)}): extend the grid"
 
 
@@ -195,7 +201,7 @@ def section(record: dict[str, Any], sweep_dir: Path, target: float | None) -> di
             "stage1": [
                 {"overrides": t["overrides"], "mean": t["mean"], "failed": t["failed"]} for t in entry["trials"]
             ],
-            "edge_warning": edge_warning(arm, entry),
+            "edge_warning": edge_warning(arm, entry, record.get("search", "grid")),
         }
         if target is not None:
             t = {seed: tokens_to_target(curve, target) for seed, curve in runs.get(arm, {}).items()}
