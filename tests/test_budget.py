@@ -69,6 +69,24 @@ def test_token_and_flop_budgets_to_steps(tmp_path: Path) -> None:
     assert metrics["perf/model_flops"] == 5 * TOKENS_PER_STEP * FLOPS_PER_TOKEN >= flops
 
 
+def test_masked_lm_token_budget_eval_schedule_and_final_score(tmp_path: Path) -> None:
+    from tests.test_masked_lm import MLM_TINY
+
+    # tiny_bert on packed 32-token blocks, 16 per step = 512 tokens per step: 1500 tokens -> 3 steps, validated
+    # every 2 steps (1000 tokens) and at the budget's end; task.score=final reports step 3's weights.
+    base = [o for o in MLM_TINY if not o.startswith("trainer.max_steps")]
+    metrics, run_dir = train(
+        tmp_path, "task.max_tokens=1500", "task.eval_every_tokens=1000", "task.score=final", base=base
+    )
+    assert metrics["budget/tokens_per_step"] == 512 and metrics["budget/max_steps"] == 3
+    assert metrics["budget/tokens_trained"] == 3 * 512
+    rows = curves(run_dir)
+    assert [int(r["step"]) for r in rows] == [2, 3] and {"val/loss", "val/masked_acc"} <= set(rows[0])
+    assert metrics["meta/score"] == "final" and metrics["best/step"] == 3
+    assert metrics["best/ckpt_path"] == "checkpoints/last.ckpt"
+    assert metrics["val/loss"] == pytest.approx(float(rows[-1]["val/loss"]), abs=1e-6)
+
+
 def test_classification_max_steps_past_an_epoch_end_is_evaluated_at_the_end(tmp_path: Path) -> None:
     # TINY: 96 examples / 16 = 6 steps per epoch. max_steps=8 ends 2 steps into epoch 2: before, those 2 steps
     # were never validated and could not be the reported checkpoint.

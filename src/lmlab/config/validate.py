@@ -292,9 +292,11 @@ def validate(cfg: DictConfig) -> None:
         and trainer.get("max_epochs") == -1
         and trainer.get("max_steps", -1) == -1
         and not trainer.get("max_time")
+        and not (isinstance(cfg.get("task"), DictConfig) and (cfg.task.get("max_tokens") or cfg.task.get("max_flops")))
     ):
         raise LmlabError(
-            "trainer.max_epochs=-1 with trainer.max_steps=-1 never ends; set one of them (e.g. trainer.max_steps=1000)."
+            "trainer.max_epochs=-1 with trainer.max_steps=-1 never ends; set one of them (e.g. trainer.max_steps=1000) "
+            "or a budget (task.max_tokens, task.max_flops)."
         )
     if trainer is not None and trainer.get("precision") is not None:
         known = (

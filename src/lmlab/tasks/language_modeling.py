@@ -400,6 +400,37 @@ class LMTask(Task):
     # another number of ranks continues it, no block repeated or skipped.
     global_order = True
 
+    # Budgets and the evaluation schedule (task.max_tokens | task.max_flops, task.eval_every_tokens): set by
+    # set_budget from the subclass's constructor; configure_trainer turns them into steps.
+    max_tokens: int | None = None
+    max_flops: float | None = None
+    eval_every_tokens: int | None = None
+
+    def set_budget(self, max_tokens: int | None, max_flops: float | None, eval_every_tokens: int | None) -> None:
+        for key, value in (
+            ("max_tokens", max_tokens),
+            ("max_flops", max_flops),
+            ("eval_every_tokens", eval_every_tokens),
+        ):
+            if value is not None and float(value) <= 0:
+                raise LmlabError(f"task.{key}={value} must be a positive number (or null).")
+        self.max_tokens, self.max_flops, self.eval_every_tokens = max_tokens, max_flops, eval_every_tokens
+
+    def configure_trainer(self, trainer: Any, datamodule: Any, global_batch: int) -> None:
+        """task.max_tokens | task.max_flops -> optimizer steps, task.eval_every_tokens -> the validation interval
+        (lmlab.callbacks.eval_schedule), from the real tokens of a training block (padding not counted)."""
+        from lmlab.callbacks.eval_schedule import EvalSchedule
+
+        train = datamodule.datasets["train"]
+        tokens_per_example = float(np.mean(train.lengths)) if len(train) else float(self.max_length)
+        EvalSchedule.find(trainer).set_budget(
+            tokens_per_example,
+            global_batch,
+            max_tokens=None if self.max_tokens is None else int(self.max_tokens),
+            max_flops=None if self.max_flops is None else float(self.max_flops),
+            eval_every_tokens=None if self.eval_every_tokens is None else int(self.eval_every_tokens),
+        )
+
     def prepare(self, datamodule: Any) -> None:
         self.max_length, self.packing = int(datamodule.max_length), bool(datamodule.packing)
 
@@ -428,14 +459,7 @@ class CausalLMTask(LMTask):
         eval_every_tokens: int | None = None,
     ):
         super().__init__(name, monitor, mode, optimized_metric, ignores, score)
-        for key, value in (
-            ("max_tokens", max_tokens),
-            ("max_flops", max_flops),
-            ("eval_every_tokens", eval_every_tokens),
-        ):
-            if value is not None and float(value) <= 0:
-                raise LmlabError(f"task.{key}={value} must be a positive number (or null).")
-        self.max_tokens, self.max_flops, self.eval_every_tokens = max_tokens, max_flops, eval_every_tokens
+        self.set_budget(max_tokens, max_flops, eval_every_tokens)
         self.samples = dict(samples or {})
 
     # ---- the encoding
@@ -500,21 +524,6 @@ class CausalLMTask(LMTask):
         for name, info in (getattr(datamodule, "mixture_info", None) or {}).items():
             metrics.update({f"mixture/{name}/{key}": value for key, value in info.items()})
         return metrics
-
-    def configure_trainer(self, trainer: Any, datamodule: Any, global_batch: int) -> None:
-        """task.max_tokens | task.max_flops -> optimizer steps, task.eval_every_tokens -> the validation interval
-        (lmlab.callbacks.eval_schedule), from the real tokens of a training block (padding not counted)."""
-        from lmlab.callbacks.eval_schedule import EvalSchedule
-
-        train = datamodule.datasets["train"]
-        tokens_per_example = float(np.mean(train.lengths)) if len(train) else float(self.max_length)
-        EvalSchedule.find(trainer).set_budget(
-            tokens_per_example,
-            global_batch,
-            max_tokens=None if self.max_tokens is None else int(self.max_tokens),
-            max_flops=None if self.max_flops is None else float(self.max_flops),
-            eval_every_tokens=None if self.eval_every_tokens is None else int(self.eval_every_tokens),
-        )
 
     # ---- results
     def write_outputs(

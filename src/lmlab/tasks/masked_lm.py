@@ -203,8 +203,13 @@ class MaskedLMTask(LMTask):
         ignores: Sequence[str] = (),
         mlm_probability: float = 0.15,
         eval_mask_seed: int = 0,
+        score: str = "best_val",
+        max_tokens: int | None = None,
+        max_flops: float | None = None,
+        eval_every_tokens: int | None = None,
     ):
-        super().__init__(name, monitor, mode, optimized_metric, ignores)
+        super().__init__(name, monitor, mode, optimized_metric, ignores, score)
+        self.set_budget(max_tokens, max_flops, eval_every_tokens)
         if not 0 < float(mlm_probability) < 1:
             raise LmlabError(f"task.mlm_probability={mlm_probability} must be in (0, 1), e.g. 0.15 (BERT's).")
         self.mlm_probability = float(mlm_probability)
