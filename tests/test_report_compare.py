@@ -45,6 +45,9 @@ def stage1_value(i: int, chosen: int) -> float:
     return 5.0 + 0.01 * i - 0.1 * (i == chosen)
 
 
+STEP_FACTOR = [1.2, 1.1, 1.3]  # a non-baseline arm's step time / the baseline's, per confirm seed
+
+
 def make_sweep(root: Path, rates: dict[str, list[float]], choice_index: dict[str, int]) -> Path:
     """A finished compare sweep as the compare sweeper lays it out: arms `rates` (adamw the baseline), each with
     the grid LRS; tune/<arm>/<job>/ and confirm/<job>/ jobs; confirm runs fall linearly (`linear`)."""
@@ -77,8 +80,10 @@ def make_sweep(root: Path, rates: dict[str, list[float]], choice_index: dict[str
             name = f"confirm/arm={arm},seed={seed}"
             overrides = [*arms[arm], *record["arms"][arm]["choice"]["overrides"]]
             final = points[-1][1]
+            step_s = (0.1 + 0.01 * s) * (1.0 if arm == "adamw" else STEP_FACTOR[s])
             write_job(root / name, [*overrides, f"seed={seed}"],
-                      {"val/loss": final, "test/loss": final, "test/bpb": final / math.log(2), **META})  # fmt: skip
+                      {"val/loss": final, "test/loss": final, "test/bpb": final / math.log(2),
+                       "perf/train_step_time_s": step_s, **META})  # fmt: skip
             curve(root / name, points)
             record["confirm"].append({"arm": arm, "seed": seed, "overrides": overrides, "dir": name})
     write_json(root / "compare.json", record)
@@ -124,8 +129,18 @@ def test_compare_report_uses_stage_2_and_computes_speedups(tmp_path: Path) -> No
     assert "arm muon: the choice sits at the edge of its grid (optimizer.lr=0.004 is the highest" in " ".join(
         rep["warnings"]
     )
+    # step time: arm / baseline paired by seed, geometric mean and t-interval on the log-ratios
+    step = c["arms"]["muon"]["step_time"]
+    logs = [math.log(f) for f in STEP_FACTOR]
+    mean, sd = sum(logs) / 3, math.sqrt(sum((x - sum(logs) / 3) ** 2 for x in logs) / 2)
+    assert step["n"] == 3 and step["ratio"] == pytest.approx((1.2 * 1.1 * 1.3) ** (1 / 3))
+    assert step["ci95_low"] == pytest.approx(math.exp(mean - T975_DF2 * sd / math.sqrt(3)))
+    assert step["ci95_high"] == pytest.approx(math.exp(mean + T975_DF2 * sd / math.sqrt(3)))
+    assert step["ms"] == pytest.approx(1000 * sum((0.1 + 0.01 * s) * f for s, f in enumerate(STEP_FACTOR)) / 3)
+    assert c["arms"]["adamw"]["step_time"]["ratio"] == 1.0
     md = (sweep / "report.md").read_text()
     assert "the comparison above uses stage 2 only" in md and "extend the grid" in md
+    assert f"{step['ms']:.0f} ms/step, n=3" in md and "110 ms/step (baseline)" in md
 
 
 def test_edge_warning_for_an_optuna_search_names_the_values_tried() -> None:

@@ -22,6 +22,7 @@ an edge-of-grid warning, and tokens-to-target from each confirm run's curves.csv
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 from html import escape
@@ -39,6 +40,7 @@ from lmlab.rundir.files import CURVES
 COMPARE = "compare.json"
 CONFIRM = "confirm"
 TARGET_METRIC = "val/loss"
+STEP_TIME = "perf/train_step_time_s"  # the Throughput callback's mean optimizer-step wall time (after warm-up)
 TAUS = (1.0, 1.1, 1.25, 1.5, 2.0)  # where the report tabulates ρ(τ); the plot draws the whole step curve
 
 
@@ -89,6 +91,28 @@ def read_curve(run_dir: Path, metric: str = TARGET_METRIC) -> list[tuple[float, 
         return []
     with path.open() as f:
         return [(float(r["tokens"]), float(r[metric])) for r in csv.DictReader(f) if r.get(metric) not in (None, "")]
+
+
+def step_time_ratio(base: dict[Any, float], arm: dict[Any, float]) -> dict[str, Any] | None:
+    """An arm's optimizer-step wall time against the baseline arm's (perf/train_step_time_s of the confirm runs,
+    which ran interleaved on the same machine), paired by seed: the geometric mean of arm / baseline with a
+    t-interval on the log-ratios. Above 1: the arm's steps are slower (a tokens-to-target speedup of s is then a
+    wall-clock speedup of about s / ratio)."""
+    seeds = [s for s in base if s in arm and base[s] and arm[s]]
+    if not seeds:
+        return None
+    logs = np.log(np.array([arm[s] for s in seeds], dtype=float) / np.array([base[s] for s in seeds], dtype=float))
+    out: dict[str, Any] = {
+        "n": len(seeds),
+        "ratio": float(np.exp(logs.mean())),
+        "ms": 1000 * float(np.mean([arm[s] for s in seeds])),
+        "ci95_low": float("nan"),
+        "ci95_high": float("nan"),
+    }
+    if len(seeds) > 1:
+        half = float(sps.t.ppf(0.975, len(seeds) - 1) * logs.std(ddof=1) / math.sqrt(len(seeds)))
+        out.update(ci95_low=float(np.exp(logs.mean() - half)), ci95_high=float(np.exp(logs.mean() + half)))
+    return out
 
 
 def speedup(base: dict[Any, float | None], arm: dict[Any, float | None], budgets: dict[Any, float]) -> dict[str, Any]:
@@ -188,6 +212,12 @@ def section(record: dict[str, Any], sweep_dir: Path, target: float | None) -> di
         if curve:
             runs.setdefault(entry["arm"], {})[entry["seed"]] = curve
     base_runs = runs.get(base_arm, {})
+    step_times: dict[str, dict[Any, float]] = {}  # arm -> seed -> perf/train_step_time_s
+    for entry in record["confirm"]:
+        metrics_file = sweep_dir / entry["dir"] / "metrics.json"
+        value = json.loads(metrics_file.read_text()).get(STEP_TIME) if metrics_file.is_file() else None
+        if isinstance(value, (int, float)) and value > 0:
+            step_times.setdefault(entry["arm"], {})[entry["seed"]] = float(value)
     if target is None and base_runs:
         target = max(curve[-1][1] for curve in base_runs.values())  # the worst final val/loss of the baseline
         target_rule = f"the worst final {TARGET_METRIC} among the baseline ({base_arm}) confirm seeds"
@@ -202,6 +232,7 @@ def section(record: dict[str, Any], sweep_dir: Path, target: float | None) -> di
                 {"overrides": t["overrides"], "mean": t["mean"], "failed": t["failed"]} for t in entry["trials"]
             ],
             "edge_warning": edge_warning(arm, entry, record.get("search", "grid")),
+            "step_time": step_time_ratio(step_times.get(base_arm, {}), step_times.get(arm, {})),
         }
         if target is not None:
             t = {seed: tokens_to_target(curve, target) for seed, curve in runs.get(arm, {}).items()}
@@ -318,6 +349,15 @@ def _speedup_text(s: dict[str, Any] | None) -> str:
     return f"{fmt(s['speedup'])}×{ci} (n={s['n']})"
 
 
+def _step_time_text(s: dict[str, Any] | None, baseline: bool) -> str:
+    if not s:
+        return "n/a"
+    if baseline:
+        return f"{s['ms']:.0f} ms/step (baseline)"
+    ci = "" if math.isnan(s["ci95_low"]) else f" [{fmt(s['ci95_low'])}, {fmt(s['ci95_high'])}]"
+    return f"{fmt(s['ratio'])}×{ci} ({s['ms']:.0f} ms/step, n={s['n']})"
+
+
 def rows(c: dict[str, Any]) -> list[dict[str, str]]:
     """One row per arm, for report.md and report.html alike."""
     out = []
@@ -334,6 +374,7 @@ def rows(c: dict[str, Any]) -> list[dict[str, str]]:
                     for s, v in (a.get("tokens_to_target") or {}).items()
                 ),
                 "speedup vs baseline": "(baseline)" if arm == c["baseline"] else _speedup_text(a.get("speedup")),
+                "step time vs baseline": _step_time_text(a.get("step_time"), arm == c["baseline"]),
             }
         )
     return out
@@ -349,7 +390,8 @@ def intro(c: dict[str, Any]) -> list[str]:
         ),
         f"Tokens-to-target: target {c['target_metric']} = {fmt(c['target'])} ({c['target_rule']}); the first "
         "evaluation at or below it, linearly interpolated in tokens; speedup = geometric mean of T_baseline / T_arm "
-        "over seeds, 95% t-interval on the log-ratios.",
+        "over seeds, 95% t-interval on the log-ratios. Step time: perf/train_step_time_s of the confirm runs "
+        "(interleaved), arm / baseline paired by seed, geometric mean and 95% t-interval.",
     ]
 
 
