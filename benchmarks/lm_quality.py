@@ -126,13 +126,16 @@ def recipe(args: argparse.Namespace, log_dir: Path) -> tuple[dict[str, Any], boo
     mean = float(bpb.mean())
     low, high = mean_ci(bpb) if len(bpb) > 1 else (float("nan"), float("nan"))
     minutes = [r["minutes"] for r in runs]
-    label = (
-        "lmlab run " + ", ".join(Path(r["run_dir"]).name for r in runs)
-        if args.from_run
-        else "lmlab task=causal_lm " + (" ".join(args.overrides) or "(the default recipe)")
-    )
     seeds = [json.loads((Path(r["run_dir"]) / "manifest.json").read_text())["seed"] for r in runs]
-    rows = [(f"{label}, seed {s}", r["metrics"]["test/bpb"], r["metrics"]["val/bpb"]) for s, r in zip(seeds, runs)]
+    recipe_name = "lmlab task=causal_lm " + (" ".join(args.overrides) or "(the default recipe)")
+    rows = [
+        (
+            f"{'lmlab run ' + Path(r['run_dir']).name if args.from_run else recipe_name}, seed {s}",
+            r["metrics"]["test/bpb"],
+            r["metrics"]["val/bpb"],
+        )
+        for s, r in zip(seeds, runs)
+    ]
     rows += [(f"byte KN order {o}", v["test_bpb"], v["val_bpb"]) for o, v in ngrams["byte_kn"]["by_order"].items()]
     rows += [
         (f"word KN order {o} (+ byte spelling)", v["test_bpb"], v["val_bpb"])

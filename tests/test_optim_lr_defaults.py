@@ -24,7 +24,7 @@ def own(optimizer: str) -> dict:
         (["task=causal_lm", "optimizer=adafactor"], 3e-3),
         (["task=causal_lm", "optimizer=lion"], 3e-4),
         (["task=causal_lm", "optimizer=sgd"], own("sgd")["lr"]),  # no LM value for SGD: its own, not AdamW's
-        (["task=causal_lm", "optimizer=muon"], own("muon")["lr"]),
+        (["task=causal_lm", "optimizer=muon"], 8e-3),  # conf/lr_defaults/causal_lm_muon.yaml (measured)
         (["task=causal_lm", "optimizer=schedulefree", "scheduler=constant_warmup"], own("schedulefree")["lr"]),
         (["task=causal_lm", "optimizer=soap"], own("soap")["lr"]),
         (["task=causal_lm", "optimizer=sgd", "optimizer.lr=0.5"], 0.5),  # the command line wins
