@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -129,6 +131,19 @@ def run_cli(
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+def kill_when_stage(proc: subprocess.Popen, path: Path, stage: str, timeout_s: float = 600) -> None:
+    """SIGKILL (no handler runs) the process group of a two-stage sweep started with start_new_session=True as soon
+    as its plan file `path` says {"stage": stage}: a kill between the stages. Fails if the sweep ended first."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and proc.poll() is None:
+        if path.is_file() and json.loads(path.read_text()).get("stage") == stage:
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, "sweep ended before it could be killed:\n" + proc.communicate()[0][-3000:]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
 
 
 def single_run_dir(log_dir: Path, task: str = "train") -> Path:

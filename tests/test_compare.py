@@ -5,16 +5,13 @@ stage 2, a kill between the stages resumed without retraining stage 1, and the r
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, TINY_LM, run_cli
+from tests.conftest import ROOT, TINY_LM, kill_when_stage, run_cli
 
 BASE = [
     "experiment=compare_optimizers",
@@ -70,16 +67,8 @@ def started_order(sweep_dir: Path, dirs: list[str]) -> list[str]:
 def test_two_stages_killed_between_them_then_resumed(tmp_path: Path) -> None:
     sweep_dir = tmp_path / "cmp"
     proc = start(sweep_dir)
-    # Kill (SIGKILL: no handler runs) as soon as stage 2 is planned: compare.json holds the choices by then.
-    deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None:
-        path = sweep_dir / "compare.json"
-        if path.is_file() and json.loads(path.read_text()).get("stage") == "confirm":
-            break
-        time.sleep(0.2)
-    assert proc.poll() is None, "sweep ended before it could be killed:\n" + proc.communicate()[0][-3000:]
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.communicate()
+    # Killed as soon as stage 2 is planned: compare.json holds the choices by then.
+    kill_when_stage(proc, sweep_dir / "compare.json", "confirm")
     record = json.loads((sweep_dir / "compare.json").read_text())
     # Stage 1: each arm's choice is its best mean val loss over the tune seeds, computed here from the job dirs
     for arm, dirs in (("adamw", TUNE_DIRS[:2]), ("lion", TUNE_DIRS[2:])):

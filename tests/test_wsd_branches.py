@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import ROOT, TINY_LM, read_metrics, run_cli, single_run_dir
+from tests.conftest import ROOT, TINY_LM, kill_when_stage, read_metrics, run_cli, single_run_dir
 
 LM = ["task=causal_lm", *TINY_LM, "trainer.log_every_n_steps=1"]  # the lr of every step in csv/metrics.csv
 LR = 3e-3  # conf/lr_defaults/causal_lm_adamw.yaml
@@ -153,16 +150,8 @@ def finish(proc: subprocess.Popen) -> str:
 def test_stable_run_then_branches_killed_between_them_then_resumed(tmp_path: Path) -> None:
     sweep_dir = tmp_path / "wsd"
     proc = start(sweep_dir)
-    # Kill (SIGKILL: no handler runs) as soon as the branches are planned: the stable run has finished by then.
-    deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None:
-        path = sweep_dir / "branches.json"
-        if path.is_file() and json.loads(path.read_text()).get("stage") == "branches":
-            break
-        time.sleep(0.1)
-    assert proc.poll() is None, "sweep ended before it could be killed:\n" + proc.communicate()[0][-3000:]
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.communicate()
+    # Killed as soon as the branches are planned: the stable run has finished by then.
+    kill_when_stage(proc, sweep_dir / "branches.json", "branches")
     stable = sweep_dir / "stable"
     assert json.loads((stable / "status.json").read_text())["status"] == "completed"
     plan = json.loads((sweep_dir / "branches.json").read_text())
