@@ -220,6 +220,7 @@ def plan(tiny: bool, bundle: Path, steps: int, cuda: bool) -> list[Cell]:
     fsdp = [
         *(x for x in llama if x not in dropped),
         "trainer=fsdp",
+        "optimizer=adamw",  # FSDP's flat 1-D shards leave Muon (the task's default) no matrices to orthogonalize
         "trainer.devices=1",
         "++trainer.max_steps=10",
         "dataset.max_samples.train=40",

@@ -205,6 +205,7 @@ def smollm2(args: argparse.Namespace, log_dir: Path) -> tuple[dict[str, Any], bo
         [
             "task=causal_lm",
             "model=smollm2",
+            "optimizer=adamw",  # fine-tuning: the task's default (Muon) is its from-scratch recipe
             *data,
             f"dataset.batch_size={args.batch_size}",
             f"trainer.max_steps={args.steps}",

@@ -1,7 +1,8 @@
 """Causal-LM training throughput: lmlab (train.py task=causal_lm) against a raw loop, HF Trainer and torch.compile.
 
-Variants, all the same HF architecture (`--model`, from lmlab's own config), fp32 CPU, AdamW with lmlab's composed
-optimizer settings and its linear warmup schedule, the same number of steps and seed, and the same gradient clipping:
+Variants, all the same HF architecture (`--model`, from lmlab's own config), fp32 CPU, AdamW (`optimizer=adamw`: the
+task's own recipe is Muon) with lmlab's composed optimizer settings and its linear warmup schedule, the same number of
+steps and seed, and the same gradient clipping:
 `--clip 1.0` (the default, lmlab's default recipe: clip_grad_norm_ at 1.0 in every variant) or `--clip 0` (none
 clips), so the work per step is equal:
 
@@ -107,6 +108,9 @@ def lmlab_overrides(args: argparse.Namespace, log_dir: str) -> list[str]:
         shape += [f"dataset.batch_size={args.batch_size}", f"dataset.eval_batch_size={args.batch_size}"]
     out = [
         "task=causal_lm",
+        # The task's recipe trains with Muon; this benchmark measures framework overhead, and its raw loop and HF
+        # Trainer are AdamW, so lmlab runs AdamW too (the same work in every loop).
+        "optimizer=adamw",
         f"model={args.model}",
         *shape,
         "dataset.max_samples.val=2",

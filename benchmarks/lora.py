@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     common = [
         "task=causal_lm",
         "model=smollm2",
+        "optimizer=adamw",  # fine-tuning: the task's default (Muon) is its from-scratch recipe
         f"trainer.max_steps={args.steps}",
         "trainer.val_check_interval=null",
         f"dataset.max_length={args.max_length}",

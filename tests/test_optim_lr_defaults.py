@@ -20,7 +20,8 @@ def own(optimizer: str) -> dict:
 @pytest.mark.parametrize(
     ("overrides", "lr"),
     [
-        (["task=causal_lm"], 3e-3),  # AdamW from scratch: the task's value
+        (["task=causal_lm"], 8e-3),  # the task's default optimizer is Muon (the speedrun recipe)
+        (["task=causal_lm", "optimizer=adamw"], 3e-3),  # AdamW from scratch: the task's value
         (["task=causal_lm", "optimizer=adafactor"], 3e-3),
         (["task=causal_lm", "optimizer=lion"], 3e-4),
         (["task=causal_lm", "optimizer=sgd"], own("sgd")["lr"]),  # no LM value for SGD: its own, not AdamW's
@@ -52,3 +53,27 @@ def test_every_lr_default_names_a_task_and_an_optimizer_and_only_their_arguments
     assert (CONF / "optimizer" / f"{optimizer}.yaml").is_file(), path
     assert path.read_text().startswith("# @package optimizer\n")
     assert set(OmegaConf.load(path)) <= set(own(optimizer)), path
+
+
+def test_the_causal_lm_recipe_composes_to_what_the_docs_say(tmp_path: Path) -> None:
+    """docs/tasks.md and benchmarks/README.md ("CPU speedrun") describe `python train.py task=causal_lm` as
+    llama_small, Muon at 8e-3 (match_rms_adamw), 10% warmup then linear decay, 3 epochs of 32 x 128 tokens."""
+    cfg = compose_train(["task=causal_lm"], tmp_path)
+    shape = cfg.model.from_scratch
+    assert (cfg.model.name_or_path, shape.model_type, shape.hidden_size, shape.num_hidden_layers) == (
+        None,
+        "llama",
+        192,
+        3,
+    )
+    assert (cfg.model.tokenizer, cfg.model.bpe_vocab_size) == ("bpe", 2048)
+    assert (cfg.optimizer._target_, cfg.optimizer.lr, cfg.optimizer.adjust_lr_fn) == (
+        "lmlab.optim.MuonWithAdamW",
+        8e-3,
+        "match_rms_adamw",
+    )
+    assert (cfg.scheduler.name, cfg.scheduler.warmup) == ("linear", 0.1)
+    assert (cfg.trainer.max_epochs, cfg.dataset.batch_size, cfg.dataset.max_length) == (3, 32, 128)
+    assert cfg.model.compile is False
+    docs = (ROOT / "docs" / "tasks.md").read_text()
+    assert "python train.py task=causal_lm" in docs and "Muon" in docs

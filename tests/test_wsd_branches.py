@@ -16,7 +16,7 @@ import torch
 from tests.conftest import ROOT, TINY_LM, kill_when_stage, read_metrics, run_cli, single_run_dir
 
 LM = ["task=causal_lm", *TINY_LM, "trainer.log_every_n_steps=1"]  # the lr of every step in csv/metrics.csv
-LR = 3e-3  # conf/lr_defaults/causal_lm_adamw.yaml
+LR = 8e-3  # the task's default optimizer, Muon: conf/lr_defaults/causal_lm_muon.yaml
 MIN = 0.1
 # Linear warmup over 2 steps, then the stable lr; the decay (linear, to 0.1 x lr) only where decay_steps says.
 SCHEDULE = ["scheduler=wsd", "scheduler.decay_shape=linear", f"scheduler.min_lr_ratio={MIN}"]
@@ -84,7 +84,7 @@ def test_branch_checkpoints_at_the_stated_token_counts(stable: Path) -> None:
         assert entry["lr"] and all(lr == LR for lr in entry["lr"])  # the stable lr (warmup over after step 2)
         ckpt = torch.load(stable / entry["path"], map_location="cpu", weights_only=False)
         assert ckpt["global_step"] == entry["step"]
-        assert ckpt["optimizer_states"][0]["state"]  # Adam moments: a branch continues the optimizer
+        assert ckpt["optimizer_states"][0]["state"]  # Muon momentum, AdamW moments: a branch continues the optimizer
         assert ckpt["lr_schedulers"][0]["last_epoch"] == entry["step"]
         assert "lmlab_resume" in ckpt  # the data position and RNG of an exact resume
     assert lrs(stable) == {0: 0.0, 1: LR / 2, **{s: LR for s in range(2, 8)}}  # warmup, then stable
