@@ -93,6 +93,15 @@ def read_curve(run_dir: Path, metric: str = TARGET_METRIC) -> list[tuple[float, 
         return [(float(r["tokens"]), float(r[metric])) for r in csv.DictReader(f) if r.get(metric) not in (None, "")]
 
 
+def geo_mean_ci(logs: np.ndarray) -> tuple[float, float, float]:
+    """exp(mean) of log-ratios and the 95 % Student-t interval on them, mapped back (nan bounds below 2 values)."""
+    geo = float(np.exp(logs.mean()))
+    if len(logs) < 2:
+        return geo, float("nan"), float("nan")
+    half = float(sps.t.ppf(0.975, len(logs) - 1) * logs.std(ddof=1) / math.sqrt(len(logs)))
+    return geo, float(np.exp(logs.mean() - half)), float(np.exp(logs.mean() + half))
+
+
 def step_time_ratio(base: dict[Any, float], arm: dict[Any, float]) -> dict[str, Any] | None:
     """An arm's optimizer-step wall time against the baseline arm's (perf/train_step_time_s of the confirm runs,
     which ran interleaved on the same machine), paired by seed: the geometric mean of arm / baseline with a
@@ -102,17 +111,9 @@ def step_time_ratio(base: dict[Any, float], arm: dict[Any, float]) -> dict[str, 
     if not seeds:
         return None
     logs = np.log(np.array([arm[s] for s in seeds], dtype=float) / np.array([base[s] for s in seeds], dtype=float))
-    out: dict[str, Any] = {
-        "n": len(seeds),
-        "ratio": float(np.exp(logs.mean())),
-        "ms": 1000 * float(np.mean([arm[s] for s in seeds])),
-        "ci95_low": float("nan"),
-        "ci95_high": float("nan"),
-    }
-    if len(seeds) > 1:
-        half = float(sps.t.ppf(0.975, len(seeds) - 1) * logs.std(ddof=1) / math.sqrt(len(seeds)))
-        out.update(ci95_low=float(np.exp(logs.mean() - half)), ci95_high=float(np.exp(logs.mean() + half)))
-    return out
+    ratio, low, high = geo_mean_ci(logs)
+    ms = 1000 * float(np.mean([arm[s] for s in seeds]))
+    return {"n": len(seeds), "ratio": ratio, "ms": ms, "ci95_low": low, "ci95_high": high}
 
 
 def speedup(base: dict[Any, float | None], arm: dict[Any, float | None], budgets: dict[Any, float]) -> dict[str, Any]:
@@ -126,7 +127,7 @@ def speedup(base: dict[Any, float | None], arm: dict[Any, float | None], budgets
     t_base = [base[s] if base[s] is not None else budgets[("base", s)] for s in seeds]
     t_arm = [arm[s] if arm[s] is not None else budgets[("arm", s)] for s in seeds]
     logs = np.log(np.array(t_base, dtype=float) / np.array(t_arm, dtype=float))
-    geo = float(np.exp(logs.mean()))
+    geo, low, high = geo_mean_ci(logs)
     out: dict[str, Any] = {"n": len(seeds), "seeds": seeds, "t_base": t_base, "t_arm": t_arm, "speedup": geo}
     if arm_miss and base_miss:
         return {**out, "speedup": None, "kind": "unreached", "unreached": {"arm": arm_miss, "baseline": base_miss}}
@@ -134,10 +135,6 @@ def speedup(base: dict[Any, float | None], arm: dict[Any, float | None], budgets
         return {**out, "kind": "upper_bound", "unreached": {"arm": arm_miss}}
     if base_miss:
         return {**out, "kind": "lower_bound", "unreached": {"baseline": base_miss}}
-    low = high = float("nan")
-    if len(seeds) > 1:
-        half = float(sps.t.ppf(0.975, len(seeds) - 1) * logs.std(ddof=1) / math.sqrt(len(seeds)))
-        low, high = float(np.exp(logs.mean() - half)), float(np.exp(logs.mean() + half))
     return {**out, "kind": "estimate", "ci95_low": low, "ci95_high": high}
 
 
