@@ -531,3 +531,25 @@ def test_wandb_offline(grid: Path, tmp_path: Path) -> None:
         assert table["columns"] == CSV_COLUMNS
         assert [row[0] for row in table["data"]] == list(G.values())
         assert len(list(media.rglob("*.png"))) == n_images
+
+
+def test_runs_of_one_config_in_several_log_dirs_are_one_group(tmp_path: Path) -> None:
+    """paths.log_dir says where a run writes, not what it computes: one arm's seeds launched into two log dirs
+    (benchmarks/lm_quality.py runs each arm into its own) pair with the baseline's seeds as one group."""
+    runs = {"new": [0.70, 0.72, 0.71], "old": [0.80, 0.83, 0.81]}
+    for arm, vals in runs.items():
+        for seed, v in enumerate(vals, start=1):
+            where = f"paths.log_dir=/x/{arm}{'' if seed < 3 else '_more'}"  # seed 3 of each arm went elsewhere
+            opt = "optimizer=adamw" if arm == "old" else "optimizer=muon"
+            metrics = {"val/loss": v, "test/loss": v, "meta/monitor": "val/loss", "meta/mode": "min"}
+            write_job(tmp_path / arm / f"s{seed}", [where, "task=causal_lm", f"seed={seed}", opt], metrics)
+    out = tmp_path / "report"
+    assert main([str(tmp_path / "new"), str(tmp_path / "old"), "--out", str(out), "--no-plots",
+                 "--baseline", "paths.log_dir=/x/old optimizer=adamw", "--metric", "test/loss"]) == 0  # fmt: skip
+    csv = read_csv(out)
+    assert sorted(csv.index) == ["optimizer=adamw", "optimizer=muon"], csv
+    new = csv.loc["optimizer=muon"]
+    assert new["n"] == 3 and new["mean"] == pytest.approx(np.mean(runs["new"]))
+    assert new["diff"] == pytest.approx(np.mean(runs["new"]) - np.mean(runs["old"]))
+    d = np.array(runs["new"]) - np.array(runs["old"])
+    assert new["p_paired_t"] == pytest.approx(stats.ttest_1samp(d, 0).pvalue)

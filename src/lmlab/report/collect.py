@@ -188,16 +188,22 @@ def find_jobs(sweep_dir: Path, ignored: list[str] | None = None) -> list[Job]:
     return jobs
 
 
+# Where a run writes, not what it computes: runs of one config launched into different log dirs (one sweep dir per
+# arm, benchmarks/lm_quality.py's runs) are one group.
+WHERE_KEYS = frozenset({"paths.log_dir", "paths.output_dir"})
+
+
 def group_jobs(jobs: list[Job], seed_key: str) -> list[Group]:
-    """Group by every override except the seed (and by trial for Optuna multi-seed trials); groups are sorted
-    by their override values, numbers numerically (then by first appearance).
+    """Group by every override except the seed and where the run writes (WHERE_KEYS), and by trial for Optuna
+    multi-seed trials; groups are sorted by their override values, numbers numerically (then by first appearance).
 
     Overrides are compared by parsed value (`optimizer.lr=1e-4` and `optimizer.lr=0.0001` are one setting, in
     any order). Overrides that every job shares (`model=tiny_bert`, an Optuna trial's fixed settings) are left
     out of the group names when something else varies, so names show what differs.
     """
     groups: dict[tuple[str | None, frozenset[tuple[str, str]]], Group] = {}
-    per_job = [[o for o in job.overrides if override_key(o) != seed_key] for job in jobs]
+    per_job = [[o for o in job.overrides if override_key(o) != seed_key and override_key(o) not in WHERE_KEYS]
+               for job in jobs]  # fmt: skip
     shared = set.intersection(*({canonical(o) for o in r} for r in per_job)) if per_job else set()
     varies = any({canonical(o) for o in r} - shared for r in per_job) or len({j.trial for j in jobs}) > 1
     constant = [o for o in per_job[0] if canonical(o) in shared] if varies else []
@@ -207,7 +213,7 @@ def group_jobs(jobs: list[Job], seed_key: str) -> list[Group]:
         for o in job.overrides:
             if override_key(o) == seed_key:
                 job.seed = o.split("=", 1)[1] if "=" in o else None
-            elif canonical(o) not in const_keys:
+            elif override_key(o) not in WHERE_KEYS and canonical(o) not in const_keys:
                 rest.append(o)
         if job.seed is None and job.trial is not None and job.dir.name.startswith(f"{seed_key}="):
             job.seed = job.dir.name.split("=", 1)[1]  # the seed dir's name when overrides.yaml lacks it
@@ -249,7 +255,8 @@ def match_group(spec: str, groups: list[Group], seed_key: str, what: str) -> Gro
     if len(named) == 1:
         return named[0]
     constant = {canonical(o) for o in groups[0].constant} if groups else set()
-    wanted = {canonical(o) for o in spec.split() if override_key(o) != seed_key} - constant
+    wanted = {canonical(o) for o in spec.split() if override_key(o) != seed_key and override_key(o) not in WHERE_KEYS}
+    wanted -= constant
     sets = [{canonical(o) for o in g.overrides} for g in groups]
     exact = [g for g, s in zip(groups, sets, strict=True) if s == wanted]
     if len(exact) == 1:
