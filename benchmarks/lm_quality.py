@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         "--word-orders",
         type=lambda v: [int(x) for x in v.split(",")],
         default=None,
-        help="recipe: word KN orders (default 1..10)",
+        help="recipe: word KN orders (default 1..20)",
     )
     parser.add_argument(
         "--from-run",
