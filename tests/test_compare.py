@@ -117,6 +117,43 @@ def test_a_confirm_seed_that_is_a_tune_seed_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "cmp" / "tune").exists()
 
 
+def test_a_seed_outside_seed_everythings_range_is_refused_before_stage_1(tmp_path: Path) -> None:
+    out = refused(tmp_path, "compare.confirm_seeds=[5,-1]")
+    assert "compare.confirm_seeds=[5, -1]: seed(s) [-1] are outside [0, 2**32)" in out
+    assert not (tmp_path / "cmp" / "tune").exists()
+
+
+def test_a_failed_confirm_run_exits_non_zero_and_a_reissue_runs_only_it(tmp_path: Path) -> None:
+    # One lr per arm, one confirm seed: 2 tune + 2 confirm runs. lion's confirm run fails for a reason outside
+    # the config: its checkpoints dir is taken by a file (a full or read-only disk fails the same way).
+    sweep_dir = tmp_path / "cmp"
+    one_point = [*BASE, "compare.arms.adamw.space.optimizer.lr='3e-3'", "compare.arms.lion.space.optimizer.lr='3e-4'",
+                 "compare.trials_per_arm=1", "compare.confirm_seeds=[5]", f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
+    blocked = sweep_dir / "confirm" / "arm=lion,seed=5" / "checkpoints"
+    blocked.parent.mkdir(parents=True)
+    blocked.write_text("not a dir")
+    first = run_cli("train.py", "-m", *one_point)
+    out = first.stdout + first.stderr
+    assert first.returncode == 1, out[-3000:]
+    assert "1 of 2 confirm runs failed, so the comparison is incomplete" in out
+    assert f"{sweep_dir}/confirm/arm=lion,seed=5" in out
+    record = json.loads((sweep_dir / "compare.json").read_text())
+    assert record["stage"] == "confirm" and "confirm runs failed" in record["error"]  # not "done"
+    assert [(c["arm"], c["status"]) for c in record["confirm"]] == [("adamw", "completed"), ("lion", "failed")]
+    done = sweep_dir / "confirm" / "arm=adamw,seed=5" / "metrics.json"
+    stamp = done.stat().st_mtime_ns
+
+    blocked.unlink()
+    second = run_cli("train.py", "-m", *one_point)
+    assert second.returncode == 0, (second.stdout + second.stderr)[-3000:]
+    record = json.loads((sweep_dir / "compare.json").read_text())
+    assert record["stage"] == "done" and "error" not in record
+    assert [c["status"] for c in record["confirm"]] == ["completed", "completed"]
+    assert done.stat().st_mtime_ns == stamp  # the completed confirm run was kept
+    launched = json.loads((sweep_dir / "sweep.json").read_text())["invocations"][-1]["launched"]
+    assert launched == ["confirm/arm=lion,seed=5"]
+
+
 def test_an_arm_naming_a_key_that_does_not_exist_is_refused(tmp_path: Path) -> None:
     out = refused(tmp_path, 'compare.arms.lion.overrides=["optimizer=lion","optimizer.bettas=1"]')
     assert "compare.arms.lion: its overrides or space name something that does not exist" in out

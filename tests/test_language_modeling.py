@@ -313,10 +313,8 @@ def test_smollm2_loads_offline_and_its_zero_shot_ppl_beats_random_init(
 
 
 def test_the_task_brings_its_defaults_and_the_command_line_still_wins(tmp_path: Path) -> None:
+    # The recipe's model/optimizer/schedule values: test_optim_lr_defaults.py, against the docs.
     cfg = compose_train(["task=causal_lm"], tmp_path / "a")
-    assert cfg.model.from_scratch.model_type == "llama" and cfg.model.tokenizer == "bpe"  # = model=llama_small
-    assert (cfg.optimizer.lr, cfg.trainer.max_epochs, cfg.dataset.max_length) == (8e-3, 3, 128)
-    assert cfg.optimizer._target_ == "lmlab.optim.MuonWithAdamW"  # the speedrun recipe
     assert cfg.optimized_metric == "best/val_loss"
     assert cfg.callbacks.model_checkpoint.monitor == "val/loss" and cfg.callbacks.early_stopping.mode == "min"
     cfg = compose_train(

@@ -53,6 +53,9 @@ def _seeds(value: Any, key: str) -> list[int]:
         raise LmlabError(f"compare.{key}={value!r} must be a non-empty list of integer seeds, e.g. [1, 2, 3].")
     if len(set(seeds)) != len(seeds):
         raise LmlabError(f"compare.{key}={seeds} lists a seed twice: a repeated seed is not another sample.")
+    outside = [s for s in seeds if not 0 <= s < 2**32]
+    if outside:  # every job would be refused by its own config check (seed_everything's range), stage by stage
+        raise LmlabError(f"compare.{key}={seeds}: seed(s) {outside} are outside [0, 2**32); use seeds from that range.")
     return seeds
 
 
@@ -267,10 +270,21 @@ class CompareSweeper(ResumableSweeper):
         choices = {a: r["choice"]["overrides"] for a, r in record["arms"].items()}
         log.info("compare: stage 1 done, choices %s; stage 2: %d confirm runs", choices, len(confirm_jobs))
         confirm_returns = self.launcher.launch(confirm_jobs, initial_job_idx=self._launched)
-        record["stage"] = "done"
         for entry, ret in zip(confirm_record, confirm_returns):
             entry["value"] = _value(ret)
             entry["status"] = "completed" if ret.status == JobStatus.COMPLETED else "failed"
+        failed = [e["dir"] for e in confirm_record if e["status"] == "failed"]
+        if failed:
+            # Not "done": a comparison with a missing confirm seed is not the one the protocol names.
+            record["error"] = f"{len(failed)} of {len(confirm_record)} confirm runs failed: {failed}"
+            rundir.write_json(sweep_dir / COMPARE, record)
+            raise LmlabError(
+                f"{len(failed)} of {len(confirm_record)} confirm runs failed, so the comparison is incomplete. See "
+                f"status.json / traceback.txt in {sweep_dir}/{failed[0]}"
+                + (f" (and {len(failed) - 1} more)" if len(failed) > 1 else "")
+                + ", fix the cause and re-issue the command: completed runs are kept, failed ones run again."
+            )
+        record["stage"] = "done"
         rundir.write_json(sweep_dir / COMPARE, record)
         return list(confirm_returns)
 

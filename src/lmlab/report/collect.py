@@ -193,6 +193,12 @@ def find_jobs(sweep_dir: Path, ignored: list[str] | None = None) -> list[Job]:
 WHERE_KEYS = frozenset({"paths.log_dir", "paths.output_dir"})
 
 
+def is_setting(override: str, seed_key: str) -> bool:
+    """Whether an override names what a run computes: not its seed, not where it writes (WHERE_KEYS)."""
+    key = override_key(override)
+    return key != seed_key and key not in WHERE_KEYS
+
+
 def group_jobs(jobs: list[Job], seed_key: str) -> list[Group]:
     """Group by every override except the seed and where the run writes (WHERE_KEYS), and by trial for Optuna
     multi-seed trials; groups are sorted by their override values, numbers numerically (then by first appearance).
@@ -202,8 +208,7 @@ def group_jobs(jobs: list[Job], seed_key: str) -> list[Group]:
     out of the group names when something else varies, so names show what differs.
     """
     groups: dict[tuple[str | None, frozenset[tuple[str, str]]], Group] = {}
-    per_job = [[o for o in job.overrides if override_key(o) != seed_key and override_key(o) not in WHERE_KEYS]
-               for job in jobs]  # fmt: skip
+    per_job = [[o for o in job.overrides if is_setting(o, seed_key)] for job in jobs]
     shared = set.intersection(*({canonical(o) for o in r} for r in per_job)) if per_job else set()
     varies = any({canonical(o) for o in r} - shared for r in per_job) or len({j.trial for j in jobs}) > 1
     constant = [o for o in per_job[0] if canonical(o) in shared] if varies else []
@@ -213,7 +218,7 @@ def group_jobs(jobs: list[Job], seed_key: str) -> list[Group]:
         for o in job.overrides:
             if override_key(o) == seed_key:
                 job.seed = o.split("=", 1)[1] if "=" in o else None
-            elif override_key(o) not in WHERE_KEYS and canonical(o) not in const_keys:
+            elif is_setting(o, seed_key) and canonical(o) not in const_keys:
                 rest.append(o)
         if job.seed is None and job.trial is not None and job.dir.name.startswith(f"{seed_key}="):
             job.seed = job.dir.name.split("=", 1)[1]  # the seed dir's name when overrides.yaml lacks it
@@ -255,7 +260,7 @@ def match_group(spec: str, groups: list[Group], seed_key: str, what: str) -> Gro
     if len(named) == 1:
         return named[0]
     constant = {canonical(o) for o in groups[0].constant} if groups else set()
-    wanted = {canonical(o) for o in spec.split() if override_key(o) != seed_key and override_key(o) not in WHERE_KEYS}
+    wanted = {canonical(o) for o in spec.split() if is_setting(o, seed_key)}
     wanted -= constant
     sets = [{canonical(o) for o in g.overrides} for g in groups]
     exact = [g for g, s in zip(groups, sets, strict=True) if s == wanted]
