@@ -11,7 +11,8 @@ clips), so the work per step is equal:
                  opt.step(); opt.zero_grad(set_to_none=True); scheduler.step()
   lmlab          `train.py task=causal_lm model=<m> ...` in a fresh process; its own `perf/train_tokens_per_sec`
   hf_trainer     HF `Trainer` on run_clm.py's `group_texts` packing of the train split tokenized by lmlab's BPE
-  lmlab_compile  lmlab with `model.compile=true` (torch.compile / inductor, C++ on CPU)
+  lmlab_compile  lmlab with `model.compile=true` (torch.compile / inductor, C++ on CPU) and `--compile-mode` as
+                 `model.compile_mode` (max-autotune-no-cudagraphs also tunes the GEMMs)
   lmlab_nobar    (only when asked for) lmlab with callbacks.progress_bar=null: what the RichProgressBar costs
 
 On a shared machine, `--quiet-wait-s` makes each run wait for other processes to go quiet; every run records the
@@ -460,13 +461,16 @@ def worker_lmlab(args: argparse.Namespace) -> dict[str, Any]:
     import subprocess
 
     lmlab_run = bench_module("lmlab_run")
+    compiled = args.worker == "lmlab_compile"
+    mode = [f"model.compile_mode={args.compile_mode}"] if compiled and args.compile_mode else []
     with tempfile.TemporaryDirectory(prefix="lmlab-bench-lm-") as log_dir:
         times = Path(log_dir) / "step_times.json"
         cmd = [
             sys.executable,
             str(ROOT / "train.py"),
             *lmlab_overrides(args, log_dir),
-            f"model.compile={str(args.worker == 'lmlab_compile').lower()}",
+            f"model.compile={str(compiled).lower()}",
+            *mode,
             "+callbacks.step_times._target_=benchmarks.lm_throughput.step_times_callback",
             f"+callbacks.step_times.path={times}",
             *([NOBAR] if args.worker == "lmlab_nobar" else []),
@@ -549,6 +553,8 @@ def worker_command(args: argparse.Namespace, which: str, count_flops: bool = Fal
         f"--max-length {args.max_length} --batch-size {args.batch_size} --steps {args.steps} --seed {args.seed} "
         f"--clip {args.clip}"
     )
+    if which == "lmlab_compile" and args.compile_mode:
+        cmd += f" --compile-mode {shlex.quote(args.compile_mode)}"
     cmd += (
         "".join(f" --train-override {shlex.quote(o)}" for o in args.train_override) if which.startswith("lmlab") else ""
     )
@@ -763,7 +769,9 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     before = gemm_peak(threads=args.threads)
     flops: dict[str, Any] | None = None
     if "raw" not in variants:  # otherwise the first raw run counts them
-        flops_run = bench_run.run_one("flops", worker_command(args, "flops"), params, args.timeout_s)
+        flops_run = bench_run.run_one(
+            "flops", worker_command(args, "flops"), params, args.timeout_s, required=("formula", "counted")
+        )
         flops = (
             None
             if "error" in flops_run
@@ -801,6 +809,7 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
         "steps": args.steps,
         "seed": args.seed,
         "clip": args.clip,
+        "compile_mode": args.compile_mode,
         "repeats": args.repeats,
         "repeats_slow": args.repeats_slow,
         "variants": variants,
@@ -883,6 +892,11 @@ def parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="an extra train.py override for the lmlab variants (e.g. callbacks.progress_bar=null)",
+    )
+    p.add_argument(
+        "--compile-mode",
+        default=None,
+        help="lmlab_compile's model.compile_mode (torch.compile's mode; default: torch's default mode)",
     )
     p.add_argument("--tiny", action="store_true", help=f"a < 60 s end-to-end check: {TINY}")
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write everything here")

@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,10 @@ def _last_json(stdout: str) -> dict[str, Any] | None:
     return None
 
 
-def run_one(name: str, template: str, params: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+def run_one(
+    name: str, template: str, params: dict[str, Any], timeout_s: float, required: Sequence[str] = REQUIRED_KEYS
+) -> dict[str, Any]:
+    """Run one command; its result is the last JSON line of its stdout holding every `required` key."""
     cmd = shlex.split(template.format(**params))
     t0 = time.perf_counter()
     try:
@@ -82,7 +86,7 @@ def run_one(name: str, template: str, params: dict[str, Any], timeout_s: float) 
         return {"variant": name, "error": f"timed out after {timeout_s:.0f}s", "cmd": cmd}
     rec: dict[str, Any] = {"variant": name, "cmd": cmd, "wall_s": time.perf_counter() - t0}
     result = _last_json(proc.stdout)
-    if proc.returncode != 0 or result is None or any(k not in result for k in REQUIRED_KEYS):
+    if proc.returncode != 0 or result is None or any(k not in result for k in required):
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [""]
         rec["error"] = f"exit {proc.returncode}, no valid JSON result line; last output: {tail[0][:300]}"
         return rec

@@ -9,9 +9,12 @@ import logging
 import math
 from typing import Any
 
+import pytest
 import pytorch_lightning as pl
 
+from lmlab.errors import LmlabError
 from lmlab.models.backbone import compile_in_place
+from tests.conftest import run_cli
 from tests.test_language_modeling import LM_TINY
 
 # What RecompileProbe saw, read by the test (Hydra instantiates the probe from this module).
@@ -73,3 +76,19 @@ def test_eager_run_has_no_compile_time_and_unavailable_compile_falls_back(train_
     assert "model.compile=True: inductor needs a C++ compiler for CPU kernels (g++ or clang++ on PATH" in caplog.text
     assert "training without compile (eager)" in caplog.text
     assert net._compiled_call_impl is None
+
+
+def test_a_compile_mode_inductor_does_not_have_is_refused_before_training(tmp_path) -> None:
+    import torch._inductor
+
+    modes = list(torch._inductor.list_mode_options())
+    args = [*LM_TINY, "model.compile=true", "model.compile_mode=fastest", f"paths.log_dir={tmp_path}"]
+    result = run_cli("train.py", *args)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out[-3000:]
+    said = "model.compile_mode='fastest' with model.compile=True: a mode is inductor's (model.compile=true) and one of"
+    assert f"{said} {modes}; use model.compile_mode=null" in out
+    assert not list(tmp_path.rglob("metrics.json"))
+    # A mode is inductor's: with another backend it would reach the backend as an unexpected argument.
+    with pytest.raises(LmlabError, match="model.compile_mode='max-autotune' with model.compile=aot_eager"):
+        compile_in_place(pl.LightningModule(), "aot_eager", None, "max-autotune")

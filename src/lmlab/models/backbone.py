@@ -127,15 +127,27 @@ def compile_unavailable(backend: str) -> str | None:
     return None
 
 
-def compile_in_place(net: Any, compile: bool | str, dynamic: bool | None) -> bool:
+def compile_in_place(net: Any, compile: bool | str, dynamic: bool | None, mode: str | None = None) -> bool:
     """`model.compile`: false | true (= inductor) | a torch.compile backend name (aot_eager: no code generation, for
     debugging graph breaks and recompiles). In place (nn.Module.compile), so parameter names and checkpoints are the
-    same as without compile. Where the backend cannot run, says why and trains eager (returns False)."""
+    same as without compile. Where the backend cannot run, says why and trains eager (returns False).
+
+    `model.compile_mode`: inductor's mode (null = default; max-autotune-no-cudagraphs also tunes the GEMMs: on the
+    2-core CPU it ran the LM step faster than the default mode, docs/speed.md)."""
     import logging
 
     if compile is False or compile is None:
         return False
     backend = "inductor" if compile is True else str(compile)
+    if mode is not None:
+        import torch._inductor
+
+        modes = list(torch._inductor.list_mode_options())
+        if backend != "inductor" or mode not in modes:
+            raise LmlabError(
+                f"model.compile_mode={mode!r} with model.compile={compile}: a mode is inductor's (model.compile=true) "
+                f"and one of {modes}; use model.compile_mode=null for the default."
+            )
     why = compile_unavailable(backend)
     if why is not None:
         logging.getLogger("lmlab.compile").warning(
@@ -144,5 +156,5 @@ def compile_in_place(net: Any, compile: bool | str, dynamic: bool | None) -> boo
             why,
         )
         return False
-    net.compile(dynamic=dynamic, backend=backend)
+    net.compile(dynamic=dynamic, backend=backend, mode=mode)
     return True

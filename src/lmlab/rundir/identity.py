@@ -57,6 +57,7 @@ ADDED_KEYS: dict[str, Any] = {
     "task.max_flops": None,
     "task.eval_every_tokens": None,
     "scheduler.decay_steps": None,  # scheduler=wsd's decay in steps (decay branches); null = scheduler.decay as before
+    "model.compile_mode": None,  # issue 25: torch.compile's mode; null = torch's default, as before
 }
 
 

@@ -123,6 +123,7 @@ class TextClassifier(adapters.AdapterCheckpoints, TaskModule, pl.LightningModule
         tokenizer: str | None = None,
         compile: bool | str = False,
         compile_dynamic: bool | None = None,
+        compile_mode: str | None = None,
         gguf_file: str | None = None,
         bpe_vocab_size: int | None = None,
         bpe_train_bytes: int | None = None,
@@ -180,7 +181,8 @@ class TextClassifier(adapters.AdapterCheckpoints, TaskModule, pl.LightningModule
         adapters.restore_rng(rng)
         self._freeze(freeze_embeddings, freeze_layers)
         # Each new batch shape recompiles until torch marks the length dynamic; see docs/speed.md.
-        self.compiled = compile_in_place(self.net if pooling == "native" else self.encoder, compile, compile_dynamic)
+        compiled_part = self.net if pooling == "native" else self.encoder
+        self.compiled = compile_in_place(compiled_part, compile, compile_dynamic, compile_mode)
         self.register_buffer("loss_weight", self._loss_weight(class_weights, label_counts), persistent=False)
         self.metrics = nn.ModuleDict(
             {stage: classification_metrics(problem_type, len(self.labels)) for stage in ("val", "test")}

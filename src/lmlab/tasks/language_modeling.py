@@ -50,6 +50,7 @@ MODEL_KEYS = (
     "attn_implementation",
     "compile",
     "compile_dynamic",
+    "compile_mode",
     "gguf_file",
     "peft",
 )
@@ -253,6 +254,7 @@ class CausalLM(adapters.AdapterCheckpoints, LMModule, pl.LightningModule):
         attn_implementation: str | None = None,
         compile: bool | str = False,
         compile_dynamic: bool | None = None,
+        compile_mode: str | None = None,
         gguf_file: str | None = None,
         tokenizer_object: Any = None,
         peft: Mapping[str, Any] | None = None,
@@ -267,7 +269,7 @@ class CausalLM(adapters.AdapterCheckpoints, LMModule, pl.LightningModule):
         if adapters.enabled(peft):  # adapters only: the (tied) lm_head and embeddings stay frozen
             self.net = adapters.wrap(self.net, peft, "CAUSAL_LM")
         adapters.restore_rng(rng)
-        self.compiled = compile_in_place(self.net, compile, compile_dynamic)
+        self.compiled = compile_in_place(self.net, compile, compile_dynamic, compile_mode)
         self.register_buffer(
             "token_bytes", torch.tensor(token_byte_lengths(self.tokenizer), dtype=torch.float64), persistent=False
         )

@@ -120,6 +120,7 @@ class MaskedLM(LMModule, pl.LightningModule):
         attn_implementation: str | None = None,
         compile: bool | str = False,
         compile_dynamic: bool | None = None,
+        compile_mode: str | None = None,
         gguf_file: str | None = None,
         tokenizer_object: Any = None,
     ):
@@ -129,7 +130,7 @@ class MaskedLM(LMModule, pl.LightningModule):
         self.net = self._load_net(name_or_path, from_scratch, config_overrides, attn_implementation, gguf_file)
         if from_scratch is None and name_or_path is not None:
             log_fresh_head(self.net, name_or_path)
-        self.compiled = compile_in_place(self.net, compile, compile_dynamic)
+        self.compiled = compile_in_place(self.net, compile, compile_dynamic, compile_mode)
         # No bytes total: bits-per-byte is a causal-LM metric.
         self.metrics = torch.nn.ModuleDict(
             {stage: lm_metrics(("nats", "tokens", "correct")) for stage in ("val", "test")}

@@ -22,7 +22,7 @@ from torch import nn
 
 from lmlab import rundir
 from lmlab.errors import LmlabError
-from lmlab.models.backbone import load_backbone
+from lmlab.models.backbone import compile_in_place, load_backbone
 from lmlab.tasks.base import Task, TaskModule
 from lmlab.tasks.classification import (
     ClassificationTask,
@@ -50,6 +50,7 @@ MODEL_KEYS = (
     "attn_implementation",
     "compile",
     "compile_dynamic",
+    "compile_mode",
     "config_overrides",
     "from_scratch",
 )
@@ -76,8 +77,9 @@ class MultiTaskClassifier(TaskModule, pl.LightningModule):
         bpe_vocab_size: int | None = None,
         bpe_train_bytes: int | None = None,
         gguf_file: str | None = None,
-        compile: bool = False,
+        compile: bool | str = False,
         compile_dynamic: bool | None = None,
+        compile_mode: str | None = None,
         tokenizer_object: Any = None,
     ):
         super().__init__()
@@ -111,8 +113,7 @@ class MultiTaskClassifier(TaskModule, pl.LightningModule):
             }
         )
         self._freeze(freeze_embeddings, freeze_layers)  # same rules as single-task
-        if compile:
-            self.encoder.compile(dynamic=compile_dynamic)
+        self.compiled = compile_in_place(self.encoder, compile, compile_dynamic, compile_mode)
         self.metrics = nn.ModuleDict(
             {
                 stage: nn.ModuleDict(
