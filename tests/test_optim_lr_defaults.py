@@ -86,3 +86,28 @@ def test_the_causal_lm_recipe_composes_to_what_the_docs_say(tmp_path: Path) -> N
         f"{cfg.trainer.max_epochs} epochs",
     ]
     assert [s for s in said if s not in docs] == []
+
+
+def test_muon_on_pretrained_weights_is_said_once_at_the_start(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """task=causal_lm brings Muon; fine-tuning a pre-trained model with it is allowed but named, with the fix."""
+    import logging
+
+    from lmlab.config import validate
+
+    said = "fine-tunes pre-trained weights (model.name_or_path="
+    cases = [
+        (["task=causal_lm", "model=smollm2"], True),
+        (["task=causal_lm", "model=llama_small", f"model.init_from={tmp_path}"], True),
+        (["task=causal_lm", "model=smollm2", "optimizer=adamw"], False),
+        (["task=causal_lm"], False),  # from scratch: the recipe
+    ]
+    for i, (overrides, warned) in enumerate(cases):
+        cfg = compose_train(overrides, tmp_path / str(i))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="lmlab.config"):
+            validate(cfg)
+        text = caplog.text
+        assert ("optimizer=muon (lr 0.008) fine-tunes pre-trained weights" in text) == warned, (overrides, text)
+        if warned:
+            assert "pass optimizer=adamw" in text
+            assert (said in text) == ("model=smollm2" in overrides)

@@ -5,6 +5,7 @@ Kept free of torch/transformers/lightning imports so that a bad config fails in 
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from datetime import timedelta
@@ -13,6 +14,8 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lmlab.errors import LmlabError
+
+log = logging.getLogger("lmlab.config")
 
 
 def check_accelerator(accelerator: Any, key: str = "trainer.accelerator") -> None:
@@ -258,6 +261,24 @@ def check_model_sources(model: DictConfig) -> None:
         check_loadable(tokenizer, "model.tokenizer")
 
 
+def warn_muon_on_pretrained(cfg: DictConfig) -> None:
+    """Muon is lmlab's from-scratch recipe (task=causal_lm's default). Fine-tuning weights that were pre-trained with
+    AdamW is a valid experiment, so it is not refused, but a user who only passed `model=smollm2` may not know Muon
+    is in use."""
+    target = str(OmegaConf.select(cfg, "optimizer._target_", default="") or "")
+    model = cfg.get("model")
+    if cfg.get("task_name") != "train" or not target.endswith("MuonWithAdamW") or not isinstance(model, DictConfig):
+        return
+    source = next((f"model.{k}={model[k]}" for k in ("init_from", "name_or_path") if model.get(k)), None)
+    if source is not None:
+        log.warning(
+            "optimizer=muon (lr %s) fine-tunes pre-trained weights (%s): Muon is the from-scratch recipe "
+            "(task=causal_lm's default). To fine-tune as the docs measure it, pass optimizer=adamw.",
+            OmegaConf.select(cfg, "optimizer.lr", default="?"),
+            source,
+        )
+
+
 def validate(cfg: DictConfig) -> None:
     """Fail fast, before heavy imports, on values that would otherwise fail minutes into a run."""
     check_task_keys(cfg, command_line_keys())
@@ -333,6 +354,7 @@ def validate(cfg: DictConfig) -> None:
     model = cfg.get("model")
     if model is not None:
         check_model_sources(model)
+        warn_muon_on_pretrained(cfg)
         problem = model.get("problem_type")
         valid = ("single_label", "binary", "multi_label")
         if problem is not None and problem not in valid:
