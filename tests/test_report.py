@@ -553,3 +553,28 @@ def test_runs_of_one_config_in_several_log_dirs_are_one_group(tmp_path: Path) ->
     assert new["diff"] == pytest.approx(np.mean(runs["new"]) - np.mean(runs["old"]))
     d = np.array(runs["new"]) - np.array(runs["old"])
     assert new["p_paired_t"] == pytest.approx(stats.ttest_1samp(d, 0).pvalue)
+
+
+def test_the_group_that_overrides_nothing_is_named_defaults(tmp_path: Path) -> None:
+    """`python train.py task=causal_lm seed=<s>` against `... optimizer=adamw`: the first group sets nothing beyond
+    what every run shares, and is named `(defaults)` (it was an empty name: "selected: ." in the summary)."""
+    runs = {"(defaults)": [0.70, 0.72, 0.71], "optimizer=adamw": [0.80, 0.83, 0.81]}
+    for name, vals in runs.items():
+        for seed, v in enumerate(vals, start=1):
+            extra = [] if name == "(defaults)" else [name]
+            metrics = {"val/loss": v, "test/loss": v, "meta/monitor": "val/loss", "meta/mode": "min"}
+            write_job(tmp_path / name / f"s{seed}", ["task=causal_lm", f"seed={seed}", *extra], metrics)
+    out = tmp_path / "report"
+    args = [str(tmp_path / "(defaults)"), str(tmp_path / "optimizer=adamw"), "--out", str(out), "--no-plots"]
+    assert main([*args, "--baseline", "optimizer=adamw", "--metric", "test/loss"]) == 0
+    csv = read_csv(out)
+    assert sorted(csv.index) == ["(defaults)", "optimizer=adamw"], csv
+    assert csv.loc["(defaults)", "diff"] == pytest.approx(
+        np.mean(runs["(defaults)"]) - np.mean(runs["optimizer=adamw"])
+    )
+    # The name works as a baseline too.
+    assert main([*args, "--baseline", "(defaults)", "--metric", "test/loss"]) == 0
+    csv = read_csv(out)
+    assert csv.loc["optimizer=adamw", "diff"] == pytest.approx(
+        np.mean(runs["optimizer=adamw"]) - np.mean(runs["(defaults)"])
+    )

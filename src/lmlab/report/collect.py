@@ -193,6 +193,10 @@ def find_jobs(sweep_dir: Path, ignored: list[str] | None = None) -> list[Job]:
 WHERE_KEYS = frozenset({"paths.log_dir", "paths.output_dir"})
 
 
+# The name of the group whose runs set nothing beyond the overrides every run shares (and the seed).
+DEFAULTS_GROUP = "(defaults)"
+
+
 def is_setting(override: str, seed_key: str) -> bool:
     """Whether an override names what a run computes: not its seed, not where it writes (WHERE_KEYS)."""
     key = override_key(override)
@@ -231,6 +235,8 @@ def group_jobs(jobs: list[Job], seed_key: str) -> list[Group]:
     for g in out:
         if g.trial is not None and (names.count(g.name) > 1 or not g.name):
             g.name = f"{g.trial} {g.name}".strip()  # two trials that sampled the same values stay apart
+        if not g.name:
+            g.name = DEFAULTS_GROUP  # the runs with no override but the shared ones (an empty name reads as nothing)
         for j in g.jobs:
             j.group = g.name
     keys = list(dict.fromkeys(override_key(o) for g in out for o in g.overrides))
