@@ -15,6 +15,7 @@ text. Cells, one factor at a time from the base (bf16-mixed, SDPA, no compile):
   bert_long_fp32    trainer.precision=32-true
   bert_long_eager   model.attn_implementation=eager
   bert_long_compile model.compile=true; compile_s = its first-3-steps excess over bert_long's (GPU only)
+  llama_small_compile  llama_small with model.compile=true (issue 25's 1.3x target, unmet on 2 CPU cores; GPU only)
   parity_lmlab      `make bench-parity`'s lmlab_fixed (MiniLM shape, 128 tokens, batch 32, lr 5e-5, no clipping)
   parity_raw        the same batches through benchmarks/baselines.py's raw loop (forward/backward/step), on the device
   fsdp_smoke        trainer=fsdp trainer.devices=1, llama_small, with checkpointing (GPU only)
@@ -253,6 +254,13 @@ def plan(tiny: bool, bundle: Path, steps: int, cuda: bool) -> list[Cell]:
             [*long_cell, "model.compile=true"],
             gpu_only=True,
             base="bert_long",
+        ),
+        Cell(
+            "llama_small_compile",
+            "llama_small, model.compile=true",
+            [*llama, "model.compile=true"],
+            gpu_only=True,
+            base="llama_small",
         ),
         Cell(
             "parity_lmlab",
@@ -605,6 +613,7 @@ def comparisons(cells: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         ("bert_long", "bert_long_fp32", "bf16-mixed / 32-true", 1.0),
         ("bert_long", "bert_long_eager", "SDPA / eager", None),
         ("bert_long_compile", "bert_long", "compile / eager-mode", None),
+        ("llama_small_compile", "llama_small", "compile / eager-mode, LM recipe", 1.3),
         ("parity_lmlab", "parity_raw", "lmlab / raw loop", 0.95),
     ):
         a, b = rate(num), rate(den)
@@ -618,9 +627,12 @@ def comparisons(cells: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             row["ratio"] = a / b
             row["met"] = None if target is None else (a / b > target if target == 1.0 else a / b >= target)
         out.append(row)
-    compile_cell, base = cells.get("bert_long_compile", {}), cells.get("bert_long", {})
-    if "warmup_excess_s" in compile_cell and "warmup_excess_s" in base:
-        out[2]["compile_s"] = compile_cell["warmup_excess_s"] - base["warmup_excess_s"]
+    for row in out:  # a compile cell's compile time: its first-3-steps excess over its eager base's
+        compiled, eager = (cells.get(n, {}) for n in row["comparison"].split(" / "))
+        if row["comparison"].split(" / ")[0].endswith("_compile") and "warmup_excess_s" in compiled:
+            if "warmup_excess_s" in eager:
+                row["compile_s"] = compiled["warmup_excess_s"] - eager["warmup_excess_s"]
+    base = cells.get("bert_long", {})
     bf16, fp32 = base.get("final", {}), cells.get("bert_long_fp32", {}).get("final", {})
     keys = [k for k in ("val/loss", "test/loss", "val/f1_macro", "test/f1_macro") if k in bf16 and k in fp32]
     if keys:
@@ -643,7 +655,7 @@ def comparisons(cells: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
 def targets(cells: dict[str, dict[str, Any]], comps: list[dict[str, Any]], info: dict[str, Any]) -> list[str]:
     lines = []
-    for row in comps[:1] + comps[3:4]:
+    for row in (r for r in comps if r.get("target") is not None):
         lines.append(
             f"{row['comparison']} ({row['what']}): "
             + (

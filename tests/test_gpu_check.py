@@ -26,11 +26,12 @@ CELLS = [
     "bert_long_fp32",
     "bert_long_eager",
     "bert_long_compile",
+    "llama_small_compile",
     "parity_lmlab",
     "parity_raw",
     "fsdp_smoke",
 ]
-GPU_ONLY = {"bert_long_compile", "fsdp_smoke"}
+GPU_ONLY = {"bert_long_compile", "llama_small_compile", "fsdp_smoke"}
 MODEL_CELLS = ["bert_short", "bert_long", "llama_small", "lm_125m"]
 
 
@@ -96,6 +97,9 @@ def test_gpu_only_parts_are_skipped_with_the_reason_never_a_number(tiny: tuple[d
         in next(r for r in result["comparisons"] if r["comparison"].startswith("bert_long_compile"))["skipped"]
     )
     assert "| bert_short |" in md and "skipped: no CUDA device" in md
+    lm_compile = next(r for r in result["comparisons"] if r["comparison"] == "llama_small_compile / llama_small")
+    assert lm_compile["target"] == 1.3 and "no CUDA device" in lm_compile["skipped"] and "ratio" not in lm_compile
+    assert any(t.startswith("llama_small_compile / llama_small") and "not measured" in t for t in result["targets"])
 
 
 def test_mfu_formula_against_the_flop_counter(tiny: tuple[dict[str, Any], str]) -> None:
