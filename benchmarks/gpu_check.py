@@ -628,10 +628,10 @@ def comparisons(cells: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             row["met"] = None if target is None else (a / b > target if target == 1.0 else a / b >= target)
         out.append(row)
     for row in out:  # a compile cell's compile time: its first-3-steps excess over its eager base's
-        compiled, eager = (cells.get(n, {}) for n in row["comparison"].split(" / "))
-        if row["comparison"].split(" / ")[0].endswith("_compile") and "warmup_excess_s" in compiled:
-            if "warmup_excess_s" in eager:
-                row["compile_s"] = compiled["warmup_excess_s"] - eager["warmup_excess_s"]
+        name, base_name = row["comparison"].split(" / ")
+        compiled, eager = cells.get(name, {}), cells.get(base_name, {})
+        if name.endswith("_compile") and "warmup_excess_s" in compiled and "warmup_excess_s" in eager:
+            row["compile_s"] = compiled["warmup_excess_s"] - eager["warmup_excess_s"]
     base = cells.get("bert_long", {})
     bf16, fp32 = base.get("final", {}), cells.get("bert_long_fp32", {}).get("final", {})
     keys = [k for k in ("val/loss", "test/loss", "val/f1_macro", "test/f1_macro") if k in bf16 and k in fp32]

@@ -182,6 +182,8 @@ def test_the_full_mode_cells_compose_as_the_device_would_run_them(tmp_path: Path
     assert cfgs["bert_long_eager"].model.attn_implementation == "eager"
     assert cfgs["bert_long_compile"].model.compile is True
     assert cfgs["llama_small"].model.from_scratch.hidden_size == 192  # the default LM recipe's model
+    lm_compile = cfgs["llama_small_compile"]
+    assert lm_compile.model.compile is True and lm_compile.dataset == cfgs["llama_small"].dataset  # one factor
     lm = cfgs["lm_125m"]
     assert (lm.model.from_scratch.n_embd, lm.model.from_scratch.n_layer, lm.dataset.max_length) == (768, 12, 512)
     fsdp = cfgs["fsdp_smoke"]
@@ -197,3 +199,26 @@ def test_full_mode_refuses_without_a_gpu(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "the full mode needs a CUDA device (no CUDA device here); use --tiny" in proc.stderr
     assert not (tmp_path / "gpu_check.json").exists()
+
+
+def test_a_compile_cell_is_judged_on_its_ratio_and_reports_its_compile_time() -> None:
+    """The GPU-only comparisons, which the tiny CPU mode skips, on cells as a device run records them: a compile
+    cell's compile_s is its first-3-steps excess over its eager base's, and the LM one is judged against 1.3x."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("lmlab_bench_gpu_check", SCRIPT)
+    gpu_check = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = gpu_check
+    spec.loader.exec_module(gpu_check)
+    recorded = [("bert_long", 100.0, 1.0), ("bert_long_compile", 130.0, 31.0), ("llama_small", 100.0, 0.5),
+                ("llama_small_compile", 125.0, 20.5), ("bert_long_fp32", 50.0, 1.0)]  # fmt: skip
+    cells = {cid: {"tokens_per_sec": rate, "warmup_excess_s": excess} for cid, rate, excess in recorded}
+    rows = {r["comparison"]: r for r in gpu_check.comparisons(cells)}
+    lm = rows["llama_small_compile / llama_small"]
+    assert (lm["ratio"], lm["target"], lm["met"], lm["compile_s"]) == (1.25, 1.3, False, 20.0)
+    bert = rows["bert_long_compile / bert_long"]
+    assert (bert["ratio"], bert["met"], bert["compile_s"]) == (1.3, None, 30.0)
+    assert "compile_s" not in rows["bert_long / bert_long_fp32"]
+    assert "llama_small_compile / llama_small (compile / eager-mode, LM recipe): 1.250, target >= 1.3: NOT met" in (
+        gpu_check.targets(cells, list(rows.values()), {})
+    )
